@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a local RabbitMQ, starting one if needed.
+#
+#   scripts/test.sh                     # every test
+#   scripts/test.sh --test cli          # cargo test options and filters
+#   scripts/test.sh -- --nocapture      # options for the test binaries
+#
+# The integration tests create a RabbitMQ vhost per test with rabbitmqctl, so
+# rabbitmqctl must work here (as root or as the rabbitmq user). The broker is
+# YT_TEST_AMQP_URL, else AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/%2f.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib/broker.sh
+source scripts/lib/broker.sh
+
+rust_toolchain_check || exit 1
+ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
+
+if ! command -v rabbitmqctl >/dev/null 2>&1; then
+    if ctl=$(broker_tool rabbitmqctl); then
+        # shellcheck disable=SC2016 # $PATH is for the reader to type
+        printf '[test] rabbitmqctl is in %s, which is not on PATH; the tests run it: export PATH="$PATH:%s"\n' \
+            "${ctl%/*}" "${ctl%/*}" >&2
+    else
+        printf '[test] the tests need rabbitmqctl (from rabbitmq-server) on the machine that runs the broker\n' >&2
+    fi
+    exit 1
+fi
+if ! output=$(timeout 90 rabbitmqctl -q list_vhosts 2>&1); then
+    printf '[test] rabbitmqctl list_vhosts failed: %s\n' "$(printf '%s' "$output" | tr -s '\n' ' ')" >&2
+    printf "[test] the tests create a vhost each with rabbitmqctl: run them on the broker's machine, as root or as the rabbitmq user\n" >&2
+    exit 1
+fi
+
+# Arguments before a "--" go to cargo test, the ones after to the test binaries.
+cargo_args=()
+test_args=()
+while (($# > 0)); do
+    if [[ $1 == -- ]]; then
+        shift
+        test_args=("$@")
+        break
+    fi
+    cargo_args+=("$1")
+    shift
+done
+threads=(--test-threads=4)
+for arg in "${test_args[@]}"; do
+    if [[ $arg == --test-threads* ]]; then
+        threads=()
+    fi
+done
+
+if [[ -n ${CI+set} ]]; then
+    export CI
+fi
+exec cargo test --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"

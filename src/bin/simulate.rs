@@ -1,0 +1,312 @@
+//! `simulate`: drives youtube_server with many simulated users and YouTubers,
+//! checks that every notification arrives exactly once, and compares the
+//! throughput with the broker's own ceiling for the same shape.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ytnotify::{
+    cli::{self, BrokerArgs},
+    simulate::{
+        self, Options, PRESETS, Scenario, Spread, bench, harness::ServerMode, report::Report,
+    },
+};
+
+/// Load simulator for youtube_server: many users and YouTubers over real
+/// RabbitMQ connections, an exactly-once check, and the ratio to the broker's
+/// own ceiling.
+#[derive(Debug, Parser)]
+#[command(name = "simulate", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one scenario and print its report
+    Run(Box<RunArgs>),
+    /// Render saved JSON reports into BENCHMARKS.md and a plot
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Start from a benchmark scenario
+    #[arg(long, value_parser = PRESETS)]
+    preset: Option<String>,
+    /// Start from a JSON scenario file (fields it omits keep their defaults)
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    scenario: Option<PathBuf>,
+    /// Label of the run in reports
+    #[arg(long)]
+    name: Option<String>,
+    /// Simulated users, each with a durable inbox
+    #[arg(long)]
+    users: Option<u32>,
+    /// Simulated YouTubers
+    #[arg(long)]
+    youtubers: Option<u32>,
+    /// Subscriptions made before the run, spread evenly over users
+    #[arg(long)]
+    subscriptions: Option<u64>,
+    /// How subscriptions spread over YouTubers: uniform, zipf, zipf:<exponent>
+    #[arg(long)]
+    spread: Option<Spread>,
+    /// Uploads during the run
+    #[arg(long)]
+    uploads: Option<u32>,
+    /// Uploads per second (0: as fast as the window allows)
+    #[arg(long, value_name = "PER_SECOND")]
+    upload_rate: Option<f64>,
+    /// Run length at --upload-rate (sets --uploads): 10s, 2m
+    #[arg(long, value_parser = cli::parse_duration, value_name = "DURATION")]
+    duration: Option<Duration>,
+    /// Uploads in flight at most (1: one at a time)
+    #[arg(long)]
+    upload_window: Option<u32>,
+    /// Share of users (0 to 1) that close their inbox for a while and come back
+    #[arg(long)]
+    offline_share: Option<f64>,
+    /// Subscription changes (subscribe/unsubscribe) during the run
+    #[arg(long)]
+    churn: Option<u32>,
+    /// How many users make those changes (0: all)
+    #[arg(long)]
+    churn_users: Option<u32>,
+    /// Subscription changes in flight at most
+    #[arg(long)]
+    churn_window: Option<u32>,
+    /// Connections that send requests
+    #[arg(long)]
+    clients: Option<u32>,
+    /// Channels that receive notifications (four per connection)
+    #[arg(long)]
+    receivers: Option<u32>,
+    /// How long to wait for the last notifications after the last reply
+    #[arg(long, value_parser = cli::parse_duration, value_name = "DURATION")]
+    drain_timeout: Option<Duration>,
+    /// Seed of every random choice: the same seed, the same run
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Drive a youtube_server already running on the URL's vhost
+    #[arg(long, conflicts_with_all = ["in_process", "server_bin"])]
+    external_server: bool,
+    /// Run the server inside this process instead of as a child youtube_server
+    /// (its memory and CPU are then not measured)
+    #[arg(long)]
+    in_process: bool,
+    /// The youtube_server to start [default: the one beside this program]
+    #[arg(long, env = "YT_SERVER_BIN", value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// Use the URL's vhost as it is instead of a fresh one made with rabbitmqctl
+    #[arg(long)]
+    no_fresh_vhost: bool,
+    /// Keep the fresh vhost after the run, for inspection
+    #[arg(long)]
+    keep_vhost: bool,
+    /// Skip the plain-lapin ceiling
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Print the report as JSON instead of text
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// No progress bars
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// JSON reports written by `simulate run --out`
+    #[arg(required = true, value_name = "REPORT")]
+    reports: Vec<PathBuf>,
+    /// The Markdown file whose generated section to replace (created if missing)
+    #[arg(long, default_value = "BENCHMARKS.md", value_name = "FILE")]
+    markdown: PathBuf,
+    /// A text file describing the machine and date, put above the tables
+    #[arg(long, value_name = "FILE")]
+    machine: Option<PathBuf>,
+    /// Where to draw the ratio plot (SVG), linked from the Markdown as given
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing("warn");
+    let result = match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Render(args) => render(args),
+    };
+    cli::exit("simulate", result)
+}
+
+impl RunArgs {
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        let mut scenario = match (&self.preset, &self.scenario) {
+            (Some(preset), _) => Scenario::preset(preset).context("unknown preset")?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Scenario::from_json(&text).map_err(anyhow::Error::msg)?
+            }
+            (None, None) => Scenario::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field.clone() {
+                    scenario.$field = value;
+                }
+            )*};
+        }
+        set!(
+            name,
+            users,
+            youtubers,
+            subscriptions,
+            spread,
+            uploads,
+            upload_rate,
+            upload_window,
+            offline_share,
+            churn,
+            churn_users,
+            churn_window,
+            clients,
+            receivers,
+            drain_timeout,
+            seed
+        );
+        if let Some(duration) = self.duration {
+            scenario
+                .set_duration(duration)
+                .map_err(anyhow::Error::msg)?;
+        }
+        scenario.validate().map_err(anyhow::Error::msg)?;
+        Ok(scenario)
+    }
+
+    fn options(&self) -> Options {
+        let mut options = Options::new(self.broker.amqp_url.clone());
+        options.server = if self.external_server {
+            ServerMode::External
+        } else if self.in_process {
+            ServerMode::InProcess
+        } else if let Some(path) = &self.server_bin {
+            ServerMode::Spawn(path.clone())
+        } else {
+            ServerMode::beside_current_exe()
+        };
+        options.fresh_vhost = !self.no_fresh_vhost && !self.external_server;
+        options.keep_vhost = self.keep_vhost;
+        options.progress = !self.quiet;
+        options.ceiling = !self.no_ceiling;
+        options
+    }
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = args.scenario()?;
+    let report = simulate::run(&scenario, &args.options())
+        .await
+        .with_context(|| format!("scenario {} did not run", scenario.name))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    if !report.check.ok {
+        bail!(
+            "the check failed: {} lost, {} duplicates, {} unexpected",
+            report.check.lost,
+            report.check.duplicates,
+            report.check.unexpected
+        );
+    }
+    Ok(())
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for path in &args.reports {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let report: Report = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a simulate report", path.display()))?;
+        reports.push(report);
+    }
+    // The benchmark order, whatever order the files came in.
+    reports.sort_by_key(|r| {
+        PRESETS
+            .iter()
+            .position(|p| *p == r.scenario.name)
+            .unwrap_or(PRESETS.len())
+    });
+    let machine = match &args.machine {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    if let Some(plot) = &args.plot {
+        bench::plot(&reports, plot).map_err(anyhow::Error::msg)?;
+    }
+    let existing = std::fs::read_to_string(&args.markdown).unwrap_or_default();
+    let plot_link = args.plot.as_ref().map(|p| p.display().to_string());
+    let generated = bench::markdown(&reports, &machine, plot_link.as_deref());
+    std::fs::write(&args.markdown, bench::splice(&existing, &generated))
+        .with_context(|| format!("cannot write {}", args.markdown.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_preset() {
+        let cli = Cli::try_parse_from([
+            "simulate",
+            "run",
+            "--preset",
+            "classroom",
+            "--users",
+            "70",
+            "--spread",
+            "zipf:1.5",
+            "--upload-rate",
+            "10",
+            "--duration",
+            "3s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        let scenario = args.scenario().unwrap();
+        assert_eq!(scenario.name, "classroom");
+        assert_eq!(scenario.users, 70);
+        assert_eq!(scenario.spread, Spread::Zipf { exponent: 1.5 });
+        assert_eq!(scenario.uploads, 30);
+        assert_eq!(scenario.youtubers, 5);
+    }
+}

@@ -1,0 +1,83 @@
+//! The library's one error type. Every message is one line that says what went
+//! wrong and what to do about it; the binaries print it and exit.
+
+use std::time::Duration;
+
+use crate::names::InvalidName;
+
+/// Anything that can go wrong in ytnotify.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing answers at the broker's address.
+    #[error(
+        "cannot reach RabbitMQ at {address} ({reason}); start it with `sudo rabbitmq-server -detached` \
+         (install it with `sudo apt-get install rabbitmq-server`), or set --amqp-url / AMQP_URL"
+    )]
+    BrokerUnreachable { address: String, reason: String },
+    /// The broker answered but refused the connection (credentials, vhost).
+    #[error(
+        "RabbitMQ at {address} refused the connection ({reason}); check the user, password and \
+         vhost in --amqp-url / AMQP_URL"
+    )]
+    BrokerRefused { address: String, reason: String },
+    /// A name or title breaks the naming rules.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The server refused the request; nothing changed.
+    #[error("youtube_server refused the request: {0}")]
+    Refused(String),
+    /// The server did not answer in time; the request waits in its durable queue.
+    #[error(
+        "youtube_server did not answer within {}; the request is kept in the queue and will be \
+         applied when youtube_server runs{}",
+        humantime::format_duration(*timeout),
+        if *server_running { "" } else { " (no youtube_server is running now: start one with `youtube_server`)" }
+    )]
+    ServerTimeout {
+        timeout: Duration,
+        server_running: bool,
+    },
+    /// The broker refused to take a message (a negative publisher confirm).
+    #[error("RabbitMQ did not take the message for {0} (negative publisher confirm); try again")]
+    Nacked(String),
+    /// A mandatory message reached no queue.
+    #[error(
+        "no queue took the message for {0}; run any ytnotify program once to declare the queues"
+    )]
+    Unroutable(String),
+    /// Another session already reads this user's notifications.
+    #[error(
+        "{0} is already receiving notifications in another session; close that one first \
+         (each notification is shown in one session only)"
+    )]
+    AlreadyWatching(String),
+    /// The terminal could not be used for a dashboard.
+    #[error("cannot use the terminal for the dashboard ({0}); add --plain for plain lines")]
+    Terminal(String),
+    /// The server answered with something this client cannot read.
+    #[error("unexpected reply from youtube_server: {0}")]
+    UnexpectedReply(String),
+    /// The server's database could not be opened.
+    #[error("cannot open the database {path}: {reason}; choose another file with --db or YT_DB")]
+    StoreOpen { path: String, reason: String },
+    /// A database operation failed.
+    #[error("database error: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// The broker closed the connection or a channel.
+    #[error("RabbitMQ error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+impl Error {
+    /// The process exit code for this error: 3 when the server did not answer
+    /// (the request is queued, not lost), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ServerTimeout { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! ytnotify: YouTube-style subscription notifications over RabbitMQ.
+//!
+//! Three programs talk only through RabbitMQ: `youtuber` uploads videos,
+//! `user` logs in, subscribes and receives notifications, and `youtube_server`,
+//! the only one with state, applies every request durably and notifies each
+//! subscriber of every upload, including users who are offline.
+//!
+//! - [`protocol`]: the messages on the wire (versioned, tagged JSON); pure.
+//! - [`names`]: validation of user names, YouTuber names and video titles.
+//! - [`topology`]: every exchange, queue and routing key, and `declare`.
+//! - [`broker`]: connecting to RabbitMQ and publishing with confirms.
+//! - [`store`]: the server's SQLite database.
+//! - [`server`]: `youtube_server` — `consume_user_requests`,
+//!   `consume_youtuber_requests`, `notify_users`.
+//! - [`client`]: request and reply to the server, for both clients.
+//! - [`youtuber`]: the YouTuber side, `publish_video`.
+//! - [`user`]: the user side, `update_subscription` and `receive_notifications`.
+//! - `dashboard` (feature `tui`): the terminal dashboards of `user` and `youtube_server`.
+//! - [`simulate`]: the load simulator and benchmarks, against the broker's own ceiling.
+//! - [`cli`]: what the three binaries share: flags, logging, signals, exit codes.
+
+pub mod broker;
+pub mod cli;
+pub mod client;
+#[cfg(feature = "tui")]
+pub mod dashboard;
+pub mod error;
+pub mod names;
+pub mod protocol;
+pub mod server;
+pub mod simulate;
+pub mod store;
+pub mod topology;
+pub mod user;
+pub mod youtuber;
+
+pub use error::{Error, Result};

@@ -1,0 +1,413 @@
+//! The wire format: every message that crosses RabbitMQ, as versioned, tagged JSON.
+//!
+//! Each message is one JSON object with a protocol version `v`, a `type` tag and
+//! the fields of that type:
+//!
+//! ```json
+//! {"v":1,"id":"6f1c…","type":"subscription","user":"alice","youtuber":"bob","subscribe":true}
+//! ```
+//!
+//! Readers ignore fields they do not know, so a newer writer may add fields
+//! without breaking older readers; a new `type` is refused by name (the server
+//! dead-letters it with that reason), never misread. This module is pure:
+//! encoding and decoding only, no I/O.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::names::{self, InvalidName};
+
+/// The protocol version this build writes and the newest it reads.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// Largest message the server accepts; anything bigger is dead-lettered.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A request from a user or a YouTuber to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// A user logs in; the server adds the user the first time.
+    Login { user: String },
+    /// A user subscribes to (`subscribe: true`) or unsubscribes from a YouTuber.
+    Subscription {
+        user: String,
+        youtuber: String,
+        subscribe: bool,
+    },
+    /// A user asks which YouTubers it follows.
+    Subscriptions { user: String },
+    /// A YouTuber uploads a video; the server adds the YouTuber the first time.
+    Upload { youtuber: String, video: String },
+}
+
+impl Request {
+    /// Checks every name the request carries.
+    pub fn validate(&self) -> Result<(), InvalidName> {
+        match self {
+            Request::Login { user } | Request::Subscriptions { user } => names::check_user(user),
+            Request::Subscription { user, youtuber, .. } => {
+                names::check_user(user)?;
+                names::check_youtuber(youtuber)
+            }
+            Request::Upload { youtuber, video } => {
+                names::check_youtuber(youtuber)?;
+                names::check_video(video)
+            }
+        }
+    }
+
+    /// The type tag, as it appears on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Login { .. } => "login",
+            Request::Subscription { .. } => "subscription",
+            Request::Subscriptions { .. } => "subscriptions",
+            Request::Upload { .. } => "upload",
+        }
+    }
+}
+
+/// A request with the id that makes it idempotent: the server applies each id once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub id: Uuid,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+impl RequestEnvelope {
+    /// Wraps a request with a fresh random id.
+    pub fn new(request: Request) -> Self {
+        RequestEnvelope {
+            id: Uuid::new_v4(),
+            request,
+        }
+    }
+}
+
+/// The server's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// The request is applied and durable. `notice` carries advice worth showing.
+    Done {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notice: Option<String>,
+    },
+    /// The YouTubers a user follows, in name order.
+    Subscriptions { youtubers: Vec<String> },
+    /// The request was refused and changed nothing.
+    Refused { reason: String },
+}
+
+/// A notification delivered to a user's inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notification {
+    /// A YouTuber the user follows uploaded a video. `id` is the video's id:
+    /// the same upload always carries the same id, so clients de-duplicate by it.
+    VideoUploaded {
+        id: Uuid,
+        youtuber: String,
+        video: String,
+        /// Upload time, in milliseconds since the Unix epoch.
+        uploaded_at_ms: i64,
+    },
+}
+
+impl Notification {
+    /// The id clients de-duplicate by.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Notification::VideoUploaded { id, .. } => *id,
+        }
+    }
+}
+
+impl std::fmt::Display for Notification {
+    /// The line a user sees: `New Notification: <youtuber> uploaded <video>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notification::VideoUploaded {
+                youtuber, video, ..
+            } => write!(f, "New Notification: {youtuber} uploaded {video}"),
+        }
+    }
+}
+
+/// Why a message could not be decoded. The text is the reason attached to a
+/// dead-lettered message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body is larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge(usize),
+    /// The body is not a JSON object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// The `v` field is missing or not a whole number.
+    #[error("missing or invalid protocol version \"v\" (this server speaks v{PROTOCOL_VERSION})")]
+    MissingVersion,
+    /// The message was written by a newer protocol version.
+    #[error("unsupported protocol version {0} (this server speaks v{PROTOCOL_VERSION})")]
+    UnsupportedVersion(u64),
+    /// The `type` field is missing.
+    #[error("missing message \"type\"")]
+    MissingType,
+    /// The `type` is not one this reader knows.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// The type is known but its fields are wrong.
+    #[error("malformed {kind:?} message: {detail}")]
+    Malformed { kind: String, detail: String },
+}
+
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    v: u64,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// Encodes any message of this protocol as versioned JSON.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let versioned = Versioned {
+        v: PROTOCOL_VERSION,
+        body: message,
+    };
+    // Serialising these plain structs to a Vec cannot fail: every key is a
+    // string and no type has a fallible Serialize impl.
+    serde_json::to_vec(&versioned).expect("protocol messages always serialise")
+}
+
+/// Decodes a message, naming what is wrong when it cannot.
+///
+/// `known` lists the type tags of `T`, so that an unknown type is reported as
+/// such instead of as a generic parse error.
+fn decode<T: DeserializeOwned>(bytes: &[u8], known: &[&str]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::NotJson(one_line(&e.to_string())))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| DecodeError::NotJson(format!("found {}", json_kind(&value))))?;
+    let version = object
+        .get("v")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or(DecodeError::MissingVersion)?;
+    if version == 0 || version > PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let kind = object
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(DecodeError::MissingType)?;
+    if !known.contains(&kind) {
+        return Err(DecodeError::UnknownType(kind.to_owned()));
+    }
+    let kind = kind.to_owned();
+    serde_json::from_value(value).map_err(|e| DecodeError::Malformed {
+        kind,
+        detail: one_line(&e.to_string()),
+    })
+}
+
+/// Escapes control characters: a reason quotes what the sender wrote, and
+/// must stay one harmless line in a log or a dead-letter header.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Decodes a request sent to the server.
+pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
+    decode(bytes, &["login", "subscription", "subscriptions", "upload"])
+}
+
+/// Decodes the server's reply.
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
+    decode(bytes, &["done", "subscriptions", "refused"])
+}
+
+/// Decodes a notification from a user's inbox.
+pub fn decode_notification(bytes: &[u8]) -> Result<Notification, DecodeError> {
+    decode(bytes, &["video_uploaded"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(user: &str) -> RequestEnvelope {
+        RequestEnvelope::new(Request::Login { user: user.into() })
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = [
+            Request::Login {
+                user: "alice".into(),
+            },
+            Request::Subscription {
+                user: "alice".into(),
+                youtuber: "bob".into(),
+                subscribe: false,
+            },
+            Request::Subscriptions {
+                user: "alice".into(),
+            },
+            Request::Upload {
+                youtuber: "bob".into(),
+                video: "Rust in 100 seconds".into(),
+            },
+        ];
+        for request in requests {
+            let envelope = RequestEnvelope::new(request);
+            assert_eq!(decode_request(&encode(&envelope)), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_flat_tagged_and_versioned() {
+        let envelope = RequestEnvelope {
+            id: Uuid::nil(),
+            request: Request::Subscription {
+                user: "alice".into(),
+                youtuber: "bob".into(),
+                subscribe: true,
+            },
+        };
+        let json: serde_json::Value = serde_json::from_slice(&encode(&envelope)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "v": 1,
+                "id": "00000000-0000-0000-0000-000000000000",
+                "type": "subscription",
+                "user": "alice",
+                "youtuber": "bob",
+                "subscribe": true,
+            })
+        );
+    }
+
+    #[test]
+    fn replies_and_notifications_round_trip() {
+        for reply in [
+            Reply::Done { notice: None },
+            Reply::Done {
+                notice: Some("bob has not uploaded yet".into()),
+            },
+            Reply::Subscriptions {
+                youtubers: vec!["bob".into(), "carol".into()],
+            },
+            Reply::Refused {
+                reason: "no".into(),
+            },
+        ] {
+            assert_eq!(decode_reply(&encode(&reply)), Ok(reply));
+        }
+        let notification = Notification::VideoUploaded {
+            id: Uuid::new_v4(),
+            youtuber: "bob".into(),
+            video: "Hello".into(),
+            uploaded_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            decode_notification(&encode(&notification)),
+            Ok(notification.clone())
+        );
+        assert_eq!(
+            notification.to_string(),
+            "New Notification: bob uploaded Hello"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let body = br#"{"v":1,"id":"00000000-0000-0000-0000-000000000000","type":"login","user":"alice","device":"phone"}"#;
+        let envelope = decode_request(body).unwrap();
+        assert_eq!(
+            envelope.request,
+            Request::Login {
+                user: "alice".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_kind_of_bad_message_gets_a_reason() {
+        let cases: [(&[u8], DecodeError); 7] = [
+            (
+                b"hello",
+                DecodeError::NotJson("expected value at line 1 column 1".into()),
+            ),
+            (b"[1,2]", DecodeError::NotJson("found an array".into())),
+            (
+                br#"{"type":"login","user":"a"}"#,
+                DecodeError::MissingVersion,
+            ),
+            (
+                br#"{"v":2,"type":"login","user":"a"}"#,
+                DecodeError::UnsupportedVersion(2),
+            ),
+            (br#"{"v":1,"user":"a"}"#, DecodeError::MissingType),
+            (
+                br#"{"v":1,"type":"like","video":"x"}"#,
+                DecodeError::UnknownType("like".into()),
+            ),
+            (
+                br#"{"v":1,"id":"00000000-0000-0000-0000-000000000000","type":"login"}"#,
+                DecodeError::Malformed {
+                    kind: "login".into(),
+                    detail: "missing field `user`".into(),
+                },
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                decode_request(body),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            decode_request(&huge),
+            Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn validation_covers_every_name_in_a_request() {
+        assert!(login("alice").request.validate().is_ok());
+        assert!(login("al ice").request.validate().is_err());
+        let upload = Request::Upload {
+            youtuber: "bob".into(),
+            video: "bad\u{7}title".into(),
+        };
+        assert_eq!(upload.validate().unwrap_err().kind, names::NameKind::Video);
+    }
+}

@@ -1,0 +1,766 @@
+//! The load simulator: many simulated users and YouTubers driving the real
+//! server over real RabbitMQ connections, checked for exactly-once delivery
+//! and measured against the broker's own ceiling for the same shape.
+//!
+//! A run, in order:
+//!
+//! 1. a fresh vhost and database; the server under test (a child
+//!    `youtube_server` when one is found, so that its memory and CPU can be read);
+//! 2. set-up, not measured: every subscription made through the server, pipelined
+//!    on a few [`Client`]s;
+//! 3. the run: every inbox consumed on a few connections; uploads (one at a
+//!    time, in a window, or at a rate) and subscription churn at once, some users
+//!    closing their inbox for a while; then waiting until every expected
+//!    notification has arrived, or the drain timeout;
+//! 4. the [`check`]: expected (user, upload) pairs against what arrived;
+//! 5. the [`ceiling`]: the server stopped, the same queues and bindings driven
+//!    with plain lapin, and the ratio ours / ceiling.
+//!
+//! Latency is measured with one clock, the simulator's: from the moment an
+//! upload is sent to the moment a user's consumer has it (titles carry the
+//! upload's sequence number).
+
+pub mod bench;
+pub mod ceiling;
+pub mod check;
+pub mod harness;
+pub mod random;
+pub mod receiver;
+pub mod report;
+pub mod scenario;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::Semaphore;
+
+use crate::{
+    client::{Client, ClientConfig},
+    protocol::{Reply, Request},
+    topology,
+};
+use check::{ChangeRecord, Expectations, UploadRecord};
+use harness::{ScratchDir, Server, ServerMode, Usage, Vhost};
+use receiver::{Receivers, Tally, title};
+use report::{Ceiling, Latency, Ratios, Report, Run, ServerUsage, Setup};
+pub use scenario::{PRESETS, Scenario, Spread};
+use scenario::{Plan, user_name, youtuber_name};
+
+/// Why a simulation could not run. (A run that loses notifications is not an
+/// error: its report says so.)
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The scenario is not runnable.
+    #[error("{0}")]
+    Scenario(String),
+    /// A library call failed (connecting, a request).
+    #[error(transparent)]
+    Library(#[from] crate::Error),
+    /// A broker operation failed.
+    #[error("RabbitMQ error: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The simulator's own machinery failed (vhost, server process, a task).
+    #[error("{0}")]
+    Harness(String),
+}
+
+/// How to run a scenario, apart from the scenario itself.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The broker. With a fresh vhost, only its address and credentials count.
+    pub amqp_url: String,
+    pub server: ServerMode,
+    /// Create a vhost for the run (and delete it after) instead of using the URL's.
+    pub fresh_vhost: bool,
+    /// Keep the fresh vhost after the run.
+    pub keep_vhost: bool,
+    /// Draw progress bars on stderr (only when it is a terminal).
+    pub progress: bool,
+    /// How long one request may wait for the server's reply.
+    pub request_timeout: Duration,
+    /// Measure the ceiling too.
+    pub ceiling: bool,
+}
+
+impl Options {
+    pub fn new(amqp_url: impl Into<String>) -> Options {
+        Options {
+            amqp_url: amqp_url.into(),
+            server: ServerMode::beside_current_exe(),
+            fresh_vhost: true,
+            keep_vhost: false,
+            progress: false,
+            request_timeout: Duration::from_secs(120),
+            ceiling: true,
+        }
+    }
+}
+
+/// Runs a scenario from start to report. See the module documentation for the steps.
+pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimError> {
+    scenario.validate().map_err(SimError::Scenario)?;
+    let plan = scenario.plan();
+    let mut vhost = if options.fresh_vhost && options.server != ServerMode::External {
+        Vhost::fresh(&options.amqp_url)?
+    } else {
+        Vhost::existing(&options.amqp_url)
+    };
+    vhost.keep |= options.keep_vhost;
+    if let (true, Some(name)) = (options.keep_vhost, vhost.name()) {
+        tracing::info!("the run's vhost {name} is kept");
+    }
+    let scratch = ScratchDir::new()?;
+    let log = scratch.0.join("youtube_server.log");
+    let mut server = Server::start(
+        &options.server,
+        &vhost.url,
+        &scratch.0.join("server.db"),
+        &log,
+    )
+    .await?;
+    let outcome = Simulation {
+        scenario,
+        plan: &plan,
+        url: &vhost.url,
+        options,
+    }
+    .run(&mut server)
+    .await;
+    let outcome = match outcome {
+        Err(err) => {
+            let exited = server.exited();
+            server.stop().await;
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = log.lines().last().unwrap_or_default();
+            return Err(match exited {
+                Some(status) => SimError::Harness(format!(
+                    "youtube_server exited ({status}): {last}; the simulation stopped: {err}"
+                )),
+                None => err,
+            });
+        }
+        Ok(outcome) => outcome,
+    };
+    let (mut report, plan_changes) = outcome;
+    let ended = server.usage();
+    report.server.rss_mb_end = ended.map(|u| u.rss_mb);
+    report.server.peak_rss_mb = ended.map(|u| u.peak_rss_mb);
+    server.stop().await;
+    if options.ceiling {
+        report.ceiling = Simulation {
+            scenario,
+            plan: &plan,
+            url: &vhost.url,
+            options,
+        }
+        .ceiling(&plan_changes)
+        .await?;
+        report.ratios = Ratios::of(&report.run, &report.ceiling);
+    }
+    Ok(report)
+}
+
+struct Simulation<'a> {
+    scenario: &'a Scenario,
+    plan: &'a Plan,
+    url: &'a str,
+    options: &'a Options,
+}
+
+/// Send and answer times of a batch of requests: 0 = not yet, else nanoseconds + 1.
+struct Stamps {
+    sent: Vec<AtomicU64>,
+    done: Vec<AtomicU64>,
+    refused: Vec<AtomicBool>,
+}
+
+impl Stamps {
+    fn new(n: usize) -> Arc<Stamps> {
+        Arc::new(Stamps {
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            done: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            refused: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+
+    fn get(slot: &AtomicU64) -> Option<u64> {
+        match slot.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at - 1),
+        }
+    }
+
+    fn set(slot: &AtomicU64, at: u64) {
+        slot.store(at + 1, Ordering::Release);
+    }
+}
+
+fn bar(options: &Options, prefix: &'static str, len: u64) -> ProgressBar {
+    if !options.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_prefix(prefix);
+    // The template is a constant; a mistake in it is a bug caught by any run.
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{bar:32}] {human_pos}/{human_len} {per_sec:>12} {elapsed:>4}",
+    )
+    .expect("a valid progress template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn wait_failed(err: impl std::fmt::Display) -> SimError {
+    SimError::Harness(format!("a request task failed: {err}"))
+}
+
+fn micros_histogram() -> Histogram<u64> {
+    // Constant, valid bounds: 1 µs to 10 minutes.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn per_second(count: u64, nanos: u64) -> f64 {
+    if nanos == 0 {
+        0.0
+    } else {
+        count as f64 / (nanos as f64 / 1e9)
+    }
+}
+
+/// Deliveries, their rate from the first upload sent to the last delivery,
+/// latency, and fan-out time per upload.
+fn deliveries(tally: &Tally, uploads: u32) -> (u64, f64, Latency, Latency, u64) {
+    let first_sent = (0..uploads).filter_map(|seq| tally.sent(seq)).min();
+    let received = tally.received();
+    let rate = first_sent.map_or(0.0, |first| {
+        per_second(received, tally.last_delivery().saturating_sub(first))
+    });
+    let mut fanout = micros_histogram();
+    for seq in 0..uploads {
+        if let (Some(sent), Some(last)) = (tally.sent(seq), tally.last_live(seq)) {
+            let _ = fanout.record((last.saturating_sub(sent) / 1_000).max(1));
+        }
+    }
+    let (latency, catch_up) =
+        tally.with_counts(|counts| (Latency::from_micros(&counts.latency), counts.catch_up));
+    (
+        received,
+        rate,
+        latency,
+        Latency::from_micros(&fanout),
+        catch_up,
+    )
+}
+
+/// Waits until every expected pair has arrived, or the timeout.
+async fn drain(tally: &Tally, expected: &[(u32, u32)], timeout: Duration, bar: &ProgressBar) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let want = expected.len() as u64;
+    bar.set_length(want);
+    loop {
+        let received = tally.received();
+        let arrived = if received >= want {
+            tally.with_counts(|counts| check::arrived(expected, &counts.per_pair))
+        } else {
+            received
+        };
+        bar.set_position(arrived);
+        if arrived >= want || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(if received >= want {
+            50
+        } else {
+            10
+        }))
+        .await;
+    }
+    // A duplicate would come right behind; give it a moment to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bar.finish();
+}
+
+impl Simulation<'_> {
+    async fn run(&self, server: &mut Server) -> Result<(Report, Vec<ChangeRecord>), SimError> {
+        let s = self.scenario;
+        let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let config = ClientConfig {
+            amqp_url: self.url.to_owned(),
+            timeout: self.options.request_timeout,
+        };
+        let mut clients = Vec::new();
+        for i in 0..s.clients {
+            clients.push(Arc::new(
+                Client::connect(&config, &format!("simulate-client-{i}")).await?,
+            ));
+        }
+        self.wait_for_server(&clients[0], server).await?;
+
+        let setup = self.setup(&clients).await?;
+        let after_setup = server.usage();
+
+        let tally = Tally::new(s.uploads);
+        let receivers =
+            Arc::new(Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "run").await?);
+        receivers.open_all((0..s.users).collect(), true).await?;
+        let before_run = server.usage();
+        let run_started = tally.now();
+        let requests = bar(
+            self.options,
+            "run",
+            u64::from(s.uploads) + u64::from(s.churn),
+        );
+        let (uploads, changes) = tokio::try_join!(
+            self.uploads(&clients, &receivers, &tally, &requests),
+            self.churn(&clients, &tally, &requests),
+        )?;
+        requests.finish();
+        let mut away: Vec<u32> = (0..s.users).collect();
+        let open: std::collections::HashSet<u32> = receivers.open_users().into_iter().collect();
+        away.retain(|user| !open.contains(user));
+        receivers.open_all(away, true).await?;
+
+        let expectations = check::expectations(&self.plan.subscriptions, &uploads, &changes);
+        let draining = bar(self.options, "drain", 0);
+        drain(&tally, &expectations.expected, s.drain_timeout, &draining).await;
+        let after_run = server.usage();
+        Arc::clone(&receivers).shut().await?;
+        for client in clients {
+            if let Ok(client) = Arc::try_unwrap(client) {
+                let _ = client.close().await;
+            }
+        }
+
+        let report = self.report(
+            started_at,
+            setup,
+            &tally,
+            run_started,
+            &uploads,
+            &changes,
+            &expectations,
+            [after_setup, before_run, after_run],
+        );
+        Ok((report, changes))
+    }
+
+    /// Waits until a server consumes both request queues.
+    async fn wait_for_server(&self, client: &Client, server: &mut Server) -> Result<(), SimError> {
+        let channel = client.connection().create_channel().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = true;
+            for queue in [topology::USER_REQUESTS, topology::YOUTUBER_REQUESTS] {
+                let (_, consumers) = topology::inspect(&channel, queue).await?;
+                ready &= consumers > 0;
+            }
+            if ready {
+                let _ = channel.close(200, "ready".into()).await;
+                return Ok(());
+            }
+            if let Some(status) = server.exited() {
+                return Err(SimError::Harness(format!(
+                    "youtube_server exited at start-up ({status})"
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SimError::Harness(format!(
+                    "no youtube_server consumes {} on {} after 30s; start one, or drop --external-server",
+                    topology::USER_REQUESTS,
+                    crate::broker::redact(self.url)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Logs every user in (those without subscriptions) and makes every
+    /// subscription, through the server, pipelined on all clients.
+    async fn setup(&self, clients: &[Arc<Client>]) -> Result<Setup, SimError> {
+        let s = self.scenario;
+        let total: u64 = self
+            .plan
+            .subscriptions
+            .iter()
+            .map(|follows| follows.len().max(1) as u64)
+            .sum();
+        let progress = bar(self.options, "set-up", total);
+        let window = Arc::new(Semaphore::new(s.setup_window as usize));
+        let started = std::time::Instant::now();
+        let mut lanes = Vec::new();
+        for (lane, client) in clients.iter().enumerate() {
+            let mut requests = Vec::new();
+            for user in (lane as u32..s.users).step_by(clients.len()) {
+                let follows = &self.plan.subscriptions[user as usize];
+                if follows.is_empty() {
+                    requests.push(Request::Login {
+                        user: user_name(user),
+                    });
+                }
+                for &youtuber in follows {
+                    requests.push(Request::Subscription {
+                        user: user_name(user),
+                        youtuber: youtuber_name(youtuber),
+                        subscribe: true,
+                    });
+                }
+            }
+            let (client, window, progress) =
+                (Arc::clone(client), Arc::clone(&window), progress.clone());
+            lanes.push(tokio::spawn(async move {
+                let mut waits = Vec::new();
+                for request in requests {
+                    let permit = Arc::clone(&window).acquire_owned().await;
+                    let pending = client.send(request).await?;
+                    let (client, progress) = (Arc::clone(&client), progress.clone());
+                    waits.push(tokio::spawn(async move {
+                        let reply = client.wait(pending).await;
+                        drop(permit);
+                        progress.inc(1);
+                        reply
+                    }));
+                }
+                for wait in waits {
+                    wait.await.map_err(wait_failed)??;
+                }
+                Ok::<(), SimError>(())
+            }));
+        }
+        for lane in lanes {
+            lane.await.map_err(wait_failed)??;
+        }
+        progress.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(Setup {
+            requests: total,
+            seconds,
+            requests_per_s: total as f64 / seconds.max(1e-9),
+            queues: u64::from(s.users),
+            bindings: s.subscriptions,
+        })
+    }
+
+    /// Sends every upload, as the scenario paces them, taking users offline
+    /// and back as planned.
+    async fn uploads(
+        &self,
+        clients: &[Arc<Client>],
+        receivers: &Arc<Receivers>,
+        tally: &Arc<Tally>,
+        progress: &ProgressBar,
+    ) -> Result<Vec<UploadRecord>, SimError> {
+        let s = self.scenario;
+        let stamps = Stamps::new(self.plan.uploads.len());
+        let window = Arc::new(Semaphore::new(s.upload_window as usize));
+        let started = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        for (seq, &youtuber) in self.plan.uploads.iter().enumerate() {
+            let seq32 = seq as u32;
+            let away = |pick: fn(&scenario::OfflineWindow) -> u32| -> Vec<u32> {
+                self.plan
+                    .offline
+                    .iter()
+                    .filter(|w| w.from < w.until && pick(w) == seq32)
+                    .map(|w| w.user)
+                    .collect()
+            };
+            let (leaving, returning) = (away(|w| w.from), away(|w| w.until));
+            if !leaving.is_empty() {
+                receivers.open_all(leaving, false).await?;
+            }
+            if !returning.is_empty() {
+                receivers.open_all(returning, true).await?;
+            }
+            if s.upload_rate > 0.0 {
+                let due = Duration::from_secs_f64(seq as f64 / s.upload_rate);
+                tokio::time::sleep_until(started + due).await;
+            }
+            let permit = Arc::clone(&window).acquire_owned().await;
+            let client = Arc::clone(&clients[seq % clients.len()]);
+            let sent = tally.mark_sent(seq32);
+            Stamps::set(&stamps.sent[seq], sent);
+            let pending = client
+                .send(Request::Upload {
+                    youtuber: youtuber_name(youtuber),
+                    video: title(seq32),
+                })
+                .await?;
+            let (stamps, tally, progress) =
+                (Arc::clone(&stamps), Arc::clone(tally), progress.clone());
+            waits.push(tokio::spawn(async move {
+                let reply = client.wait(pending).await;
+                drop(permit);
+                match reply {
+                    Ok(_) => Stamps::set(&stamps.done[seq], tally.now()),
+                    Err(err) => tracing::warn!(%err, "an upload was not answered"),
+                }
+                progress.inc(1);
+            }));
+        }
+        for wait in waits {
+            wait.await.map_err(wait_failed)?;
+        }
+        Ok(self
+            .plan
+            .uploads
+            .iter()
+            .enumerate()
+            .map(|(seq, &youtuber)| UploadRecord {
+                youtuber,
+                sent: Stamps::get(&stamps.sent[seq]),
+                done: Stamps::get(&stamps.done[seq]),
+            })
+            .collect())
+    }
+
+    /// Sends the churn: each user's changes on one client, in order.
+    async fn churn(
+        &self,
+        clients: &[Arc<Client>],
+        tally: &Arc<Tally>,
+        progress: &ProgressBar,
+    ) -> Result<Vec<ChangeRecord>, SimError> {
+        let changes = &self.plan.churn;
+        let stamps = Stamps::new(changes.len());
+        let window = Arc::new(Semaphore::new(self.scenario.churn_window as usize));
+        let mut lanes = vec![Vec::new(); clients.len()];
+        for (index, change) in changes.iter().enumerate() {
+            lanes[change.user as usize % clients.len()].push((index, *change));
+        }
+        let mut tasks = Vec::new();
+        for (lane, client) in lanes.into_iter().zip(clients) {
+            let (client, window, stamps, tally, progress) = (
+                Arc::clone(client),
+                Arc::clone(&window),
+                Arc::clone(&stamps),
+                Arc::clone(tally),
+                progress.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut waits = Vec::new();
+                for (index, change) in lane {
+                    let permit = Arc::clone(&window).acquire_owned().await;
+                    Stamps::set(&stamps.sent[index], tally.now());
+                    let pending = client
+                        .send(Request::Subscription {
+                            user: user_name(change.user),
+                            youtuber: youtuber_name(change.youtuber),
+                            subscribe: change.subscribe,
+                        })
+                        .await?;
+                    let (client, stamps, tally, progress) = (
+                        Arc::clone(&client),
+                        Arc::clone(&stamps),
+                        Arc::clone(&tally),
+                        progress.clone(),
+                    );
+                    waits.push(tokio::spawn(async move {
+                        let reply = client.wait(pending).await;
+                        drop(permit);
+                        match reply {
+                            Ok(Reply::Done { .. }) => Stamps::set(&stamps.done[index], tally.now()),
+                            Ok(other) => {
+                                tracing::warn!(?other, "unexpected reply to a change");
+                            }
+                            Err(crate::Error::Refused(reason)) => {
+                                tracing::warn!(%reason, "a change was refused");
+                                stamps.refused[index].store(true, Ordering::Release);
+                                Stamps::set(&stamps.done[index], tally.now());
+                            }
+                            Err(err) => tracing::warn!(%err, "a change was not answered"),
+                        }
+                        progress.inc(1);
+                    }));
+                }
+                for wait in waits {
+                    wait.await.map_err(wait_failed)?;
+                }
+                Ok::<(), SimError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(wait_failed)??;
+        }
+        Ok(changes
+            .iter()
+            .enumerate()
+            .map(|(index, &change)| ChangeRecord {
+                change,
+                sent: Stamps::get(&stamps.sent[index]),
+                done: Stamps::get(&stamps.done[index]),
+                applied: !stamps.refused[index].load(Ordering::Acquire),
+            })
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        started_at: String,
+        setup: Setup,
+        tally: &Tally,
+        run_started: u64,
+        uploads: &[UploadRecord],
+        changes: &[ChangeRecord],
+        expectations: &Expectations,
+        [after_setup, before_run, after_run]: [Option<Usage>; 3],
+    ) -> Report {
+        let s = self.scenario;
+        let sent = uploads
+            .iter()
+            .filter_map(|u| u.sent)
+            .chain(changes.iter().filter_map(|c| c.sent));
+        let first_sent = sent.min().unwrap_or(run_started);
+        let answered: Vec<u64> = uploads
+            .iter()
+            .filter_map(|u| u.done)
+            .chain(changes.iter().filter_map(|c| c.done))
+            .collect();
+        let last_answer = answered.iter().copied().max().unwrap_or(first_sent);
+        let (deliveries, deliveries_per_s, latency_ms, fanout_ms, catch_up) =
+            deliveries(tally, s.uploads);
+        let changes_per_s = (!changes.is_empty()).then(|| {
+            let first = changes.iter().filter_map(|c| c.sent).min().unwrap_or(0);
+            let last = changes.iter().filter_map(|c| c.done).max().unwrap_or(first);
+            let confirmed = changes
+                .iter()
+                .filter(|c| c.done.is_some() && c.applied)
+                .count();
+            per_second(confirmed as u64, last.saturating_sub(first))
+        });
+        let failed = uploads.iter().filter(|u| u.done.is_none()).count()
+            + changes
+                .iter()
+                .filter(|c| c.done.is_none() || !c.applied)
+                .count();
+        let check = tally.with_counts(|counts| check::check(expectations, &counts.per_pair));
+        let run_seconds = last_answer
+            .max(tally.last_delivery())
+            .saturating_sub(first_sent) as f64
+            / 1e9;
+        let cpu = before_run
+            .zip(after_run)
+            .map(|(a, b)| b.cpu_seconds - a.cpu_seconds);
+        let run_wall = tally.now().saturating_sub(run_started) as f64 / 1e9;
+        Report {
+            scenario: s.clone(),
+            started_at,
+            setup,
+            run: Run {
+                seconds: run_seconds,
+                uploads: uploads.len() as u64,
+                changes: changes.len() as u64,
+                requests_per_s: per_second(
+                    answered.len() as u64,
+                    last_answer.saturating_sub(first_sent),
+                ),
+                deliveries,
+                deliveries_per_s,
+                catch_up_deliveries: catch_up,
+                latency_ms,
+                fanout_ms,
+                changes_per_s,
+                failed_requests: failed as u64,
+            },
+            check,
+            server: ServerUsage {
+                mode: self.options.server.label().to_owned(),
+                rss_mb_after_setup: after_setup.map(|u| u.rss_mb),
+                rss_mb_end: after_run.map(|u| u.rss_mb),
+                peak_rss_mb: after_run.map(|u| u.peak_rss_mb),
+                cpu_seconds: cpu,
+                cpu_cores: cpu.map(|cpu| cpu / run_wall.max(1e-9)),
+            },
+            ceiling: Ceiling {
+                seconds: 0.0,
+                publishes: 0,
+                deliveries: 0,
+                deliveries_per_s: 0.0,
+                latency_ms: Latency::default(),
+                fanout_ms: Latency::default(),
+                changes_per_s: None,
+                lost: 0,
+                duplicates: 0,
+            },
+            ratios: Ratios {
+                deliveries_per_s: None,
+                latency_p50: None,
+                latency_p99: None,
+                changes_per_s: None,
+            },
+        }
+    }
+
+    /// The same queues, bindings, bodies and upload pattern with plain lapin.
+    async fn ceiling(&self, changes: &[ChangeRecord]) -> Result<Ceiling, SimError> {
+        let s = self.scenario;
+        let tally = Tally::new(s.uploads);
+        let receivers = Arc::new(
+            Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "ceiling").await?,
+        );
+        receivers.open_all((0..s.users).collect(), true).await?;
+        let connection = crate::broker::connect(self.url, "simulate-ceiling").await?;
+        let publishing = bar(self.options, "ceiling", u64::from(s.uploads));
+        let started = std::time::Instant::now();
+        ceiling::publish(&connection, s, &self.plan.uploads, &tally, &publishing).await?;
+        publishing.finish();
+        let mut audience: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (user, youtuber) in check::final_following(&self.plan.subscriptions, changes) {
+            audience.entry(youtuber).or_default().push(user);
+        }
+        let expected: Vec<(u32, u32)> = self
+            .plan
+            .uploads
+            .iter()
+            .enumerate()
+            .flat_map(|(seq, youtuber)| {
+                audience
+                    .get(youtuber)
+                    .into_iter()
+                    .flatten()
+                    .map(move |&user| (user, seq as u32))
+            })
+            .collect();
+        let draining = bar(self.options, "drain", 0);
+        drain(&tally, &expected, s.drain_timeout, &draining).await;
+        Arc::clone(&receivers).shut().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let found = Expectations {
+            expected,
+            ..Expectations::default()
+        };
+        let check = tally.with_counts(|counts| check::check(&found, &counts.per_pair));
+        let (deliveries, deliveries_per_s, latency_ms, fanout_ms, _) =
+            deliveries(&tally, s.uploads);
+        let changes_per_s = if self.plan.churn.is_empty() {
+            None
+        } else {
+            let binding = bar(self.options, "bindings", self.plan.churn.len() as u64);
+            let rate =
+                ceiling::binding_changes(&connection, &self.plan.churn, s.churn_window, &binding)
+                    .await?;
+            binding.finish();
+            Some(rate)
+        };
+        let _ = connection.close(200, "ceiling done".into()).await;
+        Ok(Ceiling {
+            seconds,
+            publishes: u64::from(s.uploads),
+            deliveries,
+            deliveries_per_s,
+            latency_ms,
+            fanout_ms,
+            changes_per_s,
+            lost: check.lost,
+            duplicates: check.duplicates,
+        })
+    }
+}

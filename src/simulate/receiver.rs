@@ -1,0 +1,359 @@
+//! The receiving side: every simulated user's inbox consumed on a handful of
+//! connections (never one connection per user), and the [`Tally`] of what
+//! arrived — counts per (user, upload), latency, and when each upload reached
+//! its last subscriber.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_lite::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::{
+    Channel, Connection,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio::task::JoinHandle;
+
+use super::{SimError, scenario::user_name};
+use crate::{
+    broker,
+    protocol::{self, Notification},
+    topology,
+};
+
+/// Notifications RabbitMQ may push to each inbox consumer ahead of its acks
+/// (the same as the `user` client's).
+const PREFETCH: u16 = 100;
+/// Channels per receiving connection.
+const CHANNELS_PER_CONNECTION: u32 = 4;
+
+/// Upload titles carry their sequence number: `v<seq>`.
+pub fn title(seq: u32) -> String {
+    format!("v{seq}")
+}
+
+fn seq_of(body: &[u8]) -> Option<u32> {
+    match protocol::decode_notification(body).ok()? {
+        Notification::VideoUploaded { video, .. } => video.strip_prefix('v')?.parse().ok(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only counters live behind it; a panic cannot leave them inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What arrived, for one phase (our run, or the ceiling).
+pub struct Tally {
+    start: Instant,
+    /// Nanoseconds from `start` to the send of each upload, plus one; 0 = not sent.
+    sent_at: Vec<AtomicU64>,
+    /// Nanoseconds from `start` to the last live delivery of each upload.
+    last_live_at: Vec<AtomicU64>,
+    last_any_at: AtomicU64,
+    received: AtomicU64,
+    inner: Mutex<Counts>,
+}
+
+/// The tally's counters behind its lock.
+pub struct Counts {
+    /// Copies received per (user, upload).
+    pub per_pair: HashMap<(u32, u32), u32>,
+    /// Upload sent to received, in microseconds, for users online when it was sent.
+    pub latency: Histogram<u64>,
+    pub catch_up: u64,
+    pub unreadable: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 minutes at 3 significant figures; the bounds are valid constants.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Tally {
+    pub fn new(uploads: u32) -> Arc<Tally> {
+        Arc::new(Tally {
+            start: Instant::now(),
+            sent_at: (0..uploads).map(|_| AtomicU64::new(0)).collect(),
+            last_live_at: (0..uploads).map(|_| AtomicU64::new(0)).collect(),
+            last_any_at: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            inner: Mutex::new(Counts {
+                per_pair: HashMap::new(),
+                latency: histogram(),
+                catch_up: 0,
+                unreadable: 0,
+            }),
+        })
+    }
+
+    /// Nanoseconds since the tally started.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Records that upload `seq` is being sent now; returns the time.
+    pub fn mark_sent(&self, seq: u32) -> u64 {
+        let now = self.now();
+        self.sent_at[seq as usize].store(now + 1, Ordering::Release);
+        now
+    }
+
+    /// When upload `seq` was sent, if it was.
+    pub fn sent(&self, seq: u32) -> Option<u64> {
+        match self.sent_at.get(seq as usize)?.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at - 1),
+        }
+    }
+
+    /// Notifications received so far, all users together.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// When the last notification arrived.
+    pub fn last_delivery(&self) -> u64 {
+        self.last_any_at.load(Ordering::Relaxed)
+    }
+
+    /// When upload `seq` reached its last subscriber online at the time.
+    pub fn last_live(&self, seq: u32) -> Option<u64> {
+        match self.last_live_at[seq as usize].load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    fn record(&self, user: u32, body: &[u8], session_start: u64) {
+        let now = self.now();
+        let seq = seq_of(body).filter(|&seq| (seq as usize) < self.sent_at.len());
+        let mut counts = lock(&self.inner);
+        let Some(seq) = seq else {
+            counts.unreadable += 1;
+            return;
+        };
+        *counts.per_pair.entry((user, seq)).or_default() += 1;
+        match self.sent(seq) {
+            Some(sent) if sent >= session_start => {
+                let micros = (now.saturating_sub(sent) / 1_000).max(1);
+                let _ = counts.latency.record(micros);
+                self.last_live_at[seq as usize].fetch_max(now, Ordering::Relaxed);
+            }
+            _ => counts.catch_up += 1,
+        }
+        drop(counts);
+        self.last_any_at.fetch_max(now, Ordering::Relaxed);
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads the counters under the lock.
+    pub fn with_counts<T>(&self, read: impl FnOnce(&Counts) -> T) -> T {
+        read(&lock(&self.inner))
+    }
+}
+
+struct Session {
+    channel: usize,
+    tag: String,
+    task: JoinHandle<()>,
+}
+
+/// Every user's inbox, consumed on a few connections and channels.
+pub struct Receivers {
+    connections: Vec<Connection>,
+    channels: Vec<Channel>,
+    sessions: Mutex<HashMap<u32, Session>>,
+    tally: Arc<Tally>,
+    label: &'static str,
+}
+
+impl Receivers {
+    /// Opens `channels` channels over enough connections (four channels each).
+    pub async fn connect(
+        url: &str,
+        channels: u32,
+        tally: Arc<Tally>,
+        label: &'static str,
+    ) -> Result<Receivers, SimError> {
+        let mut connections = Vec::new();
+        let mut opened = Vec::new();
+        for i in 0..channels {
+            if i % CHANNELS_PER_CONNECTION == 0 {
+                let name = format!("simulate-{label}-receive-{}", connections.len());
+                connections.push(broker::connect(url, &name).await?);
+            }
+            let connection = connections.last().expect("a connection was just opened");
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(PREFETCH, BasicQosOptions::default())
+                .await?;
+            opened.push(channel);
+        }
+        Ok(Receivers {
+            connections,
+            channels: opened,
+            sessions: Mutex::new(HashMap::new()),
+            tally,
+            label,
+        })
+    }
+
+    /// Starts consuming `user`'s inbox (declaring it, as the `user` client does).
+    pub async fn open(&self, user: u32) -> Result<(), SimError> {
+        let index = user as usize % self.channels.len();
+        let channel = self.channels[index].clone();
+        let name = user_name(user);
+        topology::declare_inbox(&channel, &name).await?;
+        let tag = format!(
+            "simulate-{}:{name}:{}",
+            self.label,
+            uuid::Uuid::new_v4().simple()
+        );
+        let session_start = self.tally.now();
+        let mut consumer = channel
+            .basic_consume(
+                topology::inbox(&name).as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let tally = Arc::clone(&self.tally);
+        let task = tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let delivery = match delivery {
+                    Ok(delivery) => delivery,
+                    // A broker restart: wait for the reconnection, as `user` does.
+                    Err(err) => {
+                        if channel.wait_for_recovery(err).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                // Delivered on the dead connection: it comes again.
+                if delivery.acker.poisoned() {
+                    continue;
+                }
+                tally.record(user, &delivery.data, session_start);
+                // A lost ack means a redelivery, counted as a duplicate copy.
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        });
+        lock(&self.sessions).insert(
+            user,
+            Session {
+                channel: index,
+                tag,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops consuming `user`'s inbox; what arrives later waits there.
+    pub async fn close(&self, user: u32) -> Result<(), SimError> {
+        let Some(session) = lock(&self.sessions).remove(&user) else {
+            return Ok(());
+        };
+        self.channels[session.channel]
+            .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries already on their way are counted and acknowledged first.
+        let _ = tokio::time::timeout(Duration::from_secs(10), session.task).await;
+        Ok(())
+    }
+
+    /// Opens (or closes) many inboxes, one task per channel.
+    pub async fn open_all(self: &Arc<Self>, users: Vec<u32>, open: bool) -> Result<(), SimError> {
+        let lanes = self.channels.len();
+        let mut by_lane = vec![Vec::new(); lanes];
+        for user in users {
+            by_lane[user as usize % lanes].push(user);
+        }
+        let mut tasks = Vec::new();
+        for lane in by_lane.into_iter().filter(|lane| !lane.is_empty()) {
+            let receivers = Arc::clone(self);
+            tasks.push(tokio::spawn(async move {
+                for user in lane {
+                    if open {
+                        receivers.open(user).await?;
+                    } else {
+                        receivers.close(user).await?;
+                    }
+                }
+                Ok::<(), SimError>(())
+            }));
+        }
+        for task in tasks {
+            task.await
+                .map_err(|e| SimError::Harness(format!("a receiving task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// The users whose inbox is being consumed now.
+    pub fn open_users(&self) -> Vec<u32> {
+        lock(&self.sessions).keys().copied().collect()
+    }
+
+    /// Closes every inbox, then the connections.
+    pub async fn shut(self: Arc<Self>) -> Result<(), SimError> {
+        let users = self.open_users();
+        self.open_all(users, false).await?;
+        for connection in &self.connections {
+            let _ = connection.close(200, "simulation done".into()).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(video: &str) -> Vec<u8> {
+        protocol::encode(&Notification::VideoUploaded {
+            id: uuid::Uuid::nil(),
+            youtuber: "yt00001".into(),
+            video: video.into(),
+            uploaded_at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn the_tally_counts_pairs_latency_and_catch_up() {
+        let tally = Tally::new(3);
+        tally.mark_sent(0);
+        tally.mark_sent(1);
+        tally.record(7, &notification("v0"), 0);
+        tally.record(7, &notification("v0"), 0);
+        tally.record(8, &notification("v1"), u64::MAX); // opened after the send: catch-up
+        tally.record(8, b"not json", 0);
+        tally.record(8, &notification("v99"), 0);
+        assert_eq!(tally.received(), 3);
+        tally.with_counts(|counts| {
+            assert_eq!(counts.per_pair[&(7, 0)], 2);
+            assert_eq!(counts.per_pair[&(8, 1)], 1);
+            assert_eq!(counts.latency.len(), 2);
+            assert_eq!(counts.catch_up, 1);
+            assert_eq!(counts.unreadable, 2);
+        });
+        assert!(tally.last_live(0).is_some());
+        assert!(tally.last_live(1).is_none());
+        assert_eq!(tally.sent(2), None);
+    }
+}

@@ -1,0 +1,462 @@
+//! The result of a simulation: a plain struct that serialises to JSON
+//! (`--json`) and renders as text for people.
+
+use std::fmt::{self, Write as _};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::scenario::Scenario;
+
+/// Everything a run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    pub setup: Setup,
+    pub run: Run,
+    pub check: Check,
+    pub server: ServerUsage,
+    pub ceiling: Ceiling,
+    pub ratios: Ratios,
+}
+
+/// Creating users and subscriptions through the server, before the measured run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Requests sent (logins and subscriptions), all answered.
+    pub requests: u64,
+    pub seconds: f64,
+    pub requests_per_s: f64,
+    /// Inbox queues and bindings the broker holds after set-up.
+    pub queues: u64,
+    pub bindings: u64,
+}
+
+/// The measured run: uploads, churn, deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// From the first request sent to the last notification received.
+    pub seconds: f64,
+    pub uploads: u64,
+    pub changes: u64,
+    /// Uploads and subscription changes answered per second, over the time they took.
+    pub requests_per_s: f64,
+    /// Notifications received, including catch-up after a user came back.
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    /// Deliveries to a user who was offline when the upload was sent; not in `latency_ms`.
+    pub catch_up_deliveries: u64,
+    /// Upload sent to notification received, for users online at the time.
+    pub latency_ms: Latency,
+    /// Upload sent to the last subscriber having it, per upload.
+    pub fanout_ms: Latency,
+    /// Subscription changes the server confirmed per second (churn only).
+    pub changes_per_s: Option<f64>,
+    /// Requests the server refused or did not answer.
+    pub failed_requests: u64,
+}
+
+/// The exactly-once check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// (user, upload) pairs that must receive the upload exactly once.
+    pub expected: u64,
+    /// Expected pairs that received it at least once.
+    pub received: u64,
+    /// Expected pairs that never received it.
+    pub lost: u64,
+    /// Copies received beyond the first, over all pairs checked.
+    pub duplicates: u64,
+    /// Notifications received by a user who was not subscribed when the upload was sent.
+    pub unexpected: u64,
+    /// Pairs left out of the check because a subscription change was in flight
+    /// during the upload (either outcome is correct).
+    pub ambiguous: u64,
+    /// No loss, no duplicate, nothing unexpected.
+    pub ok: bool,
+}
+
+/// The server's own use of the machine, when it runs as a child process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerUsage {
+    /// `process` (a child `youtube_server`, measured), `in-process` or `external` (not measured).
+    pub mode: String,
+    pub rss_mb_after_setup: Option<f64>,
+    pub rss_mb_end: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    /// CPU seconds (user + system) during the measured run.
+    pub cpu_seconds: Option<f64>,
+    /// Cores busy on average during the measured run.
+    pub cpu_cores: Option<f64>,
+}
+
+/// The same shape with plain lapin and no application logic, measured in the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub seconds: f64,
+    pub publishes: u64,
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub latency_ms: Latency,
+    pub fanout_ms: Latency,
+    /// Binding changes (bind or unbind) the broker confirmed per second, for churn.
+    pub changes_per_s: Option<f64>,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// Ours / ceiling. Above 1 is better for rates; for latency, 1 is the broker's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub deliveries_per_s: Option<f64>,
+    pub latency_p50: Option<f64>,
+    pub latency_p99: Option<f64>,
+    pub changes_per_s: Option<f64>,
+}
+
+impl Ratios {
+    pub fn of(run: &Run, ceiling: &Ceiling) -> Ratios {
+        let ratio = |ours: f64, raw: f64| (ours > 0.0 && raw > 0.0).then(|| ours / raw);
+        Ratios {
+            deliveries_per_s: ratio(run.deliveries_per_s, ceiling.deliveries_per_s),
+            latency_p50: ratio(run.latency_ms.p50, ceiling.latency_ms.p50),
+            latency_p99: ratio(run.latency_ms.p99, ceiling.latency_ms.p99),
+            changes_per_s: run
+                .changes_per_s
+                .zip(ceiling.changes_per_s)
+                .and_then(|(ours, raw)| ratio(ours, raw)),
+        }
+    }
+}
+
+/// A latency distribution, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// Summarises a histogram recorded in microseconds.
+    pub fn from_micros(histogram: &Histogram<u64>) -> Latency {
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Latency {
+            count: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.count == 0 {
+            return write!(f, "none measured");
+        }
+        write!(
+            f,
+            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} samples)",
+            short(self.p50),
+            short(self.p90),
+            short(self.p99),
+            short(self.max),
+            thousands(self.count)
+        )
+    }
+}
+
+/// A number with three significant figures, at most.
+pub fn short(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else if value >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// An integer with thousands separators: 12,345.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn rate(value: f64) -> String {
+    thousands(value.round() as u64)
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"))
+}
+
+fn mb(value: Option<f64>) -> String {
+    value.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.1} MB"))
+}
+
+impl fmt::Display for Report {
+    /// The report as people read it at the end of a run.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.scenario;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {}: {} users, {} YouTubers, {} subscriptions ({}), {} uploads, {} changes, {:.0}% offline, seed {}",
+            s.name,
+            thousands(u64::from(s.users)),
+            thousands(u64::from(s.youtubers)),
+            thousands(s.subscriptions),
+            s.spread,
+            thousands(u64::from(s.uploads)),
+            thousands(u64::from(s.churn)),
+            s.offline_share * 100.0,
+            s.seed
+        );
+        let u = &self.setup;
+        let _ = writeln!(
+            out,
+            "set-up      {} requests in {:.1} s ({} requests/s); {} inboxes, {} bindings (not measured below)",
+            thousands(u.requests),
+            u.seconds,
+            rate(u.requests_per_s),
+            thousands(u.queues),
+            thousands(u.bindings)
+        );
+        let r = &self.run;
+        let _ = writeln!(
+            out,
+            "run         {:.2} s: {} uploads and {} changes, {} requests/s",
+            r.seconds,
+            thousands(r.uploads),
+            thousands(r.changes),
+            rate(r.requests_per_s)
+        );
+        let _ = writeln!(
+            out,
+            "deliveries  {} ({} catch-up after coming back), {} notifications/s",
+            thousands(r.deliveries),
+            thousands(r.catch_up_deliveries),
+            rate(r.deliveries_per_s)
+        );
+        let _ = writeln!(out, "latency     {}", r.latency_ms);
+        let _ = writeln!(
+            out,
+            "fan-out     {} (upload to its last subscriber)",
+            r.fanout_ms
+        );
+        if let Some(changes) = r.changes_per_s {
+            let _ = writeln!(out, "churn       {} confirmed changes/s", rate(changes));
+        }
+        if r.failed_requests > 0 {
+            let _ = writeln!(
+                out,
+                "failed      {} requests refused or unanswered",
+                thousands(r.failed_requests)
+            );
+        }
+        let c = &self.check;
+        let _ = writeln!(
+            out,
+            "check       {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}",
+            if c.ok { "OK" } else { "FAILED" },
+            thousands(c.expected),
+            thousands(c.received),
+            thousands(c.lost),
+            thousands(c.duplicates),
+            thousands(c.unexpected),
+            if c.ambiguous > 0 {
+                format!(
+                    "; {} pairs not checked (a change was in flight during the upload)",
+                    thousands(c.ambiguous)
+                )
+            } else {
+                String::new()
+            }
+        );
+        let v = &self.server;
+        let _ = writeln!(
+            out,
+            "server      {}: memory {} after set-up, {} at the end, peak {}; CPU {}",
+            v.mode,
+            mb(v.rss_mb_after_setup),
+            mb(v.rss_mb_end),
+            mb(v.peak_rss_mb),
+            match (v.cpu_seconds, v.cpu_cores) {
+                (Some(seconds), Some(cores)) => format!(
+                    "{seconds:.2} s during the run ({:.0}% of one core)",
+                    cores * 100.0
+                ),
+                _ => "not measured".to_owned(),
+            }
+        );
+        let g = &self.ceiling;
+        let _ = writeln!(
+            out,
+            "ceiling     plain lapin, same queues and bindings: {} deliveries/s, latency {}{}",
+            rate(g.deliveries_per_s),
+            g.latency_ms,
+            g.changes_per_s
+                .map(|c| format!(", {} binding changes/s", rate(c)))
+                .unwrap_or_default()
+        );
+        let q = &self.ratios;
+        let _ = writeln!(
+            out,
+            "ours/ceiling deliveries/s {}, latency p50 {}, p99 {}, changes/s {}",
+            ratio(q.deliveries_per_s),
+            ratio(q.latency_p50),
+            ratio(q.latency_p99),
+            ratio(q.changes_per_s)
+        );
+        f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A report with fixed figures, for rendering tests.
+    pub(crate) fn sample() -> Report {
+        let latency = Latency {
+            count: 1200,
+            p50: 0.84,
+            p90: 1.2,
+            p99: 1.9,
+            max: 3.25,
+        };
+        let run = Run {
+            seconds: 2.5,
+            uploads: 300,
+            changes: 0,
+            requests_per_s: 120.0,
+            deliveries: 1234,
+            deliveries_per_s: 493.6,
+            catch_up_deliveries: 34,
+            latency_ms: latency.clone(),
+            fanout_ms: latency.clone(),
+            changes_per_s: None,
+            failed_requests: 0,
+        };
+        let ceiling = Ceiling {
+            seconds: 1.0,
+            publishes: 300,
+            deliveries: 1200,
+            deliveries_per_s: 1000.0,
+            latency_ms: Latency {
+                p50: 0.21,
+                p99: 0.38,
+                ..latency.clone()
+            },
+            fanout_ms: latency,
+            changes_per_s: None,
+            lost: 0,
+            duplicates: 0,
+        };
+        Report {
+            scenario: Scenario::preset("classroom").unwrap(),
+            started_at: "2026-01-01T00:00:00Z".to_owned(),
+            setup: Setup {
+                requests: 100,
+                seconds: 0.5,
+                requests_per_s: 200.0,
+                queues: 50,
+                bindings: 100,
+            },
+            ratios: Ratios::of(&run, &ceiling),
+            run,
+            check: Check {
+                expected: 1234,
+                received: 1234,
+                lost: 0,
+                duplicates: 0,
+                unexpected: 0,
+                ambiguous: 0,
+                ok: true,
+            },
+            server: ServerUsage {
+                mode: "process".to_owned(),
+                rss_mb_after_setup: Some(12.5),
+                rss_mb_end: Some(13.0),
+                peak_rss_mb: Some(13.2),
+                cpu_seconds: Some(0.8),
+                cpu_cores: Some(0.32),
+            },
+            ceiling,
+        }
+    }
+
+    #[test]
+    fn the_text_report_names_every_figure() {
+        let text = sample().to_string();
+        for expected in [
+            "scenario classroom: 50 users, 5 YouTubers, 100 subscriptions (uniform), 300 uploads, 0 changes, 20% offline, seed 1",
+            "deliveries  1,234 (34 catch-up after coming back), 494 notifications/s",
+            "latency     p50 0.840 ms, p90 1.20 ms, p99 1.90 ms, max 3.25 ms (1,200 samples)",
+            "check       OK: 1,234 expected, 1,234 received, 0 lost, 0 duplicates, 0 unexpected",
+            "server      process: memory 12.5 MB after set-up, 13.0 MB at the end, peak 13.2 MB; CPU 0.80 s during the run (32% of one core)",
+            "ours/ceiling deliveries/s 0.49, latency p50 4.00, p99 5.00, changes/s n/a",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_json_report_reads_back_the_same() {
+        let report = sample();
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        // Floats may differ in the last bit; everything else reads back exactly.
+        assert_eq!(back.scenario, report.scenario);
+        assert_eq!(back.check, report.check);
+        assert_eq!(back.server.mode, report.server.mode);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["check"]["lost"], 0);
+        assert_eq!(value["run"]["latency_ms"]["p99"], 1.9);
+        assert!(value["ratios"]["deliveries_per_s"].as_f64().unwrap() < 1.0);
+    }
+
+    #[test]
+    fn numbers_read_easily() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(short(0.1234), "0.123");
+        assert_eq!(short(12.345), "12.3");
+        assert_eq!(short(1234.6), "1235");
+    }
+
+    #[test]
+    fn latency_comes_from_a_histogram_in_microseconds() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for micros in 1..=1000 {
+            histogram.record(micros).unwrap();
+        }
+        let latency = Latency::from_micros(&histogram);
+        assert_eq!(latency.count, 1000);
+        assert!((latency.p50 - 0.5).abs() < 0.01, "{latency:?}");
+        assert!((latency.p99 - 0.99).abs() < 0.01, "{latency:?}");
+        assert!((latency.max - 1.0).abs() < 0.01, "{latency:?}");
+        assert_eq!(Latency::from_micros(&Histogram::new(3).unwrap()).count, 0);
+    }
+}

@@ -1,0 +1,225 @@
+//! Every exchange, queue and routing key, and the one idempotent `declare` that
+//! every program calls after connecting.
+//!
+//! ```text
+//! user ──► ytnotify.user_requests ─────┐                       ┌─► ytnotify.inbox.alice ─► user alice
+//!                                       ├─► youtube_server ──► ytnotify.notifications ─┤   (bound with key "bob")
+//! youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber) └─► ytnotify.inbox.carol ─► …
+//! ```
+//!
+//! A subscription is a binding: the user's inbox is bound to the notifications
+//! exchange with the YouTuber's name as routing key, so one publish per upload
+//! reaches every subscriber and RabbitMQ does the fan-out. Everything is
+//! durable; every message is persistent.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+/// Queue of requests from users: logins, subscription changes, queries.
+pub const USER_REQUESTS: &str = "ytnotify.user_requests";
+/// Queue of upload requests from YouTubers.
+pub const YOUTUBER_REQUESTS: &str = "ytnotify.youtuber_requests";
+/// Direct exchange the server publishes uploads to, with the YouTuber as routing key.
+pub const NOTIFICATIONS: &str = "ytnotify.notifications";
+/// Fanout exchange for messages the server cannot process.
+pub const DEAD_LETTER_EXCHANGE: &str = "ytnotify.dead_letter";
+/// Queue that keeps dead-lettered messages for inspection.
+pub const DEAD_LETTERS: &str = "ytnotify.dead_letters";
+/// Header on a dead-lettered message that says why the server refused it.
+pub const REASON_HEADER: &str = "x-ytnotify-reason";
+/// Header on a dead-lettered message naming the queue it came from.
+pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
+
+const INBOX_PREFIX: &str = "ytnotify.inbox.";
+const REPLY_PREFIX: &str = "ytnotify.reply.";
+
+/// A fresh name for a client's reply queue. Each client declares its own,
+/// exclusive to its connection: RabbitMQ deletes it when the client goes, and
+/// lapin declares it again after a reconnection (unlike direct reply-to,
+/// whose address dies with the connection).
+pub fn reply_queue() -> String {
+    format!("{REPLY_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Declares a client's reply queue: exclusive, deleted with its connection.
+pub async fn declare_reply_queue(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The durable inbox queue of a user.
+pub fn inbox(user: &str) -> String {
+    format!("{INBOX_PREFIX}{user}")
+}
+
+/// The user an inbox queue belongs to, if the name is an inbox's.
+pub fn inbox_owner(queue: &str) -> Option<&str> {
+    queue.strip_prefix(INBOX_PREFIX)
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// Request queues dead-letter what is rejected, and deliver to one server at
+/// a time (single active consumer): a second `youtube_server` waits as a hot
+/// standby and takes over if the first stops, and requests are never applied
+/// by two servers at once, which keeps each user's requests in order.
+fn request_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    arguments.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
+    arguments
+}
+
+/// Declares the exchanges and queues shared by all programs. Idempotent: every
+/// program calls it after connecting, so they can start in any order without a
+/// message ever being published to a queue that does not exist yet.
+pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            DEAD_LETTER_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(DEAD_LETTERS.into(), durable_queue(), FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            DEAD_LETTERS.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for queue in [USER_REQUESTS, YOUTUBER_REQUESTS] {
+        channel
+            .queue_declare(queue.into(), durable_queue(), request_queue_arguments())
+            .await?;
+    }
+    channel
+        .exchange_declare(
+            NOTIFICATIONS.into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares a user's durable inbox. Idempotent; both the server (at login) and
+/// the user's client (before consuming) call it. Returns how many
+/// notifications are waiting and how many consumers read the inbox now.
+pub async fn declare_inbox(channel: &Channel, user: &str) -> Result<(u32, u32), lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            inbox(user).as_str().into(),
+            durable_queue(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.message_count(), queue.consumer_count()))
+}
+
+/// How many messages wait in an existing queue and how many consumers read
+/// it, without declaring it (a missing queue is an error, and closes the channel).
+pub async fn inspect(channel: &Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.message_count(), queue.consumer_count()))
+}
+
+/// Makes `user` receive `youtuber`'s uploads: binds the inbox with the
+/// YouTuber's name as routing key. Binding twice is harmless.
+pub async fn bind_subscription(
+    channel: &Channel,
+    user: &str,
+    youtuber: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            inbox(user).as_str().into(),
+            NOTIFICATIONS.into(),
+            youtuber.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Stops `user` receiving `youtuber`'s uploads. Unbinding a missing binding is harmless.
+pub async fn unbind_subscription(
+    channel: &Channel,
+    user: &str,
+    youtuber: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_unbind(
+            inbox(user).as_str().into(),
+            NOTIFICATIONS.into(),
+            youtuber.into(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_names_round_trip() {
+        assert_eq!(inbox("alice"), "ytnotify.inbox.alice");
+        assert_eq!(inbox_owner(&inbox("alice")), Some("alice"));
+        assert_eq!(inbox_owner(USER_REQUESTS), None);
+    }
+
+    #[test]
+    fn the_longest_name_still_makes_a_legal_queue_name() {
+        // AMQP limits queue names to 255 bytes; names are at most 64 ASCII characters.
+        let longest = "a".repeat(crate::names::MAX_NAME_CHARS);
+        assert!(inbox(&longest).len() <= 255);
+    }
+}

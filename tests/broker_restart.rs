@@ -1,0 +1,88 @@
+//! A crash of the broker itself: kill -9 of a private RabbitMQ node, then a
+//! restart on the same data. Confirmed subscriptions and the notifications
+//! waiting for an offline user must all be there afterwards.
+
+mod common;
+
+use common::{TestServer, broker_node::BrokerNode, within};
+use ytnotify::{
+    client::{Client, ClientConfig},
+    server::ServerConfig,
+    user::{self, Inbox, SubscriptionChange},
+    youtuber::publish_video,
+};
+
+#[tokio::test]
+async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
+    common::require_broker();
+    let node = BrokerNode::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(node.url.clone(), dir.path().join("server.db"));
+    config.print_events = false;
+    let client_config = ClientConfig {
+        amqp_url: node.url.clone(),
+        ..ClientConfig::default()
+    };
+
+    let server = TestServer::start(config.clone()).await;
+    let client = within("connect", Client::connect(&client_config, "test"))
+        .await
+        .unwrap();
+    for user in ["alice", "carol"] {
+        let change = SubscriptionChange {
+            youtuber: "bob".into(),
+            subscribe: true,
+        };
+        user::login_and_update(&client, user, Some(&change))
+            .await
+            .unwrap();
+    }
+    // alice and carol are offline: every confirmed upload waits in their inboxes.
+    let titles: Vec<String> = (1..=20).map(|n| format!("Before the crash {n}")).collect();
+    for title in &titles {
+        publish_video(&client, "bob", title).await.unwrap();
+    }
+    server.stop().await;
+    drop(client);
+
+    node.kill9().await;
+    node.boot().await;
+
+    let server = TestServer::start(config).await;
+    let client = within("reconnect", Client::connect(&client_config, "test"))
+        .await
+        .unwrap();
+    // The subscriptions (bindings) survived: an upload after the restart arrives.
+    publish_video(&client, "bob", "After the restart")
+        .await
+        .unwrap();
+    for user in ["alice", "carol"] {
+        let mut inbox = Inbox::open(client.connection(), user).await.unwrap();
+        assert_eq!(
+            inbox.waiting_at_open(),
+            21,
+            "{user}'s inbox after the crash"
+        );
+        let mut received = Vec::new();
+        for _ in 0..21 {
+            let next = within("a notification", inbox.next())
+                .await
+                .unwrap()
+                .unwrap();
+            received.push(next.notification.to_string());
+            next.ack().await.unwrap();
+        }
+        let mut expected: Vec<String> = titles
+            .iter()
+            .map(|title| format!("New Notification: bob uploaded {title}"))
+            .collect();
+        expected.push("New Notification: bob uploaded After the restart".into());
+        assert_eq!(received, expected, "{user} got every upload once, in order");
+        inbox.close().await.unwrap();
+    }
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["bob"]
+    );
+    server.stop().await;
+}

@@ -1,0 +1,188 @@
+//! A private RabbitMQ node on spare ports, for tests that crash or restart the
+//! broker without touching the machine's shared one.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// How long a node may take to boot (about 7 s on a 2-core machine).
+const BOOT: Duration = Duration::from_secs(90);
+
+pub struct BrokerNode {
+    pub url: String,
+    name: String,
+    port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on loopback")
+        .port()
+}
+
+/// The server script: as root, the one under /usr/lib, since the /usr/sbin
+/// wrapper switches to the rabbitmq user, who cannot write our temp dir.
+fn server_script() -> PathBuf {
+    let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if direct.exists() {
+        direct.to_owned()
+    } else {
+        PathBuf::from("rabbitmq-server")
+    }
+}
+
+impl BrokerNode {
+    /// Starts a fresh node and waits until it accepts AMQP connections.
+    pub async fn start() -> BrokerNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let port = free_port();
+        let node = BrokerNode {
+            name: format!(
+                "ytnotify-test-{}@localhost",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            port,
+            dist_port: free_port(),
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            dir,
+        };
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(node.dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(
+            node.dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{}\n", node.port),
+        )
+        .unwrap();
+        std::fs::write(node.dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        node.boot().await;
+        node
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("pid")
+    }
+
+    /// Boots the node on its data directory (fresh or after a crash).
+    pub async fn boot(&self) {
+        let dir = self.dir.path();
+        let _ = std::fs::remove_file(self.pid_file());
+        let status = Command::new(server_script())
+            .arg("-detached")
+            .current_dir(dir)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", self.pid_file())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .status()
+            .expect("rabbitmq-server is installed (scripts/test.sh installs it)");
+        assert!(
+            status.success(),
+            "rabbitmq-server -detached failed: {status}"
+        );
+        let started = Instant::now();
+        loop {
+            if ytnotify::broker::connect(&self.url, "boot probe")
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < BOOT,
+                "the private RabbitMQ node did not accept connections within {BOOT:?}; see {}",
+                dir.join("log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Crashes the node: kill -9 of its Erlang VM, no shutdown of any kind.
+    pub async fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.pid_file()).expect("the node wrote its pid");
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(started.elapsed() < BOOT, "the node did not die");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl BrokerNode {
+    fn pid(&self) -> String {
+        std::fs::read_to_string(self.pid_file())
+            .expect("the node wrote its pid")
+            .trim()
+            .to_owned()
+    }
+
+    /// Freezes the node (SIGSTOP): it keeps its sockets but answers nothing,
+    /// as a stalled broker or a dead network would.
+    pub fn freeze(&self) {
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &self.pid()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Lets a frozen node run again (SIGCONT).
+    pub fn thaw(&self) {
+        assert!(
+            Command::new("kill")
+                .args(["-CONT", &self.pid()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Runs `rabbitmqctl` against this node, as the user that started it
+    /// (the /usr/sbin wrapper would switch to the rabbitmq user, whose Erlang
+    /// cookie is not this node's).
+    pub fn ctl(&self, args: &[&str]) {
+        let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        let ctl = if direct.exists() {
+            direct.to_owned()
+        } else {
+            PathBuf::from("rabbitmqctl")
+        };
+        let output = Command::new(ctl)
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("rabbitmqctl is installed");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for BrokerNode {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Shared helpers: a private vhost per test, an in-process server, timeouts.
+//!
+//! Every test gets its own RabbitMQ vhost (created with `rabbitmqctl`, deleted
+//! when the test ends, pass or fail), so tests run in parallel with each other
+//! and beside a running demo without seeing each other's queues.
+#![allow(dead_code)]
+
+pub mod broker_node;
+
+use std::{
+    future::Future,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use tokio::{sync::oneshot, task::JoinHandle};
+use ytnotify::{
+    client::{Client, ClientConfig},
+    server::{Event, ServerConfig, YoutubeServer},
+};
+
+/// The longest any single wait on the broker may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// The broker the tests use: `YT_TEST_AMQP_URL`, else `AMQP_URL`, else the local default.
+pub fn base_url() -> String {
+    std::env::var("YT_TEST_AMQP_URL")
+        .or_else(|_| std::env::var("AMQP_URL"))
+        .unwrap_or_else(|_| ytnotify::broker::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Replaces the vhost of an AMQP URL.
+pub fn with_vhost(url: &str, vhost: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("an AMQP URL has a scheme");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{vhost}")
+}
+
+/// How long one `rabbitmqctl` call may take (a busy broker answers slowly).
+const CTL_WAIT: Duration = Duration::from_secs(90);
+
+/// One `rabbitmqctl` at a time per test binary: each starts an Erlang VM
+/// that takes one of only eleven CLI distribution ports.
+static CTL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rabbitmqctl(args: &[&str]) {
+    let _one_at_a_time = CTL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut child = Command::new("rabbitmqctl")
+        .args(args)
+        // Its own process group, so that a timeout kills the Erlang VM too,
+        // not only the shell wrapper.
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run rabbitmqctl ({e}); the tests create a vhost each with it: \
+                 run them with scripts/test.sh on the broker's machine"
+            )
+        });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("rabbitmqctl runs") {
+            break status;
+        }
+        if started.elapsed() > CTL_WAIT {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", child.id())])
+                .status();
+            panic!(
+                "rabbitmqctl {} did not finish within {CTL_WAIT:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(
+        status.success(),
+        "rabbitmqctl {} failed: {stderr}\nIs RabbitMQ running? Start it with scripts/test.sh.",
+        args.join(" "),
+    );
+}
+
+/// A vhost of its own for one test, deleted on drop.
+pub struct TestVhost {
+    pub name: String,
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique name for this test run: `prefix-<random>`.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{n}-{}", &random[..8])
+}
+
+impl TestVhost {
+    /// Creates a fresh vhost named after the test, with a temp dir for databases.
+    pub fn new(test: &str) -> TestVhost {
+        require_broker();
+        let name = unique(&format!("ytnotify-test-{test}"));
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        TestVhost {
+            url: with_vhost(&base_url(), &name),
+            name,
+            dir: dir.path().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The server configuration for this vhost, with a database in the temp dir.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(self.url.clone(), self.dir.join("server.db"));
+        config.print_events = false;
+        config
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            amqp_url: self.url.clone(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub async fn client(&self, name: &str) -> Client {
+        within(
+            "a client to connect",
+            Client::connect(&self.client_config(), name),
+        )
+        .await
+        .expect("client connects")
+    }
+
+    /// Starts a server in-process on this vhost.
+    pub async fn start_server(&self) -> TestServer {
+        TestServer::start(self.server_config()).await
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        // Best effort: a leftover vhost is harmless, a panic in drop is not.
+        let name = self.name.clone();
+        let _ = std::panic::catch_unwind(move || rabbitmqctl(&["delete_vhost", &name]));
+    }
+}
+
+/// Fails fast, with the command to run, when no broker answers. Never skips:
+/// a test that silently does nothing would hide a broken suite.
+pub fn require_broker() {
+    let url = base_url();
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+        .unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    };
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        });
+    assert!(
+        reachable,
+        "no RabbitMQ at {host_port} (CI={}): run the tests with scripts/test.sh, which starts one, \
+         or start it with `sudo rabbitmq-server -detached`",
+        std::env::var("CI").unwrap_or_default()
+    );
+}
+
+/// A server running in-process, stopped on [`TestServer::stop`].
+pub struct TestServer {
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<ytnotify::Result<()>>>,
+    pub events: tokio::sync::broadcast::Receiver<Event>,
+    pub store: ytnotify::store::Store,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> TestServer {
+        let server = within("the server to start", YoutubeServer::start(config))
+            .await
+            .expect("server starts");
+        let events = server.events();
+        let store = server.store().clone();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+            events,
+            store,
+        }
+    }
+
+    /// Waits for the next event other than a dead-letter, failing after [`WAIT`].
+    pub async fn next_event(&mut self) -> Event {
+        within("a server event", self.events.recv())
+            .await
+            .expect("the server is running")
+    }
+
+    /// Shuts the server down cleanly and checks it ended without error.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            within("the server to stop", handle)
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+/// Shows the library's log in a test's output (on failure, or with
+/// `--nocapture`), filtered by `RUST_LOG` (default: warnings).
+pub fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,189 @@
+//! The user dashboard end to end: the real `user` binary in a pseudo-terminal,
+//! driven by keys, against a real RabbitMQ and an in-process server.
+#![cfg(feature = "tui")]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::TestVhost;
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use ytnotify::youtuber::publish_video;
+
+const USER: &str = env!("CARGO_BIN_EXE_user");
+
+/// The terminal as the user sees it, kept up to date from the pty's output.
+struct Terminal {
+    screen: Arc<Mutex<vt100::Parser>>,
+    input: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+}
+
+impl Terminal {
+    fn spawn(args: &[&str], vhost: &TestVhost) -> Terminal {
+        let pty = native_pty_system()
+            .openpty(PtySize {
+                rows: 24,
+                cols: 80,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("a pseudo-terminal");
+        let mut command = CommandBuilder::new(USER);
+        command.args(args);
+        command.env("AMQP_URL", &vhost.url);
+        command.env("TERM", "xterm-256color");
+        command.env("HOME", vhost.dir.as_os_str());
+        let child = pty.slave.spawn_command(command).expect("user starts");
+        drop(pty.slave);
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(nonzero(24), nonzero(80), 0)));
+        let mut output = pty.master.try_clone_reader().unwrap();
+        let feed = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = output.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                feed.lock().unwrap().process(&buffer[..read]);
+            }
+        });
+        let input = pty.master.take_writer().unwrap();
+        // The master must outlive the child; leak it into the reader's lifetime.
+        std::mem::forget(pty.master);
+        Terminal {
+            screen,
+            input,
+            child,
+        }
+    }
+
+    fn contents(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// Waits until the screen shows `text`, failing with the screen after 15 s.
+    async fn wait_for(&self, text: &str) {
+        let started = Instant::now();
+        while !self.contents().contains(text) {
+            assert!(
+                started.elapsed() < common::WAIT,
+                "the screen never showed {text:?}; it shows:\n{}",
+                self.contents()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn keys(&mut self, keys: &str) {
+        self.input.write_all(keys.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    async fn exit_code(&mut self) -> u32 {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.exit_code();
+            }
+            assert!(started.elapsed() < common::WAIT, "user did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn subscribe_with_keys_see_a_live_upload_and_quit() {
+    let vhost = TestVhost::new("dashboard");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "mkbhd", "Before alice came")
+        .await
+        .unwrap();
+
+    let mut terminal = Terminal::spawn(&["watch", "alice"], &vhost);
+    terminal.wait_for("alice's notifications").await;
+    terminal.wait_for("Subscriptions (0)").await;
+
+    // A bad name is refused in the prompt, before anything is sent.
+    terminal.keys("s");
+    terminal.wait_for("YouTuber:").await;
+    terminal.keys("mk bhd\r");
+    terminal
+        .wait_for("a space at position 3 is not allowed")
+        .await;
+    for _ in 0..6 {
+        terminal.keys("\x7f");
+    }
+    terminal.keys("mkbhd\r");
+    terminal.wait_for("subscribed to mkbhd").await;
+    terminal.wait_for("Subscriptions (1)").await;
+    assert!(server.store.is_subscribed("alice", "mkbhd").await.unwrap());
+
+    publish_video(&client, "mkbhd", "Live from the test")
+        .await
+        .unwrap();
+    terminal.wait_for("mkbhd uploaded Live from the test").await;
+    terminal.wait_for("1 unread").await;
+
+    terminal.keys("q");
+    assert_eq!(terminal.exit_code().await, 0);
+    // The terminal is given back: the alternate screen is gone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!terminal.screen.lock().unwrap().screen().alternate_screen());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_that_waited_is_marked_and_acknowledged_once_shown() {
+    let vhost = TestVhost::new("dashboard-away");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    let change = ytnotify::user::SubscriptionChange {
+        youtuber: "mkbhd".into(),
+        subscribe: true,
+    };
+    ytnotify::user::login_and_update(&client, "alice", Some(&change))
+        .await
+        .unwrap();
+    for n in 0..1000 {
+        publish_video(&client, "mkbhd", &format!("Burst {n}"))
+            .await
+            .unwrap();
+    }
+
+    let mut terminal = Terminal::spawn(&["watch", "alice"], &vhost);
+    terminal
+        .wait_for("Notifications · 1000 · 1000 unread")
+        .await;
+    terminal.wait_for("Burst 999 while away").await;
+    // SIGTERM (a kill) ends it cleanly too, and gives the terminal back.
+    let pid = terminal.child.process_id().expect("running") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(terminal.exit_code().await, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!terminal.screen.lock().unwrap().screen().alternate_screen());
+    // Shown, so acknowledged: the next session starts with an empty feed.
+    let terminal = Terminal::spawn(&["watch", "alice"], &vhost);
+    terminal.wait_for("Notifications · 0 · 0 unread").await;
+    drop(terminal);
+    server.stop().await;
+}
+
+fn nonzero(n: u16) -> std::num::NonZero<u16> {
+    std::num::NonZero::new(n).expect("a terminal has rows and columns")
+}

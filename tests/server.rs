@@ -1,0 +1,798 @@
+//! The server in-process, driven by the library's own clients, against a real
+//! RabbitMQ (a vhost per test).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestVhost, within};
+use futures_lite::StreamExt;
+use lapin::{
+    BasicProperties, Channel,
+    options::BasicGetOptions,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use uuid::Uuid;
+use ytnotify::{
+    Error, broker,
+    client::{Client, ClientConfig},
+    protocol::{self, Notification, Request, RequestEnvelope},
+    server::Event,
+    topology,
+    user::{self, Inbox, SubscriptionChange},
+    youtuber::publish_video,
+};
+
+fn follow(youtuber: &str) -> SubscriptionChange {
+    SubscriptionChange {
+        youtuber: youtuber.into(),
+        subscribe: true,
+    }
+}
+
+fn unfollow(youtuber: &str) -> SubscriptionChange {
+    SubscriptionChange {
+        youtuber: youtuber.into(),
+        subscribe: false,
+    }
+}
+
+/// Reads the next notification from an inbox and acknowledges it.
+async fn next_notification(inbox: &mut Inbox) -> Notification {
+    let received = within("a notification", inbox.next())
+        .await
+        .expect("inbox readable")
+        .expect("inbox open");
+    let notification = received.notification.clone();
+    received.ack().await.expect("ack");
+    notification
+}
+
+fn title(notification: &Notification) -> &str {
+    match notification {
+        Notification::VideoUploaded { video, .. } => video,
+    }
+}
+
+/// How many messages wait in a queue now.
+async fn depth(channel: &Channel, queue: &str) -> u32 {
+    topology::inspect(channel, queue)
+        .await
+        .expect("queue exists")
+        .0
+}
+
+/// Publishes raw bytes to a server queue, as a foreign client would.
+async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], properties: BasicProperties) {
+    broker::publish_confirmed(channel, "", queue, true, body, properties)
+        .await
+        .expect("raw publish confirmed");
+}
+
+async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
+    let connection = broker::connect(&vhost.url, "test raw")
+        .await
+        .expect("connect");
+    let channel = broker::confirming_channel(&connection)
+        .await
+        .expect("channel");
+    topology::declare(&channel).await.expect("declare");
+    (connection, channel)
+}
+
+#[tokio::test]
+async fn an_upload_reaches_subscribers_and_only_them() {
+    let vhost = TestVhost::new("fanout");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    user::login_and_update(&client, "carol", Some(&follow("dave")))
+        .await
+        .unwrap();
+    let mut alice = Inbox::open(client.connection(), "alice").await.unwrap();
+    let carol = Inbox::open(client.connection(), "carol").await.unwrap();
+
+    within(
+        "the upload",
+        publish_video(&client, "bob", "Rust in 100 seconds"),
+    )
+    .await
+    .unwrap();
+    let notification = next_notification(&mut alice).await;
+    assert_eq!(
+        notification.to_string(),
+        "New Notification: bob uploaded Rust in 100 seconds"
+    );
+    // carol follows dave, not bob: her inbox stays empty.
+    carol.close().await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(depth(&channel, &topology::inbox("carol")).await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_prints_the_exercise_lines() {
+    let vhost = TestVhost::new("events");
+    let mut server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "Hello world").await.unwrap();
+    user::update_subscription(&client, "alice", &unfollow("bob"))
+        .await
+        .unwrap();
+
+    let mut lines = Vec::new();
+    for _ in 0..4 {
+        lines.push(server.next_event().await.to_string());
+    }
+    assert_eq!(
+        lines,
+        [
+            "alice logged in",
+            "alice subscribed to bob",
+            "bob uploaded Hello world",
+            "alice unsubscribed to bob",
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn notifications_wait_in_the_inbox_while_the_user_is_away() {
+    let vhost = TestVhost::new("catchup");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+
+    // alice is away: nobody reads her inbox while bob uploads.
+    for n in 1..=3 {
+        publish_video(&client, "bob", &format!("Episode {n}"))
+            .await
+            .unwrap();
+    }
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    assert_eq!(inbox.waiting_at_open(), 3);
+    let mut titles = Vec::new();
+    for _ in 0..3 {
+        titles.push(title(&next_notification(&mut inbox).await).to_owned());
+    }
+    assert_eq!(titles, ["Episode 1", "Episode 2", "Episode 3"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_notification_not_acknowledged_comes_back_next_session() {
+    let vhost = TestVhost::new("unacked");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "Shown but not acknowledged")
+        .await
+        .unwrap();
+
+    // The first session receives it but ends before acknowledging (as a
+    // client that crashes before printing would).
+    let mut first = Inbox::open(client.connection(), "alice").await.unwrap();
+    let received = within("first delivery", first.next())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(received);
+    first.close().await.unwrap();
+
+    let mut second = Inbox::open(client.connection(), "alice").await.unwrap();
+    let again = next_notification(&mut second).await;
+    assert_eq!(title(&again), "Shown but not acknowledged");
+    second.close().await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(
+        depth(&channel, &topology::inbox("alice")).await,
+        0,
+        "acknowledged once shown"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_notification_is_shown_once_per_session() {
+    let vhost = TestVhost::new("dedup");
+    let client = vhost.client("test").await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    topology::declare_inbox(&channel, "alice").await.unwrap();
+    // The same notification twice, as a server that crashed between the
+    // broker's confirm and recording it would send it.
+    let notification = Notification::VideoUploaded {
+        id: Uuid::new_v4(),
+        youtuber: "bob".into(),
+        video: "Twice".into(),
+        uploaded_at_ms: 0,
+    };
+    let unique = Notification::VideoUploaded {
+        id: Uuid::new_v4(),
+        youtuber: "bob".into(),
+        video: "Once".into(),
+        uploaded_at_ms: 0,
+    };
+    for message in [&notification, &notification, &unique] {
+        publish_raw(
+            &channel,
+            &topology::inbox("alice"),
+            &protocol::encode(message),
+            broker::persistent_json(),
+        )
+        .await;
+    }
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "Twice");
+    assert_eq!(title(&next_notification(&mut inbox).await), "Once");
+    inbox.close().await.unwrap();
+    assert_eq!(
+        depth(&channel, &topology::inbox("alice")).await,
+        0,
+        "the duplicate was acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_request_is_applied_once() {
+    let vhost = TestVhost::new("idempotent");
+    let mut server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        server.next_event().await;
+    }
+    let (_connection, channel) = raw_channel(&vhost).await;
+
+    // The same upload request (same id) three times: one video, one notification.
+    let upload = RequestEnvelope::new(Request::Upload {
+        youtuber: "bob".into(),
+        video: "Only once".into(),
+    });
+    for _ in 0..3 {
+        publish_raw(
+            &channel,
+            topology::YOUTUBER_REQUESTS,
+            &protocol::encode(&upload),
+            broker::persistent_json(),
+        )
+        .await;
+    }
+    // A later upload proves the three copies were all processed before it.
+    publish_video(&client, "bob", "Afterwards").await.unwrap();
+    assert_eq!(
+        server.next_event().await.to_string(),
+        "bob uploaded Only once"
+    );
+    assert_eq!(
+        server.next_event().await.to_string(),
+        "bob uploaded Afterwards"
+    );
+    assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 2);
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 2);
+
+    // A replayed subscribe after an unsubscribe must not re-subscribe.
+    let subscribe = RequestEnvelope::new(Request::Subscription {
+        user: "alice".into(),
+        youtuber: "bob".into(),
+        subscribe: true,
+    });
+    publish_raw(
+        &channel,
+        topology::USER_REQUESTS,
+        &protocol::encode(&subscribe),
+        broker::persistent_json(),
+    )
+    .await;
+    user::update_subscription(&client, "alice", &unfollow("bob"))
+        .await
+        .unwrap();
+    publish_raw(
+        &channel,
+        topology::USER_REQUESTS,
+        &protocol::encode(&subscribe),
+        broker::persistent_json(),
+    )
+    .await;
+    assert!(
+        user::subscriptions(&client, "alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    publish_video(&client, "bob", "Not for alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        depth(&channel, &topology::inbox("alice")).await,
+        2,
+        "the unbinding held"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_users_requests_are_applied_in_the_order_sent() {
+    let vhost = TestVhost::new("order");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    // 40 changes sent at once without waiting: subscribe, unsubscribe, … to
+    // bob, then subscribe to carol. In order, every one succeeds and alice ends
+    // following carol only; any reordering makes an unsubscribe come before
+    // its subscribe, which the server refuses.
+    let mut pending = Vec::new();
+    for n in 0..40 {
+        let change = Request::Subscription {
+            user: "alice".into(),
+            youtuber: "bob".into(),
+            subscribe: n % 2 == 0,
+        };
+        pending.push(client.send(change).await.unwrap());
+    }
+    let carol = Request::Subscription {
+        user: "alice".into(),
+        youtuber: "carol".into(),
+        subscribe: true,
+    };
+    pending.push(client.send(carol).await.unwrap());
+    for (n, reply) in pending.into_iter().enumerate() {
+        within("a reply", client.wait(reply))
+            .await
+            .unwrap_or_else(|err| panic!("change {n} failed: {err}"));
+    }
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["carol"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_confirmed_before_an_upload_is_honoured_by_it() {
+    let vhost = TestVhost::new("happens-before");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "bob", "Warm-up").await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    // Subscribe, and right after SUCCESS upload: the upload must reach the new
+    // subscriber every time, with no settling delay.
+    for n in 0..25 {
+        let user = format!("fan{n}");
+        user::login_and_update(&client, &user, Some(&follow("bob")))
+            .await
+            .unwrap();
+        publish_video(&client, "bob", &format!("Video {n}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            depth(&channel, &topology::inbox(&user)).await,
+            1,
+            "{user} got video {n}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_come_back_with_a_reason_and_change_nothing() {
+    let vhost = TestVhost::new("refused");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+
+    let err = user::update_subscription(&client, "alice", &unfollow("carol"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "youtube_server refused the request: alice is not subscribed to carol (alice follows: bob)"
+    );
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["bob"]
+    );
+
+    // A client checks names before sending anything.
+    let err = user::login(&client, "al ice").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribing_to_a_youtuber_with_no_video_yet_works_with_a_notice() {
+    let vhost = TestVhost::new("notice");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    let notices = user::login_and_update(&client, "alice", Some(&follow("newbie")))
+        .await
+        .unwrap();
+    assert_eq!(
+        notices,
+        ["newbie has not uploaded any video yet; alice will be notified of the first one"]
+    );
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    publish_video(&client, "newbie", "My first video")
+        .await
+        .unwrap();
+    assert_eq!(
+        title(&next_notification(&mut inbox).await),
+        "My first video"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_messages_are_dead_lettered_with_a_reason_and_the_server_carries_on() {
+    let vhost = TestVhost::new("poison");
+    let mut server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    let (connection, channel) = raw_channel(&vhost).await;
+
+    let oversized = vec![b'x'; protocol::MAX_MESSAGE_BYTES + 1];
+    let upload_on_user_queue = protocol::encode(&RequestEnvelope::new(Request::Upload {
+        youtuber: "bob".into(),
+        video: "misrouted".into(),
+    }));
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            topology::USER_REQUESTS,
+            b"not json".to_vec(),
+            "not a JSON object",
+        ),
+        (
+            topology::USER_REQUESTS,
+            br#"{"v":1,"type":"like","video":"x"}"#.to_vec(),
+            "unknown message type \"like\"",
+        ),
+        (
+            topology::YOUTUBER_REQUESTS,
+            br#"{"v":9,"type":"upload"}"#.to_vec(),
+            "unsupported protocol version 9",
+        ),
+        (topology::YOUTUBER_REQUESTS, oversized, "exceeds the limit"),
+        (
+            topology::USER_REQUESTS,
+            upload_on_user_queue,
+            "upload requests belong on ytnotify.youtuber_requests",
+        ),
+    ];
+    for (queue, body, _) in &poison {
+        publish_raw(&channel, queue, body, broker::persistent_json()).await;
+    }
+    // The server keeps consuming: a valid request after the poison is applied.
+    user::login(&client, "alice").await.unwrap();
+
+    // The two queues are consumed concurrently: collect, then match by body.
+    let mut events = Vec::new();
+    for _ in 0..=poison.len() {
+        events.push(server.next_event().await);
+    }
+    assert!(
+        events.contains(&Event::LoggedIn {
+            user: "alice".into()
+        }),
+        "{events:?}"
+    );
+    let mut dead_letters = Vec::new();
+    for _ in 0..poison.len() {
+        let message = within(
+            "a dead letter",
+            channel.basic_get(
+                topology::DEAD_LETTERS.into(),
+                BasicGetOptions { no_ack: true },
+            ),
+        )
+        .await
+        .unwrap()
+        .expect("a dead letter is waiting");
+        dead_letters.push(message.delivery);
+    }
+    for (queue, body, reason) in &poison {
+        assert!(
+            events.iter().any(|event| matches!(event,
+                Event::DeadLettered { queue: from, reason: said } if from == queue && said.contains(reason))),
+            "no dead-letter event from {queue} saying {reason:?} in {events:?}"
+        );
+        let letter = dead_letters
+            .iter()
+            .find(|letter| &letter.data == body)
+            .expect("the original body is kept in the dead-letter queue");
+        let headers = letter.properties.headers().clone().unwrap();
+        let header = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(text)) => text.to_string(),
+            other => panic!("header {name}: {other:?}"),
+        };
+        assert!(header(topology::REASON_HEADER).contains(reason));
+        assert_eq!(header(topology::SOURCE_QUEUE_HEADER), *queue);
+    }
+    assert_eq!(
+        depth(&channel, topology::USER_REQUESTS).await,
+        0,
+        "no stuck queue"
+    );
+    connection.close(200, "".into()).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_from_a_foreign_client_without_reply_to_is_still_applied() {
+    let vhost = TestVhost::new("foreign");
+    let mut server = vhost.start_server().await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    // What a minimal client in another language would send: no reply-to, no confirms awaited.
+    let body = br#"{"v":1,"id":"6a1f8e3c-8a45-4a43-9d5e-0e7d0f5b7a11","type":"login","user":"py_student"}"#;
+    let properties = BasicProperties::default().with_message_id(ShortString::from("x"));
+    publish_raw(&channel, topology::USER_REQUESTS, body, properties).await;
+    assert_eq!(
+        server.next_event().await.to_string(),
+        "py_student logged in"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_sent_while_no_server_runs_waits_and_is_applied_later() {
+    let vhost = TestVhost::new("no-server");
+    let config = ClientConfig {
+        amqp_url: vhost.url.clone(),
+        timeout: Duration::from_millis(300),
+    };
+    let client = within("connect", Client::connect(&config, "test"))
+        .await
+        .unwrap();
+    let err = user::login(&client, "alice").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ServerTimeout {
+                server_running: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 3);
+    assert_eq!(
+        err.to_string(),
+        "youtube_server did not answer within 300ms; the request is kept in the queue and will be \
+         applied when youtube_server runs (no youtube_server is running now: start one with `youtube_server`)"
+    );
+
+    let mut server = vhost.start_server().await;
+    assert_eq!(server.next_event().await.to_string(), "alice logged in");
+    assert!(server.store.user_exists("alice").await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_server_restart() {
+    let vhost = TestVhost::new("restart");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "Before").await.unwrap();
+    server.stop().await;
+
+    let server = vhost.start_server().await;
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["bob"]
+    );
+    publish_video(&client, "bob", "After").await.unwrap();
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "Before");
+    assert_eq!(title(&next_notification(&mut inbox).await), "After");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_notification_left_unsent_by_a_crash_is_sent_at_startup() {
+    let vhost = TestVhost::new("outbox");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    // Store an upload without notifying, as a server killed between its
+    // commit and its publish leaves it.
+    let store = server.store.clone();
+    server.stop().await;
+    let video = store
+        .upload(Uuid::new_v4(), "bob", "Stored, not sent")
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!video.notified);
+    drop(store);
+
+    let server = vhost.start_server().await;
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let notification = next_notification(&mut inbox).await;
+    assert_eq!(notification.id(), video.id);
+    assert!(server.store.videos_to_notify().await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_stacks_on_two_vhosts_do_not_see_each_other() {
+    let (red, blue) = (TestVhost::new("red"), TestVhost::new("blue"));
+    let (red_server, blue_server) = (red.start_server().await, blue.start_server().await);
+    let (red_client, blue_client) = (red.client("red").await, blue.client("blue").await);
+    user::login_and_update(&red_client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    user::login_and_update(&blue_client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    publish_video(&red_client, "bob", "Red only").await.unwrap();
+    let mut red_inbox = Inbox::open(red_client.connection(), "alice").await.unwrap();
+    assert_eq!(title(&next_notification(&mut red_inbox).await), "Red only");
+    let (_connection, blue_channel) = raw_channel(&blue).await;
+    assert_eq!(depth(&blue_channel, &topology::inbox("alice")).await, 0);
+    red_server.stop().await;
+    blue_server.stop().await;
+}
+
+#[tokio::test]
+async fn receive_notifications_streams_until_shutdown() {
+    let vhost = TestVhost::new("stream");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "While away").await.unwrap();
+
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let connection_client = vhost.client("watcher").await;
+    let watcher = tokio::spawn(async move {
+        user::receive_notifications(
+            connection_client.connection(),
+            "alice",
+            |n| {
+                let _ = lines_tx.send(n.to_string());
+                Ok(())
+            },
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    assert_eq!(
+        within("the waiting one", lines.recv()).await.unwrap(),
+        "New Notification: bob uploaded While away"
+    );
+    publish_video(&client, "bob", "Live").await.unwrap();
+    assert_eq!(
+        within("the live one", lines.recv()).await.unwrap(),
+        "New Notification: bob uploaded Live"
+    );
+    stop.send(()).unwrap();
+    within("the watcher to stop", watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_subscribers_each_get_every_upload_exactly_once() {
+    let vhost = TestVhost::new("many");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    let users: Vec<String> = (0..30).map(|n| format!("viewer{n}")).collect();
+    for user in &users {
+        user::login_and_update(&client, user, Some(&follow("bob")))
+            .await
+            .unwrap();
+    }
+    for n in 0..5 {
+        publish_video(&client, "bob", &format!("Clip {n}"))
+            .await
+            .unwrap();
+    }
+    let (_connection, channel) = raw_channel(&vhost).await;
+    for user in &users {
+        let mut ids = Vec::new();
+        let consumer_channel = client.connection().create_channel().await.unwrap();
+        let mut consumer = consumer_channel
+            .basic_consume(
+                topology::inbox(user).as_str().into(),
+                "count".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let delivery = within("a delivery", consumer.next())
+                .await
+                .unwrap()
+                .unwrap();
+            ids.push(protocol::decode_notification(&delivery.data).unwrap().id());
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 5, "{user} got five distinct uploads");
+        consumer_channel.close(200, "".into()).await.unwrap();
+        assert_eq!(
+            depth(&channel, &topology::inbox(user)).await,
+            0,
+            "{user} got no extra copy"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_session_of_the_same_user_is_refused_rather_than_splitting_notifications() {
+    let vhost = TestVhost::new("exclusive");
+    let client = vhost.client("test").await;
+    let first = Inbox::open(client.connection(), "alice").await.unwrap();
+    let other = vhost.client("other").await;
+    let err = Inbox::open(other.connection(), "alice")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::AlreadyWatching(ref user) if user == "alice"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("alice is already receiving notifications in another session")
+    );
+    // Once the first session ends, a new one may start.
+    first.close().await.unwrap();
+    let again = Inbox::open(other.connection(), "alice").await.unwrap();
+    again.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_server_is_a_hot_standby_that_takes_over() {
+    let vhost = TestVhost::new("standby");
+    let mut active = vhost.start_server().await;
+    let mut standby = vhost.start_server().await;
+    let client = vhost.client("test").await;
+
+    user::login(&client, "alice").await.unwrap();
+    assert_eq!(active.next_event().await.to_string(), "alice logged in");
+    active.stop().await;
+    // The standby shares the database and now receives the requests.
+    user::login_and_update(&client, "bob", Some(&follow("carol")))
+        .await
+        .unwrap();
+    assert_eq!(standby.next_event().await.to_string(), "bob logged in");
+    assert_eq!(
+        standby.next_event().await.to_string(),
+        "bob subscribed to carol"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), standby.events.recv())
+            .await
+            .is_err(),
+        "nothing else happened"
+    );
+    standby.stop().await;
+}
