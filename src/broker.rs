@@ -219,11 +219,28 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<()> {
+    publish(channel, exchange, routing_key, mandatory, body, properties)
+        .await?
+        .confirmed()
+        .await
+}
+
+/// Publishes without waiting for the confirm, so that several publishes can be
+/// in flight at once (the broker writes them to disk together). Await
+/// [`Unconfirmed::confirmed`] on each before relying on any of them.
+pub async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<Unconfirmed> {
     let options = BasicPublishOptions {
         mandatory,
         ..BasicPublishOptions::default()
     };
-    let confirmation = channel
+    let confirm = channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -231,22 +248,37 @@ pub async fn publish_confirmed(
             body,
             properties,
         )
-        .await?
         .await?;
     let target = if exchange.is_empty() {
         format!("queue {routing_key}")
     } else {
         format!("exchange {exchange} (key {routing_key:?})")
     };
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        // Only channels from `confirming_channel` come here; a channel without
-        // confirms would make every guarantee above a lie, so refuse loudly.
-        Confirmation::NotRequested => Err(Error::Nacked(format!(
-            "{target}: the channel has no publisher confirms"
-        ))),
-        Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable(target)),
-        Confirmation::Nack(_) => Err(Error::Nacked(target)),
+    Ok(Unconfirmed { confirm, target })
+}
+
+/// A message published on a confirming channel whose confirm may not have
+/// come yet.
+#[must_use = "a publish is only safe once confirmed"]
+pub struct Unconfirmed {
+    confirm: lapin::PublisherConfirm,
+    target: String,
+}
+
+impl Unconfirmed {
+    /// Waits for the broker's confirm.
+    pub async fn confirmed(self) -> Result<()> {
+        let target = self.target;
+        match self.confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            // Only channels from `confirming_channel` come here; a channel
+            // without confirms would make every guarantee a lie: refuse loudly.
+            Confirmation::NotRequested => Err(Error::Nacked(format!(
+                "{target}: the channel has no publisher confirms"
+            ))),
+            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable(target)),
+            Confirmation::Nack(_) => Err(Error::Nacked(target)),
+        }
     }
 }
 

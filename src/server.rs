@@ -7,8 +7,9 @@
 //!
 //! 1. decode and validate (a message it cannot read goes to the dead-letter
 //!    queue with the reason attached);
-//! 2. apply it in one SQLite transaction that also records the request id, so
-//!    a redelivery is recognised and applied once;
+//! 2. apply it — with the other requests of its batch, in delivery order — in
+//!    one SQLite transaction that also records the request id, so a
+//!    redelivery is recognised and applied once;
 //! 3. make the broker match the database (declare the inbox, bind or unbind,
 //!    publish the notification and wait for the confirm);
 //! 4. reply, then acknowledge the request.
@@ -18,8 +19,9 @@
 //! because every broker operation there is idempotent (notifications carry
 //! the video's id, which clients de-duplicate by).
 
-use std::{fmt, future::Future, io::Write, path::PathBuf, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, io::Write, path::PathBuf, time::Duration};
 
+use futures::FutureExt;
 use futures_lite::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -29,13 +31,13 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::{
     broker,
     error::{Error, Result},
     protocol::{self, DecodeError, Notification, Reply, Request, RequestEnvelope},
-    store::{Applied, Store, Video},
+    store::{Applied, Effect, Outcome, Store, Video},
     topology,
 };
 
@@ -58,7 +60,7 @@ impl ServerConfig {
         ServerConfig {
             amqp_url: amqp_url.into(),
             db_path: db_path.into(),
-            prefetch: 64,
+            prefetch: MAX_BATCH as u16,
             print_events: true,
         }
     }
@@ -227,9 +229,8 @@ impl YoutubeServer {
         outcome
     }
 
-    /// Applies logins, subscription changes and queries. Each user's requests
-    /// are applied one at a time, in the order they were sent; different users'
-    /// requests are applied in parallel.
+    /// Applies logins, subscription changes and queries, in the order they
+    /// were sent.
     pub async fn consume_user_requests(
         &self,
         consumer: Consumer,
@@ -239,8 +240,8 @@ impl YoutubeServer {
             .await
     }
 
-    /// Applies uploads, notifying subscribers of each: one YouTuber's uploads
-    /// in order, different YouTubers' in parallel.
+    /// Applies uploads, notifying the subscribers of each, in the order they
+    /// were sent.
     pub async fn consume_youtuber_requests(
         &self,
         consumer: Consumer,
@@ -250,217 +251,275 @@ impl YoutubeServer {
             .await
     }
 
-    /// Hands each delivery to one of [`WORKERS`] workers, chosen by the
-    /// request's key (its user, or its YouTuber for an upload), so that one
-    /// key's requests stay in order while the others go on. Each worker has
-    /// its own channel: AMQP applies one operation at a time per channel.
+    /// Takes a queue's requests in batches: whatever has arrived (up to
+    /// [`MAX_BATCH`]) is applied in one database transaction, then carried to
+    /// the broker together — bindings on several channels at once,
+    /// notifications and replies with their confirms in flight together —
+    /// then acknowledged. Under load the batches grow, and one disk write and
+    /// one round of confirms serve many requests; when idle a batch is a
+    /// single request. One batch follows another, so requests are applied in
+    /// the order they were delivered.
     async fn consume_requests(
         &self,
         queue: &'static str,
         mut consumer: Consumer,
-        stopped: watch::Receiver<bool>,
-    ) -> Result<()> {
-        let mut lanes = Vec::with_capacity(WORKERS);
-        let mut workers = Vec::with_capacity(WORKERS);
-        for _ in 0..WORKERS {
-            let (lane, deliveries) = mpsc::channel::<Decoded>(LANE_DEPTH);
-            let channel = broker::confirming_channel(&self.connection).await?;
-            lanes.push(lane);
-            workers.push(self.work(queue, channel, deliveries, stopped.clone()));
-        }
-        let dispatch = async {
-            let mut stopped = stopped.clone();
-            loop {
-                let delivery = tokio::select! {
-                    biased;
-                    _ = stopped.wait_for(|stop| *stop) => break,
-                    delivery = consumer.next() => delivery,
-                };
-                let delivery = match delivery {
-                    None => break,
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(err)) => {
-                        ride_out(&self.publisher, err).await?;
-                        continue;
-                    }
-                };
-                // Decoded once, here: the key picks the lane, the worker applies it.
-                let request = protocol::decode_request(&delivery.data);
-                let lane = &lanes[lane_of(&request)];
-                if lane.send((delivery, request)).await.is_err() {
-                    break;
-                }
-            }
-            // Closing the lanes lets each worker finish what it holds, then stop.
-            lanes.clear();
-            Ok::<(), Error>(())
-        };
-        let (dispatched, worked) = tokio::join!(dispatch, futures::future::try_join_all(workers));
-        dispatched?;
-        worked.map(|_| ())
-    }
-
-    /// One worker: applies the deliveries of its lane, one at a time.
-    async fn work(
-        &self,
-        queue: &'static str,
-        channel: Channel,
-        mut deliveries: mpsc::Receiver<Decoded>,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<()> {
-        while let Some((delivery, request)) = deliveries.recv().await {
-            // Delivered before a reconnection: RabbitMQ delivers it again.
-            if delivery.acker.poisoned() {
+        let channel = broker::confirming_channel(&self.connection).await?;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => break,
+                delivery = consumer.next() => delivery,
+            };
+            let mut batch = match first {
+                None => break,
+                Some(Ok(delivery)) => vec![delivery],
+                Some(Err(err)) => {
+                    ride_out(&channel, err).await?;
+                    continue;
+                }
+            };
+            let mut disturbed = None;
+            while batch.len() < MAX_BATCH {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(err))) => {
+                        disturbed = Some(err);
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            if let Some(err) = disturbed {
+                // RabbitMQ delivers the batch again after the reconnection.
+                ride_out(&channel, err).await?;
                 continue;
             }
-            self.handle_until_done(queue, &channel, &delivery, &request, &mut stopped)
-                .await?;
+            // Delivered before a reconnection: RabbitMQ delivers them again.
+            batch.retain(|delivery| !delivery.acker.poisoned());
+            if !batch.is_empty() {
+                self.handle_until_done(queue, &channel, &batch, &mut stopped)
+                    .await?;
+            }
         }
         let _ = channel.close(200, "done".into()).await;
         Ok(())
     }
 
-    /// Handles one request, retrying in place (so that the requests behind it
+    /// Handles a batch, retrying it in place (so that the requests behind it
     /// keep their order) while the failure is passing: a broker outage is
     /// waited out; a refused publish or a database error is retried with
-    /// backoff, and said on stderr.
+    /// backoff, and said on stderr. A retry is safe: the requests already
+    /// stored are recognised by their ids and only their effects are redone.
     async fn handle_until_done(
         &self,
         queue: &'static str,
         channel: &Channel,
-        delivery: &Delivery,
-        request: &Result<RequestEnvelope, DecodeError>,
+        batch: &[Delivery],
         stopped: &mut watch::Receiver<bool>,
     ) -> Result<()> {
+        let requests: Vec<_> = batch
+            .iter()
+            .map(|delivery| triage(queue, protocol::decode_request(&delivery.data)))
+            .collect();
         let mut delay = Duration::from_millis(100);
+        let mut retry = false;
         loop {
-            match self.handle(queue, channel, delivery, request.clone()).await {
+            match self.handle(queue, channel, batch, &requests, retry).await {
                 Ok(()) => return Ok(()),
                 Err(Error::Broker(err)) if err.can_be_recovered() => {
-                    // The delivery's channel is gone or going: RabbitMQ
-                    // redelivers the request, and it is applied once.
+                    // The deliveries' channel is gone or going: RabbitMQ
+                    // redelivers the requests, and each is applied once.
                     return ride_out(channel, err).await;
                 }
                 Err(err) => {
-                    tracing::warn!(%err, queue, "could not apply a request; retrying in {delay:?}");
+                    tracing::warn!(%err, queue, "could not apply {} request(s); retrying in {delay:?}", batch.len());
                     tokio::select! {
                         _ = stopped.wait_for(|stop| *stop) => return Ok(()),
                         () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
+                    retry = true;
                 }
             }
         }
     }
 
-    /// Takes one request from decoding to acknowledgement.
+    /// Takes a batch from its requests to their acknowledgements: the
+    /// database first, then the broker, then the replies; the deliveries are
+    /// settled last, so that nothing before can be undone by a retry.
     async fn handle(
         &self,
         queue: &'static str,
         channel: &Channel,
-        delivery: &Delivery,
-        request: Result<RequestEnvelope, DecodeError>,
+        batch: &[Delivery],
+        requests: &[Triaged],
+        retry: bool,
     ) -> Result<()> {
-        let envelope = match request {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                return self
-                    .dead_letter(channel, queue, delivery, reason.to_string())
-                    .await;
+        let to_apply: Vec<(uuid::Uuid, Request)> = requests
+            .iter()
+            .filter_map(|triaged| match triaged {
+                Triaged::Apply(envelope) => Some((envelope.id, envelope.request.clone())),
+                _ => None,
+            })
+            .collect();
+        let outcomes = if to_apply.is_empty() {
+            Vec::new()
+        } else {
+            self.store.apply(to_apply.clone()).await?
+        };
+        for ((_, request), outcome) in to_apply.into_iter().zip(&outcomes) {
+            if let Some(event) = event_of(request, &outcome.reply) {
+                self.emit(event);
             }
-        };
-        let expected = match envelope.request {
-            Request::Upload { .. } => topology::YOUTUBER_REQUESTS,
-            _ => topology::USER_REQUESTS,
-        };
-        if queue != expected {
-            let reason = format!(
-                "{} requests belong on {expected}, not {queue}",
-                envelope.request.kind()
-            );
-            return self.dead_letter(channel, queue, delivery, reason).await;
         }
-        let reply = match envelope.request.validate() {
-            Ok(()) => self.apply(channel, envelope).await?,
-            Err(invalid) => {
-                tracing::warn!(%invalid, "refused a request");
-                Reply::Refused {
-                    reason: invalid.to_string(),
+        self.carry_topology(&outcomes, retry).await?;
+        self.notify_all(channel, &outcomes).await?;
+
+        let mut outcomes = outcomes.into_iter();
+        let mut replies = Vec::new();
+        for (delivery, triaged) in batch.iter().zip(requests) {
+            let reply = match triaged {
+                Triaged::DeadLetter(_) => continue,
+                Triaged::Refuse(reply) => reply.clone(),
+                Triaged::Apply(_) => match outcomes.next() {
+                    Some(outcome) => outcome.reply.into_inner(),
+                    None => unreachable!("the store answers every request it is given"),
+                },
+            };
+            replies.extend(self.reply(channel, delivery, &reply).await?);
+        }
+        for reply in replies {
+            match reply.confirmed().await {
+                Err(Error::Broker(err)) => return Err(Error::Broker(err)),
+                Err(err) => {
+                    tracing::warn!(%err, "could not send a reply; the request is applied all the same")
+                }
+                Ok(()) => {}
+            }
+        }
+
+        for (delivery, triaged) in batch.iter().zip(requests) {
+            match triaged {
+                Triaged::DeadLetter(reason) => {
+                    self.dead_letter(channel, queue, delivery, reason.clone())
+                        .await?
+                }
+                _ => {
+                    delivery.ack(BasicAckOptions::default()).await?;
                 }
             }
-        };
-        self.reply(channel, delivery, &reply).await?;
-        delivery.ack(BasicAckOptions::default()).await?;
+        }
         Ok(())
     }
 
-    /// Applies a valid request: the database first, then the broker.
-    async fn apply(&self, channel: &Channel, envelope: RequestEnvelope) -> Result<Reply> {
-        let RequestEnvelope { id, request } = envelope;
-        match request {
-            Request::Login { user } => {
-                let applied = self.store.login(id, &user).await?;
-                if applied.is_new() {
-                    self.emit(Event::LoggedIn { user: user.clone() });
+    /// Makes inboxes and bindings match the database after a batch: each
+    /// inbox that may be missing is declared (on a retry, every inbox the batch
+    /// touches), then each (user, YouTuber) pair the batch touched is bound or
+    /// unbound according to its final state. The work is spread by user over
+    /// up to [`TOPOLOGY_CHANNELS`] channels and pipelined on each. The
+    /// channels are short-lived: lapin remembers what each channel declared
+    /// and bound in order to replay it after a reconnection, and the server's
+    /// bindings, durable on the broker, need no replaying.
+    async fn carry_topology(&self, outcomes: &[Outcome], declare_all: bool) -> Result<()> {
+        let mut inboxes: Vec<&str> = Vec::new();
+        let mut bindings: HashMap<(&str, &str), bool> = HashMap::new();
+        for outcome in outcomes {
+            match &outcome.effect {
+                Effect::Inbox { user } => inboxes.push(user),
+                Effect::Binding {
+                    user,
+                    youtuber,
+                    subscribed,
+                    new_user,
+                } => {
+                    if *new_user || declare_all {
+                        inboxes.push(user);
+                    }
+                    // The last change of a pair in the batch is its state.
+                    bindings.insert((user, youtuber), *subscribed);
                 }
-                topology::declare_inbox(channel, &user).await?;
-                Ok(applied.into_inner())
-            }
-            Request::Subscription {
-                user,
-                youtuber,
-                subscribe,
-            } => {
-                self.update_subscription(channel, id, user, youtuber, subscribe)
-                    .await
-            }
-            Request::Subscriptions { user } => Ok(Reply::Subscriptions {
-                youtubers: self.store.subscriptions(&user).await?,
-            }),
-            Request::Upload { youtuber, video } => {
-                let applied = self.store.upload(id, &youtuber, &video).await?;
-                if applied.is_new() {
-                    self.emit(Event::Uploaded { youtuber, video });
-                }
-                let stored = applied.into_inner();
-                if !stored.notified {
-                    self.notify_users_on(channel, &stored).await?;
-                }
-                Ok(Reply::Done { notice: None })
+                Effect::None | Effect::Notify(_) => {}
             }
         }
-    }
-
-    /// Records the change, then makes the inbox's binding match the database.
-    /// Binding from the database's state, not from the request, is what makes
-    /// a replayed request (or a crash between the two steps) harmless.
-    async fn update_subscription(
-        &self,
-        channel: &Channel,
-        id: uuid::Uuid,
-        user: String,
-        youtuber: String,
-        subscribe: bool,
-    ) -> Result<Reply> {
-        let applied = self
-            .store
-            .change_subscription(id, &user, &youtuber, subscribe)
-            .await?;
-        if let Applied::New(Reply::Done { .. }) = &applied {
-            let (user, youtuber) = (user.clone(), youtuber.clone());
-            self.emit(if subscribe {
-                Event::Subscribed { user, youtuber }
-            } else {
-                Event::Unsubscribed { user, youtuber }
+        if inboxes.is_empty() && bindings.is_empty() {
+            return Ok(());
+        }
+        inboxes.sort_unstable();
+        inboxes.dedup();
+        let mut users: Vec<&str> = inboxes.clone();
+        users.extend(bindings.keys().map(|(user, _)| *user));
+        users.sort_unstable();
+        users.dedup();
+        let lanes = users.len().min(TOPOLOGY_CHANNELS);
+        let mut work: Vec<(Vec<&str>, Vec<(&str, &str, bool)>)> = vec![Default::default(); lanes];
+        for user in inboxes {
+            work[spread(user, lanes)].0.push(user);
+        }
+        for ((user, youtuber), subscribed) in bindings {
+            work[spread(user, lanes)]
+                .1
+                .push((user, youtuber, subscribed));
+        }
+        let channels =
+            futures::future::try_join_all((0..lanes).map(|_| self.connection.create_channel()))
+                .await?;
+        let done = futures::future::try_join_all(channels.iter().zip(work).map(
+            |(channel, (inboxes, bindings))| async move {
+                futures::future::try_join_all(
+                    inboxes
+                        .iter()
+                        .map(|user| topology::declare_inbox(channel, user)),
+                )
+                .await?;
+                futures::future::try_join_all(bindings.iter().map(
+                    |&(user, youtuber, subscribed)| async move {
+                        if subscribed {
+                            topology::bind_subscription(channel, user, youtuber).await
+                        } else {
+                            topology::unbind_subscription(channel, user, youtuber).await
+                        }
+                    },
+                ))
+                .await?;
+                Ok::<(), lapin::Error>(())
+            },
+        ))
+        .await;
+        for channel in channels {
+            tokio::spawn(async move {
+                let _ = channel.close(200, "done".into()).await;
             });
         }
-        topology::declare_inbox(channel, &user).await?;
-        if self.store.is_subscribed(&user, &youtuber).await? {
-            topology::bind_subscription(channel, &user, &youtuber).await?;
-        } else {
-            topology::unbind_subscription(channel, &user, &youtuber).await?;
+        done?;
+        Ok(())
+    }
+
+    /// Publishes the notification of every upload of a batch not notified yet,
+    /// in order, with their confirms in flight together; then records them as
+    /// notified.
+    async fn notify_all(&self, channel: &Channel, outcomes: &[Outcome]) -> Result<()> {
+        let videos: Vec<&Video> = outcomes
+            .iter()
+            .filter_map(|outcome| match &outcome.effect {
+                Effect::Notify(video) if !video.notified => Some(video),
+                _ => None,
+            })
+            .collect();
+        if videos.is_empty() {
+            return Ok(());
         }
-        Ok(applied.into_inner())
+        let mut sent = Vec::with_capacity(videos.len());
+        for video in &videos {
+            sent.push(publish_notification(channel, video).await?);
+        }
+        for notification in sent {
+            notification.confirmed().await?;
+        }
+        self.store
+            .mark_notified(videos.iter().map(|video| video.id).collect())
+            .await
     }
 
     /// Notifies every subscriber of an upload: one persistent publish to the
@@ -468,45 +527,32 @@ impl YoutubeServer {
     /// subscriber's inbox. Returns once the broker has confirmed it, and
     /// records that in the database.
     pub async fn notify_users(&self, video: &Video) -> Result<()> {
-        self.notify_users_on(&self.publisher, video).await
+        publish_notification(&self.publisher, video)
+            .await?
+            .confirmed()
+            .await?;
+        self.store.mark_notified(vec![video.id]).await
     }
 
-    async fn notify_users_on(&self, channel: &Channel, video: &Video) -> Result<()> {
-        let notification = Notification::VideoUploaded {
-            id: video.id,
-            youtuber: video.youtuber.clone(),
-            video: video.title.clone(),
-            uploaded_at_ms: video.uploaded_at_ms,
-        };
-        let properties = broker::persistent_json()
-            .with_message_id(ShortString::from(video.id.to_string()))
-            .with_timestamp((video.uploaded_at_ms / 1000) as u64);
-        broker::publish_confirmed(
-            channel,
-            topology::NOTIFICATIONS,
-            &video.youtuber,
-            false,
-            &protocol::encode(&notification),
-            properties,
-        )
-        .await?;
-        self.store.mark_notified(video.id).await
-    }
-
-    /// Answers on the client's reply-to address, if it gave one. A client that
-    /// has gone away (timed out, say) misses the answer, not the effect. A
-    /// broker outage is an error: the request is then redelivered, recognised,
-    /// and answered again.
-    async fn reply(&self, channel: &Channel, delivery: &Delivery, reply: &Reply) -> Result<()> {
+    /// Sends the answer to the client's reply-to address, if it gave one;
+    /// the caller waits for the confirm. A client that has gone away (timed
+    /// out, say) misses the answer, not the effect. A broker outage is an
+    /// error: the request is then redelivered, recognised, and answered again.
+    async fn reply(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        reply: &Reply,
+    ) -> Result<Option<broker::Unconfirmed>> {
         let Some(reply_to) = delivery.properties.reply_to() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut properties =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
         if let Some(correlation) = delivery.properties.correlation_id() {
             properties = properties.with_correlation_id(correlation.clone());
         }
-        let sent = broker::publish_confirmed(
+        let sent = broker::publish(
             channel,
             "",
             reply_to.as_str(),
@@ -514,15 +560,8 @@ impl YoutubeServer {
             &protocol::encode(reply),
             properties,
         )
-        .await;
-        match sent {
-            Err(Error::Broker(err)) => Err(Error::Broker(err)),
-            Err(err) => {
-                tracing::warn!(%err, "could not send a reply; the request is applied all the same");
-                Ok(())
-            }
-            Ok(()) => Ok(()),
-        }
+        .await?;
+        Ok(Some(sent))
     }
 
     /// Moves an unreadable message to the dead-letter queue with the reason
@@ -590,32 +629,101 @@ impl YoutubeServer {
     }
 }
 
-/// Workers per request queue. Their SQLite commits are serialised; what runs
-/// in parallel is the broker's side (declares, bindings, confirms, replies).
-const WORKERS: usize = 8;
+/// The most requests applied together in one batch (and one transaction).
+const MAX_BATCH: usize = 256;
 
-/// Deliveries waiting in each worker's lane (the prefetch bounds the total).
-const LANE_DEPTH: usize = 16;
+/// The most channels one batch's bindings are spread over: the broker
+/// applies one channel's operations one at a time.
+const TOPOLOGY_CHANNELS: usize = 16;
 
-/// A delivery in a worker's lane, with what its body decoded to.
-type Decoded = (Delivery, Result<RequestEnvelope, DecodeError>);
+/// What a delivered request needs.
+#[derive(Debug, Clone)]
+enum Triaged {
+    /// Unreadable or on the wrong queue: to the dead-letter queue, with why.
+    DeadLetter(String),
+    /// Readable but invalid: answered with a refusal, nothing stored.
+    Refuse(Reply),
+    /// To apply.
+    Apply(RequestEnvelope),
+}
 
-/// The worker for a request: by its user, or its YouTuber for an upload; a
-/// message that does not decode goes to the first (it is dead-lettered there).
-fn lane_of(request: &Result<RequestEnvelope, DecodeError>) -> usize {
-    use std::hash::{Hash, Hasher};
-    let key = match request {
-        Ok(envelope) => match &envelope.request {
-            Request::Login { user }
-            | Request::Subscription { user, .. }
-            | Request::Subscriptions { user } => user,
-            Request::Upload { youtuber, .. } => youtuber,
-        },
-        Err(_) => return 0,
+fn triage(queue: &str, request: std::result::Result<RequestEnvelope, DecodeError>) -> Triaged {
+    let envelope = match request {
+        Ok(envelope) => envelope,
+        Err(reason) => return Triaged::DeadLetter(reason.to_string()),
     };
+    let expected = match envelope.request {
+        Request::Upload { .. } => topology::YOUTUBER_REQUESTS,
+        _ => topology::USER_REQUESTS,
+    };
+    if queue != expected {
+        return Triaged::DeadLetter(format!(
+            "{} requests belong on {expected}, not {queue}",
+            envelope.request.kind()
+        ));
+    }
+    match envelope.request.validate() {
+        Ok(()) => Triaged::Apply(envelope),
+        Err(invalid) => {
+            tracing::warn!(%invalid, "refused a request");
+            Triaged::Refuse(Reply::Refused {
+                reason: invalid.to_string(),
+            })
+        }
+    }
+}
+
+/// The event a request makes, if it was applied now and changed something.
+fn event_of(request: Request, reply: &Applied<Reply>) -> Option<Event> {
+    let Applied::New(Reply::Done { .. }) = reply else {
+        return None;
+    };
+    Some(match request {
+        Request::Login { user } => Event::LoggedIn { user },
+        Request::Subscription {
+            user,
+            youtuber,
+            subscribe: true,
+        } => Event::Subscribed { user, youtuber },
+        Request::Subscription {
+            user,
+            youtuber,
+            subscribe: false,
+        } => Event::Unsubscribed { user, youtuber },
+        Request::Upload { youtuber, video } => Event::Uploaded { youtuber, video },
+        Request::Subscriptions { .. } => return None,
+    })
+}
+
+/// Publishes the notification of an upload, without waiting for the confirm.
+async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker::Unconfirmed> {
+    let notification = Notification::VideoUploaded {
+        id: video.id,
+        youtuber: video.youtuber.clone(),
+        video: video.title.clone(),
+        uploaded_at_ms: video.uploaded_at_ms,
+    };
+    let properties = broker::persistent_json()
+        .with_message_id(ShortString::from(video.id.to_string()))
+        .with_timestamp((video.uploaded_at_ms / 1000) as u64);
+    broker::publish(
+        channel,
+        topology::NOTIFICATIONS,
+        &video.youtuber,
+        false,
+        &protocol::encode(&notification),
+        properties,
+    )
+    .await
+}
+
+/// Which of `lanes` channels carries a user's inbox and bindings: always the
+/// same one within a batch, so that its inbox is declared before it is bound.
+fn spread(user: &str, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % WORKERS as u64) as usize
+    user.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
 }
 
 /// Waits until lapin has reconnected and replayed the topology, or returns

@@ -5,9 +5,13 @@
 //! Everything the server persists goes through this module, so another
 //! backend (PostgreSQL, for several server processes) replaces this file only.
 //!
-//! Idempotency: each state-changing request is applied in one transaction that
+//! Idempotency: each state-changing request is applied in a transaction that
 //! also records its id and its reply. A redelivered request finds its id and
 //! gets the recorded reply back ([`Applied::Replayed`]) without changing anything.
+//!
+//! Group commit: [`Store::apply`] applies a batch of requests, in order, in one
+//! transaction — one write to the disk for the whole batch — and says for each
+//! what the broker must now do ([`Effect`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
-    protocol::Reply,
+    protocol::{Reply, Request},
 };
 
 const SCHEMA: &str = "
@@ -109,6 +113,35 @@ impl<T> Applied<T> {
     }
 }
 
+/// What the broker must do after a request is stored, so that it matches the
+/// database. Computed from the database, not from the request, so that doing
+/// it again (after a crash or a redelivery) is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing.
+    None,
+    /// The user's inbox must exist (a login).
+    Inbox { user: String },
+    /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
+    /// `new_user`: this request added the user, so the inbox may not exist yet.
+    Binding {
+        user: String,
+        youtuber: String,
+        subscribed: bool,
+        new_user: bool,
+    },
+    /// The video's notification must be published (unless `video.notified`).
+    Notify(Video),
+}
+
+/// The result of one request of a batch given to [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply, and whether the request was applied now or before.
+    pub reply: Applied<Reply>,
+    pub effect: Effect,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -176,22 +209,29 @@ impl Store {
         }
     }
 
-    /// Adds the user the first time, and records the login.
-    pub async fn login(&self, request_id: Uuid, user: &str) -> Result<Applied<Reply>> {
-        let user = user.to_owned();
+    /// Applies `requests` in order, in one transaction, and returns what each
+    /// did. Queries among them see the changes made before them in the batch.
+    /// Either every request of the batch is stored or none is.
+    pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Outcome>> {
         self.with(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(replayed) = recorded_reply(&tx, request_id)? {
-                return Ok(Applied::Replayed(replayed));
-            }
             let now = now_ms();
-            upsert_user(&tx, &user, now)?;
-            let reply = Reply::Done { notice: None };
-            record(&tx, request_id, &reply, None, now)?;
+            let outcomes = requests
+                .into_iter()
+                .map(|(id, request)| apply_one(&tx, id, request, now))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.commit()?;
-            Ok(Applied::New(reply))
+            Ok(outcomes)
         })
         .await
+    }
+
+    /// Adds the user the first time, and records the login.
+    pub async fn login(&self, request_id: Uuid, user: &str) -> Result<Applied<Reply>> {
+        let request = Request::Login {
+            user: user.to_owned(),
+        };
+        Ok(self.apply_single(request_id, request).await?.reply)
     }
 
     /// Subscribes `user` to `youtuber`, or unsubscribes. Unsubscribing from a
@@ -204,49 +244,12 @@ impl Store {
         youtuber: &str,
         subscribe: bool,
     ) -> Result<Applied<Reply>> {
-        let (user, youtuber) = (user.to_owned(), youtuber.to_owned());
-        self.with(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(replayed) = recorded_reply(&tx, request_id)? {
-                return Ok(Applied::Replayed(replayed));
-            }
-            let now = now_ms();
-            upsert_user(&tx, &user, now)?;
-            let reply = if subscribe {
-                tx.execute(
-                    "INSERT OR IGNORE INTO subscriptions (user, youtuber, since_ms) VALUES (?1, ?2, ?3)",
-                    params![user, youtuber, now],
-                )?;
-                let known: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1)",
-                    [&youtuber],
-                    |row| row.get(0),
-                )?;
-                let notice = (!known).then(|| {
-                    format!(
-                        "{youtuber} has not uploaded any video yet; \
-                         {user} will be notified of the first one"
-                    )
-                });
-                Reply::Done { notice }
-            } else {
-                let removed = tx.execute(
-                    "DELETE FROM subscriptions WHERE user = ?1 AND youtuber = ?2",
-                    params![user, youtuber],
-                )?;
-                if removed == 1 {
-                    Reply::Done { notice: None }
-                } else {
-                    Reply::Refused {
-                        reason: not_following(&tx, &user, &youtuber)?,
-                    }
-                }
-            };
-            record(&tx, request_id, &reply, None, now)?;
-            tx.commit()?;
-            Ok(Applied::New(reply))
-        })
-        .await
+        let request = Request::Subscription {
+            user: user.to_owned(),
+            youtuber: youtuber.to_owned(),
+            subscribe,
+        };
+        Ok(self.apply_single(request_id, request).await?.reply)
     }
 
     /// Stores an upload, adding the YouTuber the first time. The video starts
@@ -258,52 +261,35 @@ impl Store {
         youtuber: &str,
         title: &str,
     ) -> Result<Applied<Video>> {
-        let (youtuber, title) = (youtuber.to_owned(), title.to_owned());
-        self.with(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let previous: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT video_id FROM applied_requests WHERE id = ?1",
-                    [request_id.to_string()],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(Some(video_id)) = previous {
-                let video = video_by_id(&tx, &video_id)?;
-                return Ok(Applied::Replayed(video));
-            }
-            let now = now_ms();
-            tx.execute(
-                "INSERT OR IGNORE INTO youtubers (name, created_at_ms) VALUES (?1, ?2)",
-                params![youtuber, now],
-            )?;
-            let video = Video {
-                id: Uuid::new_v4(),
-                youtuber,
-                title,
-                uploaded_at_ms: now,
-                notified: false,
-            };
-            tx.execute(
-                "INSERT INTO videos (id, youtuber, title, uploaded_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![video.id.to_string(), video.youtuber, video.title, now],
-            )?;
-            let reply = Reply::Done { notice: None };
-            record(&tx, request_id, &reply, Some(video.id), now)?;
-            tx.commit()?;
-            Ok(Applied::New(video))
-        })
-        .await
+        let request = Request::Upload {
+            youtuber: youtuber.to_owned(),
+            video: title.to_owned(),
+        };
+        let outcome = self.apply_single(request_id, request).await?;
+        match (outcome.reply, outcome.effect) {
+            (Applied::New(_), Effect::Notify(video)) => Ok(Applied::New(video)),
+            (Applied::Replayed(_), Effect::Notify(video)) => Ok(Applied::Replayed(video)),
+            (_, other) => unreachable!("an upload's effect is a notification, not {other:?}"),
+        }
     }
 
-    /// Records that the broker confirmed the notification of a video.
-    pub async fn mark_notified(&self, video_id: Uuid) -> Result<()> {
+    async fn apply_single(&self, request_id: Uuid, request: Request) -> Result<Outcome> {
+        let mut outcomes = self.apply(vec![(request_id, request)]).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Records that the broker confirmed the notifications of these videos.
+    pub async fn mark_notified(&self, video_ids: Vec<Uuid>) -> Result<()> {
         self.with(move |connection| {
-            connection.execute(
-                "UPDATE videos SET notified = 1 WHERE id = ?1",
-                [video_id.to_string()],
-            )?;
-            Ok(())
+            let tx = connection.transaction()?;
+            {
+                let mut statement =
+                    tx.prepare_cached("UPDATE videos SET notified = 1 WHERE id = ?1")?;
+                for id in video_ids {
+                    statement.execute([id.to_string()])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }
@@ -332,14 +318,8 @@ impl Store {
     /// Whether `user` follows `youtuber`.
     pub async fn is_subscribed(&self, user: &str, youtuber: &str) -> Result<bool> {
         let (user, youtuber) = (user.to_owned(), youtuber.to_owned());
-        self.with(move |connection| {
-            connection.query_row(
-                "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE user = ?1 AND youtuber = ?2)",
-                params![user, youtuber],
-                |row| row.get(0),
-            )
-        })
-        .await
+        self.with(move |connection| is_subscribed(connection, &user, &youtuber))
+            .await
     }
 
     /// The videos of a YouTuber, oldest first.
@@ -416,13 +396,166 @@ impl Store {
     }
 }
 
-fn upsert_user(connection: &Connection, user: &str, now: i64) -> rusqlite::Result<()> {
-    connection.execute(
-        "INSERT INTO users (name, created_at_ms, last_login_ms) VALUES (?1, ?2, ?2)
-         ON CONFLICT (name) DO UPDATE SET last_login_ms = excluded.last_login_ms",
-        params![user, now],
-    )?;
-    Ok(())
+/// Applies one request inside the batch's transaction.
+fn apply_one(
+    tx: &Connection,
+    request_id: Uuid,
+    request: Request,
+    now: i64,
+) -> rusqlite::Result<Outcome> {
+    if let Request::Subscriptions { user } = request {
+        // A query changes nothing and is not recorded.
+        let youtubers = subscriptions_of(tx, &user)?;
+        return Ok(Outcome {
+            reply: Applied::New(Reply::Subscriptions { youtubers }),
+            effect: Effect::None,
+        });
+    }
+    let replayed = recorded(tx, request_id)?;
+    if let Some((reply, video_id)) = replayed {
+        let effect = match request {
+            Request::Login { user } => Effect::Inbox { user },
+            Request::Subscription { user, youtuber, .. } => Effect::Binding {
+                subscribed: is_subscribed(tx, &user, &youtuber)?,
+                user,
+                youtuber,
+                // The first attempt may have stopped before declaring the inbox.
+                new_user: true,
+            },
+            Request::Upload { .. } => match video_id {
+                Some(id) => Effect::Notify(video_by_id(tx, &id)?),
+                None => Effect::None,
+            },
+            Request::Subscriptions { .. } => Effect::None,
+        };
+        return Ok(Outcome {
+            reply: Applied::Replayed(reply),
+            effect,
+        });
+    }
+    let (reply, effect, video_id) = match request {
+        Request::Login { user } => {
+            add_user(tx, &user, now)?;
+            (Reply::Done { notice: None }, Effect::Inbox { user }, None)
+        }
+        Request::Subscription {
+            user,
+            youtuber,
+            subscribe,
+        } => {
+            let new_user = add_user(tx, &user, now)?;
+            let reply = if subscribe {
+                subscribe_in(tx, &user, &youtuber, now)?
+            } else {
+                unsubscribe_in(tx, &user, &youtuber)?
+            };
+            let effect = Effect::Binding {
+                // Whether refused or not, the user now follows exactly when
+                // the request asked to.
+                subscribed: subscribe,
+                user,
+                youtuber,
+                new_user,
+            };
+            (reply, effect, None)
+        }
+        Request::Upload { youtuber, video } => {
+            let video = upload_in(tx, youtuber, video, now)?;
+            let id = video.id;
+            (
+                Reply::Done { notice: None },
+                Effect::Notify(video),
+                Some(id),
+            )
+        }
+        Request::Subscriptions { .. } => unreachable!("answered above"),
+    };
+    record(tx, request_id, &reply, video_id, now)?;
+    Ok(Outcome {
+        reply: Applied::New(reply),
+        effect,
+    })
+}
+
+/// Adds the user if new (returning `true`), and records the time as their
+/// last login: a user who changes a subscription is online.
+fn add_user(tx: &Connection, user: &str, now: i64) -> rusqlite::Result<bool> {
+    let added = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO users (name, created_at_ms, last_login_ms) VALUES (?1, ?2, ?2)",
+        )?
+        .execute(params![user, now])?
+        == 1;
+    if !added {
+        tx.prepare_cached("UPDATE users SET last_login_ms = ?2 WHERE name = ?1")?
+            .execute(params![user, now])?;
+    }
+    Ok(added)
+}
+
+fn subscribe_in(tx: &Connection, user: &str, youtuber: &str, now: i64) -> rusqlite::Result<Reply> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO subscriptions (user, youtuber, since_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![user, youtuber, now])?;
+    let known: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1)")?
+        .query_row([youtuber], |row| row.get(0))?;
+    let notice = (!known).then(|| {
+        format!(
+            "{youtuber} has not uploaded any video yet; \
+             {user} will be notified of the first one"
+        )
+    });
+    Ok(Reply::Done { notice })
+}
+
+fn unsubscribe_in(tx: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<Reply> {
+    let removed = tx
+        .prepare_cached("DELETE FROM subscriptions WHERE user = ?1 AND youtuber = ?2")?
+        .execute(params![user, youtuber])?;
+    Ok(if removed == 1 {
+        Reply::Done { notice: None }
+    } else {
+        Reply::Refused {
+            reason: not_following(tx, user, youtuber)?,
+        }
+    })
+}
+
+fn upload_in(
+    tx: &Connection,
+    youtuber: String,
+    title: String,
+    now: i64,
+) -> rusqlite::Result<Video> {
+    tx.prepare_cached("INSERT OR IGNORE INTO youtubers (name, created_at_ms) VALUES (?1, ?2)")?
+        .execute(params![youtuber, now])?;
+    let video = Video {
+        id: Uuid::new_v4(),
+        youtuber,
+        title,
+        uploaded_at_ms: now,
+        notified: false,
+    };
+    tx.prepare_cached(
+        "INSERT INTO videos (id, youtuber, title, uploaded_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        video.id.to_string(),
+        video.youtuber,
+        video.title,
+        now
+    ])?;
+    Ok(video)
+}
+
+fn is_subscribed(connection: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<bool> {
+    connection
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE user = ?1 AND youtuber = ?2)",
+        )?
+        .query_row(params![user, youtuber], |row| row.get(0))
 }
 
 fn record(
@@ -434,35 +567,40 @@ fn record(
 ) -> rusqlite::Result<()> {
     let reply = String::from_utf8(crate::protocol::encode(reply))
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    connection.execute(
-        "INSERT INTO applied_requests (id, reply, video_id, applied_at_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![
+    connection
+        .prepare_cached(
+            "INSERT INTO applied_requests (id, reply, video_id, applied_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
             request_id.to_string(),
             reply,
             video_id.map(|id| id.to_string()),
             now
-        ],
-    )?;
+        ])?;
     Ok(())
 }
 
-fn recorded_reply(connection: &Connection, request_id: Uuid) -> rusqlite::Result<Option<Reply>> {
-    let stored: Option<String> = connection
-        .query_row(
-            "SELECT reply FROM applied_requests WHERE id = ?1",
-            [request_id.to_string()],
-            |row| row.get(0),
-        )
+/// The reply recorded for a request applied before, and the video it stored.
+fn recorded(
+    connection: &Connection,
+    request_id: Uuid,
+) -> rusqlite::Result<Option<(Reply, Option<String>)>> {
+    let stored: Option<(String, Option<String>)> = connection
+        .prepare_cached("SELECT reply, video_id FROM applied_requests WHERE id = ?1")?
+        .query_row([request_id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
         .optional()?;
     stored
-        .map(|text| {
-            crate::protocol::decode_reply(text.as_bytes()).map_err(|e| {
+        .map(|(text, video_id)| {
+            let reply = crate::protocol::decode_reply(text.as_bytes()).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(
                     0,
                     rusqlite::types::Type::Text,
                     Box::new(e),
                 )
-            })
+            })?;
+            Ok((reply, video_id))
         })
         .transpose()
 }
@@ -594,7 +732,7 @@ mod tests {
         let replayed = store.upload(request, "bob", "Hello").await.unwrap();
         assert_eq!(replayed, Applied::Replayed(video.clone()));
         assert_eq!(store.videos_of("bob").await.unwrap().len(), 1);
-        store.mark_notified(video.id).await.unwrap();
+        store.mark_notified(vec![video.id]).await.unwrap();
         assert!(store.videos_to_notify().await.unwrap().is_empty());
     }
 

@@ -88,8 +88,18 @@ impl Watcher {
     async fn collect(&mut self, expected: usize) -> HashMap<String, usize> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         while seen.len() < expected {
-            let line = within("a notification", self.lines.recv()).await.unwrap();
-            *seen.entry(line).or_default() += 1;
+            match tokio::time::timeout(common::WAIT, self.lines.recv()).await {
+                Ok(Some(line)) => *seen.entry(line).or_default() += 1,
+                Ok(None) => panic!(
+                    "the watcher stopped after {} of {expected}: {seen:?}",
+                    seen.len()
+                ),
+                Err(_) => panic!(
+                    "timed out after {:?} with {} of {expected} notifications: {seen:?}",
+                    common::WAIT,
+                    seen.len()
+                ),
+            }
         }
         while let Ok(Some(line)) =
             tokio::time::timeout(Duration::from_millis(500), self.lines.recv()).await
