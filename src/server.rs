@@ -453,39 +453,24 @@ impl YoutubeServer {
         users.sort_unstable();
         users.dedup();
         let lanes = users.len().min(TOPOLOGY_CHANNELS);
-        let mut work: Vec<(Vec<&str>, Vec<(&str, &str, bool)>)> = vec![Default::default(); lanes];
+        let mut work: Vec<TopologyWork> = vec![TopologyWork::default(); lanes];
         for user in inboxes {
-            work[spread(user, lanes)].0.push(user);
+            work[spread(user, lanes)].inboxes.push(user);
         }
         for ((user, youtuber), subscribed) in bindings {
             work[spread(user, lanes)]
-                .1
+                .bindings
                 .push((user, youtuber, subscribed));
         }
         let channels =
             futures::future::try_join_all((0..lanes).map(|_| self.connection.create_channel()))
                 .await?;
-        let done = futures::future::try_join_all(channels.iter().zip(work).map(
-            |(channel, (inboxes, bindings))| async move {
-                futures::future::try_join_all(
-                    inboxes
-                        .iter()
-                        .map(|user| topology::declare_inbox(channel, user)),
-                )
-                .await?;
-                futures::future::try_join_all(bindings.iter().map(
-                    |&(user, youtuber, subscribed)| async move {
-                        if subscribed {
-                            topology::bind_subscription(channel, user, youtuber).await
-                        } else {
-                            topology::unbind_subscription(channel, user, youtuber).await
-                        }
-                    },
-                ))
-                .await?;
-                Ok::<(), lapin::Error>(())
-            },
-        ))
+        let done = futures::future::try_join_all(
+            channels
+                .iter()
+                .zip(&work)
+                .map(|(channel, work)| work.carry_out(channel)),
+        )
         .await;
         for channel in channels {
             tokio::spawn(async move {
@@ -715,6 +700,37 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
         properties,
     )
     .await
+}
+
+/// The inboxes to declare and the bindings to make on one channel.
+#[derive(Debug, Clone, Default)]
+struct TopologyWork<'a> {
+    inboxes: Vec<&'a str>,
+    /// (user, YouTuber, subscribed)
+    bindings: Vec<(&'a str, &'a str, bool)>,
+}
+
+impl TopologyWork<'_> {
+    /// Declares the inboxes, then binds and unbinds, all pipelined on `channel`.
+    async fn carry_out(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        futures::future::try_join_all(
+            self.inboxes
+                .iter()
+                .map(|user| topology::declare_inbox(channel, user)),
+        )
+        .await?;
+        futures::future::try_join_all(self.bindings.iter().map(
+            |&(user, youtuber, subscribed)| async move {
+                if subscribed {
+                    topology::bind_subscription(channel, user, youtuber).await
+                } else {
+                    topology::unbind_subscription(channel, user, youtuber).await
+                }
+            },
+        ))
+        .await?;
+        Ok(())
+    }
 }
 
 /// Which of `lanes` channels carries a user's inbox and bindings: always the
