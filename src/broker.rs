@@ -191,6 +191,19 @@ fn classify_connect_error(address: String, err: lapin::Error) -> Error {
     }
 }
 
+/// Whether an error means the connection is down, so that waiting for lapin
+/// to reconnect (`Channel::wait_for_recovery`) is the cure. An error the
+/// broker raised on one channel (a missing queue, say) closes that channel
+/// only; waiting would not fix it.
+pub fn is_outage(err: &lapin::Error) -> bool {
+    let on_one_channel = matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    );
+    err.can_be_recovered() && !on_one_channel
+}
+
 /// Opens a channel with publisher confirms on.
 pub async fn confirming_channel(connection: &Connection) -> Result<Channel> {
     let channel = connection.create_channel().await?;

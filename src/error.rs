@@ -63,6 +63,9 @@ pub enum Error {
     /// A database operation failed.
     #[error("database error: {0}")]
     Store(#[from] rusqlite::Error),
+    /// A part of the server stopped while others still relied on it.
+    #[error("youtube_server stopped: {0}")]
+    Stopped(String),
     /// The broker closed the connection or a channel.
     #[error("RabbitMQ error: {0}")]
     Broker(#[from] lapin::Error),

@@ -10,8 +10,9 @@
 //! - [`topology`]: every exchange, queue and routing key, and `declare`.
 //! - [`broker`]: connecting to RabbitMQ and publishing with confirms.
 //! - [`store`]: the server's SQLite database.
-//! - [`server`]: `youtube_server` — `consume_user_requests`,
-//!   `consume_youtuber_requests`, `notify_users`.
+//! - [`server`]: `youtube_server` — requests applied in batches through a
+//!   two-stage pipeline, and `bindings`, which keeps inboxes and bindings in
+//!   step with the database.
 //! - [`client`]: request and reply to the server, for both clients.
 //! - [`youtuber`]: the YouTuber side, `publish_video`.
 //! - [`user`]: the user side, `update_subscription` and `receive_notifications`.

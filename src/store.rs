@@ -120,8 +120,12 @@ impl<T> Applied<T> {
 pub enum Effect {
     /// Nothing.
     None,
-    /// The user's inbox must exist (a login).
-    Inbox { user: String },
+    /// The user's inbox must exist and be bound to each YouTuber the user
+    /// follows (a login: it also repairs an inbox lost on the broker's side).
+    Inbox {
+        user: String,
+        subscriptions: Vec<String>,
+    },
     /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
     /// `new_user`: this request added the user, so the inbox may not exist yet.
     Binding {
@@ -414,7 +418,10 @@ fn apply_one(
     let replayed = recorded(tx, request_id)?;
     if let Some((reply, video_id)) = replayed {
         let effect = match request {
-            Request::Login { user } => Effect::Inbox { user },
+            Request::Login { user } => Effect::Inbox {
+                subscriptions: subscriptions_of(tx, &user)?,
+                user,
+            },
             Request::Subscription { user, youtuber, .. } => Effect::Binding {
                 subscribed: is_subscribed(tx, &user, &youtuber)?,
                 user,
@@ -436,7 +443,11 @@ fn apply_one(
     let (reply, effect, video_id) = match request {
         Request::Login { user } => {
             add_user(tx, &user, now)?;
-            (Reply::Done { notice: None }, Effect::Inbox { user }, None)
+            let effect = Effect::Inbox {
+                subscriptions: subscriptions_of(tx, &user)?,
+                user,
+            };
+            (Reply::Done { notice: None }, effect, None)
         }
         Request::Subscription {
             user,

@@ -796,3 +796,98 @@ async fn a_second_server_is_a_hot_standby_that_takes_over() {
     );
     standby.stop().await;
 }
+
+#[tokio::test]
+async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_after() {
+    common::logs();
+    let vhost = TestVhost::new("db-locked");
+    let server = vhost.start_server().await;
+    let client = std::sync::Arc::new(vhost.client("test").await);
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+
+    // Another process holds the database's write lock for longer than the
+    // server waits for it (5 s): the server's transactions fail meanwhile.
+    let lock = rusqlite::Connection::open(vhost.dir.join("server.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut answers = Vec::new();
+    for request in [
+        Request::Subscription {
+            user: "alice".into(),
+            youtuber: "carol".into(),
+            subscribe: true,
+        },
+        Request::Subscription {
+            user: "alice".into(),
+            youtuber: "bob".into(),
+            subscribe: false,
+        },
+    ] {
+        let pending = client.send(request).await.unwrap();
+        let client = std::sync::Arc::clone(&client);
+        answers.push(tokio::spawn(async move { client.wait(pending).await }));
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        answers.iter().all(|answer| !answer.is_finished()),
+        "no request is answered while the database is locked"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    for answer in answers {
+        within("the answer once the database is free", answer)
+            .await
+            .unwrap()
+            .expect("applied once the database is free");
+    }
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["carol"]
+    );
+    publish_video(&client, "bob", "Not for alice")
+        .await
+        .unwrap();
+    publish_video(&client, "carol", "For alice").await.unwrap();
+    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "For alice");
+    inbox.close().await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
+    common::logs();
+    let vhost = TestVhost::new("inbox-lost");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    channel
+        .queue_delete(
+            topology::inbox("alice").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // Binding to the missing inbox fails; the server tries the request again,
+    // declaring the inbox this time.
+    within(
+        "the subscription",
+        user::update_subscription(&client, "alice", &follow("carol")),
+    )
+    .await
+    .unwrap();
+    // A login binds the inbox to every YouTuber the database says she follows.
+    user::login(&client, "alice").await.unwrap();
+    publish_video(&client, "bob", "From bob").await.unwrap();
+    publish_video(&client, "carol", "From carol").await.unwrap();
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 2);
+    server.stop().await;
+}

@@ -164,6 +164,10 @@ impl Scenario {
                 offline_share: 0.1,
                 churn: 50_000,
                 churn_window: 256,
+                // Each client waits for the broker's confirm of one request
+                // before it sends the next; as many clients as the ceiling
+                // has channels, so that sending is not the limit.
+                clients: 32,
                 ..base
             },
             "scale" => Scenario {

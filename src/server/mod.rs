@@ -19,7 +19,7 @@
 //! because every broker operation there is idempotent (notifications carry
 //! the video's id, which clients de-duplicate by).
 
-use std::{collections::HashMap, fmt, future::Future, io::Write, path::PathBuf, time::Duration};
+use std::{fmt, future::Future, io::Write, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use futures_lite::StreamExt;
@@ -31,13 +31,16 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+
+mod bindings;
+use bindings::Bindings;
 
 use crate::{
     broker,
     error::{Error, Result},
     protocol::{self, DecodeError, Notification, Reply, Request, RequestEnvelope},
-    store::{Applied, Effect, Outcome, Store, Video},
+    store::{Applied, Effect, Store, Video},
     topology,
 };
 
@@ -125,7 +128,7 @@ impl fmt::Display for Event {
 
 /// A running server: connected, topology declared, consumers started.
 pub struct YoutubeServer {
-    connection: Connection,
+    connection: Arc<Connection>,
     store: Store,
     publisher: Channel,
     events: broadcast::Sender<Event>,
@@ -133,6 +136,7 @@ pub struct YoutubeServer {
     user_requests: Option<(Channel, Consumer)>,
     youtuber_requests: Option<(Channel, Consumer)>,
     link: watch::Receiver<broker::LinkState>,
+    bindings: Bindings,
 }
 
 /// Starts a server and runs it until `shutdown` resolves.
@@ -146,7 +150,7 @@ impl YoutubeServer {
     /// in their queues until [`YoutubeServer::serve`] runs.
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
         let store = Store::open(&config.db_path)?;
-        let connection = broker::connect(&config.amqp_url, "youtube_server").await?;
+        let connection = Arc::new(broker::connect(&config.amqp_url, "youtube_server").await?);
         let link = broker::watch_link(&connection, "youtube_server");
         let publisher = broker::confirming_channel(&connection).await?;
         topology::declare(&publisher).await?;
@@ -156,6 +160,7 @@ impl YoutubeServer {
         let youtuber_requests =
             Some(consume(&connection, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
         let server = YoutubeServer {
+            bindings: Bindings::start(Arc::clone(&connection)),
             connection,
             store,
             publisher,
@@ -200,13 +205,13 @@ impl YoutubeServer {
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop, stopped) = watch::channel(false);
         // `start` always fills both slots and `serve` consumes the server.
-        let (user_channel, user_consumer) = self.user_requests.take().expect("consumer started");
-        let (youtuber_channel, youtuber_consumer) =
-            self.youtuber_requests.take().expect("consumer started");
+        let users = self.user_requests.take().expect("consumer started");
+        let youtubers = self.youtuber_requests.take().expect("consumer started");
+        let (user_channel, youtuber_channel) = (users.0.clone(), youtubers.0.clone());
         let work = async {
             tokio::try_join!(
-                self.consume_user_requests(user_consumer, stopped.clone()),
-                self.consume_youtuber_requests(youtuber_consumer, stopped.clone()),
+                self.consume_requests(topology::USER_REQUESTS, users, stopped.clone()),
+                self.consume_requests(topology::YOUTUBER_REQUESTS, youtubers, stopped.clone()),
             )
         };
         let mut shutdown = std::pin::pin!(shutdown);
@@ -229,134 +234,123 @@ impl YoutubeServer {
         outcome
     }
 
-    /// Applies logins, subscription changes and queries, in the order they
-    /// were sent.
-    pub async fn consume_user_requests(
-        &self,
-        consumer: Consumer,
-        stopped: watch::Receiver<bool>,
-    ) -> Result<()> {
-        self.consume_requests(topology::USER_REQUESTS, consumer, stopped)
-            .await
-    }
-
-    /// Applies uploads, notifying the subscribers of each, in the order they
-    /// were sent.
-    pub async fn consume_youtuber_requests(
-        &self,
-        consumer: Consumer,
-        stopped: watch::Receiver<bool>,
-    ) -> Result<()> {
-        self.consume_requests(topology::YOUTUBER_REQUESTS, consumer, stopped)
-            .await
-    }
-
-    /// Takes a queue's requests in batches: whatever has arrived (up to
-    /// [`MAX_BATCH`]) is applied in one database transaction, then carried to
-    /// the broker together — bindings on several channels at once,
-    /// notifications and replies with their confirms in flight together —
-    /// then acknowledged. Under load the batches grow, and one disk write and
-    /// one round of confirms serve many requests; when idle a batch is a
-    /// single request. One batch follows another, so requests are applied in
-    /// the order they were delivered.
+    /// Applies a queue's requests in the order they were delivered, until
+    /// `stopped`. A broker outage is waited out (lapin reconnects; what was
+    /// not acknowledged is delivered again and recognised). Any other failure
+    /// — the database, a refused publish — sends every request not yet
+    /// acknowledged back to the queue, in order, and tries them again after a
+    /// pause that doubles each time, up to [`MAX_RETRY_DELAY`].
     async fn consume_requests(
         &self,
         queue: &'static str,
-        mut consumer: Consumer,
+        (mut consuming, mut consumer): (Channel, Consumer),
         mut stopped: watch::Receiver<bool>,
     ) -> Result<()> {
-        let channel = broker::confirming_channel(&self.connection).await?;
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = stopped.wait_for(|stop| *stop) => break,
-                delivery = consumer.next() => delivery,
-            };
-            let mut batch = match first {
-                None => break,
-                Some(Ok(delivery)) => vec![delivery],
-                Some(Err(err)) => {
-                    ride_out(&channel, err).await?;
+        let mut publisher = broker::confirming_channel(&self.connection).await?;
+        let mut delay = FIRST_RETRY_DELAY;
+        'batches: loop {
+            let failure = match self
+                .pipeline(queue, &publisher, &mut consumer, &mut stopped, &mut delay)
+                .await
+            {
+                Ok(()) => break,
+                Err(Error::Broker(err)) if broker::is_outage(&err) => {
+                    ride_out(&publisher, err).await?;
                     continue;
                 }
+                Err(failure) => failure,
             };
-            let mut disturbed = None;
-            while batch.len() < MAX_BATCH {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    Some(Some(Err(err))) => {
-                        disturbed = Some(err);
+            tracing::warn!(
+                %failure,
+                queue,
+                "could not apply requests; they go back to the queue and are tried again in {delay:?}"
+            );
+            // Closing the channel returns every unacknowledged request to the
+            // queue, in the order they came.
+            let _ = consuming.close(200, "trying again".into()).await;
+            let _ = publisher.close(200, "trying again".into()).await;
+            loop {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => break 'batches,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                match self.reopen(queue).await {
+                    Ok(((channel, stream), confirming)) => {
+                        (consuming, consumer, publisher) = (channel, stream, confirming);
                         break;
                     }
-                    Some(None) | None => break,
+                    Err(err) => {
+                        tracing::warn!(%err, queue, "cannot consume again yet; trying again in {delay:?}")
+                    }
                 }
             }
-            if let Some(err) = disturbed {
-                // RabbitMQ delivers the batch again after the reconnection.
-                ride_out(&channel, err).await?;
-                continue;
-            }
-            // Delivered before a reconnection: RabbitMQ delivers them again.
-            batch.retain(|delivery| !delivery.acker.poisoned());
-            if !batch.is_empty() {
-                self.handle_until_done(queue, &channel, &batch, &mut stopped)
-                    .await?;
-            }
         }
-        let _ = channel.close(200, "done".into()).await;
+        let _ = publisher.close(200, "done".into()).await;
         Ok(())
     }
 
-    /// Handles a batch, retrying it in place (so that the requests behind it
-    /// keep their order) while the failure is passing: a broker outage is
-    /// waited out; a refused publish or a database error is retried with
-    /// backoff, and said on stderr. A retry is safe: the requests already
-    /// stored are recognised by their ids and only their effects are redone.
-    async fn handle_until_done(
+    /// A fresh consumer of `queue` and a fresh channel to publish on.
+    async fn reopen(&self, queue: &'static str) -> Result<((Channel, Consumer), Channel)> {
+        let consuming = consume(&self.connection, queue, self.config.prefetch).await?;
+        let publisher = broker::confirming_channel(&self.connection).await?;
+        Ok((consuming, publisher))
+    }
+
+    /// Takes a queue's requests in batches, through two stages that overlap:
+    ///
+    /// 1. [`prepare`](Self::prepare): whatever has arrived (up to
+    ///    [`MAX_BATCH`]) is stored in one database transaction, and its
+    ///    effects are set going: bindings on the [`Bindings`] lanes,
+    ///    notifications published;
+    /// 2. [`finish`](Self::finish): once those are done and confirmed, the
+    ///    replies are sent and the requests acknowledged.
+    ///
+    /// While one batch finishes, the next is stored. Under load the batches
+    /// grow, and one disk write and one round of confirms serve many
+    /// requests; when idle a batch is a single request. Each stage takes the
+    /// batches in order, so requests are applied, carried out and answered in
+    /// the order they were delivered.
+    async fn pipeline(
         &self,
         queue: &'static str,
-        channel: &Channel,
-        batch: &[Delivery],
+        publisher: &Channel,
+        consumer: &mut Consumer,
         stopped: &mut watch::Receiver<bool>,
+        delay: &mut Duration,
     ) -> Result<()> {
-        let requests: Vec<_> = batch
+        let (prepared, mut to_finish) = mpsc::channel::<Prepared>(1);
+        let prepare = async move {
+            while let Some(batch) = next_batch(consumer, stopped).await? {
+                let batch = self.prepare(queue, publisher, batch).await?;
+                if prepared.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        let finish = async {
+            while let Some(batch) = to_finish.recv().await {
+                self.finish(queue, publisher, batch).await?;
+                *delay = FIRST_RETRY_DELAY;
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::try_join!(prepare, finish).map(|_| ())
+    }
+
+    /// The first stage: stores the batch and sets its effects going.
+    async fn prepare(
+        &self,
+        queue: &'static str,
+        publisher: &Channel,
+        batch: Vec<Delivery>,
+    ) -> Result<Prepared> {
+        let started = std::time::Instant::now();
+        let requests: Vec<Triaged> = batch
             .iter()
             .map(|delivery| triage(queue, protocol::decode_request(&delivery.data)))
             .collect();
-        let mut delay = Duration::from_millis(100);
-        let mut retry = false;
-        loop {
-            match self.handle(queue, channel, batch, &requests, retry).await {
-                Ok(()) => return Ok(()),
-                Err(Error::Broker(err)) if err.can_be_recovered() => {
-                    // The deliveries' channel is gone or going: RabbitMQ
-                    // redelivers the requests, and each is applied once.
-                    return ride_out(channel, err).await;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, queue, "could not apply {} request(s); retrying in {delay:?}", batch.len());
-                    tokio::select! {
-                        _ = stopped.wait_for(|stop| *stop) => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                    retry = true;
-                }
-            }
-        }
-    }
-
-    /// Takes a batch from its requests to their acknowledgements: the
-    /// database first, then the broker, then the replies; the deliveries are
-    /// settled last, so that nothing before can be undone by a retry.
-    async fn handle(
-        &self,
-        queue: &'static str,
-        channel: &Channel,
-        batch: &[Delivery],
-        requests: &[Triaged],
-        retry: bool,
-    ) -> Result<()> {
         let to_apply: Vec<(uuid::Uuid, Request)> = requests
             .iter()
             .filter_map(|triaged| match triaged {
@@ -374,24 +368,70 @@ impl YoutubeServer {
                 self.emit(event);
             }
         }
-        self.carry_topology(&outcomes, retry).await?;
-        self.notify_all(channel, &outcomes).await?;
+        let bindings = self.bindings.carry_out(&outcomes);
+        let mut notifications = Vec::new();
+        for outcome in &outcomes {
+            if let Effect::Notify(video) = &outcome.effect
+                && !video.notified
+            {
+                notifications.push((video.id, publish_notification(publisher, video).await?));
+            }
+        }
+        Ok(Prepared {
+            deliveries: batch,
+            requests,
+            replies: outcomes
+                .into_iter()
+                .map(|outcome| outcome.reply.into_inner())
+                .collect(),
+            bindings,
+            notifications,
+            started,
+        })
+    }
 
-        let mut outcomes = outcomes.into_iter();
-        let mut replies = Vec::new();
-        for (delivery, triaged) in batch.iter().zip(requests) {
+    /// The second stage: waits for the batch's effects, records the
+    /// notifications as sent, answers, and acknowledges. The deliveries are
+    /// settled last, once nothing before can fail.
+    async fn finish(
+        &self,
+        queue: &'static str,
+        publisher: &Channel,
+        batch: Prepared,
+    ) -> Result<()> {
+        let Prepared {
+            deliveries,
+            requests,
+            replies,
+            bindings,
+            notifications,
+            started,
+        } = batch;
+        bindings.done().await?;
+        if !notifications.is_empty() {
+            let mut sent = Vec::with_capacity(notifications.len());
+            for (video, notification) in notifications {
+                notification.confirmed().await?;
+                sent.push(video);
+            }
+            self.store.mark_notified(sent).await?;
+        }
+        let carried = started.elapsed();
+
+        let mut replies = replies.into_iter();
+        let mut answers = Vec::new();
+        for (delivery, triaged) in deliveries.iter().zip(&requests) {
             let reply = match triaged {
                 Triaged::DeadLetter(_) => continue,
                 Triaged::Refuse(reply) => reply.clone(),
-                Triaged::Apply(_) => match outcomes.next() {
-                    Some(outcome) => outcome.reply.into_inner(),
-                    None => unreachable!("the store answers every request it is given"),
-                },
+                Triaged::Apply(_) => replies
+                    .next()
+                    .expect("the store answers every request it is given"),
             };
-            replies.extend(self.reply(channel, delivery, &reply).await?);
+            answers.extend(self.reply(publisher, delivery, &reply).await?);
         }
-        for reply in replies {
-            match reply.confirmed().await {
+        for answer in answers {
+            match answer.confirmed().await {
                 Err(Error::Broker(err)) => return Err(Error::Broker(err)),
                 Err(err) => {
                     tracing::warn!(%err, "could not send a reply; the request is applied all the same")
@@ -399,112 +439,32 @@ impl YoutubeServer {
                 Ok(()) => {}
             }
         }
+        let replied = started.elapsed();
 
-        for (delivery, triaged) in batch.iter().zip(requests) {
+        let mut last_applied = None;
+        for (delivery, triaged) in deliveries.iter().zip(&requests) {
             match triaged {
                 Triaged::DeadLetter(reason) => {
-                    self.dead_letter(channel, queue, delivery, reason.clone())
+                    self.dead_letter(publisher, queue, delivery, reason.clone())
                         .await?
                 }
-                _ => {
-                    delivery.ack(BasicAckOptions::default()).await?;
-                }
+                _ => last_applied = Some(delivery),
             }
         }
+        // One acknowledgement for the whole batch: everything delivered up to
+        // its last request is settled (the dead-lettered ones already are).
+        if let Some(last) = last_applied {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        tracing::debug!(
+            queue,
+            requests = deliveries.len(),
+            ?carried,
+            ?replied,
+            settled = ?started.elapsed(),
+            "handled a batch"
+        );
         Ok(())
-    }
-
-    /// Makes inboxes and bindings match the database after a batch: each
-    /// inbox that may be missing is declared (on a retry, every inbox the batch
-    /// touches), then each (user, YouTuber) pair the batch touched is bound or
-    /// unbound according to its final state. The work is spread by user over
-    /// up to [`TOPOLOGY_CHANNELS`] channels and pipelined on each. The
-    /// channels are short-lived: lapin remembers what each channel declared
-    /// and bound in order to replay it after a reconnection, and the server's
-    /// bindings, durable on the broker, need no replaying.
-    async fn carry_topology(&self, outcomes: &[Outcome], declare_all: bool) -> Result<()> {
-        let mut inboxes: Vec<&str> = Vec::new();
-        let mut bindings: HashMap<(&str, &str), bool> = HashMap::new();
-        for outcome in outcomes {
-            match &outcome.effect {
-                Effect::Inbox { user } => inboxes.push(user),
-                Effect::Binding {
-                    user,
-                    youtuber,
-                    subscribed,
-                    new_user,
-                } => {
-                    if *new_user || declare_all {
-                        inboxes.push(user);
-                    }
-                    // The last change of a pair in the batch is its state.
-                    bindings.insert((user, youtuber), *subscribed);
-                }
-                Effect::None | Effect::Notify(_) => {}
-            }
-        }
-        if inboxes.is_empty() && bindings.is_empty() {
-            return Ok(());
-        }
-        inboxes.sort_unstable();
-        inboxes.dedup();
-        let mut users: Vec<&str> = inboxes.clone();
-        users.extend(bindings.keys().map(|(user, _)| *user));
-        users.sort_unstable();
-        users.dedup();
-        let lanes = users.len().min(TOPOLOGY_CHANNELS);
-        let mut work: Vec<TopologyWork> = vec![TopologyWork::default(); lanes];
-        for user in inboxes {
-            work[spread(user, lanes)].inboxes.push(user);
-        }
-        for ((user, youtuber), subscribed) in bindings {
-            work[spread(user, lanes)]
-                .bindings
-                .push((user, youtuber, subscribed));
-        }
-        let channels =
-            futures::future::try_join_all((0..lanes).map(|_| self.connection.create_channel()))
-                .await?;
-        let done = futures::future::try_join_all(
-            channels
-                .iter()
-                .zip(&work)
-                .map(|(channel, work)| work.carry_out(channel)),
-        )
-        .await;
-        for channel in channels {
-            tokio::spawn(async move {
-                let _ = channel.close(200, "done".into()).await;
-            });
-        }
-        done?;
-        Ok(())
-    }
-
-    /// Publishes the notification of every upload of a batch not notified yet,
-    /// in order, with their confirms in flight together; then records them as
-    /// notified.
-    async fn notify_all(&self, channel: &Channel, outcomes: &[Outcome]) -> Result<()> {
-        let videos: Vec<&Video> = outcomes
-            .iter()
-            .filter_map(|outcome| match &outcome.effect {
-                Effect::Notify(video) if !video.notified => Some(video),
-                _ => None,
-            })
-            .collect();
-        if videos.is_empty() {
-            return Ok(());
-        }
-        let mut sent = Vec::with_capacity(videos.len());
-        for video in &videos {
-            sent.push(publish_notification(channel, video).await?);
-        }
-        for notification in sent {
-            notification.confirmed().await?;
-        }
-        self.store
-            .mark_notified(videos.iter().map(|video| video.id).collect())
-            .await
     }
 
     /// Notifies every subscriber of an upload: one persistent publish to the
@@ -617,9 +577,54 @@ impl YoutubeServer {
 /// The most requests applied together in one batch (and one transaction).
 const MAX_BATCH: usize = 256;
 
-/// The most channels one batch's bindings are spread over: the broker
-/// applies one channel's operations one at a time.
-const TOPOLOGY_CHANNELS: usize = 16;
+/// The first pause before requests that failed are tried again.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest pause before requests that failed are tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// A batch between the two stages of [`YoutubeServer::pipeline`].
+struct Prepared {
+    deliveries: Vec<Delivery>,
+    requests: Vec<Triaged>,
+    /// The store's reply to each request it applied, in order.
+    replies: Vec<Reply>,
+    bindings: bindings::Pending,
+    /// Each new upload's video id and its notification, unconfirmed.
+    notifications: Vec<(uuid::Uuid, broker::Unconfirmed)>,
+    started: std::time::Instant,
+}
+
+/// The next batch: the first delivery waited for, then whatever else has
+/// already arrived, up to [`MAX_BATCH`]. `None` once stopped or when the
+/// broker ended the consumer.
+async fn next_batch(
+    consumer: &mut Consumer,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<Delivery>>> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => return Ok(None),
+            delivery = consumer.next() => delivery,
+        };
+        let mut batch = match first {
+            None => return Ok(None),
+            Some(delivery) => vec![delivery?],
+        };
+        while batch.len() < MAX_BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                Some(None) | None => break,
+            }
+        }
+        // Delivered before a reconnection: RabbitMQ delivers them again.
+        batch.retain(|delivery| !delivery.acker.poisoned());
+        if !batch.is_empty() {
+            return Ok(Some(batch));
+        }
+    }
+}
 
 /// What a delivered request needs.
 #[derive(Debug, Clone)]
@@ -700,46 +705,6 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
         properties,
     )
     .await
-}
-
-/// The inboxes to declare and the bindings to make on one channel.
-#[derive(Debug, Clone, Default)]
-struct TopologyWork<'a> {
-    inboxes: Vec<&'a str>,
-    /// (user, YouTuber, subscribed)
-    bindings: Vec<(&'a str, &'a str, bool)>,
-}
-
-impl TopologyWork<'_> {
-    /// Declares the inboxes, then binds and unbinds, all pipelined on `channel`.
-    async fn carry_out(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        futures::future::try_join_all(
-            self.inboxes
-                .iter()
-                .map(|user| topology::declare_inbox(channel, user)),
-        )
-        .await?;
-        futures::future::try_join_all(self.bindings.iter().map(
-            |&(user, youtuber, subscribed)| async move {
-                if subscribed {
-                    topology::bind_subscription(channel, user, youtuber).await
-                } else {
-                    topology::unbind_subscription(channel, user, youtuber).await
-                }
-            },
-        ))
-        .await?;
-        Ok(())
-    }
-}
-
-/// Which of `lanes` channels carries a user's inbox and bindings: always the
-/// same one within a batch, so that its inbox is declared before it is bound.
-fn spread(user: &str, lanes: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    user.hash(&mut hasher);
-    (hasher.finish() % lanes as u64) as usize
 }
 
 /// Waits until lapin has reconnected and replayed the topology, or returns
