@@ -165,10 +165,11 @@ async fn fresh(
     current: &mut Option<Channel>,
     operations: &mut usize,
 ) -> Result<Channel> {
-    if let Some(channel) = current {
-        if channel.status().connected() && *operations < RECYCLE_AFTER {
-            return Ok(channel.clone());
-        }
+    if let Some(channel) = current
+        && channel.status().connected()
+        && *operations < RECYCLE_AFTER
+    {
+        return Ok(channel.clone());
     }
     if let Some(worn) = current.take() {
         tokio::spawn(async move {
