@@ -19,7 +19,9 @@
 //! because every broker operation there is idempotent (notifications carry
 //! the video's id, which clients de-duplicate by).
 
-use std::{fmt, future::Future, io::Write, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet, fmt, future::Future, io::Write, path::PathBuf, sync::Arc, time::Duration,
+};
 
 use futures::FutureExt;
 use futures_lite::StreamExt;
@@ -320,9 +322,13 @@ impl YoutubeServer {
         delay: &mut Duration,
     ) -> Result<()> {
         let (prepared, mut to_finish) = mpsc::channel::<Prepared>(1);
+        // Videos whose notification is published but not yet recorded as
+        // sent: a redelivered upload among them is not notified twice.
+        let unrecorded = std::sync::Mutex::new(HashSet::new());
+        let unrecorded = &unrecorded;
         let prepare = async move {
             while let Some(batch) = next_batch(consumer, stopped).await? {
-                let batch = self.prepare(queue, publisher, batch).await?;
+                let batch = self.prepare(queue, publisher, batch, unrecorded).await?;
                 if prepared.send(batch).await.is_err() {
                     break;
                 }
@@ -331,7 +337,7 @@ impl YoutubeServer {
         };
         let finish = async {
             while let Some(batch) = to_finish.recv().await {
-                self.finish(queue, publisher, batch).await?;
+                self.finish(queue, publisher, batch, unrecorded).await?;
                 *delay = FIRST_RETRY_DELAY;
             }
             Ok::<(), Error>(())
@@ -345,6 +351,7 @@ impl YoutubeServer {
         queue: &'static str,
         publisher: &Channel,
         batch: Vec<Delivery>,
+        unrecorded: &std::sync::Mutex<HashSet<uuid::Uuid>>,
     ) -> Result<Prepared> {
         let started = std::time::Instant::now();
         let requests: Vec<Triaged> = batch
@@ -373,6 +380,7 @@ impl YoutubeServer {
         for outcome in &outcomes {
             if let Effect::Notify(video) = &outcome.effect
                 && !video.notified
+                && lock(unrecorded).insert(video.id)
             {
                 notifications.push((video.id, publish_notification(publisher, video).await?));
             }
@@ -398,6 +406,7 @@ impl YoutubeServer {
         queue: &'static str,
         publisher: &Channel,
         batch: Prepared,
+        unrecorded: &std::sync::Mutex<HashSet<uuid::Uuid>>,
     ) -> Result<()> {
         let Prepared {
             deliveries,
@@ -414,7 +423,11 @@ impl YoutubeServer {
                 notification.confirmed().await?;
                 sent.push(video);
             }
-            self.store.mark_notified(sent).await?;
+            self.store.mark_notified(sent.clone()).await?;
+            let mut unrecorded = lock(unrecorded);
+            for video in sent {
+                unrecorded.remove(&video);
+            }
         }
         let carried = started.elapsed();
 
@@ -705,6 +718,14 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
         properties,
     )
     .await
+}
+
+/// Locks a mutex whose holder cannot leave it half-changed (a panic while
+/// holding it leaves a whole set).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Waits until lapin has reconnected and replayed the topology, or returns
