@@ -269,9 +269,21 @@ impl Receivers {
         let Some(session) = lock(&self.sessions).remove(&user) else {
             return Ok(());
         };
-        self.channels[session.channel]
-            .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
+        let channel = &self.channels[session.channel];
+        loop {
+            match channel
+                .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                Ok(()) => break,
+                // The connection is coming back (lapin restores the consumer
+                // with it): cancel it then.
+                Err(err) if crate::broker::is_outage(&err) => {
+                    channel.wait_for_recovery(err).await?
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         // Deliveries already on their way are counted and acknowledged first.
         let _ = tokio::time::timeout(Duration::from_secs(10), session.task).await;
         Ok(())
