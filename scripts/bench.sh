@@ -11,8 +11,11 @@
 # plain-lapin ceiling of the same shape right after. Extra flags for every
 # run go in SIMULATE_FLAGS (e.g. SIMULATE_FLAGS="--seed 2").
 #
-# The whole set takes about 15 minutes on a 2-core machine, mostly setting up
-# 10,000 inboxes and 100,000 subscriptions through the server (not measured).
+# The whole set takes 40 minutes or more on a 2-core machine: many-to-many
+# alone takes 20 to 25 (10,000 inboxes, 100,000 subscriptions, 300,000
+# deliveries, twice). Scenarios with 10,000 inboxes can exhaust RabbitMQ 3.10's
+# memory when run back to back; run them one at a time on a fresh broker to
+# compare runs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
