@@ -277,9 +277,17 @@ impl Receivers {
             {
                 Ok(()) => break,
                 // The connection is coming back (lapin restores the consumer
-                // with it): cancel it then.
+                // with it): cancel it then. A channel that does not come back
+                // has no consumer left to cancel.
                 Err(err) if crate::broker::is_outage(&err) => {
-                    channel.wait_for_recovery(err).await?
+                    let recovery = channel.wait_for_recovery(err);
+                    match tokio::time::timeout(Duration::from_secs(10), recovery).await {
+                        Ok(recovered) => recovered?,
+                        Err(_) => {
+                            tracing::warn!(user, "an inbox channel did not come back within 10 s");
+                            break;
+                        }
+                    }
                 }
                 Err(err) => return Err(err.into()),
             }
