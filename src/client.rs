@@ -27,6 +27,7 @@ use crate::{
     broker,
     error::{Error, Result},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
+    sync::lock,
     topology,
 };
 
@@ -310,12 +311,4 @@ async fn resend_pending(channel: &Channel, reply_queue: &str, waiters: &Waiters)
             tracing::warn!(%err, "could not send a request again after reconnecting");
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map is only ever inserted into or removed from; no panic can leave
-    // it half-updated, so a poisoned lock is safe to use.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod server;
 pub mod simulate;
 pub mod store;
+mod sync;
 pub mod topology;
 pub mod user;
 pub mod youtuber;

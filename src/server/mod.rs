@@ -43,6 +43,7 @@ use crate::{
     error::{Error, Result},
     protocol::{self, DecodeError, Notification, Reply, Request, RequestEnvelope},
     store::{Applied, Effect, Store, Video},
+    sync::lock,
     topology,
 };
 
@@ -368,9 +369,13 @@ impl YoutubeServer {
         let outcomes = if to_apply.is_empty() {
             Vec::new()
         } else {
-            self.store.apply(to_apply.clone()).await?
+            self.store.apply(to_apply).await?
         };
-        for ((_, request), outcome) in to_apply.into_iter().zip(&outcomes) {
+        let applied = requests.iter().filter_map(|triaged| match triaged {
+            Triaged::Apply(envelope) => Some(&envelope.request),
+            _ => None,
+        });
+        for (request, outcome) in applied.zip(&outcomes) {
             if let Some(event) = event_of(request, &outcome.reply) {
                 self.emit(event);
             }
@@ -677,11 +682,11 @@ fn triage(queue: &str, request: std::result::Result<RequestEnvelope, DecodeError
 }
 
 /// The event a request makes, if it was applied now and changed something.
-fn event_of(request: Request, reply: &Applied<Reply>) -> Option<Event> {
+fn event_of(request: &Request, reply: &Applied<Reply>) -> Option<Event> {
     let Applied::New(Reply::Done { .. }) = reply else {
         return None;
     };
-    Some(match request {
+    Some(match request.clone() {
         Request::Login { user } => Event::LoggedIn { user },
         Request::Subscription {
             user,
@@ -718,14 +723,6 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
         properties,
     )
     .await
-}
-
-/// Locks a mutex whose holder cannot leave it half-changed (a panic while
-/// holding it leaves a whole set).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Waits until lapin has reconnected and replayed the topology, or returns

@@ -25,6 +25,7 @@ use super::{SimError, scenario::user_name};
 use crate::{
     broker,
     protocol::{self, Notification},
+    sync::lock,
     topology,
 };
 
@@ -43,13 +44,6 @@ fn seq_of(body: &[u8]) -> Option<u32> {
     match protocol::decode_notification(body).ok()? {
         Notification::VideoUploaded { video, .. } => video.strip_prefix('v')?.parse().ok(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Only counters live behind it; a panic cannot leave them inconsistent.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What arrived, for one phase (our run, or the ceiling).
@@ -281,13 +275,13 @@ impl Receivers {
                 // has no consumer left to cancel.
                 Err(err) if crate::broker::is_outage(&err) => {
                     let recovery = channel.wait_for_recovery(err);
-                    match tokio::time::timeout(Duration::from_secs(10), recovery).await {
-                        Ok(recovered) => recovered?,
-                        Err(_) => {
-                            tracing::warn!(user, "an inbox channel did not come back within 10 s");
-                            break;
-                        }
-                    }
+                    let Ok(recovered) =
+                        tokio::time::timeout(Duration::from_secs(10), recovery).await
+                    else {
+                        tracing::warn!(user, "an inbox channel did not come back within 10 s");
+                        break;
+                    };
+                    recovered?;
                 }
                 Err(err) => return Err(err.into()),
             }
