@@ -38,23 +38,19 @@ pub fn redact(url: &str) -> String {
 /// (or network) is noticed within about twice this.
 const HEARTBEAT_SECS: u16 = 10;
 
-/// Connects to RabbitMQ, naming the connection so it shows in `rabbitmqctl
+/// Opens one connection to RabbitMQ, naming it so it shows in `rabbitmqctl
 /// list_connections`. Errors say whether the broker is missing or refused us.
 ///
-/// The connection recovers by itself (lapin's auto-recovery): after a broker
-/// restart or a network cut it reconnects with backoff, for as long as it
-/// takes, and replays channels, QoS, declarations, bindings and consumers.
-/// Code that sees an error calls `Channel::wait_for_recovery` and carries on;
-/// [`watch_link`] reports the state.
+/// The connection does not recover by itself: [`crate::link::Link`] owns
+/// reconnection, and every program connects through it.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
     let address = redact(url);
-    let mut uri: AMQPUri = url.parse().map_err(|reason: String| Error::BrokerRefused {
+    let mut uri: AMQPUri = url.parse().map_err(|reason: String| Error::BadUrl {
         address: address.clone(),
-        reason: format!("not an AMQP URL: {reason}"),
+        reason,
     })?;
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
-    // Fail fast, with the right words, when nothing listens: lapin would
-    // otherwise keep retrying the first connection too.
+    // Fail fast, with the right words, when nothing listens.
     let target = (uri.authority.host.clone(), uri.authority.port);
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
         Err(_) => {
@@ -72,16 +68,8 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
         }
         Ok(Ok(_probe)) => {}
     }
-    let properties = ConnectionProperties::default()
-        .with_connection_name(LongString::from(connection_name))
-        .enable_auto_recover()
-        .configure_backoff(|backoff| {
-            backoff
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .with_jitter()
-                .without_max_times()
-        });
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
     let attempt = Connection::connect_uri(uri, properties);
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Err(_) => Err(Error::BrokerUnreachable {
@@ -93,81 +81,16 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
     }
 }
 
-/// The state of a connection to RabbitMQ, for status lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkState {
-    Connected,
-    /// Lost; reconnecting with backoff.
-    Reconnecting(String),
-    /// The broker blocks publishers (a memory or disk alarm); publishes wait.
-    Blocked(String),
-}
-
-impl std::fmt::Display for LinkState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LinkState::Connected => f.write_str("connected"),
-            LinkState::Reconnecting(why) => write!(f, "reconnecting ({why})"),
-            LinkState::Blocked(why) => write!(f, "blocked by the broker ({why}); waiting"),
-        }
+/// The error for a topology that cannot be declared: most often a queue or
+/// exchange that another client declared first with other settings.
+pub fn topology_error(url: &str, err: lapin::Error) -> Error {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Error::Topology {
+            address: redact(url),
+            reason: amqp.to_string(),
+        },
+        _ => Error::Broker(err),
     }
-}
-
-/// Follows a connection's state: logs each change (at warn level, so the
-/// clients show it on stderr) and publishes it for dashboards. The state is
-/// sampled four times a second, and the broker's blocked notice as it comes.
-pub fn watch_link(connection: &Connection, label: &str) -> tokio::sync::watch::Receiver<LinkState> {
-    use futures_lite::StreamExt;
-    let (state, receiver) = tokio::sync::watch::channel(LinkState::Connected);
-    let status = connection.status().clone();
-    let mut events = connection.events_listener();
-    let label = label.to_owned();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut blocked_by: Option<String> = None;
-        let mut last_error = String::from("connection lost");
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                event = events.next() => match event {
-                    Some(lapin::Event::ConnectionBlocked(reason)) => blocked_by = Some(reason),
-                    Some(lapin::Event::ConnectionUnblocked) => blocked_by = None,
-                    Some(lapin::Event::Error(err)) => last_error = err.to_string(),
-                    Some(_) => {}
-                    None => break,
-                },
-            }
-            let next = if status.reconnecting() || status.errored() || status.connecting() {
-                LinkState::Reconnecting(last_error.clone())
-            } else if status.closed() || status.closing() {
-                break;
-            } else if status.blocked() {
-                LinkState::Blocked(
-                    blocked_by
-                        .clone()
-                        .unwrap_or_else(|| "resource alarm".to_owned()),
-                )
-            } else {
-                LinkState::Connected
-            };
-            if *state.borrow() == next {
-                continue;
-            }
-            match &next {
-                LinkState::Connected => tracing::warn!("{label}: connected to RabbitMQ again"),
-                LinkState::Reconnecting(why) => {
-                    tracing::warn!("{label}: lost the connection to RabbitMQ ({why}); reconnecting")
-                }
-                LinkState::Blocked(why) => tracing::warn!(
-                    "{label}: RabbitMQ blocks publishing ({why}); waiting until it resumes"
-                ),
-            }
-            if state.send(next).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 fn classify_connect_error(address: String, err: lapin::Error) -> Error {
@@ -189,19 +112,6 @@ fn classify_connect_error(address: String, err: lapin::Error) -> Error {
             reason: err.to_string(),
         },
     }
-}
-
-/// Whether an error means the connection is down, so that waiting for lapin
-/// to reconnect (`Channel::wait_for_recovery`) is the cure. An error the
-/// broker raised on one channel (a missing queue, say) closes that channel
-/// only; waiting would not fix it.
-pub fn is_outage(err: &lapin::Error) -> bool {
-    let on_one_channel = matches!(
-        err.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
-    );
-    err.can_be_recovered() && !on_one_channel
 }
 
 /// Opens a channel with publisher confirms on.

@@ -9,33 +9,34 @@
 //! the copy.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures_lite::StreamExt;
 use lapin::{
-    Channel, Connection,
+    Channel,
     options::BasicConsumeOptions,
     types::{FieldTable, ShortString},
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::{
     broker,
     error::{Error, Result},
+    link::{Feed, Link, LinkState, Opened, SessionChannel},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
     sync::lock,
     topology,
 };
 
-/// After a reconnection, how often a request still without its reply is sent again.
-const RESEND_EVERY: Duration = Duration::from_secs(2);
-
 /// How long a client waits for the server unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times a publish is tried again on a live connection whose
+/// channel failed, before the error is returned.
+const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// What a client needs to reach the server.
 #[derive(Debug, Clone)]
@@ -55,26 +56,60 @@ impl Default for ClientConfig {
     }
 }
 
-/// A request waiting for its reply: what to send again if the connection is
-/// recovered before the reply comes (a reply sent while the connection was
-/// down is lost with the reply queue; the server applies a request id once).
+/// A request waiting for its reply: what to send again after a
+/// reconnection (a reply sent while the connection was down is lost with
+/// the reply queue; the server applies a request id once).
 struct Waiter {
+    id: String,
     reply: oneshot::Sender<Result<Reply, DecodeError>>,
     queue: &'static str,
     body: Vec<u8>,
 }
 
-type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
+/// The requests waiting for their reply, in the order they were first sent:
+/// they are sent again in that order, so that a subscribe and an
+/// unsubscribe in flight never swap.
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    by_order: BTreeMap<u64, Waiter>,
+    order_of: HashMap<String, u64>,
+}
+
+impl Waiters {
+    fn insert(&mut self, waiter: Waiter) {
+        self.next += 1;
+        self.order_of.insert(waiter.id.clone(), self.next);
+        self.by_order.insert(self.next, waiter);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Waiter> {
+        let order = self.order_of.remove(id)?;
+        self.by_order.remove(&order)
+    }
+
+    fn get(&self, id: &str) -> Option<&Waiter> {
+        self.by_order.get(self.order_of.get(id)?)
+    }
+
+    /// Copies of every waiting request, oldest first.
+    fn pending(&self) -> Vec<(String, &'static str, Vec<u8>)> {
+        self.by_order
+            .values()
+            .map(|waiter| (waiter.id.clone(), waiter.queue, waiter.body.clone()))
+            .collect()
+    }
+}
 
 /// A connection to RabbitMQ that sends requests to the server and waits for
 /// its replies.
 pub struct Client {
-    connection: Connection,
-    channel: Channel,
+    link: Link,
+    publisher: Arc<SessionChannel>,
     reply_queue: String,
-    waiters: Waiters,
+    waiters: Arc<Mutex<Waiters>>,
     timeout: Duration,
-    link: tokio::sync::watch::Receiver<broker::LinkState>,
+    replies: tokio::task::JoinHandle<()>,
 }
 
 /// A request that the broker has confirmed and whose reply has not come yet.
@@ -96,39 +131,56 @@ impl Client {
     /// Connects, declares the topology and starts listening for replies.
     /// `name` labels the connection in RabbitMQ's tools.
     pub async fn connect(config: &ClientConfig, name: &str) -> Result<Client> {
-        let connection = broker::connect(&config.amqp_url, name).await?;
-        let link = broker::watch_link(&connection, name);
-        let channel = broker::confirming_channel(&connection).await?;
-        topology::declare(&channel).await?;
+        let link = Link::connect(&config.amqp_url, name).await?;
+        let publisher = Arc::new(SessionChannel::new(&link, true));
+        // One name for the life of the client: after a reconnection the
+        // queue is declared again under it, so a reply addressed to it by a
+        // server that took the request earlier still arrives.
         let reply_queue = topology::reply_queue();
-        topology::declare_reply_queue(&channel, &reply_queue).await?;
-        let mut replies = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                ShortString::from(format!("{name}-replies")),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let waiters = Waiters::default();
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let opener = {
+            let (publisher, waiters, reply_queue) = (
+                Arc::clone(&publisher),
+                Arc::clone(&waiters),
+                reply_queue.clone(),
+            );
+            let tag = format!("{name}-replies");
+            Box::new(move |session: crate::link::Session| {
+                let (publisher, waiters, reply_queue, tag) = (
+                    Arc::clone(&publisher),
+                    Arc::clone(&waiters),
+                    reply_queue.clone(),
+                    tag.clone(),
+                );
+                Box::pin(async move {
+                    let channel = session.connection().create_channel().await?;
+                    topology::declare_reply_queue(&channel, &reply_queue).await?;
+                    let consumer = channel
+                        .basic_consume(
+                            reply_queue.as_str().into(),
+                            tag.as_str().into(),
+                            BasicConsumeOptions {
+                                no_ack: true,
+                                ..BasicConsumeOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    // Replies sent while the queue did not exist went
+                    // nowhere: ask again, in the order first sent.
+                    resend_pending(&publisher, &reply_queue, &waiters).await;
+                    Ok(Opened {
+                        channel,
+                        consumer,
+                        owns_channel: true,
+                    })
+                }) as crate::link::Opening
+            })
+        };
+        let mut feed = Feed::open(&link, format!("{name}: replies"), opener).await?;
         let routes = Arc::clone(&waiters);
-        let resend_on = channel.clone();
-        let resend_to = reply_queue.clone();
-        tokio::spawn(async move {
-            while let Some(delivery) = replies.next().await {
-                let delivery = match delivery {
-                    Ok(delivery) => delivery,
-                    Err(err) => {
-                        if resend_on.wait_for_recovery(err).await.is_err() {
-                            break;
-                        }
-                        resend_pending(&resend_on, &resend_to, &routes).await;
-                        continue;
-                    }
-                };
+        let replies = tokio::spawn(async move {
+            while let Ok(delivery) = feed.next().await {
                 let Some(correlation) = delivery.properties.correlation_id() else {
                     tracing::warn!("ignoring a reply without correlation id");
                     continue;
@@ -143,27 +195,29 @@ impl Client {
             }
         });
         Ok(Client {
-            connection,
-            channel,
+            link,
+            publisher,
             reply_queue,
             waiters,
             timeout: config.timeout,
-            link,
+            replies,
         })
     }
 
-    /// The underlying connection, for opening more channels (an inbox, say).
-    pub fn connection(&self) -> &Connection {
-        &self.connection
+    /// The supervised connection, for opening more consumers (an inbox, say).
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The state of the connection: connected, reconnecting, or blocked.
-    pub fn link(&self) -> tokio::sync::watch::Receiver<broker::LinkState> {
-        self.link.clone()
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.link.state()
     }
 
     /// Sends a request and returns once the broker has confirmed it: from
-    /// then on it is durable in the server's queue, whether or not a server runs.
+    /// then on it is durable in the server's queue, whether or not a server
+    /// runs. A connection lost before the confirm is ridden out and the
+    /// request sent again (the same id makes a copy that did arrive harmless).
     pub async fn send(&self, request: Request) -> Result<PendingReply> {
         request.validate()?;
         let queue = match request {
@@ -174,30 +228,17 @@ impl Client {
         let id = envelope.id.to_string();
         let body = protocol::encode(&envelope);
         let (sender, reply) = oneshot::channel();
-        lock(&self.waiters).insert(
-            id.clone(),
-            Waiter {
-                reply: sender,
-                queue,
-                body: body.clone(),
-            },
-        );
-        loop {
-            match publish_request(&self.channel, queue, &self.reply_queue, &id, &body).await {
-                Ok(()) => break,
-                // Not confirmed: send it again once reconnected. The same id
-                // makes a copy that did arrive harmless.
-                Err(Error::Broker(err)) if err.can_be_recovered() => {
-                    if let Err(err) = self.channel.wait_for_recovery(err).await {
-                        lock(&self.waiters).remove(&id);
-                        return Err(err.into());
-                    }
-                }
-                Err(err) => {
-                    lock(&self.waiters).remove(&id);
-                    return Err(err);
-                }
-            }
+        lock(&self.waiters).insert(Waiter {
+            id: id.clone(),
+            reply: sender,
+            queue,
+            body: body.clone(),
+        });
+        if let Err(err) =
+            publish_surely(&self.publisher, queue, &self.reply_queue, &id, &body).await
+        {
+            lock(&self.waiters).remove(&id);
+            return Err(err);
         }
         Ok(PendingReply {
             id: envelope.id,
@@ -210,40 +251,16 @@ impl Client {
     /// becomes [`Error::Refused`]; silence past the timeout becomes
     /// [`Error::ServerTimeout`], and the request stays queued.
     pub async fn wait(&self, pending: PendingReply) -> Result<Reply> {
-        let PendingReply {
-            id,
-            queue,
-            mut reply,
-        } = pending;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        // After the connection has dropped, a reply may have gone to a reply
-        // queue that did not exist at that moment: send the request again
-        // every few seconds while connected (the server answers a copy
-        // without applying it twice).
-        let mut link = self.link.clone();
-        let mut disturbed = false;
-        let mut again = tokio::time::interval(RESEND_EVERY);
-        again.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut reply => break Some(outcome),
-                () = tokio::time::sleep_until(deadline) => break None,
-                Ok(()) = link.changed() => disturbed = true,
-                _ = again.tick() => {
-                    if disturbed && *link.borrow() == broker::LinkState::Connected {
-                        self.resend(&id.to_string()).await;
-                    }
-                }
-            }
-        };
+        let PendingReply { id, queue, reply } = pending;
+        let outcome = tokio::time::timeout(self.timeout, reply).await;
         match outcome {
-            Some(Ok(Ok(Reply::Refused { reason }))) => Err(Error::Refused(reason)),
-            Some(Ok(Ok(reply))) => Ok(reply),
-            Some(Ok(Err(undecodable))) => Err(Error::UnexpectedReply(undecodable.to_string())),
-            Some(Err(_closed)) => Err(Error::UnexpectedReply(
-                "the connection closed before the reply came".to_owned(),
+            Ok(Ok(Ok(Reply::Refused { reason }))) => Err(Error::Refused(reason)),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(undecodable))) => Err(Error::UnexpectedReply(undecodable.to_string())),
+            Ok(Err(_closed)) => Err(Error::Stopped(
+                "the client stopped listening for replies".to_owned(),
             )),
-            None => {
+            Err(_elapsed) => {
                 lock(&self.waiters).remove(&id.to_string());
                 Err(Error::ServerTimeout {
                     timeout: self.timeout,
@@ -253,17 +270,9 @@ impl Client {
         }
     }
 
-    /// Sends a waiting request again, unchanged (same id).
-    async fn resend(&self, id: &str) {
-        let copy = lock(&self.waiters)
-            .get(id)
-            .map(|waiter| (waiter.queue, waiter.body.clone()));
-        if let Some((queue, body)) = copy
-            && let Err(err) =
-                publish_request(&self.channel, queue, &self.reply_queue, id, &body).await
-        {
-            tracing::debug!(%err, "could not send a request again");
-        }
+    /// Whether a request is still waiting for its reply (for tests).
+    pub fn is_waiting(&self, id: Uuid) -> bool {
+        lock(&self.waiters).get(&id.to_string()).is_some()
     }
 
     /// Sends a request and waits for its reply.
@@ -274,14 +283,22 @@ impl Client {
 
     /// How many servers consume a request queue now.
     async fn server_consumers(&self, queue: &str) -> Result<u32> {
-        let (_, consumers) = topology::inspect(&self.channel, queue).await?;
+        let (_, channel) = self.publisher.get().await?;
+        let (_, consumers) = topology::inspect(&channel, queue).await?;
         Ok(consumers)
     }
 
     /// Closes the connection cleanly.
     pub async fn close(self) -> Result<()> {
-        self.connection.close(200, "bye".into()).await?;
+        self.replies.abort();
+        self.link.close().await;
         Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.replies.abort();
     }
 }
 
@@ -291,24 +308,103 @@ async fn publish_request(
     reply_queue: &str,
     id: &str,
     body: &[u8],
-) -> Result<()> {
+) -> Result<broker::Unconfirmed> {
     let properties = broker::persistent_json()
         .with_message_id(ShortString::from(id))
         .with_correlation_id(ShortString::from(id))
         .with_reply_to(ShortString::from(reply_queue));
-    broker::publish_confirmed(channel, "", queue, true, body, properties).await
+    broker::publish(channel, "", queue, true, body, properties).await
 }
 
-/// After a reconnection, sends again every request still waiting for its
-/// reply: a reply sent while the connection was down went nowhere.
-async fn resend_pending(channel: &Channel, reply_queue: &str, waiters: &Waiters) {
-    let pending: Vec<(String, &'static str, Vec<u8>)> = lock(waiters)
-        .iter()
-        .map(|(id, waiter)| (id.clone(), waiter.queue, waiter.body.clone()))
-        .collect();
-    for (id, queue, body) in pending {
-        if let Err(err) = publish_request(channel, queue, reply_queue, &id, &body).await {
-            tracing::warn!(%err, "could not send a request again after reconnecting");
+/// Publishes a request until the broker confirms it: a lost connection is
+/// waited out, and a request queue that someone deleted is declared again.
+async fn publish_surely(
+    publisher: &SessionChannel,
+    queue: &'static str,
+    reply_queue: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<()> {
+    let mut failures = 0;
+    loop {
+        let (session, channel) = publisher.get().await?;
+        let sent = match publish_request(&channel, queue, reply_queue, id, body).await {
+            Ok(unconfirmed) => unconfirmed.confirmed().await,
+            Err(err) => Err(err),
+        };
+        match sent {
+            Ok(()) => return Ok(()),
+            // Not confirmed: send it again on the next connection.
+            Err(_) if !session.is_alive() => {}
+            Err(Error::Unroutable(target)) => {
+                failures += 1;
+                if failures >= PUBLISH_ATTEMPTS {
+                    return Err(Error::Unroutable(target));
+                }
+                tracing::warn!("{queue} is missing on the broker; declaring it again");
+                topology::declare(&channel).await?;
+            }
+            Err(Error::Broker(err)) => {
+                failures += 1;
+                if failures >= PUBLISH_ATTEMPTS {
+                    return Err(Error::Broker(err));
+                }
+            }
+            Err(err) => return Err(err),
         }
+    }
+}
+
+/// After the reply queue is declared again, sends every request still
+/// waiting for its reply again, oldest first: a reply sent while the
+/// connection was down went nowhere.
+async fn resend_pending(publisher: &SessionChannel, reply_queue: &str, waiters: &Mutex<Waiters>) {
+    let pending = lock(waiters).pending();
+    if pending.is_empty() {
+        return;
+    }
+    let Ok((_, channel)) = publisher.get().await else {
+        return;
+    };
+    tracing::warn!(
+        "sending again {} request{} still waiting for a reply",
+        pending.len(),
+        if pending.len() == 1 { "" } else { "s" }
+    );
+    let mut confirms = Vec::with_capacity(pending.len());
+    for (id, queue, body) in &pending {
+        match publish_request(&channel, queue, reply_queue, id, body).await {
+            Ok(confirm) => confirms.push(confirm),
+            Err(err) => {
+                tracing::warn!(%err, "could not send a request again after reconnecting");
+                return;
+            }
+        }
+    }
+    for confirm in confirms {
+        if let Err(err) = confirm.confirmed().await {
+            tracing::warn!(%err, "a request sent again was not confirmed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_requests_are_sent_again_in_the_order_first_sent() {
+        let mut waiters = Waiters::default();
+        for id in ["zeta", "alpha", "mu", "beta"] {
+            waiters.insert(Waiter {
+                id: id.to_owned(),
+                reply: oneshot::channel().0,
+                queue: topology::USER_REQUESTS,
+                body: id.as_bytes().to_vec(),
+            });
+        }
+        waiters.remove("mu");
+        let order: Vec<String> = waiters.pending().into_iter().map(|(id, ..)| id).collect();
+        assert_eq!(order, ["zeta", "alpha", "beta"]);
     }
 }

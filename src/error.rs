@@ -20,6 +20,19 @@ pub enum Error {
          vhost in --amqp-url / AMQP_URL"
     )]
     BrokerRefused { address: String, reason: String },
+    /// The broker's address is not an AMQP URL.
+    #[error(
+        "{address} is not an AMQP URL ({reason}); write it as amqp://user:password@host:5672/vhost \
+         in --amqp-url / AMQP_URL"
+    )]
+    BadUrl { address: String, reason: String },
+    /// The shared exchanges and queues cannot be declared as ytnotify needs them.
+    #[error(
+        "RabbitMQ at {address} refused ytnotify's queues and exchanges ({reason}); another client \
+         declared the one named there with other settings: an administrator must delete it \
+         (`rabbitmqctl delete_queue -p <vhost> <name>` for a queue)"
+    )]
+    Topology { address: String, reason: String },
     /// A name or title breaks the naming rules.
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
@@ -51,6 +64,12 @@ pub enum Error {
          (each notification is shown in one session only)"
     )]
     AlreadyWatching(String),
+    /// The user's inbox does not exist and the server did not declare it.
+    #[error(
+        "{0} has no inbox on the broker and youtube_server did not declare one within 10 s; \
+         start youtube_server, then log in with `user login {0}`"
+    )]
+    NoInbox(String),
     /// The terminal could not be used for a dashboard.
     #[error("cannot use the terminal for the dashboard ({0}); add --plain for plain lines")]
     Terminal(String),

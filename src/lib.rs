@@ -8,7 +8,9 @@
 //! - [`protocol`]: the messages on the wire (versioned, tagged JSON); pure.
 //! - [`names`]: validation of user names, YouTuber names and video titles.
 //! - [`topology`]: every exchange, queue and routing key, and `declare`.
-//! - [`broker`]: connecting to RabbitMQ and publishing with confirms.
+//! - [`broker`]: opening a connection to RabbitMQ and publishing with confirms.
+//! - [`link`]: the supervised connection: reconnection, consumers that
+//!   outlive connections ([`link::Feed`]), channels opened again.
 //! - [`store`]: the server's SQLite database.
 //! - [`server`]: `youtube_server` — requests applied in batches through a
 //!   two-stage pipeline, and `bindings`, which keeps inboxes and bindings in
@@ -26,6 +28,7 @@ pub mod client;
 #[cfg(feature = "tui")]
 pub mod dashboard;
 pub mod error;
+pub mod link;
 pub mod names;
 pub mod protocol;
 pub mod server;

@@ -11,6 +11,12 @@
 //! without breaking older readers; a new `type` is refused by name (the server
 //! dead-letters it with that reason), never misread. This module is pure:
 //! encoding and decoding only, no I/O.
+//!
+//! Anyone on the broker can publish into an inbox or a reply queue, so a
+//! client must not print what it reads unchecked: `decode_reply` refuses a
+//! reply whose texts are not safe to show, a client skips a notification
+//! that fails [`Notification::validate`], and `Display` escapes whatever is
+//! left (see [`names::escape_for_terminal`]).
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -22,6 +28,9 @@ pub const PROTOCOL_VERSION: u64 = 1;
 
 /// Largest message the server accepts; anything bigger is dead-lettered.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Longest `notice` or `reason` a client accepts in a reply, in characters.
+pub const MAX_REPLY_TEXT_CHARS: usize = 2_000;
 
 /// A request from a user or a YouTuber to the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +110,67 @@ pub enum Reply {
     Refused { reason: String },
 }
 
+impl Reply {
+    /// Checks that the reply is safe to print: `notice` and `reason` hold at
+    /// most [`MAX_REPLY_TEXT_CHARS`] characters and no control or format
+    /// character, and every name in `youtubers` is a valid YouTuber name.
+    pub fn validate(&self) -> Result<(), InvalidReply> {
+        match self {
+            Reply::Done { notice: None } => Ok(()),
+            Reply::Done {
+                notice: Some(notice),
+            } => check_reply_text("notice", notice),
+            Reply::Refused { reason } => check_reply_text("reason", reason),
+            Reply::Subscriptions { youtubers } => {
+                youtubers.iter().enumerate().try_for_each(|(index, name)| {
+                    names::check_youtuber(name).map_err(|invalid| InvalidReply {
+                        field: format!("youtubers[{index}]"),
+                        problem: format!("holds an {invalid}"),
+                    })
+                })
+            }
+        }
+    }
+
+    /// The type tag, as it appears on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Done { .. } => "done",
+            Reply::Subscriptions { .. } => "subscriptions",
+            Reply::Refused { .. } => "refused",
+        }
+    }
+}
+
+fn check_reply_text(field: &str, text: &str) -> Result<(), InvalidReply> {
+    let fail = |problem: String| InvalidReply {
+        field: field.to_owned(),
+        problem,
+    };
+    let count = text.chars().count();
+    if count > MAX_REPLY_TEXT_CHARS {
+        return Err(fail(format!(
+            "has {count} characters; a reply holds at most {MAX_REPLY_TEXT_CHARS}"
+        )));
+    }
+    match names::first_unprintable(text) {
+        Some(bad) => Err(fail(format!(
+            "has {bad}; a reply holds printable text only"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A reply that a client must not show, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}` {problem}")]
+pub struct InvalidReply {
+    /// The field as written on the wire: `notice`, `reason`, `youtubers[2]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 /// A notification delivered to a user's inbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -123,15 +193,37 @@ impl Notification {
             Notification::VideoUploaded { id, .. } => *id,
         }
     }
+
+    /// Checks the names a notification carries, as the server checked them
+    /// before sending: one that fails was not written by the server.
+    pub fn validate(&self) -> Result<(), InvalidName> {
+        match self {
+            Notification::VideoUploaded {
+                youtuber, video, ..
+            } => {
+                names::check_youtuber(youtuber)?;
+                names::check_video(video)
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Notification {
     /// The line a user sees: `New Notification: <youtuber> uploaded <video>`.
+    ///
+    /// The names are escaped even though clients validate them first: a
+    /// notification shown without validation still cannot command the
+    /// terminal. A valid one prints exactly as sent.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Notification::VideoUploaded {
                 youtuber, video, ..
-            } => write!(f, "New Notification: {youtuber} uploaded {video}"),
+            } => write!(
+                f,
+                "New Notification: {} uploaded {}",
+                names::escape_for_terminal(youtuber),
+                names::escape_for_terminal(video)
+            ),
         }
     }
 }
@@ -215,18 +307,11 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], known: &[&str]) -> Result<T, Decode
     })
 }
 
-/// Escapes control characters: a reason quotes what the sender wrote, and
-/// must stay one harmless line in a log or a dead-letter header.
+/// Escapes control and format characters: a reason quotes what the sender
+/// wrote, and must stay one harmless line in a log, a dead-letter header or
+/// a terminal.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    names::escape_for_terminal(text).into_owned()
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -245,9 +330,17 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
     decode(bytes, &["login", "subscription", "subscriptions", "upload"])
 }
 
-/// Decodes the server's reply.
+/// Decodes the server's reply, refusing one that fails [`Reply::validate`]:
+/// the server never writes such a reply, and a client prints what it gets.
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
-    decode(bytes, &["done", "subscriptions", "refused"])
+    let reply: Reply = decode(bytes, &["done", "subscriptions", "refused"])?;
+    match reply.validate() {
+        Ok(()) => Ok(reply),
+        Err(invalid) => Err(DecodeError::Malformed {
+            kind: reply.kind().to_owned(),
+            detail: invalid.to_string(),
+        }),
+    }
 }
 
 /// Decodes a notification from a user's inbox.
@@ -409,5 +502,107 @@ mod tests {
             video: "bad\u{7}title".into(),
         };
         assert_eq!(upload.validate().unwrap_err().kind, names::NameKind::Video);
+    }
+
+    fn upload(youtuber: &str, video: &str) -> Notification {
+        Notification::VideoUploaded {
+            id: Uuid::nil(),
+            youtuber: youtuber.into(),
+            video: video.into(),
+            uploaded_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_forged_notification_fails_validation_and_prints_harmlessly() {
+        assert!(upload("bob", "Hello").validate().is_ok());
+        let forged = upload("bob", "Hello\u{1b}[2J");
+        let err = forged.validate().unwrap_err();
+        assert_eq!(err.kind, names::NameKind::Video);
+        assert!(err.problem.contains("at position 6"), "{err}");
+        assert_eq!(
+            forged.to_string(),
+            r"New Notification: bob uploaded Hello\u{1b}[2J"
+        );
+        let forged = upload("\u{202e}bob", "x");
+        assert_eq!(
+            forged.validate().unwrap_err().kind,
+            names::NameKind::Youtuber
+        );
+        assert_eq!(
+            forged.to_string(),
+            r"New Notification: \u{202e}bob uploaded x"
+        );
+    }
+
+    #[test]
+    fn replies_that_are_unsafe_to_print_are_refused_with_the_field() {
+        let cases = [
+            (
+                Reply::Refused {
+                    reason: "no\u{1b}[2J".into(),
+                },
+                "malformed \"refused\" message: field `reason` has control character '\\u{1b}' \
+                 at position 3; a reply holds printable text only",
+            ),
+            (
+                Reply::Done {
+                    notice: Some("\u{2067}ok".into()),
+                },
+                "malformed \"done\" message: field `notice` has invisible formatting character \
+                 U+2067 at position 1; a reply holds printable text only",
+            ),
+            (
+                Reply::Done {
+                    notice: Some("x".repeat(MAX_REPLY_TEXT_CHARS + 1)),
+                },
+                "malformed \"done\" message: field `notice` has 2001 characters; \
+                 a reply holds at most 2000",
+            ),
+            (
+                Reply::Subscriptions {
+                    youtubers: vec!["bob".into(), "b ob".into()],
+                },
+                "malformed \"subscriptions\" message: field `youtubers[1]` holds an invalid \
+                 YouTuber name \"b ob\": a space at position 2 is not allowed; \
+                 use 1-64 ASCII letters, digits, '_', '-' or '.'",
+            ),
+        ];
+        for (reply, expected) in cases {
+            let err = decode_reply(&encode(&reply)).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+        let longest = Reply::Refused {
+            reason: "é".repeat(MAX_REPLY_TEXT_CHARS),
+        };
+        assert_eq!(decode_reply(&encode(&longest)), Ok(longest));
+    }
+
+    #[test]
+    fn every_refusal_the_server_writes_passes_the_clients_check() {
+        for request in [
+            Request::Login {
+                user: "x".repeat(MAX_MESSAGE_BYTES),
+            },
+            Request::Upload {
+                youtuber: "bob".into(),
+                video: "\u{10ffff}".repeat(MAX_MESSAGE_BYTES / 4),
+            },
+            Request::Upload {
+                youtuber: "bob".into(),
+                video: "\u{1b}".repeat(MAX_MESSAGE_BYTES),
+            },
+        ] {
+            let reason = request.validate().unwrap_err().to_string();
+            assert_eq!(Reply::Refused { reason }.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn decode_errors_escape_what_the_sender_wrote() {
+        let body = "{\"v\":1,\"type\":\"login\",\"id\":\"00000000-0000-0000-0000-000000000\u{202e}\",\"user\":\"a\"}";
+        let reason = decode_request(body.as_bytes()).unwrap_err().to_string();
+        assert!(!reason.chars().any(names::is_unprintable), "{reason}");
+        assert!(reason.contains(r"\u{202e}"), "{reason}");
     }
 }

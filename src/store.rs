@@ -11,7 +11,9 @@
 //!
 //! Group commit: [`Store::apply`] applies a batch of requests, in order, in one
 //! transaction — one write to the disk for the whole batch — and says for each
-//! what the broker must now do ([`Effect`]).
+//! what the broker must now do ([`Effect`]). Each request runs in its own
+//! savepoint, so that a request the database cannot store is refused alone
+//! instead of failing, again and again, every batch it is in.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,7 +21,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -27,11 +31,23 @@ use crate::{
     protocol::{Reply, Request},
 };
 
+/// The bound given to new users' inboxes unless [`Store::with_inbox_bound`] says otherwise.
+pub const DEFAULT_INBOX_BOUND: u32 = 10_000;
+
+/// How many applied requests [`Store::prune_applied`] deletes per transaction.
+const PRUNE_CHUNK: usize = 10_000;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     name          TEXT PRIMARY KEY,
     created_at_ms INTEGER NOT NULL,
-    last_login_ms INTEGER
+    last_login_ms INTEGER,
+    -- The bound the inbox was declared with, and must be declared with again:
+    -- RabbitMQ refuses to declare a queue with other arguments. NULL: declared
+    -- before inboxes were bounded, so unbounded.
+    inbox_bound   INTEGER,
+    -- Notifications dropped from the full inbox since the last login.
+    dropped       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS youtubers (
     name          TEXT PRIMARY KEY,
@@ -60,7 +76,14 @@ CREATE TABLE IF NOT EXISTS applied_requests (
     video_id      TEXT,
     applied_at_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS applied_requests_by_time ON applied_requests(applied_at_ms);
 ";
+
+/// Columns added to `users` after its first version, for older databases.
+const ADDED_USER_COLUMNS: [(&str, &str); 2] = [
+    ("inbox_bound", "INTEGER"),
+    ("dropped", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// A stored video.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +136,15 @@ impl<T> Applied<T> {
     }
 }
 
+/// A user's inbox as the broker must declare it: the bound it was created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSpec {
+    /// The user whose inbox it is.
+    pub user: String,
+    /// The most notifications it keeps (`None`: unbounded).
+    pub bound: Option<u32>,
+}
+
 /// What the broker must do after a request is stored, so that it matches the
 /// database. Computed from the database, not from the request, so that doing
 /// it again (after a crash or a redelivery) is harmless.
@@ -123,16 +155,17 @@ pub enum Effect {
     /// The user's inbox must exist and be bound to each YouTuber the user
     /// follows (a login: it also repairs an inbox lost on the broker's side).
     Inbox {
-        user: String,
+        inbox: InboxSpec,
         subscriptions: Vec<String>,
     },
     /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
-    /// `new_user`: this request added the user, so the inbox may not exist yet.
+    /// `declare`: the inbox may not exist yet (this request added the user, or
+    /// it is a replay whose first attempt may have stopped before declaring it).
     Binding {
         user: String,
         youtuber: String,
         subscribed: bool,
-        new_user: bool,
+        declare: Option<InboxSpec>,
     },
     /// The video's notification must be published (unless `video.notified`).
     Notify(Video),
@@ -158,6 +191,7 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
+    inbox_bound: Option<u32>,
 }
 
 impl Store {
@@ -170,7 +204,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         }
-        let connection = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        let mut connection = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
@@ -178,12 +212,26 @@ impl Store {
                  PRAGMA foreign_keys = ON;
                  PRAGMA busy_timeout = 5000;",
             )
-            .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| create_or_migrate(&mut connection))
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Store {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_owned(),
+            inbox_bound: Some(DEFAULT_INBOX_BOUND),
         })
+    }
+
+    /// Sets the bound given to the inboxes of users added from now on
+    /// (`None`: unbounded); users already stored keep the bound they were
+    /// added with.
+    pub fn with_inbox_bound(mut self, bound: Option<u32>) -> Store {
+        self.inbox_bound = bound;
+        self
+    }
+
+    /// The bound given to the inboxes of users added from now on.
+    pub fn inbox_bound(&self) -> Option<u32> {
+        self.inbox_bound
     }
 
     /// Where the database lives.
@@ -215,14 +263,20 @@ impl Store {
 
     /// Applies `requests` in order, in one transaction, and returns what each
     /// did. Queries among them see the changes made before them in the batch.
-    /// Either every request of the batch is stored or none is.
+    ///
+    /// A request that fails on its own (data that no longer decodes, a
+    /// constraint) is undone alone and refused, and the refusal recorded under
+    /// its id like any reply; the others are stored. An error of the database
+    /// as a whole (busy, disk full, I/O) stores none of the batch: try the
+    /// batch again later.
     pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Outcome>> {
+        let inbox_bound = self.inbox_bound;
         self.with(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
             let outcomes = requests
                 .into_iter()
-                .map(|(id, request)| apply_one(&tx, id, request, now))
+                .map(|(id, request)| apply_isolated(&mut tx, id, request, now, inbox_bound))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.commit()?;
             Ok(outcomes)
@@ -273,7 +327,14 @@ impl Store {
         match (outcome.reply, outcome.effect) {
             (Applied::New(_), Effect::Notify(video)) => Ok(Applied::New(video)),
             (Applied::Replayed(_), Effect::Notify(video)) => Ok(Applied::Replayed(video)),
-            (_, other) => unreachable!("an upload's effect is a notification, not {other:?}"),
+            (reply, _) => Err(Error::Refused(match reply.into_inner() {
+                Reply::Refused { reason } => reason,
+                // Only a request id reused for another kind of request gets here.
+                _ => format!(
+                    "request {request_id} was applied before as another kind of request; \
+                     send the upload again with a new id"
+                ),
+            })),
         }
     }
 
@@ -294,6 +355,71 @@ impl Store {
                 }
             }
             tx.commit()
+        })
+        .await
+    }
+
+    /// Adds notifications the broker dropped from full inboxes to each user's
+    /// count, reported at the user's next login. Unknown users are ignored.
+    pub async fn record_dropped(&self, counts: Vec<(String, u64)>) -> Result<()> {
+        self.with(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                // Saturating: past i64::MAX, SQLite would turn the sum into a float.
+                let mut statement = tx.prepare_cached(
+                    "UPDATE users SET dropped = dropped + MIN(?2, 9223372036854775807 - dropped)
+                     WHERE name = ?1",
+                )?;
+                for (user, count) in counts {
+                    statement.execute(params![user, i64::try_from(count).unwrap_or(i64::MAX)])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Forgets the requests applied before `applied_before_ms` (milliseconds
+    /// since the Unix epoch) and returns how many.
+    ///
+    /// This is the horizon of idempotency: a request redelivered after its id
+    /// is pruned is applied again (an upload stores and notifies a second
+    /// video; a subscription change may undo a later one). Prune only what no
+    /// queue or client can still deliver: older than the longest a request
+    /// can wait in its queue and a client keeps sending it again.
+    pub async fn prune_applied(&self, applied_before_ms: i64) -> Result<usize> {
+        let mut pruned = 0;
+        loop {
+            // One chunk per transaction, giving the connection back in
+            // between, so that batches of requests never wait behind a large
+            // prune for long.
+            let deleted = self
+                .with(move |connection| {
+                    connection
+                        .prepare_cached(
+                            "DELETE FROM applied_requests WHERE rowid IN (
+                                 SELECT rowid FROM applied_requests
+                                 WHERE applied_at_ms < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
+                })
+                .await?;
+            pruned += deleted;
+            if deleted < PRUNE_CHUNK {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// How many applied requests are remembered (what [`Store::prune_applied`]
+    /// keeps in check).
+    pub async fn applied_count(&self) -> Result<u64> {
+        self.with(|connection| {
+            let count: i64 =
+                connection.query_row("SELECT COUNT(*) FROM applied_requests", [], |row| {
+                    row.get(0)
+                })?;
+            Ok(u64::try_from(count).unwrap_or_default())
         })
         .await
     }
@@ -400,12 +526,103 @@ impl Store {
     }
 }
 
+/// Creates the tables, and adds to an older database the columns it lacks.
+fn create_or_migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    // Immediate: two servers opening an old database at once must not both
+    // add the same column.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    let columns = tx
+        .prepare("PRAGMA table_info(users)")?
+        .query_map([], |row| row.get::<_, String>(1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (column, declaration) in ADDED_USER_COLUMNS {
+        if !columns.iter().any(|c| c == column) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE users ADD COLUMN {column} {declaration}"
+            ))?;
+        }
+    }
+    tx.commit()
+}
+
+/// Applies one request in its own savepoint of the batch's transaction, and
+/// refuses it if it fails on its own.
+fn apply_isolated(
+    tx: &mut Transaction<'_>,
+    request_id: Uuid,
+    request: Request,
+    now: i64,
+    inbox_bound: Option<u32>,
+) -> rusqlite::Result<Outcome> {
+    let is_query = matches!(request, Request::Subscriptions { .. });
+    let mut savepoint = tx.savepoint()?;
+    let err = match apply_one(&savepoint, request_id, request, now, inbox_bound) {
+        Ok(outcome) => {
+            savepoint.commit()?;
+            return Ok(outcome);
+        }
+        Err(err) if is_request_error(&err) => err,
+        Err(err) => return Err(err),
+    };
+    savepoint.rollback()?;
+    tracing::warn!(%request_id, %err, "refusing a request the database cannot store");
+    let reply = Reply::Refused {
+        reason: format!(
+            "the server's database cannot handle this request ({err}); it changed nothing now \
+             and is refused for good: the server's log has the details"
+        ),
+    };
+    // Recorded, so that a redelivery gets this answer at once instead of
+    // failing the same way each time it comes back. A query is not recorded.
+    if !is_query && let Err(err) = record(&savepoint, request_id, &reply, None, now) {
+        if !is_request_error(&err) {
+            return Err(err);
+        }
+        // A redelivery fails the same way and is refused again: the same answer.
+        savepoint.rollback()?;
+        tracing::warn!(%request_id, %err, "cannot record the refusal of a request");
+    }
+    savepoint.commit()?;
+    Ok(Outcome {
+        reply: Applied::New(reply),
+        effect: Effect::None,
+    })
+}
+
+/// Whether `err` belongs to the request being applied (its data, a
+/// constraint) rather than to the database as a whole: locks held by another
+/// writer, the disk, the file, memory. Those fail the batch, to be tried again
+/// when the database is back; refusing requests for them would lose requests
+/// that a retry would store.
+fn is_request_error(err: &rusqlite::Error) -> bool {
+    use ErrorCode::*;
+    !matches!(
+        err.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | FileLockingProtocolFailed
+                | SystemIoFailure
+                | DiskFull
+                | CannotOpen
+                | PermissionDenied
+                | ReadOnly
+                | DatabaseCorrupt
+                | NotADatabase
+                | OutOfMemory
+                | OperationInterrupted
+        )
+    )
+}
+
 /// Applies one request inside the batch's transaction.
 fn apply_one(
     tx: &Connection,
     request_id: Uuid,
     request: Request,
     now: i64,
+    inbox_bound: Option<u32>,
 ) -> rusqlite::Result<Outcome> {
     if let Request::Subscriptions { user } = request {
         // A query changes nothing and is not recorded.
@@ -418,16 +635,23 @@ fn apply_one(
     let replayed = recorded(tx, request_id)?;
     if let Some((reply, video_id)) = replayed {
         let effect = match request {
-            Request::Login { user } => Effect::Inbox {
-                subscriptions: subscriptions_of(tx, &user)?,
-                user,
+            // No user: the first attempt was refused, and left nothing to repair.
+            Request::Login { user } => match inbox_of(tx, &user)? {
+                Some(inbox) => Effect::Inbox {
+                    subscriptions: subscriptions_of(tx, &user)?,
+                    inbox,
+                },
+                None => Effect::None,
             },
-            Request::Subscription { user, youtuber, .. } => Effect::Binding {
-                subscribed: is_subscribed(tx, &user, &youtuber)?,
-                user,
-                youtuber,
-                // The first attempt may have stopped before declaring the inbox.
-                new_user: true,
+            Request::Subscription { user, youtuber, .. } => match inbox_of(tx, &user)? {
+                Some(inbox) => Effect::Binding {
+                    subscribed: is_subscribed(tx, &user, &youtuber)?,
+                    user,
+                    youtuber,
+                    // The first attempt may have stopped before declaring the inbox.
+                    declare: Some(inbox),
+                },
+                None => Effect::None,
             },
             Request::Upload { .. } => match video_id {
                 Some(id) => Effect::Notify(video_by_id(tx, &id)?),
@@ -442,19 +666,29 @@ fn apply_one(
     }
     let (reply, effect, video_id) = match request {
         Request::Login { user } => {
-            add_user(tx, &user, now)?;
+            add_user(tx, &user, now, inbox_bound)?;
+            let (inbox, dropped) = user_inbox(tx, &user)?;
+            let notice = (dropped > 0).then(|| dropped_notice(&inbox, dropped));
+            if notice.is_some() {
+                tx.prepare_cached("UPDATE users SET dropped = 0 WHERE name = ?1")?
+                    .execute([&user])?;
+            }
             let effect = Effect::Inbox {
                 subscriptions: subscriptions_of(tx, &user)?,
-                user,
+                inbox,
             };
-            (Reply::Done { notice: None }, effect, None)
+            (Reply::Done { notice }, effect, None)
         }
         Request::Subscription {
             user,
             youtuber,
             subscribe,
         } => {
-            let new_user = add_user(tx, &user, now)?;
+            let declare = if add_user(tx, &user, now, inbox_bound)? {
+                Some(user_inbox(tx, &user)?.0)
+            } else {
+                None
+            };
             let reply = if subscribe {
                 subscribe_in(tx, &user, &youtuber, now)?
             } else {
@@ -466,7 +700,7 @@ fn apply_one(
                 subscribed: subscribe,
                 user,
                 youtuber,
-                new_user,
+                declare,
             };
             (reply, effect, None)
         }
@@ -488,20 +722,67 @@ fn apply_one(
     })
 }
 
-/// Adds the user if new (returning `true`), and records the time as their
-/// last login: a user who changes a subscription is online.
-fn add_user(tx: &Connection, user: &str, now: i64) -> rusqlite::Result<bool> {
+/// Adds the user if new (returning `true`) with an inbox of `inbox_bound`,
+/// and records the time as their last login: a user who changes a
+/// subscription is online.
+fn add_user(
+    tx: &Connection,
+    user: &str,
+    now: i64,
+    inbox_bound: Option<u32>,
+) -> rusqlite::Result<bool> {
     let added = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO users (name, created_at_ms, last_login_ms) VALUES (?1, ?2, ?2)",
+            "INSERT OR IGNORE INTO users (name, created_at_ms, last_login_ms, inbox_bound)
+             VALUES (?1, ?2, ?2, ?3)",
         )?
-        .execute(params![user, now])?
+        .execute(params![user, now, inbox_bound])?
         == 1;
     if !added {
         tx.prepare_cached("UPDATE users SET last_login_ms = ?2 WHERE name = ?1")?
             .execute(params![user, now])?;
     }
     Ok(added)
+}
+
+/// The user's inbox as recorded, and how many notifications it dropped since
+/// the last login; an error if there is no such user.
+fn user_inbox(connection: &Connection, user: &str) -> rusqlite::Result<(InboxSpec, u64)> {
+    connection
+        .prepare_cached("SELECT inbox_bound, dropped FROM users WHERE name = ?1")?
+        .query_row([user], |row| {
+            let inbox = InboxSpec {
+                user: user.to_owned(),
+                bound: row.get(0)?,
+            };
+            let dropped: i64 = row.get(1)?;
+            // Never negative unless edited by hand: then nothing to report.
+            Ok((inbox, u64::try_from(dropped).unwrap_or_default()))
+        })
+}
+
+/// The user's inbox as recorded, if there is such a user.
+fn inbox_of(connection: &Connection, user: &str) -> rusqlite::Result<Option<InboxSpec>> {
+    Ok(user_inbox(connection, user)
+        .optional()?
+        .map(|(inbox, _)| inbox))
+}
+
+/// The notice of a login after the broker dropped `dropped` notifications
+/// from the user's full inbox.
+fn dropped_notice(inbox: &InboxSpec, dropped: u64) -> String {
+    let user = &inbox.user;
+    let (notifications, were) = if dropped == 1 {
+        ("notification", "was")
+    } else {
+        ("notifications", "were")
+    };
+    let why = match inbox.bound {
+        Some(1) => "the inbox keeps only the latest one".to_owned(),
+        Some(bound) => format!("the inbox keeps only the latest {bound}"),
+        None => "the inbox was full".to_owned(),
+    };
+    format!("{dropped} {notifications} for {user} {were} dropped while {user} was away: {why}")
 }
 
 fn subscribe_in(tx: &Connection, user: &str, youtuber: &str, now: i64) -> rusqlite::Result<Reply> {
@@ -821,5 +1102,420 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--db"), "{text}");
+    }
+
+    /// The schema before inboxes were bounded, as the first servers created it.
+    const SCHEMA_BEFORE_BOUNDS: &str = "
+        CREATE TABLE users (
+            name          TEXT PRIMARY KEY,
+            created_at_ms INTEGER NOT NULL,
+            last_login_ms INTEGER
+        );
+        CREATE TABLE youtubers (
+            name          TEXT PRIMARY KEY,
+            created_at_ms INTEGER NOT NULL
+        );
+        CREATE TABLE subscriptions (
+            user     TEXT NOT NULL REFERENCES users(name),
+            youtuber TEXT NOT NULL,
+            since_ms INTEGER NOT NULL,
+            PRIMARY KEY (user, youtuber)
+        );
+        CREATE TABLE videos (
+            id             TEXT PRIMARY KEY,
+            youtuber       TEXT NOT NULL REFERENCES youtubers(name),
+            title          TEXT NOT NULL,
+            uploaded_at_ms INTEGER NOT NULL,
+            notified       INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX subscriptions_by_youtuber ON subscriptions(youtuber);
+        CREATE INDEX videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+        CREATE INDEX videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
+        CREATE TABLE applied_requests (
+            id            TEXT PRIMARY KEY,
+            reply         TEXT NOT NULL,
+            video_id      TEXT,
+            applied_at_ms INTEGER NOT NULL
+        );
+    ";
+
+    /// Runs SQL on the store's connection, as an operator (or a fault) would.
+    fn execute(store: &Store, sql: &str) {
+        store.connection.lock().unwrap().execute_batch(sql).unwrap();
+    }
+
+    fn login(user: &str) -> Request {
+        Request::Login { user: user.into() }
+    }
+
+    fn subscribe(user: &str, youtuber: &str) -> Request {
+        Request::Subscription {
+            user: user.into(),
+            youtuber: youtuber.into(),
+            subscribe: true,
+        }
+    }
+
+    fn upload(youtuber: &str, video: &str) -> Request {
+        Request::Upload {
+            youtuber: youtuber.into(),
+            video: video.into(),
+        }
+    }
+
+    fn inbox(user: &str, bound: Option<u32>) -> InboxSpec {
+        InboxSpec {
+            user: user.into(),
+            bound,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(SCHEMA_BEFORE_BOUNDS).unwrap();
+            old.execute_batch(
+                "INSERT INTO users VALUES ('alice', 1, 1);
+                 INSERT INTO subscriptions VALUES ('alice', 'bob', 1);",
+            )
+            .unwrap();
+        }
+        // Opening twice: the migration runs once, then finds nothing to do.
+        drop(Store::open(&path).unwrap());
+        let store = Store::open(&path).unwrap().with_inbox_bound(Some(500));
+        let alice = store
+            .apply(vec![(Uuid::new_v4(), login("alice"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            alice[0].effect,
+            Effect::Inbox {
+                inbox: inbox("alice", None),
+                subscriptions: vec!["bob".into()],
+            }
+        );
+        let carol = store
+            .apply(vec![(Uuid::new_v4(), login("carol"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            carol[0].effect,
+            Effect::Inbox {
+                inbox: inbox("carol", Some(500)),
+                subscriptions: vec![],
+            }
+        );
+        let indexed: bool = store
+            .connection
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'applied_requests_by_time')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(indexed, "prune_applied would scan the whole table");
+        // The old user's dropped count starts at 0 and counts from there.
+        store
+            .record_dropped(vec![("alice".into(), 2)])
+            .await
+            .unwrap();
+        let reply = store
+            .login(Uuid::new_v4(), "alice")
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply,
+            Reply::Done {
+                notice: Some(
+                    "2 notifications for alice were dropped while alice was away: \
+                     the inbox was full"
+                        .into()
+                )
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let subscribed = Uuid::new_v4();
+        {
+            let store = Store::open(&path).unwrap().with_inbox_bound(Some(100));
+            let outcomes = store
+                .apply(vec![(subscribed, subscribe("alice", "bob"))])
+                .await
+                .unwrap();
+            assert_eq!(
+                outcomes[0].effect,
+                Effect::Binding {
+                    user: "alice".into(),
+                    youtuber: "bob".into(),
+                    subscribed: true,
+                    declare: Some(inbox("alice", Some(100))),
+                }
+            );
+        }
+        let store = Store::open(&path).unwrap().with_inbox_bound(None);
+        let outcomes = store
+            .apply(vec![
+                (Uuid::new_v4(), login("alice")),
+                (subscribed, subscribe("alice", "bob")),
+                (Uuid::new_v4(), subscribe("alice", "carol")),
+                (Uuid::new_v4(), subscribe("dave", "bob")),
+            ])
+            .await
+            .unwrap();
+        let effects: Vec<Effect> = outcomes.into_iter().map(|o| o.effect).collect();
+        assert_eq!(
+            effects,
+            [
+                Effect::Inbox {
+                    inbox: inbox("alice", Some(100)),
+                    subscriptions: vec!["bob".into()],
+                },
+                // A replay declares the inbox again, as first declared.
+                Effect::Binding {
+                    user: "alice".into(),
+                    youtuber: "bob".into(),
+                    subscribed: true,
+                    declare: Some(inbox("alice", Some(100))),
+                },
+                // A known user's inbox exists already.
+                Effect::Binding {
+                    user: "alice".into(),
+                    youtuber: "carol".into(),
+                    subscribed: true,
+                    declare: None,
+                },
+                Effect::Binding {
+                    user: "dave".into(),
+                    youtuber: "bob".into(),
+                    subscribed: true,
+                    declare: Some(inbox("dave", None)),
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_notifications_are_reported_once_at_the_next_login() {
+        let (store, _dir) = temp_store();
+        store.login(Uuid::new_v4(), "alice").await.unwrap();
+        store
+            .record_dropped(vec![("alice".into(), 2), ("ghost".into(), 5)])
+            .await
+            .unwrap();
+        store
+            .record_dropped(vec![("alice".into(), 1)])
+            .await
+            .unwrap();
+        assert!(!store.user_exists("ghost").await.unwrap());
+        let id = Uuid::new_v4();
+        let first = store.login(id, "alice").await.unwrap();
+        let expected = Reply::Done {
+            notice: Some(
+                "3 notifications for alice were dropped while alice was away: \
+                 the inbox keeps only the latest 10000"
+                    .into(),
+            ),
+        };
+        assert_eq!(first, Applied::New(expected.clone()));
+        assert_eq!(
+            store.login(id, "alice").await.unwrap(),
+            Applied::Replayed(expected)
+        );
+        assert_eq!(
+            store.login(Uuid::new_v4(), "alice").await.unwrap(),
+            Applied::New(Reply::Done { notice: None })
+        );
+    }
+
+    #[test]
+    fn the_dropped_notice_counts_in_words() {
+        assert_eq!(
+            dropped_notice(&inbox("alice", Some(1)), 1),
+            "1 notification for alice was dropped while alice was away: \
+             the inbox keeps only the latest one"
+        );
+        assert_eq!(
+            dropped_notice(&inbox("bob", Some(50)), 7),
+            "7 notifications for bob were dropped while bob was away: \
+             the inbox keeps only the latest 50"
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_forgets_only_old_requests_which_then_apply_again() {
+        let (store, _dir) = temp_store();
+        let old_upload = Uuid::new_v4();
+        store.upload(old_upload, "bob", "Hello").await.unwrap();
+        store.login(Uuid::new_v4(), "alice").await.unwrap();
+        let recent = Uuid::new_v4();
+        store.login(recent, "carol").await.unwrap();
+        execute(
+            &store,
+            &format!("UPDATE applied_requests SET applied_at_ms = 1000 WHERE id != '{recent}'"),
+        );
+        assert_eq!(store.applied_count().await.unwrap(), 3);
+        assert_eq!(store.prune_applied(1000).await.unwrap(), 0);
+        assert_eq!(store.prune_applied(1001).await.unwrap(), 2);
+        assert_eq!(store.applied_count().await.unwrap(), 1);
+        assert!(!store.login(recent, "carol").await.unwrap().is_new());
+        // Past the horizon, a redelivery is a new request: a second video.
+        assert!(
+            store
+                .upload(old_upload, "bob", "Hello")
+                .await
+                .unwrap()
+                .is_new()
+        );
+        assert_eq!(store.videos_of("bob").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_large_prune_runs_in_chunks_to_the_end() {
+        let (store, _dir) = temp_store();
+        execute(
+            &store,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
+             INSERT INTO applied_requests (id, reply, applied_at_ms)
+             SELECT 'old-' || i, '{}', i FROM n;",
+        );
+        assert_eq!(store.prune_applied(i64::MAX).await.unwrap(), 25_000);
+        assert_eq!(store.applied_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone() {
+        let (store, _dir) = temp_store();
+        let corrupt = Uuid::new_v4();
+        store.login(corrupt, "alice").await.unwrap();
+        execute(
+            &store,
+            &format!("UPDATE applied_requests SET reply = 'not json' WHERE id = '{corrupt}'"),
+        );
+        let batch = vec![
+            (corrupt, login("alice")),
+            (Uuid::new_v4(), subscribe("carol", "bob")),
+            (Uuid::new_v4(), upload("bob", "Hello")),
+        ];
+        let outcomes = store.apply(batch.clone()).await.unwrap();
+        let Applied::New(Reply::Refused { reason }) = &outcomes[0].reply else {
+            panic!("the corrupt request is not refused: {:?}", outcomes[0]);
+        };
+        assert!(
+            reason.starts_with("the server's database cannot handle this request (")
+                && reason.ends_with("); it changed nothing now and is refused for good: the server's log has the details"),
+            "{reason}"
+        );
+        assert_eq!(outcomes[0].effect, Effect::None);
+        assert!(outcomes[1].reply.is_new() && outcomes[2].reply.is_new());
+        assert!(store.is_subscribed("carol", "bob").await.unwrap());
+        assert_eq!(store.videos_of("bob").await.unwrap().len(), 1);
+        // Redelivered, the corrupt one is refused the same way, the others replayed.
+        let again = store.apply(batch).await.unwrap();
+        assert_eq!(again[0], outcomes[0]);
+        assert!(!again[1].reply.is_new() && !again[2].reply.is_new());
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_undone_and_its_refusal_recorded() {
+        let (store, _dir) = temp_store();
+        // A constraint that only this title breaks, after the request has
+        // already added its YouTuber.
+        execute(
+            &store,
+            "CREATE TRIGGER poison BEFORE INSERT ON videos WHEN NEW.title = 'Poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned title'); END;",
+        );
+        let poisoned = Uuid::new_v4();
+        let outcomes = store
+            .apply(vec![
+                (poisoned, upload("mallory", "Poison")),
+                (Uuid::new_v4(), upload("bob", "Fine")),
+            ])
+            .await
+            .unwrap();
+        let refusal = Reply::Refused {
+            reason: "the server's database cannot handle this request (poisoned title); \
+                     it changed nothing now and is refused for good: the server's log has the details"
+                .into(),
+        };
+        assert_eq!(
+            outcomes[0],
+            Outcome {
+                reply: Applied::New(refusal.clone()),
+                effect: Effect::None,
+            }
+        );
+        assert!(matches!(outcomes[1].effect, Effect::Notify(_)));
+        let youtubers = store.youtubers_overview().await.unwrap();
+        assert_eq!(
+            youtubers
+                .iter()
+                .map(|y| y.name.as_str())
+                .collect::<Vec<_>>(),
+            ["bob"]
+        );
+        // Once the cause is gone, a redelivery still gets the recorded answer.
+        execute(&store, "DROP TRIGGER poison;");
+        let again = store
+            .apply(vec![(poisoned, upload("mallory", "Poison"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            again[0],
+            Outcome {
+                reply: Applied::Replayed(refusal.clone()),
+                effect: Effect::None,
+            }
+        );
+        let err = store
+            .upload(poisoned, "mallory", "Poison")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Refused(ref reason) if reason.contains("poisoned")));
+    }
+
+    #[test]
+    fn only_errors_of_the_whole_database_fail_a_batch() {
+        use rusqlite::ffi;
+        let sqlite = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOMEM,
+        ] {
+            assert!(!is_request_error(&sqlite(code)), "{code}");
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+            ffi::SQLITE_MISMATCH,
+            ffi::SQLITE_TOOBIG,
+        ] {
+            assert!(is_request_error(&sqlite(code)), "{code}");
+        }
+        assert!(is_request_error(&rusqlite::Error::QueryReturnedNoRows));
+        assert!(is_request_error(
+            &rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                "not json".into(),
+            )
+        ));
     }
 }

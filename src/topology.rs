@@ -28,6 +28,13 @@ pub const NOTIFICATIONS: &str = "ytnotify.notifications";
 pub const DEAD_LETTER_EXCHANGE: &str = "ytnotify.dead_letter";
 /// Queue that keeps dead-lettered messages for inspection.
 pub const DEAD_LETTERS: &str = "ytnotify.dead_letters";
+/// Fanout exchange that takes the notifications a full inbox drops.
+pub const INBOX_OVERFLOW: &str = "ytnotify.inbox_overflow";
+/// Queue of dropped notifications, each routed by the user whose inbox
+/// dropped it: the server counts them and tells the user at the next login.
+pub const INBOX_OVERFLOW_QUEUE: &str = "ytnotify.inbox_overflow";
+/// The most dropped notifications kept for counting while no server runs.
+const OVERFLOW_BOUND: i64 = 100_000;
 /// Header on a dead-lettered message that says why the server refused it.
 pub const REASON_HEADER: &str = "x-ytnotify-reason";
 /// Header on a dead-lettered message naming the queue it came from.
@@ -132,6 +139,31 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
     }
     channel
         .exchange_declare(
+            INBOX_OVERFLOW.into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut overflow = FieldTable::default();
+    overflow.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(OVERFLOW_BOUND),
+    );
+    channel
+        .queue_declare(INBOX_OVERFLOW_QUEUE.into(), durable_queue(), overflow)
+        .await?;
+    channel
+        .queue_bind(
+            INBOX_OVERFLOW_QUEUE.into(),
+            INBOX_OVERFLOW.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
             NOTIFICATIONS.into(),
             ExchangeKind::Direct,
             durable_exchange(),
@@ -141,18 +173,53 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
     Ok(())
 }
 
-/// Declares a user's durable inbox. Idempotent; both the server (at login) and
-/// the user's client (before consuming) call it. Returns how many
+/// Declares a user's durable inbox, as the server does at login. `bound`
+/// is the most notifications it keeps waiting: past it the oldest is
+/// dropped, and routed to [`INBOX_OVERFLOW`] keyed by the user, so that the
+/// server can tell the user at the next login. `None` is an inbox declared
+/// before inboxes were bounded (the arguments of a queue cannot change).
+///
+/// Idempotent with the same arguments; an inbox that exists with other
+/// settings (declared first by another client) is refused by the broker with
+/// `PRECONDITION_FAILED`, which closes the channel. Returns how many
 /// notifications are waiting and how many consumers read the inbox now.
-pub async fn declare_inbox(channel: &Channel, user: &str) -> Result<(u32, u32), lapin::Error> {
+pub async fn declare_inbox(
+    channel: &Channel,
+    user: &str,
+    bound: Option<u32>,
+) -> Result<(u32, u32), lapin::Error> {
     let queue = channel
         .queue_declare(
             inbox(user).as_str().into(),
             durable_queue(),
-            FieldTable::default(),
+            inbox_arguments(user, bound),
         )
         .await?;
     Ok((queue.message_count(), queue.consumer_count()))
+}
+
+fn inbox_arguments(user: &str, bound: Option<u32>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let Some(bound) = bound else {
+        return arguments;
+    };
+    arguments.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(i64::from(bound)),
+    );
+    arguments.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(INBOX_OVERFLOW.into()),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(user.into()),
+    );
+    arguments
 }
 
 /// How many messages wait in an existing queue and how many consumers read

@@ -2,21 +2,30 @@
 //! from the user's durable inbox — first those that waited while the user was
 //! away, then live ones.
 
-use std::{collections::HashSet, future::Future};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
-use futures_lite::StreamExt;
 use lapin::{
-    Acker, Channel, Connection, Consumer,
+    Acker, Channel,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use uuid::Uuid;
 
 use crate::{
+    broker,
     client::Client,
     error::{Error, Result},
+    link::{Feed, Link, Opened, Opening, Session},
     names,
-    protocol::{self, Notification, Reply, Request},
+    protocol::{self, Notification, Reply, Request, RequestEnvelope},
     topology,
 };
 
@@ -105,10 +114,10 @@ fn into_notice(reply: Reply) -> Result<Option<String>> {
 }
 
 /// A user's inbox, opened for reading. Yields each notification once per
-/// session, even if RabbitMQ delivers it again.
+/// session, even if RabbitMQ delivers it again, and rides out every loss of
+/// the connection or of the consumer (see [`Feed`]).
 pub struct Inbox {
-    channel: Channel,
-    consumer: Consumer,
+    feed: Feed,
     seen: HashSet<Uuid>,
     waiting_at_open: u32,
 }
@@ -129,42 +138,45 @@ impl Received {
 }
 
 impl Inbox {
-    /// Opens `user`'s inbox on its own channel, declaring it if needed.
-    pub async fn open(connection: &Connection, user: &str) -> Result<Inbox> {
+    /// Opens `user`'s inbox on a channel of its own. The server declares
+    /// inboxes (with their bound) at login; an inbox that does not exist yet,
+    /// or that was deleted on the broker, is asked for with a login.
+    pub async fn open(link: &Link, user: &str) -> Result<Inbox> {
         names::check_user(user)?;
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(INBOX_PREFETCH, BasicQosOptions::default())
-            .await?;
-        let (waiting_at_open, _) = topology::declare_inbox(&channel, user).await?;
-        // Exclusive: two sessions would split the notifications between them.
-        let consumer = channel
-            .basic_consume(
-                topology::inbox(user).as_str().into(),
-                format!("user:{user}:{}", Uuid::new_v4()).as_str().into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|err| match err.kind() {
-                lapin::ErrorKind::ProtocolError(amqp)
-                    if amqp.kind()
-                        == &lapin::protocol::AMQPErrorKind::Soft(
-                            lapin::protocol::AMQPSoftError::ACCESSREFUSED,
-                        ) =>
-                {
-                    Error::AlreadyWatching(user.to_owned())
-                }
-                _ => Error::Broker(err),
-            })?;
+        let waiting = Arc::new(AtomicU32::new(0));
+        let opener = {
+            let (user, waiting) = (user.to_owned(), Arc::clone(&waiting));
+            Box::new(move |session: Session| {
+                let (user, waiting) = (user.clone(), Arc::clone(&waiting));
+                Box::pin(async move {
+                    let (channel, count) = open_existing_inbox(&session, &user).await?;
+                    waiting.store(count, Ordering::Relaxed);
+                    // Exclusive: two sessions would split the notifications.
+                    let consumer = channel
+                        .basic_consume(
+                            topology::inbox(&user).as_str().into(),
+                            format!("user:{user}:{}", Uuid::new_v4()).as_str().into(),
+                            BasicConsumeOptions {
+                                exclusive: true,
+                                ..BasicConsumeOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(|err| refused_as_watching(err, &user))?;
+                    Ok(Opened {
+                        channel,
+                        consumer,
+                        owns_channel: true,
+                    })
+                }) as Opening
+            })
+        };
+        let feed = Feed::open(link, format!("{user}'s inbox"), opener).await?;
         Ok(Inbox {
-            channel,
-            consumer,
+            feed,
             seen: HashSet::new(),
-            waiting_at_open,
+            waiting_at_open: waiting.load(Ordering::Relaxed),
         })
     }
 
@@ -174,48 +186,118 @@ impl Inbox {
         self.waiting_at_open
     }
 
-    /// The next notification not yet seen in this session, or `None` when the
-    /// broker ends the consumer. Duplicates and unreadable messages are
-    /// acknowledged and skipped.
-    pub async fn next(&mut self) -> Result<Option<Received>> {
-        while let Some(delivery) = self.consumer.next().await {
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
-                // A broker restart or a network cut: wait for the reconnection;
-                // what was delivered but not acknowledged comes again.
-                Err(err) => {
-                    self.channel.wait_for_recovery(err).await?;
-                    continue;
-                }
-            };
-            if delivery.acker.poisoned() {
-                continue;
-            }
+    /// The next notification not yet seen in this session. Duplicates, and
+    /// messages that are not valid notifications (anyone on the broker can
+    /// publish into an inbox), are acknowledged and skipped. Fails only when
+    /// the connection is closed.
+    pub async fn next(&mut self) -> Result<Received> {
+        loop {
+            let delivery = self.feed.next().await?;
             let notification = match protocol::decode_notification(&delivery.data) {
                 Ok(notification) => notification,
                 Err(reason) => {
                     tracing::warn!(%reason, "skipping a notification this client cannot read");
-                    delivery.ack(BasicAckOptions::default()).await?;
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
                     continue;
                 }
             };
-            if !self.seen.insert(notification.id()) {
-                tracing::debug!(id = %notification.id(), "skipping a duplicate notification");
-                delivery.ack(BasicAckOptions::default()).await?;
+            if let Err(invalid) = notification.validate() {
+                tracing::warn!(%invalid, "skipping a notification that breaks the naming rules");
+                let _ = delivery.ack(BasicAckOptions::default()).await;
                 continue;
             }
-            return Ok(Some(Received {
+            if !self.seen.insert(notification.id()) {
+                tracing::debug!(id = %notification.id(), "skipping a duplicate notification");
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                continue;
+            }
+            return Ok(Received {
                 notification,
                 acker: delivery.acker,
-            }));
+            });
         }
-        Ok(None)
     }
 
     /// Stops reading; notifications not yet acknowledged stay in the inbox.
-    pub async fn close(self) -> Result<()> {
-        self.channel.close(200, "bye".into()).await?;
-        Ok(())
+    pub async fn close(self) {
+        self.feed.close().await;
+    }
+}
+
+/// A channel with the inbox's QoS, once the inbox exists: declared
+/// passively, so that its arguments stay the server's. A missing inbox is
+/// asked for with a login (the server declares it and binds it to the
+/// user's subscriptions), and looked for again for a few seconds.
+async fn open_existing_inbox(session: &Session, user: &str) -> Result<(Channel, u32)> {
+    let mut asked = false;
+    let deadline = tokio::time::Instant::now() + INBOX_WAIT;
+    loop {
+        let channel = session.connection().create_channel().await?;
+        channel
+            .basic_qos(INBOX_PREFETCH, BasicQosOptions::default())
+            .await?;
+        match topology::inspect(&channel, &topology::inbox(user)).await {
+            Ok((waiting, _)) => return Ok((channel, waiting)),
+            Err(err) if is_not_found(&err) && tokio::time::Instant::now() < deadline => {
+                if !asked {
+                    tracing::info!(
+                        "{user} has no inbox on the broker; logging in to have it declared"
+                    );
+                    request_login(session, user).await?;
+                    asked = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) if is_not_found(&err) => return Err(Error::NoInbox(user.to_owned())),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// How long a client waits for the server to declare a missing inbox.
+const INBOX_WAIT: Duration = Duration::from_secs(10);
+
+/// Publishes a login for `user` without waiting for the reply: the server
+/// declares the inbox and binds it.
+async fn request_login(session: &Session, user: &str) -> Result<()> {
+    let channel = broker::confirming_channel(session.connection()).await?;
+    let envelope = RequestEnvelope::new(Request::Login {
+        user: user.to_owned(),
+    });
+    let properties =
+        broker::persistent_json().with_message_id(envelope.id.to_string().as_str().into());
+    let sent = broker::publish_confirmed(
+        &channel,
+        "",
+        topology::USER_REQUESTS,
+        true,
+        &protocol::encode(&envelope),
+        properties,
+    )
+    .await;
+    let _ = channel.close(200, "asked".into()).await;
+    sent
+}
+
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+    )
+}
+
+fn refused_as_watching(err: lapin::Error, user: &str) -> Error {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind()
+                == &lapin::protocol::AMQPErrorKind::Soft(
+                    lapin::protocol::AMQPSoftError::ACCESSREFUSED,
+                ) =>
+        {
+            Error::AlreadyWatching(user.to_owned())
+        }
+        _ => Error::Broker(err),
     }
 }
 
@@ -223,7 +305,7 @@ impl Inbox {
 /// the user was away first, then live ones — until `shutdown` resolves.
 /// Each is acknowledged only after `show` returns `Ok`.
 pub async fn receive_notifications<F>(
-    connection: &Connection,
+    link: &Link,
     user: &str,
     mut show: F,
     shutdown: impl Future<Output = ()>,
@@ -231,14 +313,13 @@ pub async fn receive_notifications<F>(
 where
     F: FnMut(&Notification) -> std::io::Result<()>,
 {
-    let mut inbox = Inbox::open(connection, user).await?;
+    let mut inbox = Inbox::open(link, user).await?;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let received = tokio::select! {
             () = &mut shutdown => break,
             received = inbox.next() => received?,
         };
-        let Some(received) = received else { break };
         if let Err(err) = show(&received.notification) {
             // Unacknowledged, the notification stays in the inbox for next time.
             tracing::warn!(%err, "could not show a notification; it stays in the inbox");
@@ -252,6 +333,6 @@ where
     }
     // Unacknowledged notifications go back to the inbox whether or not the
     // close reaches the broker.
-    let _ = inbox.close().await;
+    inbox.close().await;
     Ok(())
 }

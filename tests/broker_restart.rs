@@ -57,7 +57,7 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
         .await
         .unwrap();
     for user in ["alice", "carol"] {
-        let mut inbox = Inbox::open(client.connection(), user).await.unwrap();
+        let mut inbox = Inbox::open(client.link(), user).await.unwrap();
         assert_eq!(
             inbox.waiting_at_open(),
             21,
@@ -65,10 +65,7 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
         );
         let mut received = Vec::new();
         for _ in 0..21 {
-            let next = within("a notification", inbox.next())
-                .await
-                .unwrap()
-                .unwrap();
+            let next = within("a notification", inbox.next()).await.unwrap();
             received.push(next.notification.to_string());
             next.ack().await.unwrap();
         }
@@ -78,7 +75,7 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
             .collect();
         expected.push("New Notification: bob uploaded After the restart".into());
         assert_eq!(received, expected, "{user} got every upload once, in order");
-        inbox.close().await.unwrap();
+        inbox.close().await;
     }
     assert_eq!(
         user::subscriptions(&client, "alice").await.unwrap(),

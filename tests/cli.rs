@@ -447,3 +447,57 @@ async fn ctrl_c_under_load_finishes_what_is_in_hand_and_loses_nothing() {
         "each applied once"
     );
 }
+
+#[tokio::test]
+async fn a_forged_notification_never_reaches_the_terminal() {
+    let vhost = TestVhost::new("forged");
+    let server = start_server(&vhost).await;
+    assert_eq!(
+        run(USER, &vhost, &["login", "alice"]).await.stdout,
+        "SUCCESS\n"
+    );
+    // Anyone on the broker can publish straight into an inbox.
+    let connection = ytnotify::broker::connect(&vhost.url, "forger")
+        .await
+        .unwrap();
+    let channel = ytnotify::broker::confirming_channel(&connection)
+        .await
+        .unwrap();
+    let forged = |youtuber: &str, video: &str| {
+        format!(
+            r#"{{"v":1,"type":"video_uploaded","id":"{}","youtuber":{},"video":{},"uploaded_at_ms":0}}"#,
+            uuid::Uuid::new_v4(),
+            serde_json::Value::from(youtuber),
+            serde_json::Value::from(video)
+        )
+    };
+    for body in [
+        forged(
+            "bob",
+            "Hello\u{1b}[2J\u{1b}]8;;http://evil\u{7}click\u{1b}]8;;\u{7}",
+        ),
+        forged("\u{202e}bob", "Reversed"),
+        forged("bob", "\u{202e}3pm.exe"),
+        forged("bob", "Fine"),
+    ] {
+        ytnotify::broker::publish_confirmed(
+            &channel,
+            "",
+            &ytnotify::topology::inbox("alice"),
+            true,
+            body.as_bytes(),
+            ytnotify::broker::persistent_json(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut alice = Running::spawn(USER, &vhost, &["watch", "alice"]);
+    alice.expect("New Notification: bob uploaded Fine").await;
+    assert_eq!(alice.interrupt().await, 0);
+    // The forged ones were read and dropped, not left to come back.
+    let (waiting, _) = ytnotify::topology::inspect(&channel, &ytnotify::topology::inbox("alice"))
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
+    server.interrupt().await;
+}

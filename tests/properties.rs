@@ -1,5 +1,6 @@
 //! Property tests of the wire format (`ytnotify::protocol`) and of the name
-//! rules (`ytnotify::names`). Pure: no broker, no database.
+//! rules (`ytnotify::names`), including what may reach a terminal. Pure: no
+//! broker, no database.
 //!
 //! Each property runs `PROPTEST_CASES` cases (256 by default); for a deeper
 //! run:
@@ -12,16 +13,19 @@
 //! (`scripts/fuzz.sh`); a crash it finds becomes a test at the end of this
 //! file.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value};
 use uuid::Uuid;
-use ytnotify::names::{self, InvalidName, MAX_NAME_CHARS, MAX_VIDEO_CHARS, NameKind};
+use ytnotify::names::{
+    self, InvalidName, MAX_NAME_CHARS, MAX_VIDEO_CHARS, NameKind, escape_for_terminal,
+};
 use ytnotify::protocol::{
-    self, MAX_MESSAGE_BYTES, Notification, Reply, Request, RequestEnvelope, decode_notification,
-    decode_reply, decode_request, encode,
+    self, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reply, Request,
+    RequestEnvelope, decode_notification, decode_reply, decode_request, encode,
 };
 
 /// Every type tag of the protocol, requests, replies and notifications alike.
@@ -117,12 +121,70 @@ fn decode_everything(bytes: &[u8]) -> Result<(), TestCaseError> {
     }
     match decode_notification(bytes) {
         Ok(notification) => {
+            if let Err(invalid) = notification.validate() {
+                check_reason("Notification::validate", bytes, &invalid)?;
+            }
+            check_printable(&notification.to_string())?;
             let again = decode_notification(&encode(&notification));
             prop_assert_eq!(again, Ok(notification), "re-decoding {}", shown(bytes));
         }
         Err(error) => check_reason("decode_notification", bytes, &error)?,
     }
     Ok(())
+}
+
+/// A line about to be printed must hold nothing a terminal would obey or
+/// use to rearrange the line.
+fn check_printable(line: &str) -> Result<(), TestCaseError> {
+    let bad = line.chars().find(|&c| reference_unprintable(c));
+    prop_assert!(bad.is_none(), "{:?} in {:?}", bad, line);
+    Ok(())
+}
+
+/// The characters a terminal must never receive raw, written independently
+/// of `src/names.rs`: Unicode categories Cc (C0, DEL, C1) and Cf (format
+/// characters, as of Unicode 16.0).
+fn reference_unprintable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
+}
+
+/// What `escape_for_terminal` must write: each unprintable character as
+/// Rust's `\u{...}` escape, everything else as it is.
+fn reference_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if reference_unprintable(c) {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -143,29 +205,32 @@ fn valid_name() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A character that is not a control character, biased towards the unusual.
+/// A character that is neither a control nor a format character, biased
+/// towards the unusual.
 fn title_char() -> impl Strategy<Value = char> {
     prop_oneof![
         3 => any::<char>().prop_map(|c| {
             // A control character becomes its visible picture (U+2400 "␀"
-            // onwards) or a Latin letter: no rejections, no bias.
+            // onwards) or a Latin letter, a format character a Latin letter:
+            // no rejections, no bias.
             match c {
                 '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + u32::from(c)).unwrap_or('?'),
                 '\u{7f}' => '\u{2421}',
                 '\u{80}'..='\u{9f}' => char::from_u32(u32::from(c) + 0x80).unwrap_or('?'),
+                c if reference_unprintable(c) => char::from(b'a' + (u32::from(c) % 26) as u8),
                 c => c,
             }
         }),
         1 => prop::char::range(' ', '~'),
         1 => prop::sample::select(vec![
-            'é', '☕', '🦀', '\u{a0}', '\u{2028}', '\u{2029}', '\u{200b}', '\u{202e}', '\u{feff}',
+            'é', '☕', '🦀', '\u{a0}', '\u{2028}', '\u{2029}', '\u{301}', '\u{fe0f}', '\u{1f1eb}',
             '\u{fffd}', '"', '\\', '/', '{', '}', '\u{10ffff}',
         ]),
     ]
 }
 
-/// A valid video title: 1–100 characters, none a control character, not all
-/// whitespace.
+/// A valid video title: 1–100 characters, none a control or format
+/// character, not all whitespace.
 fn valid_video() -> impl Strategy<Value = String> {
     prop::collection::vec(title_char(), 1..=MAX_VIDEO_CHARS).prop_map(|mut chars| {
         if chars.iter().all(|c| c.is_whitespace()) {
@@ -205,7 +270,74 @@ fn any_text() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => any_string(),
         1 => valid_video(),
+        1 => hostile_text(),
         1 => Just(String::new()),
+    ]
+}
+
+/// Something a terminal would obey or that rearranges a line: an escape
+/// sequence, another control character, a bidi control or an invisible
+/// character.
+fn unprintable_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        2 => prop::sample::select(vec![
+            "\u{1b}[2J",                            // clear the screen
+            "\u{1b}[1A\u{1b}[2K",                   // up a line and erase it
+            "\u{1b}]8;;http://evil\u{7}",           // start a hyperlink
+            "\u{1b}]8;;\u{1b}\\",                   // end it, with ST
+            "\u{1b}]0;title\u{7}",                  // set the window title
+            "\u{9b}31m",                             // C1 CSI: red
+            "\u{1b}",
+            "\r",
+            "\n",
+            "\t",
+            "\u{0}",
+            "\u{7f}",
+        ])
+        .prop_map(str::to_owned),
+        2 => bidi_control().prop_map(String::from),
+        1 => prop::sample::select(vec!['\u{200b}', '\u{200d}', '\u{2060}', '\u{feff}', '\u{ad}', '\u{e0041}'])
+            .prop_map(String::from),
+        1 => format_char().prop_map(String::from),
+        1 => prop::char::range('\u{0}', '\u{9f}')
+            .prop_filter("a control character", |c| c.is_control())
+            .prop_map(String::from),
+    ]
+}
+
+/// One of the Unicode bidi controls: embeddings, overrides, isolates, marks.
+fn bidi_control() -> impl Strategy<Value = char> {
+    prop::sample::select(vec![
+        '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}',
+    ])
+}
+
+/// Any character of Unicode category Cf, from the tables of `regex-syntax`
+/// (which proptest uses for its regex strategies): a source independent of
+/// both `src/names.rs` and `reference_unprintable`.
+fn format_char() -> impl Strategy<Value = char> {
+    proptest::string::string_regex(r"\p{Cf}")
+        .expect("a valid regex")
+        .prop_map(|s| s.chars().next().unwrap_or('\u{ad}'))
+}
+
+/// Printable text with unprintable pieces mixed in, as a hostile client
+/// would write it.
+fn hostile_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        2 => prop::collection::vec(title_char(), 0..6).prop_map(String::from_iter),
+        1 => unprintable_piece(),
+    ];
+    prop::collection::vec(piece, 1..8).prop_map(|pieces| pieces.concat())
+}
+
+/// Text a reply may carry: printable, at most 2,000 characters.
+fn reply_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::collection::vec(title_char(), 0..60).prop_map(String::from_iter),
+        1 => (title_char(), MAX_REPLY_TEXT_CHARS - 2..=MAX_REPLY_TEXT_CHARS)
+            .prop_map(|(c, n)| c.to_string().repeat(n)),
     ]
 }
 
@@ -235,15 +367,51 @@ fn envelope(request: impl Strategy<Value = Request>) -> impl Strategy<Value = Re
     (any_uuid(), request).prop_map(|(id, request)| RequestEnvelope { id, request })
 }
 
-fn any_reply() -> impl Strategy<Value = Reply> {
+/// A reply as the server writes it: printable texts, valid names.
+fn valid_reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        prop::option::of(any_text()).prop_map(|notice| Reply::Done { notice }),
+        prop::option::of(reply_text()).prop_map(|notice| Reply::Done { notice }),
         prop::collection::vec(valid_name(), 0..20)
             .prop_map(|youtubers| Reply::Subscriptions { youtubers }),
-        prop::collection::vec(any_text(), 0..4)
-            .prop_map(|youtubers| Reply::Subscriptions { youtubers }),
-        any_text().prop_map(|reason| Reply::Refused { reason }),
+        reply_text().prop_map(|reason| Reply::Refused { reason }),
     ]
+}
+
+/// A reply with any strings in it, safe to print or not.
+fn any_reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        2 => valid_reply(),
+        1 => prop::option::of(any_text()).prop_map(|notice| Reply::Done { notice }),
+        1 => prop::collection::vec(any_text(), 0..4)
+            .prop_map(|youtubers| Reply::Subscriptions { youtubers }),
+        1 => any_text().prop_map(|reason| Reply::Refused { reason }),
+        1 => (title_char(), MAX_REPLY_TEXT_CHARS + 1..=MAX_REPLY_TEXT_CHARS + 2)
+            .prop_map(|(c, n)| Reply::Refused { reason: c.to_string().repeat(n) }),
+    ]
+}
+
+/// The documented rule for replies: texts of at most 2,000 characters with
+/// nothing unprintable, valid YouTuber names.
+fn reference_reply_ok(reply: &Reply) -> bool {
+    let text_ok =
+        |text: &str| text.chars().count() <= 2_000 && !text.chars().any(reference_unprintable);
+    match reply {
+        Reply::Done { notice } => notice.as_deref().is_none_or(text_ok),
+        Reply::Subscriptions { youtubers } => youtubers.iter().all(|n| reference_name_ok(n)),
+        Reply::Refused { reason } => text_ok(reason),
+    }
+}
+
+/// A notification as the server writes it: a valid name and title.
+fn valid_notification() -> impl Strategy<Value = Notification> {
+    (any_uuid(), valid_name(), valid_video(), any::<i64>()).prop_map(
+        |(id, youtuber, video, uploaded_at_ms)| Notification::VideoUploaded {
+            id,
+            youtuber,
+            video,
+            uploaded_at_ms,
+        },
+    )
 }
 
 fn any_notification() -> impl Strategy<Value = Notification> {
@@ -607,9 +775,20 @@ fn candidate_name() -> impl Strategy<Value = String> {
         3 => valid_name(),
         2 => near_miss,
         1 => "[A-Za-z0-9_.-]{63,66}",
+        1 => long_text(),
         1 => "[A-Za-z0-9_.\\- /:@+éÉ\t\n\u{0}\u{7f}]{0,70}",
         1 => any_string(),
         1 => Just(String::new()),
+    ]
+}
+
+/// A value far over every limit, sometimes made of characters that an error
+/// message must escape; two of them still fit in one message.
+fn long_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::collection::vec(any::<char>(), 100..3000).prop_map(String::from_iter),
+        (unprintable_piece(), 30..1000_usize).prop_map(|(piece, n)| piece.repeat(n)),
+        (100..MAX_MESSAGE_BYTES / 16).prop_map(|n| "\u{10ffff}".repeat(n)),
     ]
 }
 
@@ -618,12 +797,14 @@ fn candidate_video() -> impl Strategy<Value = String> {
         ' ', '\t', '\n', '\r', '\u{b}', '\u{c}', '\u{85}', '\u{a0}', '\u{1680}', '\u{2000}',
         '\u{2007}', '\u{2028}', '\u{2029}', '\u{202f}', '\u{3000}', '\u{200b}', '\u{feff}',
     ]);
-    let control = prop_oneof![
+    let unprintable = prop_oneof![
         prop::char::range('\u{0}', '\u{1f}'),
         prop::char::range('\u{7f}', '\u{9f}'),
+        bidi_control(),
+        format_char(),
     ];
     let near_miss =
-        (valid_video(), any::<prop::sample::Index>(), control).prop_map(|(title, at, c)| {
+        (valid_video(), any::<prop::sample::Index>(), unprintable).prop_map(|(title, at, c)| {
             let mut chars: Vec<char> = title.chars().collect();
             let at = at.index(chars.len() + 1);
             chars.insert(at, c);
@@ -640,6 +821,8 @@ fn candidate_video() -> impl Strategy<Value = String> {
         1 => around_the_limit,
         1 => prop::collection::vec(whitespace, 0..8).prop_map(|cs| cs.into_iter().collect()),
         1 => any_string(),
+        1 => hostile_text(),
+        1 => long_text(),
         1 => prop::collection::vec(any::<char>(), 90..110).prop_map(|cs| cs.into_iter().collect()),
     ]
 }
@@ -653,14 +836,12 @@ fn reference_name_ok(name: &str) -> bool {
             .all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.'))
 }
 
-/// The documented rule for video titles: 1–100 characters, no control
-/// character (Unicode category Cc), not only whitespace.
+/// The documented rule for video titles: 1–100 characters, no control or
+/// format character (Unicode categories Cc and Cf), not only whitespace.
 fn reference_video_ok(title: &str) -> bool {
     let count = title.chars().count();
     (1..=100).contains(&count)
-        && !title
-            .chars()
-            .any(|c| matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+        && !title.chars().any(reference_unprintable)
         && title.chars().any(|c| !c.is_whitespace())
 }
 
@@ -809,14 +990,164 @@ proptest! {
     }
 
     #[test]
-    fn replies_round_trip(reply in any_reply()) {
+    fn valid_replies_round_trip(reply in valid_reply()) {
+        prop_assert!(reply.validate().is_ok(), "{:?}", reply);
         prop_assert_eq!(decode_reply(&encode(&reply)), Ok(reply));
+    }
+
+    #[test]
+    fn replies_decode_exactly_when_they_are_safe_to_print(reply in any_reply()) {
+        let bytes = encode(&reply);
+        match decode_reply(&bytes) {
+            Ok(decoded) => {
+                prop_assert!(reference_reply_ok(&reply), "accepted {:?}", reply);
+                prop_assert_eq!(decoded, reply);
+            }
+            Err(error) => {
+                prop_assert!(!reference_reply_ok(&reply), "refused {:?}: {}", reply, error);
+                let DecodeError::Malformed { kind, detail } = &error else {
+                    return Err(TestCaseError::fail(format!("not malformed: {error}")));
+                };
+                prop_assert_eq!(kind.as_str(), reply.kind());
+                prop_assert!(detail.starts_with("field `"), "{:?}", detail);
+                check_reason("decode_reply", &bytes, &error)?;
+                check_printable(&error.to_string())?;
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_whose_reason_holds_an_escape_is_refused(
+        reason in reply_text(),
+        at in any::<prop::sample::Index>(),
+        sequence in prop::sample::select(vec!["\u{1b}", "\u{1b}[2J", "\u{1b}]8;;http://evil\u{7}"]),
+    ) {
+        let mut chars: Vec<char> = reason.chars().collect();
+        let at = at.index(chars.len() + 1);
+        chars.splice(at..at, sequence.chars());
+        let reply = Reply::Refused { reason: chars.into_iter().collect() };
+        let error = decode_reply(&encode(&reply)).expect_err("a reason with an escape");
+        let DecodeError::Malformed { kind, detail } = &error else {
+            return Err(TestCaseError::fail(format!("not malformed: {error}")));
+        };
+        prop_assert_eq!(kind.as_str(), "refused");
+        prop_assert!(detail.starts_with("field `reason` has "), "{:?}", detail);
+        check_printable(&error.to_string())?;
+    }
+
+    #[test]
+    fn the_servers_refusals_pass_the_clients_check(request in candidate_request()) {
+        // The server answers an invalid request with the error's text as the
+        // reason: however long or odd the names, the client must accept it.
+        if let Err(invalid) = request.validate() {
+            let reply = Reply::Refused { reason: invalid.to_string() };
+            prop_assert_eq!(decode_reply(&encode(&reply)), Ok(reply));
+        }
     }
 
     #[test]
     fn notifications_round_trip(notification in any_notification()) {
         let decoded = decode_notification(&encode(&notification));
         prop_assert_eq!(decoded, Ok(notification));
+    }
+
+    #[test]
+    fn valid_notifications_round_trip_validate_and_print_as_sent(
+        notification in valid_notification(),
+    ) {
+        let decoded = decode_notification(&encode(&notification));
+        prop_assert_eq!(decoded.as_ref(), Ok(&notification));
+        prop_assert_eq!(notification.validate(), Ok(()));
+        let Notification::VideoUploaded { youtuber, video, .. } = &notification;
+        prop_assert_eq!(
+            notification.to_string(),
+            format!("New Notification: {youtuber} uploaded {video}")
+        );
+    }
+
+    #[test]
+    fn a_title_with_an_escape_or_a_bidi_control_fails_validation(
+        notification in valid_notification(),
+        at in any::<prop::sample::Index>(),
+        bad in prop_oneof![Just('\u{1b}'), bidi_control()],
+    ) {
+        let Notification::VideoUploaded { id, youtuber, video, uploaded_at_ms } = notification;
+        let mut chars: Vec<char> = video.chars().collect();
+        let at = at.index(chars.len() + 1);
+        chars.insert(at, bad);
+        let forged = Notification::VideoUploaded {
+            id,
+            youtuber,
+            video: chars.iter().collect(),
+            uploaded_at_ms,
+        };
+        let error = forged.validate().expect_err("a forged title");
+        prop_assert_eq!(error.kind, NameKind::Video);
+        if chars.len() <= MAX_VIDEO_CHARS {
+            let named = if bad == '\u{1b}' {
+                "control character '\\u{1b}'".to_owned()
+            } else {
+                format!("invisible formatting character U+{:04X}", u32::from(bad))
+            };
+            let expected = format!("{named} at position {} is not allowed", at + 1);
+            prop_assert!(error.problem.starts_with(&expected), "{:?}", error.problem);
+        }
+        check_printable(&error.to_string())?;
+    }
+
+    #[test]
+    fn a_decoded_notification_prints_as_one_harmless_line(
+        notification in any_notification(),
+        extra in prop::option::of(unknown_fields()),
+    ) {
+        let bytes = match &extra {
+            Some(extra) => encode_with_extra_fields(&notification, extra),
+            None => encode(&notification),
+        };
+        let decoded = decode_notification(&bytes).expect("an encoded notification decodes");
+        let line = decoded.to_string();
+        check_printable(&line)?;
+        let Notification::VideoUploaded { youtuber, video, .. } = &decoded;
+        prop_assert_eq!(
+            line,
+            format!(
+                "New Notification: {} uploaded {}",
+                reference_escape(youtuber),
+                reference_escape(video)
+            )
+        );
+    }
+
+    // -- what reaches a terminal --
+
+    #[test]
+    fn escaping_leaves_nothing_a_terminal_would_obey(text in any_text()) {
+        let escaped = escape_for_terminal(&text);
+        check_printable(&escaped)?;
+        prop_assert!(!escaped.contains(['\n', '\r']));
+        prop_assert_eq!(escaped.as_ref(), reference_escape(&text));
+        // Escaping twice changes nothing more.
+        prop_assert!(matches!(escape_for_terminal(&escaped), Cow::Borrowed(_)));
+        if !text.chars().any(reference_unprintable) {
+            prop_assert!(matches!(escaped, Cow::Borrowed(t) if t == text));
+        }
+    }
+
+    #[test]
+    fn escaping_returns_printable_text_unchanged(text in reply_text()) {
+        prop_assert!(matches!(escape_for_terminal(&text), Cow::Borrowed(t) if t == text));
+    }
+
+    #[test]
+    fn every_format_character_is_refused_and_escaped(c in format_char(), title in valid_video()) {
+        // A Unicode table other than ours: a character it calls Cf and we do
+        // not means the reference (and `src/names.rs`) is out of date.
+        prop_assert!(reference_unprintable(c), "U+{:04X}", u32::from(c));
+        let forged = format!("{title}{c}");
+        if forged.chars().count() <= MAX_VIDEO_CHARS {
+            prop_assert!(names::check_video(&forged).is_err(), "{:?}", forged);
+        }
+        prop_assert_eq!(escape_for_terminal(&forged), reference_escape(&forged));
     }
 
     /// Requests and replies share the tag "subscriptions": the reply decoder
@@ -853,7 +1184,7 @@ proptest! {
     }
 
     #[test]
-    fn unknown_fields_in_a_reply_are_ignored(reply in any_reply(), extra in unknown_fields()) {
+    fn unknown_fields_in_a_reply_are_ignored(reply in valid_reply(), extra in unknown_fields()) {
         let bytes = encode_with_extra_fields(&reply, &extra);
         prop_assert_eq!(decode_reply(&bytes), Ok(reply), "{}", shown(&bytes));
     }
@@ -969,6 +1300,32 @@ fn the_length_limits_are_the_documented_ones() {
 }
 
 #[test]
+fn every_character_is_escaped_and_refused_exactly_when_unprintable() {
+    // All 1,112,064 of them: the rule is a table, and a table is easy to
+    // get wrong at one edge.
+    let mut title = String::new();
+    for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+        title.clear();
+        title.push('a');
+        title.push(c);
+        let unprintable = reference_unprintable(c);
+        let escaped = escape_for_terminal(&title);
+        assert_eq!(
+            matches!(escaped, Cow::Owned(_)),
+            unprintable,
+            "U+{:04X}",
+            u32::from(c)
+        );
+        assert_eq!(
+            names::check_video(&title).is_err(),
+            unprintable,
+            "U+{:04X}",
+            u32::from(c)
+        );
+    }
+}
+
+#[test]
 fn versions_other_than_one_are_refused() {
     for v in [
         "0",
@@ -1029,4 +1386,74 @@ fn regression_a_bad_id_with_a_control_character_gets_a_one_line_reason() {
     for bytes in cases {
         decodes_cleanly(bytes);
     }
+}
+
+/// A notification published straight into an inbox by a hostile client, and
+/// the same text forged into a reply queue as a refusal.
+fn forge(title: &str) -> (Notification, Vec<u8>) {
+    let notification = Notification::VideoUploaded {
+        id: Uuid::nil(),
+        youtuber: "bob".into(),
+        video: title.into(),
+        uploaded_at_ms: 1_700_000_000_000,
+    };
+    let reply = encode(&Reply::Refused {
+        reason: title.into(),
+    });
+    let decoded = decode_notification(&encode(&notification)).expect("the forgery is well formed");
+    (decoded, reply)
+}
+
+/// Regression: `user` printed each notification as it came. A title that
+/// clears the screen and hides a link to http://evil behind the word "click"
+/// (OSC 8) was obeyed by the terminal. Now it fails validation (the client
+/// skips it), prints as visible escapes if shown anyway, and is refused in a
+/// reply.
+#[test]
+fn regression_a_forged_title_with_terminal_escapes() {
+    let title = "Hello\u{1b}[2J\u{1b}]8;;http://evil\u{7}click\u{1b}]8;;\u{7}";
+    let (notification, reply) = forge(title);
+    assert_eq!(
+        notification.validate().unwrap_err().problem,
+        "control character '\\u{1b}' at position 6 is not allowed; use printable characters only"
+    );
+    assert_eq!(
+        notification.to_string(),
+        r"New Notification: bob uploaded Hello\u{1b}[2J\u{1b}]8;;http://evil\u{7}click\u{1b}]8;;\u{7}"
+    );
+    assert_eq!(
+        decode_reply(&reply).unwrap_err().to_string(),
+        "malformed \"refused\" message: field `reason` has control character '\\u{1b}' \
+         at position 6; a reply holds printable text only"
+    );
+}
+
+/// Regression: a right-to-left override reverses what follows it on screen,
+/// so that the title "\u{202e}3pm.exe" showed as "exe.mp3".
+#[test]
+fn regression_a_forged_title_with_a_right_to_left_override() {
+    let (notification, reply) = forge("\u{202e}3pm.exe");
+    assert_eq!(
+        notification.validate().unwrap_err().to_string(),
+        "invalid video name \"\\u{202e}3pm.exe\": invisible formatting character U+202E \
+         at position 1 is not allowed; use printable characters only"
+    );
+    assert_eq!(
+        notification.to_string(),
+        r"New Notification: bob uploaded \u{202e}3pm.exe"
+    );
+    assert_eq!(
+        decode_reply(&reply).unwrap_err().to_string(),
+        "malformed \"refused\" message: field `reason` has invisible formatting character \
+         U+202E at position 1; a reply holds printable text only"
+    );
+    let names = encode(&Reply::Subscriptions {
+        youtubers: vec!["bob".into(), "\u{202e}bob".into()],
+    });
+    assert!(
+        decode_reply(&names)
+            .unwrap_err()
+            .to_string()
+            .contains("field `youtubers[1]` holds an invalid YouTuber name")
+    );
 }

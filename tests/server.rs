@@ -41,8 +41,7 @@ fn unfollow(youtuber: &str) -> SubscriptionChange {
 async fn next_notification(inbox: &mut Inbox) -> Notification {
     let received = within("a notification", inbox.next())
         .await
-        .expect("inbox readable")
-        .expect("inbox open");
+        .expect("inbox readable");
     let notification = received.notification.clone();
     received.ack().await.expect("ack");
     notification
@@ -92,8 +91,8 @@ async fn an_upload_reaches_subscribers_and_only_them() {
     user::login_and_update(&client, "carol", Some(&follow("dave")))
         .await
         .unwrap();
-    let mut alice = Inbox::open(client.connection(), "alice").await.unwrap();
-    let carol = Inbox::open(client.connection(), "carol").await.unwrap();
+    let mut alice = Inbox::open(client.link(), "alice").await.unwrap();
+    let carol = Inbox::open(client.link(), "carol").await.unwrap();
 
     within(
         "the upload",
@@ -107,7 +106,7 @@ async fn an_upload_reaches_subscribers_and_only_them() {
         "New Notification: bob uploaded Rust in 100 seconds"
     );
     // carol follows dave, not bob: her inbox stays empty.
-    carol.close().await.unwrap();
+    carol.close().await;
     let (_connection, channel) = raw_channel(&vhost).await;
     assert_eq!(depth(&channel, &topology::inbox("carol")).await, 0);
     server.stop().await;
@@ -158,7 +157,7 @@ async fn notifications_wait_in_the_inbox_while_the_user_is_away() {
             .await
             .unwrap();
     }
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     assert_eq!(inbox.waiting_at_open(), 3);
     let mut titles = Vec::new();
     for _ in 0..3 {
@@ -182,18 +181,15 @@ async fn a_notification_not_acknowledged_comes_back_next_session() {
 
     // The first session receives it but ends before acknowledging (as a
     // client that crashes before printing would).
-    let mut first = Inbox::open(client.connection(), "alice").await.unwrap();
-    let received = within("first delivery", first.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut first = Inbox::open(client.link(), "alice").await.unwrap();
+    let received = within("first delivery", first.next()).await.unwrap();
     drop(received);
-    first.close().await.unwrap();
+    first.close().await;
 
-    let mut second = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut second = Inbox::open(client.link(), "alice").await.unwrap();
     let again = next_notification(&mut second).await;
     assert_eq!(title(&again), "Shown but not acknowledged");
-    second.close().await.unwrap();
+    second.close().await;
     let (_connection, channel) = raw_channel(&vhost).await;
     assert_eq!(
         depth(&channel, &topology::inbox("alice")).await,
@@ -208,7 +204,9 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
     let vhost = TestVhost::new("dedup");
     let client = vhost.client("test").await;
     let (_connection, channel) = raw_channel(&vhost).await;
-    topology::declare_inbox(&channel, "alice").await.unwrap();
+    topology::declare_inbox(&channel, "alice", Some(10_000))
+        .await
+        .unwrap();
     // The same notification twice, as a server that crashed between the
     // broker's confirm and recording it would send it.
     let notification = Notification::VideoUploaded {
@@ -232,10 +230,10 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
         )
         .await;
     }
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut inbox).await), "Twice");
     assert_eq!(title(&next_notification(&mut inbox).await), "Once");
-    inbox.close().await.unwrap();
+    inbox.close().await;
     assert_eq!(
         depth(&channel, &topology::inbox("alice")).await,
         0,
@@ -425,7 +423,7 @@ async fn subscribing_to_a_youtuber_with_no_video_yet_works_with_a_notice() {
         notices,
         ["newbie has not uploaded any video yet; alice will be notified of the first one"]
     );
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     publish_video(&client, "newbie", "My first video")
         .await
         .unwrap();
@@ -596,7 +594,7 @@ async fn state_survives_a_server_restart() {
         ["bob"]
     );
     publish_video(&client, "bob", "After").await.unwrap();
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut inbox).await), "Before");
     assert_eq!(title(&next_notification(&mut inbox).await), "After");
     server.stop().await;
@@ -623,7 +621,7 @@ async fn a_notification_left_unsent_by_a_crash_is_sent_at_startup() {
     drop(store);
 
     let server = vhost.start_server().await;
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     let notification = next_notification(&mut inbox).await;
     assert_eq!(notification.id(), video.id);
     assert!(server.store.videos_to_notify().await.unwrap().is_empty());
@@ -642,7 +640,7 @@ async fn two_stacks_on_two_vhosts_do_not_see_each_other() {
         .await
         .unwrap();
     publish_video(&red_client, "bob", "Red only").await.unwrap();
-    let mut red_inbox = Inbox::open(red_client.connection(), "alice").await.unwrap();
+    let mut red_inbox = Inbox::open(red_client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut red_inbox).await), "Red only");
     let (_connection, blue_channel) = raw_channel(&blue).await;
     assert_eq!(depth(&blue_channel, &topology::inbox("alice")).await, 0);
@@ -665,7 +663,7 @@ async fn receive_notifications_streams_until_shutdown() {
     let connection_client = vhost.client("watcher").await;
     let watcher = tokio::spawn(async move {
         user::receive_notifications(
-            connection_client.connection(),
+            connection_client.link(),
             "alice",
             |n| {
                 let _ = lines_tx.send(n.to_string());
@@ -713,7 +711,7 @@ async fn many_subscribers_each_get_every_upload_exactly_once() {
     let (_connection, channel) = raw_channel(&vhost).await;
     for user in &users {
         let mut ids = Vec::new();
-        let consumer_channel = client.connection().create_channel().await.unwrap();
+        let (_consumer_connection, consumer_channel) = raw_channel(&vhost).await;
         let mut consumer = consumer_channel
             .basic_consume(
                 topology::inbox(user).as_str().into(),
@@ -748,13 +746,11 @@ async fn many_subscribers_each_get_every_upload_exactly_once() {
 #[tokio::test]
 async fn a_second_session_of_the_same_user_is_refused_rather_than_splitting_notifications() {
     let vhost = TestVhost::new("exclusive");
+    let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let first = Inbox::open(client.connection(), "alice").await.unwrap();
+    let first = Inbox::open(client.link(), "alice").await.unwrap();
     let other = vhost.client("other").await;
-    let err = Inbox::open(other.connection(), "alice")
-        .await
-        .err()
-        .unwrap();
+    let err = Inbox::open(other.link(), "alice").await.err().unwrap();
     assert!(
         matches!(err, Error::AlreadyWatching(ref user) if user == "alice"),
         "{err:?}"
@@ -764,9 +760,10 @@ async fn a_second_session_of_the_same_user_is_refused_rather_than_splitting_noti
             .starts_with("alice is already receiving notifications in another session")
     );
     // Once the first session ends, a new one may start.
-    first.close().await.unwrap();
-    let again = Inbox::open(other.connection(), "alice").await.unwrap();
-    again.close().await.unwrap();
+    first.close().await;
+    let again = Inbox::open(other.link(), "alice").await.unwrap();
+    again.close().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -850,9 +847,9 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
         .await
         .unwrap();
     publish_video(&client, "carol", "For alice").await.unwrap();
-    let mut inbox = Inbox::open(client.connection(), "alice").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut inbox).await), "For alice");
-    inbox.close().await.unwrap();
+    inbox.close().await;
     let (_connection, channel) = raw_channel(&vhost).await;
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 0);
     server.stop().await;
@@ -889,5 +886,443 @@ async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
     publish_video(&client, "bob", "From bob").await.unwrap();
     publish_video(&client, "carol", "From carol").await.unwrap();
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 2);
+    server.stop().await;
+}
+
+// A shared broker: careless or hostile clients, and lost connections. None of
+// them may stall, stop or mislead the service for anyone else.
+
+/// The reason header of the next dead-lettered message.
+async fn next_dead_letter_reason(channel: &Channel) -> String {
+    let message = within("a dead-lettered message", async {
+        loop {
+            if let Some(message) = channel
+                .basic_get(
+                    topology::DEAD_LETTERS.into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap()
+            {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let headers = message.delivery.properties.headers().clone().unwrap();
+    match headers.inner().get(topology::REASON_HEADER) {
+        Some(AMQPValue::LongString(reason)) => reason.to_string(),
+        other => panic!("no reason header: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_inbox_declared_first_by_another_client_is_refused_with_the_fix_and_others_are_served() {
+    common::logs();
+    let vhost = TestVhost::new("hostile-inbox");
+    let server = vhost.start_server().await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    // Any client with the demo credentials can declare victim's inbox first,
+    // with other settings.
+    channel
+        .queue_declare(
+            topology::inbox("victim").as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let client = vhost.client("test").await;
+    let victim = client
+        .send(Request::Login {
+            user: "victim".into(),
+        })
+        .await
+        .unwrap();
+    let other = client
+        .send(Request::Login {
+            user: "alice".into(),
+        })
+        .await
+        .unwrap();
+    within("alice's login, behind victim's", client.wait(other))
+        .await
+        .expect("alice is served");
+    let refusal = within("victim's answer", client.wait(victim)).await;
+    let Err(Error::Refused(reason)) = refusal else {
+        panic!("victim's login should be refused, got {refusal:?}");
+    };
+    assert!(
+        reason.contains("exists on the broker with other settings")
+            && reason.contains(&format!(
+                "rabbitmqctl delete_queue -p {} ytnotify.inbox.victim",
+                vhost.name
+            )),
+        "{reason}"
+    );
+    assert_eq!(next_dead_letter_reason(&channel).await, reason);
+
+    // Once an administrator deletes it, victim logs in like anyone.
+    channel
+        .queue_delete(
+            topology::inbox("victim").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    within("victim's login", user::login(&client, "victim"))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_failing_is_refused_after_five_attempts_and_others_go_on() {
+    common::logs();
+    let vhost = TestVhost::new("keeps-failing");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("carol")))
+        .await
+        .unwrap();
+    // A queue bound to bob's uploads that refuses every message: the broker
+    // answers each notification of bob with a negative confirm.
+    let (_connection, channel) = raw_channel(&vhost).await;
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    refusing.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(
+            "sink".into(),
+            lapin::options::QueueDeclareOptions::default(),
+            refusing,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            "sink".into(),
+            topology::NOTIFICATIONS.into(),
+            "bob".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let blocked = client
+        .send(Request::Upload {
+            youtuber: "bob".into(),
+            video: "Refused by a queue".into(),
+        })
+        .await
+        .unwrap();
+    let fine = client
+        .send(Request::Upload {
+            youtuber: "carol".into(),
+            video: "Behind it".into(),
+        })
+        .await
+        .unwrap();
+    within("carol's upload", client.wait(fine))
+        .await
+        .expect("carol's upload goes on while bob's is retried");
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "Behind it");
+    let refusal = within("bob's answer", client.wait(blocked)).await;
+    let Err(Error::Refused(reason)) = refusal else {
+        panic!("bob's upload should be refused, got {refusal:?}");
+    };
+    assert!(
+        reason.contains("negative publisher confirm") && reason.contains("after 5 attempts"),
+        "{reason}"
+    );
+    assert_eq!(next_dead_letter_reason(&channel).await, reason);
+    inbox.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_again() {
+    common::logs();
+    let vhost = TestVhost::new("queue-deleted");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "bob", "Before").await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    for queue in [topology::YOUTUBER_REQUESTS, topology::USER_REQUESTS] {
+        channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    within("an upload after the queue was deleted", async {
+        publish_video(&client, "bob", "After").await
+    })
+    .await
+    .unwrap();
+    within(
+        "a login after the queue was deleted",
+        user::login(&client, "alice"),
+    )
+    .await
+    .unwrap();
+    for queue in [topology::YOUTUBER_REQUESTS, topology::USER_REQUESTS] {
+        let (_, consumers) = topology::inspect(&channel, queue).await.unwrap();
+        assert_eq!(consumers, 1, "the server consumes {queue} again");
+    }
+    assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 2);
+    server.stop().await;
+}
+
+/// Waits until the client has lost its connection and has it back.
+async fn reconnected(client: &Client) {
+    let mut state = client.state();
+    within("the client to notice the cut", async {
+        state
+            .wait_for(|state| *state != ytnotify::link::LinkState::Connected)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    within("the client to connect again", async {
+        state
+            .wait_for(|state| *state == ytnotify::link::LinkState::Connected)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn cut_connections_are_ridden_out_and_a_confirmed_unsubscribe_holds() {
+    common::logs();
+    let vhost = TestVhost::new("cuts");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    user::update_subscription(&client, "alice", &follow("carol"))
+        .await
+        .unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    user::update_subscription(&client, "alice", &unfollow("bob"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        vhost.cut_connections();
+        reconnected(&client).await;
+    }
+    // The server, the client's replies and the inbox reader all came back,
+    // and nothing brought the old binding back.
+    within("an upload after the cuts", async {
+        publish_video(&client, "bob", "Not for alice").await?;
+        publish_video(&client, "carol", "For alice").await
+    })
+    .await
+    .unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "For alice");
+    publish_video(&client, "carol", "Again").await.unwrap();
+    assert_eq!(title(&next_notification(&mut inbox).await), "Again");
+    assert_eq!(
+        user::subscriptions(&client, "alice").await.unwrap(),
+        ["carol"]
+    );
+    inbox.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
+    common::logs();
+    let vhost = TestVhost::new("handover");
+    let mut active = vhost.start_server().await;
+    let mut standby = vhost.start_server().await;
+    let client = std::sync::Arc::new(vhost.client("test").await);
+    user::login(&client, "alice").await.unwrap();
+    // 300 changes of one pair that are each valid only in the order sent:
+    // an unsubscribe applied before its subscribe would be refused.
+    const CHANGES: usize = 300;
+    let sender = {
+        let client = std::sync::Arc::clone(&client);
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for n in 0..CHANGES {
+                let change = Request::Subscription {
+                    user: "alice".into(),
+                    youtuber: "bob".into(),
+                    subscribe: n % 2 == 0,
+                };
+                pending.push(client.send(change).await.unwrap());
+            }
+            pending
+        })
+    };
+    let mut seen_by_active = vec![active.next_event().await, active.next_event().await];
+    for _ in 0..20 {
+        seen_by_active.push(active.next_event().await);
+    }
+    let mut rest = active.events.resubscribe();
+    std::mem::swap(&mut rest, &mut active.events);
+    active.stop().await;
+    while let Ok(event) = rest.try_recv() {
+        seen_by_active.push(event);
+    }
+    let pending = within("every change sent", sender).await.unwrap();
+    for reply in pending {
+        within("a reply", client.wait(reply))
+            .await
+            .expect("every change is valid in the order sent");
+    }
+    let mut events: Vec<Event> = seen_by_active;
+    while events.len() < CHANGES + 1 {
+        events.push(standby.next_event().await);
+    }
+    let changes: Vec<String> = events
+        .iter()
+        .filter(|event| !matches!(event, Event::LoggedIn { .. }))
+        .map(ToString::to_string)
+        .collect();
+    let expected: Vec<String> = (0..CHANGES)
+        .map(|n| {
+            if n % 2 == 0 {
+                "alice subscribed to bob".to_owned()
+            } else {
+                "alice unsubscribed to bob".to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(changes, expected);
+    standby.stop().await;
+}
+
+#[tokio::test]
+async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
+    common::logs();
+    let vhost = TestVhost::new("standby-outbox");
+    let active = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    // An upload stored and not yet notified: what the active server has in
+    // flight between its commit and the broker's confirm.
+    let in_flight = active
+        .store
+        .upload(Uuid::new_v4(), "bob", "In flight")
+        .await
+        .unwrap()
+        .into_inner();
+    let standby = vhost.start_server().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(
+        depth(&channel, &topology::inbox("alice")).await,
+        0,
+        "the standby sent nothing at start"
+    );
+    // Left unsent by the active server (as if it crashed): the standby
+    // sends it once it takes over, before anything else.
+    active.stop().await;
+    publish_video(&client, "bob", "Next").await.unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    assert_eq!(next_notification(&mut inbox).await.id(), in_flight.id);
+    assert_eq!(title(&next_notification(&mut inbox).await), "Next");
+    inbox.close().await;
+    standby.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() {
+    common::logs();
+    let vhost = TestVhost::new("inbox-bound");
+    let mut config = vhost.server_config();
+    config.inbox_bound = Some(3);
+    let server = common::TestServer::start(config).await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        publish_video(&client, "bob", &format!("Clip {n}"))
+            .await
+            .unwrap();
+    }
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 3);
+    // The server counts the drops as they come; a login takes the count.
+    let notice = within("the drops to be counted", async {
+        loop {
+            if let Some(notice) = user::login(&client, "alice").await.unwrap() {
+                return notice;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        notice,
+        "2 notifications for alice were dropped while alice was away: the inbox keeps only the latest 3"
+    );
+    assert_eq!(
+        user::login(&client, "alice").await.unwrap(),
+        None,
+        "told once"
+    );
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    for n in 3..=5 {
+        assert_eq!(
+            title(&next_notification(&mut inbox).await),
+            format!("Clip {n}")
+        );
+    }
+    inbox.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_inbox_deleted_while_its_user_watches_comes_back_by_itself() {
+    common::logs();
+    let vhost = TestVhost::new("inbox-deleted-watching");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    user::login_and_update(&client, "alice", Some(&follow("bob")))
+        .await
+        .unwrap();
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    channel
+        .queue_delete(
+            topology::inbox("alice").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The consumer is cancelled; the inbox asks the server for a login,
+    // which declares the inbox and binds it again from the database. What
+    // bob uploads before then reaches no inbox of alice's.
+    let client = std::sync::Arc::new(client);
+    let uploads = {
+        let client = std::sync::Arc::clone(&client);
+        tokio::spawn(async move {
+            for n in 0..50 {
+                publish_video(&client, "bob", &format!("After {n}"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let first = title(&next_notification(&mut inbox).await).to_owned();
+    assert!(first.starts_with("After "), "{first}");
+    uploads.abort();
+    inbox.close().await;
     server.stop().await;
 }

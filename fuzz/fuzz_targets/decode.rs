@@ -6,13 +6,18 @@
 //!   store, on replies it kept for redelivered requests;
 //! - `decode_notification`: `user`, on its inbox.
 //!
-//! Nothing may panic. A request that decodes is validated (as the server
-//! does) and, like every message that decodes, survives `encode` and a second
-//! decode unchanged. A refusal must give a reason.
+//! Nothing may panic. A request or notification that decodes is validated
+//! (as the server and `user` do), a reply that decodes is one a client may
+//! print, and a notification's line holds nothing a terminal would obey;
+//! every message that decodes survives `encode` and a second decode
+//! unchanged. A refusal must give a reason.
 
 #![no_main]
 
+use std::borrow::Cow;
+
 use libfuzzer_sys::fuzz_target;
+use ytnotify::names::escape_for_terminal;
 use ytnotify::protocol::{decode_notification, decode_reply, decode_request, encode};
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +36,11 @@ fuzz_target!(|data: &[u8]| {
     }
     match decode_reply(data) {
         Ok(reply) => {
+            assert_eq!(
+                reply.validate(),
+                Ok(()),
+                "decode_reply let through {reply:?}"
+            );
             let encoded = encode(&reply);
             match decode_reply(&encoded) {
                 Ok(again) => assert_eq!(again, reply, "reply changed by a round trip"),
@@ -41,7 +51,14 @@ fuzz_target!(|data: &[u8]| {
     }
     match decode_notification(data) {
         Ok(notification) => {
-            let _line = notification.to_string();
+            if let Err(invalid) = notification.validate() {
+                assert!(!invalid.to_string().is_empty());
+            }
+            let line = notification.to_string();
+            assert!(
+                matches!(escape_for_terminal(&line), Cow::Borrowed(_)),
+                "a notification prints as {line:?}"
+            );
             let encoded = encode(&notification);
             match decode_notification(&encoded) {
                 Ok(again) => {

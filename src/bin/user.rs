@@ -203,7 +203,7 @@ async fn watch(
         writeln!(stdout, "{notification}")?;
         stdout.flush()
     };
-    user::receive_notifications(client.connection(), name, show, shutdown).await?;
+    user::receive_notifications(client.link(), name, show, shutdown).await?;
     Ok(())
 }
 

@@ -19,6 +19,11 @@ struct Cli {
     /// SQLite database file [default: one per vhost in the user's data directory]
     #[arg(long, env = "YT_DB", value_name = "PATH")]
     db: Option<PathBuf>,
+    /// The most notifications a new user's inbox keeps while the user is away; past it the
+    /// oldest is dropped and the user told at the next login (0: no bound). Existing inboxes
+    /// keep the bound they were created with
+    #[arg(long, env = "YT_INBOX_BOUND", value_name = "N", default_value_t = ytnotify::store::DEFAULT_INBOX_BOUND)]
+    inbox_bound: u32,
     /// Show a live dashboard (users online, YouTubers, events, rates) instead of event lines
     #[arg(long)]
     tui: bool,
@@ -48,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .db
         .unwrap_or_else(|| server::default_db_path(&cli.broker.amqp_url));
     let mut config = ServerConfig::new(cli.broker.amqp_url.clone(), db_path);
+    config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
     if !cli.tui {
         return server::run(config, shutdown)
             .await

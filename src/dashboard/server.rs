@@ -20,8 +20,9 @@ use super::{
     widgets::{self, BoldTitle},
 };
 use crate::{
-    broker::{self, LinkState},
+    broker,
     error::{Error, Result},
+    link::{Link, LinkState, SessionChannel},
     server::{Event, YoutubeServer},
     store::{Store, YoutuberOverview, now_ms},
     topology,
@@ -467,11 +468,16 @@ fn render_rate(
 }
 
 /// Reads users, YouTubers and inbox consumers, for one refresh.
-async fn snapshot(store: &Store, channel: &lapin::Channel) -> Result<Snapshot> {
+async fn snapshot(store: &Store, probe: &SessionChannel) -> Result<Snapshot> {
     let mut users = Vec::new();
     for (at, user) in store.users_overview().await?.into_iter().enumerate() {
         let (waiting, consumers) = if at < MAX_PROBED_USERS {
-            topology::declare_inbox(channel, &user.name).await?
+            let (_, channel) = probe.get().await?;
+            // An inbox deleted on the broker shows as empty and offline
+            // (the failed look closes the channel; the next one reopens it).
+            topology::inspect(&channel, &topology::inbox(&user.name))
+                .await
+                .unwrap_or((0, 0))
         } else {
             (0, 0)
         };
@@ -505,8 +511,8 @@ pub async fn run(
         log,
         widgets::local_offset(),
     );
-    let probe_connection = broker::connect(amqp_url, "youtube_server dashboard").await?;
-    let probe = probe_connection.create_channel().await?;
+    let probe_link = Link::connect(amqp_url, "youtube_server dashboard").await?;
+    let probe = SessionChannel::new(&probe_link, false);
     let (stop, stopped) = oneshot::channel::<()>();
     let mut serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
@@ -516,11 +522,11 @@ pub async fn run(
     let refresher = tokio::spawn(async move {
         loop {
             let taken = match snapshot(&store, &probe).await {
-                // The broker is away: wait for the reconnection, then go on.
-                Err(Error::Broker(err)) if err.can_be_recovered() => {
-                    if probe.wait_for_recovery(err).await.is_err() {
-                        break;
-                    }
+                // The broker is away: the next snapshot waits for the
+                // reconnection.
+                Err(Error::Broker(err)) => {
+                    tracing::debug!(%err, "could not take a snapshot; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
                 taken => taken,
@@ -585,7 +591,7 @@ pub async fn run(
     }
     drop(screen);
     refresher.abort();
-    let _ = probe_connection.close(200, "bye".into()).await;
+    probe_link.close().await;
     if !server_done {
         let _ = stop.send(());
         outcome = serving

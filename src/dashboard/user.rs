@@ -26,9 +26,9 @@ use super::{
     widgets::{self, BoldTitle},
 };
 use crate::{
-    broker::LinkState,
     client::Client,
     error::{Error, Result},
+    link::LinkState,
     names,
     protocol::Notification,
     user::{self, Inbox, Received, SubscriptionChange},
@@ -822,7 +822,7 @@ pub async fn run(
 ) -> Result<()> {
     // Open the inbox before taking the screen, so that an error (another
     // session already open) prints as a plain line.
-    let mut inbox = Inbox::open(client.connection(), user).await?;
+    let mut inbox = Inbox::open(client.link(), user).await?;
     let client = Arc::new(client);
     let mut app = UserDashboard::new(user, widgets::local_offset());
     if let Some(greeting) = greeting {
@@ -834,8 +834,10 @@ pub async fn run(
     let reader = tokio::spawn(async move {
         let mut count = 0u32;
         loop {
+            // The inbox rides out every loss by itself; it fails only once
+            // the connection is closed.
             match inbox.next().await {
-                Ok(Some(received)) => {
+                Ok(received) => {
                     count += 1;
                     if delivered
                         .send(Delivered::Received(received, count <= away))
@@ -845,19 +847,13 @@ pub async fn run(
                         break;
                     }
                 }
-                Ok(None) => {
-                    let _ = delivered
-                        .send(Delivered::Ended("the broker ended the consumer".into()))
-                        .await;
-                    break;
-                }
                 Err(err) => {
                     let _ = delivered.send(Delivered::Ended(err.to_string())).await;
                     break;
                 }
             }
         }
-        let _ = inbox.close().await;
+        inbox.close().await;
     });
 
     let (replies, mut answers) = mpsc::unbounded_channel::<Msg>();
@@ -865,7 +861,7 @@ pub async fn run(
 
     let mut screen = Screen::enter().map_err(|e| Error::Terminal(e.to_string()))?;
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut link = client.link();
+    let mut link = client.state();
     let mut unacked: Vec<Received> = Vec::new();
     let mut acking: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {

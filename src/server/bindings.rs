@@ -12,21 +12,25 @@
 //! to the same lane, so the operations on one pair are carried out in the
 //! order the batches were stored.
 //!
-//! lapin remembers every declare and bind made on a channel in order to replay
-//! them after a reconnection. The broker keeps durable bindings by itself, and
-//! that memory would grow with every subscription ever made; so a lane
-//! replaces its channel after [`RECYCLE_AFTER`] operations, which bounds both
-//! the memory and the replay. Because a pair always uses the same lane, what a
-//! channel replays is the last thing the server did to that pair.
+//! One user's failure is that user's alone. An error the broker raises on a
+//! channel (an inbox that another client declared first with other
+//! settings, say) closes the channel and every operation pipelined behind
+//! it; the lane then carries its share again one user at a time on fresh
+//! channels, and reports which users failed and why ([`Failure`]), so that
+//! the server refuses or retries their requests and serves the others.
+//!
+//! A lane replaces its channel after [`RECYCLE_AFTER`] operations, which
+//! bounds what the client library keeps per channel.
 
 use std::{collections::HashMap, sync::Arc};
 
-use lapin::{Channel, Connection};
+use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     error::{Error, Result},
-    store::{Effect, Outcome},
+    link::{Link, Session},
+    store::{Effect, InboxSpec, Outcome},
     topology,
 };
 
@@ -36,6 +40,18 @@ const LANES: usize = 32;
 /// Operations a lane's channel carries before it is replaced by a fresh one.
 const RECYCLE_AFTER: usize = 512;
 
+/// Why the broker could not be brought in step for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// What went wrong and what to do, for the refusal sent to the user.
+    pub reason: String,
+    /// Trying again cannot help (an inbox with other settings): refuse now.
+    pub permanent: bool,
+}
+
+/// The users whose declarations or bindings failed, with why.
+pub(crate) type Failures = HashMap<String, Failure>;
+
 /// The lanes that keep inboxes and bindings in step with the database.
 pub(crate) struct Bindings {
     lanes: Vec<mpsc::UnboundedSender<Job>>,
@@ -44,28 +60,30 @@ pub(crate) struct Bindings {
 /// A lane's share of one batch, and where to say when it is done.
 struct Job {
     work: Work,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<Failures>>,
 }
 
 /// The inboxes to declare and the pairs to bind or unbind on one lane.
 #[derive(Default)]
 struct Work {
-    inboxes: Vec<String>,
+    inboxes: Vec<InboxSpec>,
     /// (user, YouTuber, subscribed)
     pairs: Vec<(String, String, bool)>,
 }
 
 /// A batch's declarations and bindings, under way.
 #[must_use = "the batch's bindings are only in place once `done` returns"]
-pub(crate) struct Pending(Vec<oneshot::Receiver<Result<()>>>);
+pub(crate) struct Pending(Vec<oneshot::Receiver<Result<Failures>>>);
 
 impl Bindings {
-    /// Starts the lanes on `connection`; they stop when this is dropped.
-    pub(crate) fn start(connection: Arc<Connection>) -> Bindings {
+    /// Starts the lanes on `link`; they stop when this is dropped. `vhost`
+    /// is named in the advice given for an inbox with other settings.
+    pub(crate) fn start(link: &Link, vhost: &str) -> Bindings {
+        let vhost: Arc<str> = Arc::from(vhost);
         let lanes = (0..LANES)
             .map(|_| {
                 let (lane, jobs) = mpsc::unbounded_channel();
-                tokio::spawn(run_lane(Arc::clone(&connection), jobs));
+                tokio::spawn(run_lane(link.clone(), Arc::clone(&vhost), jobs));
                 lane
             })
             .collect();
@@ -82,24 +100,24 @@ impl Bindings {
         for outcome in outcomes {
             match &outcome.effect {
                 Effect::Inbox {
-                    user,
+                    inbox,
                     subscriptions,
                 } => {
-                    let lane = work.entry(lane_of(user)).or_default();
-                    lane.inboxes.push(user.clone());
+                    let lane = work.entry(lane_of(&inbox.user)).or_default();
+                    lane.inboxes.push(inbox.clone());
                     for youtuber in subscriptions {
-                        pairs.insert((user, youtuber), true);
+                        pairs.insert((&inbox.user, youtuber), true);
                     }
                 }
                 Effect::Binding {
                     user,
                     youtuber,
                     subscribed,
-                    new_user,
+                    declare,
                 } => {
-                    if *new_user {
+                    if let Some(inbox) = declare {
                         let lane = work.entry(lane_of(user)).or_default();
-                        lane.inboxes.push(user.clone());
+                        lane.inboxes.push(inbox.clone());
                     }
                     // The last change of a pair in the batch is its state.
                     pairs.insert((user, youtuber), *subscribed);
@@ -115,8 +133,8 @@ impl Bindings {
         let pending = work
             .into_iter()
             .map(|(lane, mut work)| {
-                work.inboxes.sort_unstable();
-                work.inboxes.dedup();
+                work.inboxes.sort_unstable_by(|a, b| a.user.cmp(&b.user));
+                work.inboxes.dedup_by(|a, b| a.user == b.user);
                 let (done, finished) = oneshot::channel();
                 // A lane ends only when `Bindings` is dropped; then `finished`
                 // reports it.
@@ -130,65 +148,140 @@ impl Bindings {
 
 impl Pending {
     /// Waits until the broker has done all of the batch's declarations and
-    /// bindings, or one of them failed.
-    pub(crate) async fn done(self) -> Result<()> {
+    /// bindings. Returns the users for whom it failed; an error means the
+    /// whole batch must be carried out again (the connection was lost).
+    pub(crate) async fn done(self) -> Result<Failures> {
+        let mut failures = Failures::new();
         for lane in self.0 {
-            lane.await
+            let failed = lane
+                .await
                 .map_err(|_| Error::Stopped("a binding lane stopped".into()))??;
+            failures.extend(failed);
         }
-        Ok(())
+        Ok(failures)
     }
 }
 
+/// A lane's channel and how many operations it has carried.
+struct LaneChannel {
+    session: Session,
+    channel: Channel,
+    operations: usize,
+}
+
 /// One lane: carries its jobs one after another on its channel.
-async fn run_lane(connection: Arc<Connection>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut channel: Option<Channel> = None;
-    let mut operations = 0;
+async fn run_lane(link: Link, vhost: Arc<str>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut current: Option<LaneChannel> = None;
     while let Some(Job { work, done }) = jobs.recv().await {
-        let result = async {
-            let channel = fresh(&connection, &mut channel, &mut operations).await?;
-            operations += work.inboxes.len() + work.pairs.len();
-            work.run(&channel).await?;
-            Ok(())
-        }
-        .await;
+        let result = work.carry(&link, &vhost, &mut current).await;
         let _ = done.send(result);
     }
-    if let Some(channel) = channel {
-        let _ = channel.close(200, "done".into()).await;
+    if let Some(lane) = current {
+        let _ = lane.channel.close(200, "done".into()).await;
     }
 }
 
 /// The lane's channel, opened, or replaced when it is worn or broken.
-async fn fresh(
-    connection: &Connection,
-    current: &mut Option<Channel>,
-    operations: &mut usize,
-) -> Result<Channel> {
-    if let Some(channel) = current
-        && channel.status().connected()
-        && *operations < RECYCLE_AFTER
+async fn fresh(link: &Link, current: &mut Option<LaneChannel>) -> Result<(Session, Channel)> {
+    if let Some(lane) = current
+        && lane.session.is_alive()
+        && lane.channel.status().connected()
+        && lane.operations < RECYCLE_AFTER
     {
-        return Ok(channel.clone());
+        return Ok((lane.session.clone(), lane.channel.clone()));
     }
-    if let Some(worn) = current.take() {
+    if let Some(worn) = current.take()
+        && worn.session.is_alive()
+    {
         tokio::spawn(async move {
-            let _ = worn.close(200, "replaced".into()).await;
+            let _ = worn.channel.close(200, "replaced".into()).await;
         });
     }
-    let channel = connection.create_channel().await?;
-    *current = Some(channel.clone());
-    *operations = 0;
-    Ok(channel)
+    let session = link.session().await?;
+    let channel = session.connection().create_channel().await?;
+    *current = Some(LaneChannel {
+        session: session.clone(),
+        channel: channel.clone(),
+        operations: 0,
+    });
+    Ok((session, channel))
 }
 
 impl Work {
+    fn size(&self) -> usize {
+        self.inboxes.len() + self.pairs.len()
+    }
+
+    /// Carries the work out, pipelined; if the broker refuses part of it,
+    /// again one user at a time, to find whose part fails.
+    async fn carry(
+        self,
+        link: &Link,
+        vhost: &str,
+        current: &mut Option<LaneChannel>,
+    ) -> Result<Failures> {
+        let (session, channel) = fresh(link, current).await?;
+        if let Some(lane) = current.as_mut() {
+            lane.operations += self.size();
+        }
+        match self.run(&channel).await {
+            Ok(()) => return Ok(Failures::new()),
+            Err(err) if !session.is_alive() => return Err(err.into()),
+            Err(err) => {
+                tracing::debug!(%err, "a binding lane's channel failed; finding whose part")
+            }
+        }
+        let mut failures = Failures::new();
+        for one in self.by_user() {
+            let user = one.user().to_owned();
+            let (session, channel) = fresh(link, current).await?;
+            match one.run(&channel).await {
+                Ok(()) => {}
+                Err(err) if !session.is_alive() => return Err(err.into()),
+                Err(err) => {
+                    tracing::warn!(%err, user, "the broker refused a declaration or binding");
+                    failures.insert(user.clone(), failure(&user, vhost, &err));
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// The work split by user, each part in the order it would have run.
+    fn by_user(&self) -> Vec<Work> {
+        let mut parts: Vec<Work> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for inbox in &self.inboxes {
+            let at = *index.entry(&inbox.user).or_insert_with(|| {
+                parts.push(Work::default());
+                parts.len() - 1
+            });
+            parts[at].inboxes.push(inbox.clone());
+        }
+        for pair in &self.pairs {
+            let at = *index.entry(&pair.0).or_insert_with(|| {
+                parts.push(Work::default());
+                parts.len() - 1
+            });
+            parts[at].pairs.push(pair.clone());
+        }
+        parts
+    }
+
+    fn user(&self) -> &str {
+        self.inboxes
+            .first()
+            .map(|inbox| inbox.user.as_str())
+            .or_else(|| self.pairs.first().map(|pair| pair.0.as_str()))
+            .unwrap_or_default()
+    }
+
     /// Declares the inboxes, then binds and unbinds, pipelined on `channel`.
     async fn run(&self, channel: &Channel) -> Result<(), lapin::Error> {
         futures::future::try_join_all(
             self.inboxes
                 .iter()
-                .map(|user| topology::declare_inbox(channel, user)),
+                .map(|inbox| topology::declare_inbox(channel, &inbox.user, inbox.bound)),
         )
         .await?;
         futures::future::try_join_all(self.pairs.iter().map(
@@ -205,10 +298,79 @@ impl Work {
     }
 }
 
+/// What to tell a user whose inbox the broker refused, and whether trying
+/// again can help.
+fn failure(user: &str, vhost: &str, err: &lapin::Error) -> Failure {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let queue = topology::inbox(user);
+    let soft = match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some((soft.clone(), amqp.get_message().to_string())),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    };
+    match soft {
+        Some((AMQPSoftError::PRECONDITIONFAILED, text)) => Failure {
+            reason: format!(
+                "{user}'s inbox {queue} exists on the broker with other settings than \
+                 youtube_server gives inboxes ({text}), so it cannot be used; an administrator \
+                 must delete it with `rabbitmqctl delete_queue -p {vhost} {queue}` (the \
+                 notifications waiting in it are lost), then {user} logs in again"
+            ),
+            permanent: true,
+        },
+        Some((AMQPSoftError::RESOURCELOCKED | AMQPSoftError::ACCESSREFUSED, text)) => Failure {
+            reason: format!(
+                "{user}'s inbox {queue} is held by another connection ({text}); close the \
+                 client that declared it, or have an administrator delete it with \
+                 `rabbitmqctl delete_queue -p {vhost} {queue}`, then {user} logs in again"
+            ),
+            permanent: true,
+        },
+        _ => Failure {
+            reason: format!("RabbitMQ refused an operation on {queue} ({err})"),
+            permanent: false,
+        },
+    }
+}
+
 /// The lane of a user: always the same one.
 fn lane_of(user: &str) -> usize {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     user.hash(&mut hasher);
     (hasher.finish() % LANES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_split_by_user_keeps_each_users_order() {
+        let spec = |user: &str| InboxSpec {
+            user: user.to_owned(),
+            bound: Some(10),
+        };
+        let pair =
+            |user: &str, youtuber: &str, on: bool| (user.to_owned(), youtuber.to_owned(), on);
+        let work = Work {
+            inboxes: vec![spec("bob"), spec("alice")],
+            pairs: vec![
+                pair("alice", "x", true),
+                pair("carol", "y", false),
+                pair("alice", "z", false),
+            ],
+        };
+        let parts = work.by_user();
+        let users: Vec<&str> = parts.iter().map(Work::user).collect();
+        assert_eq!(users, ["bob", "alice", "carol"]);
+        assert_eq!(parts[1].inboxes, [spec("alice")]);
+        assert_eq!(
+            parts[1].pairs,
+            [pair("alice", "x", true), pair("alice", "z", false)]
+        );
+        assert!(parts[0].pairs.is_empty());
+    }
 }

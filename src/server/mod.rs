@@ -20,29 +20,36 @@
 //! the video's id, which clients de-duplicate by).
 
 use std::{
-    collections::HashSet, fmt, future::Future, io::Write, path::PathBuf, sync::Arc, time::Duration,
+    collections::{HashMap, HashSet},
+    fmt,
+    future::Future,
+    io::Write,
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
-use futures::FutureExt;
-use futures_lite::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, Consumer,
+    BasicProperties, Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::sync::{broadcast, mpsc, watch};
+use uuid::Uuid;
 
 mod bindings;
-use bindings::Bindings;
+use bindings::{Bindings, Failure};
 
 use crate::{
     broker,
     error::{Error, Result},
+    link::{Feed, Link, LinkState, Opened, Opening, Session, SessionChannel},
     protocol::{self, DecodeError, Notification, Reply, Request, RequestEnvelope},
-    store::{Applied, Effect, Store, Video},
+    store::{self, Applied, Effect, Store, Video},
     sync::lock,
     topology,
 };
@@ -58,6 +65,10 @@ pub struct ServerConfig {
     pub prefetch: u16,
     /// Print each event on stdout (`alice logged in`, …), as the exercise asks.
     pub print_events: bool,
+    /// The most notifications a new user's inbox keeps waiting (the oldest
+    /// is dropped past it, and the user told at the next login); `None`
+    /// for no bound. Inboxes keep the bound they were declared with.
+    pub inbox_bound: Option<u32>,
 }
 
 impl ServerConfig {
@@ -68,6 +79,7 @@ impl ServerConfig {
             db_path: db_path.into(),
             prefetch: MAX_BATCH as u16,
             print_events: true,
+            inbox_bound: Some(store::DEFAULT_INBOX_BOUND),
         }
     }
 }
@@ -131,15 +143,22 @@ impl fmt::Display for Event {
 
 /// A running server: connected, topology declared, consumers started.
 pub struct YoutubeServer {
-    connection: Arc<Connection>,
+    link: Link,
     store: Store,
-    publisher: Channel,
+    publisher: SessionChannel,
     events: broadcast::Sender<Event>,
     config: ServerConfig,
-    user_requests: Option<(Channel, Consumer)>,
-    youtuber_requests: Option<(Channel, Consumer)>,
-    link: watch::Receiver<broker::LinkState>,
+    user_requests: Option<Feed>,
+    youtuber_requests: Option<Feed>,
     bindings: Bindings,
+    /// How many times each request's effects failed, for those that did.
+    attempts: Mutex<HashMap<Uuid, u32>>,
+    /// Whether the notifications a crash left unsent have been sent.
+    outbox_flushed: AtomicBool,
+    /// Requests held back to be tried again: while there are any, batches
+    /// are acknowledged one request at a time (a `multiple` acknowledgement
+    /// would settle them too).
+    held: std::sync::Arc<AtomicUsize>,
 }
 
 /// Starts a server and runs it until `shutdown` resolves.
@@ -148,38 +167,49 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 }
 
 impl YoutubeServer {
-    /// Opens the database, connects, declares the topology, publishes any
-    /// notification a crash left unsent, and starts consuming. Requests wait
-    /// in their queues until [`YoutubeServer::serve`] runs.
+    /// Opens the database, connects, declares the topology, and starts
+    /// consuming. Requests wait in their queues until
+    /// [`YoutubeServer::serve`] runs. If no other server consumes uploads,
+    /// the notifications a crash left unsent are sent now; a hot standby
+    /// sends them when it takes over, so that it never repeats what the
+    /// active server has in flight.
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
-        let store = Store::open(&config.db_path)?;
-        let connection = Arc::new(broker::connect(&config.amqp_url, "youtube_server").await?);
-        let link = broker::watch_link(&connection, "youtube_server");
-        let publisher = broker::confirming_channel(&connection).await?;
-        topology::declare(&publisher).await?;
+        let store = Store::open(&config.db_path)?.with_inbox_bound(config.inbox_bound);
+        let link = Link::connect(&config.amqp_url, "youtube_server").await?;
+        let publisher = SessionChannel::new(&link, true);
+        let (_, channel) = publisher.get().await?;
+        let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
         let (events, _) = broadcast::channel(1024);
+        let vhost = vhost_of(&config.amqp_url);
         let user_requests =
-            Some(consume(&connection, topology::USER_REQUESTS, config.prefetch).await?);
+            Some(request_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
         let youtuber_requests =
-            Some(consume(&connection, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
+            Some(request_feed(&link, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
         let server = YoutubeServer {
-            bindings: Bindings::start(Arc::clone(&connection)),
-            connection,
+            bindings: Bindings::start(&link, &vhost),
+            link,
             store,
             publisher,
             events,
             config,
             user_requests,
             youtuber_requests,
-            link,
+            attempts: Mutex::new(HashMap::new()),
+            outbox_flushed: AtomicBool::new(false),
+            held: std::sync::Arc::new(AtomicUsize::new(0)),
         };
-        for video in server.store.videos_to_notify().await? {
-            tracing::info!(video = %video.id, "sending a notification left unsent by a crash");
-            server.notify_users(&video).await?;
+        if active_servers == 0 {
+            server.flush_outbox().await?;
+        } else {
+            tracing::info!(
+                "another youtube_server consumes {}: this one is a hot standby",
+                topology::YOUTUBER_REQUESTS
+            );
         }
         tracing::info!(
             broker = %broker::redact(&server.config.amqp_url),
             database = %server.store.path().display(),
+            inbox_bound = ?server.config.inbox_bound,
             "youtube_server ready: consuming {} and {}",
             topology::USER_REQUESTS,
             topology::YOUTUBER_REQUESTS,
@@ -193,8 +223,8 @@ impl YoutubeServer {
     }
 
     /// The state of the server's connection to RabbitMQ.
-    pub fn link(&self) -> watch::Receiver<broker::LinkState> {
-        self.link.clone()
+    pub fn link(&self) -> watch::Receiver<LinkState> {
+        self.link.state()
     }
 
     /// The server's database.
@@ -203,18 +233,20 @@ impl YoutubeServer {
     }
 
     /// Consumes both request queues at the same time until `shutdown`
-    /// resolves, then stops consuming, finishes the request in hand and
-    /// closes the connection. Unacknowledged requests go back to their queue.
+    /// resolves, then finishes the batches in hand, returns the requests
+    /// prefetched behind them to their queue at once (so that a hot standby
+    /// takes them in order), and closes the connection.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop, stopped) = watch::channel(false);
         // `start` always fills both slots and `serve` consumes the server.
         let users = self.user_requests.take().expect("consumer started");
         let youtubers = self.youtuber_requests.take().expect("consumer started");
-        let (user_channel, youtuber_channel) = (users.0.clone(), youtubers.0.clone());
         let work = async {
             tokio::try_join!(
                 self.consume_requests(topology::USER_REQUESTS, users, stopped.clone()),
                 self.consume_requests(topology::YOUTUBER_REQUESTS, youtubers, stopped.clone()),
+                self.count_dropped(stopped.clone()),
+                self.prune_applied(stopped.clone()),
             )
         };
         let mut shutdown = std::pin::pin!(shutdown);
@@ -224,80 +256,58 @@ impl YoutubeServer {
             () = &mut shutdown => {
                 tracing::info!("shutting down: finishing the requests in hand");
                 let _ = stop.send(true);
-                for (channel, queue) in [(&user_channel, topology::USER_REQUESTS), (&youtuber_channel, topology::YOUTUBER_REQUESTS)] {
-                    let _ = channel.basic_cancel(consumer_tag(queue).into(), BasicCancelOptions::default()).await;
-                }
                 work.await.map(|_| ())
             }
         };
-        let _ = self
-            .connection
-            .close(200, "youtube_server stopped".into())
-            .await;
+        self.link.close().await;
         outcome
     }
 
     /// Applies a queue's requests in the order they were delivered, until
-    /// `stopped`. A broker outage is waited out (lapin reconnects; what was
-    /// not acknowledged is delivered again and recognised). Any other failure
-    /// — the database, a refused publish — sends every request not yet
-    /// acknowledged back to the queue, in order, and tries them again after a
-    /// pause that doubles each time, up to [`MAX_RETRY_DELAY`].
+    /// `stopped`. The consumer outlives lost connections and cancelled
+    /// consumers ([`Feed`]). Any failure of a batch as a whole — the
+    /// connection, the database — closes the consuming channel, which sends
+    /// every unacknowledged request back to the queue in order; after an
+    /// outage they are taken again at once, after another failure after a
+    /// pause that doubles each time, up to [`MAX_RETRY_DELAY`]. A failure of
+    /// one request's effects is that request's alone ([`Self::finish`]).
     async fn consume_requests(
         &self,
         queue: &'static str,
-        (mut consuming, mut consumer): (Channel, Consumer),
+        mut feed: Feed,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<()> {
-        let mut publisher = broker::confirming_channel(&self.connection).await?;
+        let publisher = SessionChannel::new(&self.link, true);
         let mut delay = FIRST_RETRY_DELAY;
-        'batches: loop {
+        loop {
+            let (session, channel) = publisher.get().await?;
             let failure = match self
-                .pipeline(queue, &publisher, &mut consumer, &mut stopped, &mut delay)
+                .pipeline(queue, &channel, &mut feed, &mut stopped, &mut delay)
                 .await
             {
                 Ok(()) => break,
-                Err(Error::Broker(err)) if broker::is_outage(&err) => {
-                    ride_out(&publisher, err).await?;
-                    continue;
-                }
                 Err(failure) => failure,
             };
+            feed.reset("requests go back to the queue");
+            if !session.is_alive() {
+                tracing::warn!(%failure, queue, "lost the connection to RabbitMQ; carrying on once it is back");
+                continue;
+            }
             tracing::warn!(
                 %failure,
                 queue,
                 "could not apply requests; they go back to the queue and are tried again in {delay:?}"
             );
-            // Closing the channel returns every unacknowledged request to the
-            // queue, in the order they came.
-            let _ = consuming.close(200, "trying again".into()).await;
-            let _ = publisher.close(200, "trying again".into()).await;
-            loop {
-                tokio::select! {
-                    _ = stopped.wait_for(|stop| *stop) => break 'batches,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-                match self.reopen(queue).await {
-                    Ok(((channel, stream), confirming)) => {
-                        (consuming, consumer, publisher) = (channel, stream, confirming);
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, queue, "cannot consume again yet; trying again in {delay:?}")
-                    }
-                }
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => break,
+                () = tokio::time::sleep(delay) => {}
             }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
-        let _ = publisher.close(200, "done".into()).await;
+        // Hand-over: what was prefetched behind the last batch goes back to
+        // the queue now, ahead of anything a standby could take.
+        feed.close().await;
         Ok(())
-    }
-
-    /// A fresh consumer of `queue` and a fresh channel to publish on.
-    async fn reopen(&self, queue: &'static str) -> Result<((Channel, Consumer), Channel)> {
-        let consuming = consume(&self.connection, queue, self.config.prefetch).await?;
-        let publisher = broker::confirming_channel(&self.connection).await?;
-        Ok((consuming, publisher))
     }
 
     /// Takes a queue's requests in batches, through two stages that overlap:
@@ -318,17 +328,19 @@ impl YoutubeServer {
         &self,
         queue: &'static str,
         publisher: &Channel,
-        consumer: &mut Consumer,
+        feed: &mut Feed,
         stopped: &mut watch::Receiver<bool>,
         delay: &mut Duration,
     ) -> Result<()> {
         let (prepared, mut to_finish) = mpsc::channel::<Prepared>(1);
         // Videos whose notification is published but not yet recorded as
-        // sent: a redelivered upload among them is not notified twice.
-        let unrecorded = std::sync::Mutex::new(HashSet::new());
+        // sent: a redelivered upload among them is not notified twice. It
+        // lives as long as this pipeline: after a failure, what was in
+        // flight is published again.
+        let unrecorded = Mutex::new(HashSet::new());
         let unrecorded = &unrecorded;
         let prepare = async move {
-            while let Some(batch) = next_batch(consumer, stopped).await? {
+            while let Some(batch) = next_batch(feed, stopped).await? {
                 let batch = self.prepare(queue, publisher, batch, unrecorded).await?;
                 if prepared.send(batch).await.is_err() {
                     break;
@@ -352,14 +364,19 @@ impl YoutubeServer {
         queue: &'static str,
         publisher: &Channel,
         batch: Vec<Delivery>,
-        unrecorded: &std::sync::Mutex<HashSet<uuid::Uuid>>,
+        unrecorded: &Mutex<HashSet<Uuid>>,
     ) -> Result<Prepared> {
         let started = std::time::Instant::now();
+        if queue == topology::YOUTUBER_REQUESTS && !self.outbox_flushed.load(Ordering::Acquire) {
+            // This server has just become the one that takes uploads: send
+            // what a crash left unsent before anything else.
+            self.flush_outbox().await?;
+        }
         let requests: Vec<Triaged> = batch
             .iter()
             .map(|delivery| triage(queue, protocol::decode_request(&delivery.data)))
             .collect();
-        let to_apply: Vec<(uuid::Uuid, Request)> = requests
+        let to_apply: Vec<(Uuid, Request)> = requests
             .iter()
             .filter_map(|triaged| match triaged {
                 Triaged::Apply(envelope) => Some((envelope.id, envelope.request.clone())),
@@ -371,32 +388,38 @@ impl YoutubeServer {
         } else {
             self.store.apply(to_apply).await?
         };
-        let applied = requests.iter().filter_map(|triaged| match triaged {
-            Triaged::Apply(envelope) => Some(&envelope.request),
+        let envelopes = requests.iter().filter_map(|triaged| match triaged {
+            Triaged::Apply(envelope) => Some(envelope),
             _ => None,
         });
-        for (request, outcome) in applied.zip(&outcomes) {
-            if let Some(event) = event_of(request, &outcome.reply) {
+        for (envelope, outcome) in envelopes.clone().zip(&outcomes) {
+            if let Some(event) = event_of(&envelope.request, &outcome.reply) {
                 self.emit(event);
             }
         }
         let bindings = self.bindings.carry_out(&outcomes);
         let mut notifications = Vec::new();
-        for outcome in &outcomes {
+        for (index, outcome) in outcomes.iter().enumerate() {
             if let Effect::Notify(video) = &outcome.effect
                 && !video.notified
                 && lock(unrecorded).insert(video.id)
             {
-                notifications.push((video.id, publish_notification(publisher, video).await?));
+                let unconfirmed = publish_notification(publisher, video).await?;
+                notifications.push((video.id, index, unconfirmed));
             }
         }
+        let applied = envelopes
+            .zip(outcomes)
+            .map(|(envelope, outcome)| AppliedRequest {
+                id: envelope.id,
+                users: effect_users(&outcome.effect),
+                reply: outcome.reply.into_inner(),
+            })
+            .collect();
         Ok(Prepared {
             deliveries: batch,
             requests,
-            replies: outcomes
-                .into_iter()
-                .map(|outcome| outcome.reply.into_inner())
-                .collect(),
+            applied,
             bindings,
             notifications,
             started,
@@ -406,47 +429,109 @@ impl YoutubeServer {
     /// The second stage: waits for the batch's effects, records the
     /// notifications as sent, answers, and acknowledges. The deliveries are
     /// settled last, once nothing before can fail.
+    ///
+    /// A request whose effects failed (its user's inbox refused by the
+    /// broker, its notification refused) is that request's problem alone:
+    /// it goes back to the queue after a pause, without holding up the
+    /// others, and after [`MAX_ATTEMPTS`] attempts — or at once when trying
+    /// again cannot help — it is refused to its sender with the reason and
+    /// dead-lettered. Its stored part stays stored; a later attempt carries
+    /// out the effects from the database, so a retry never undoes a later
+    /// request of the same user.
     async fn finish(
         &self,
         queue: &'static str,
         publisher: &Channel,
         batch: Prepared,
-        unrecorded: &std::sync::Mutex<HashSet<uuid::Uuid>>,
+        unrecorded: &Mutex<HashSet<Uuid>>,
     ) -> Result<()> {
         let Prepared {
             deliveries,
             requests,
-            replies,
+            applied,
             bindings,
             notifications,
             started,
         } = batch;
-        bindings.done().await?;
+        let failed_users = bindings.done().await?;
+        let mut failures: HashMap<usize, Failure> = HashMap::new();
+        for (index, request) in applied.iter().enumerate() {
+            if let Some(failure) = request.users.iter().find_map(|user| failed_users.get(user)) {
+                failures.insert(index, failure.clone());
+            }
+        }
         if !notifications.is_empty() {
             let mut sent = Vec::with_capacity(notifications.len());
-            for (video, notification) in notifications {
-                notification.confirmed().await?;
-                sent.push(video);
+            let mut outcome = Ok(());
+            for (video, index, notification) in notifications {
+                match notification.confirmed().await {
+                    Ok(()) => sent.push(video),
+                    Err(err @ (Error::Nacked(_) | Error::Unroutable(_))) => {
+                        failures.insert(
+                            index,
+                            Failure {
+                                reason: format!("the notification was not taken: {err}"),
+                                permanent: false,
+                            },
+                        );
+                    }
+                    Err(err) => outcome = Err(err),
+                }
+                lock(unrecorded).remove(&video);
             }
-            self.store.mark_notified(sent.clone()).await?;
-            let mut unrecorded = lock(unrecorded);
-            for video in sent {
-                unrecorded.remove(&video);
-            }
+            outcome?;
+            self.store.mark_notified(sent).await?;
         }
         let carried = started.elapsed();
 
-        let mut replies = replies.into_iter();
         let mut answers = Vec::new();
-        for (delivery, triaged) in deliveries.iter().zip(&requests) {
-            let reply = match triaged {
-                Triaged::DeadLetter(_) => continue,
-                Triaged::Refuse(reply) => reply.clone(),
-                Triaged::Apply(_) => replies
-                    .next()
-                    .expect("the store answers every request it is given"),
+        let mut settle = Vec::with_capacity(deliveries.len());
+        let mut applied = applied.into_iter().enumerate();
+        for (delivery, triaged) in deliveries.into_iter().zip(&requests) {
+            let action = match triaged {
+                Triaged::DeadLetter(reason) => Settle::DeadLetter(reason.clone()),
+                Triaged::Refuse(reply) => {
+                    answers.extend(self.reply(publisher, &delivery, reply).await?);
+                    Settle::Ack
+                }
+                Triaged::Apply(_) => {
+                    let (index, request) = applied
+                        .next()
+                        .expect("the store answers every request it is given");
+                    match failures.remove(&index) {
+                        None => {
+                            lock(&self.attempts).remove(&request.id);
+                            answers.extend(self.reply(publisher, &delivery, &request.reply).await?);
+                            Settle::Ack
+                        }
+                        Some(failure) => {
+                            let attempt = self.count_attempt(request.id);
+                            if failure.permanent || attempt >= MAX_ATTEMPTS {
+                                lock(&self.attempts).remove(&request.id);
+                                let reason = if failure.permanent {
+                                    failure.reason
+                                } else {
+                                    format!("{} (gave up after {attempt} attempts)", failure.reason)
+                                };
+                                let refusal = Reply::Refused {
+                                    reason: reason.clone(),
+                                };
+                                answers.extend(self.reply(publisher, &delivery, &refusal).await?);
+                                Settle::DeadLetter(reason)
+                            } else {
+                                tracing::warn!(
+                                    request = %request.id,
+                                    attempt,
+                                    reason = %failure.reason,
+                                    "could not carry out a request; trying it again later"
+                                );
+                                Settle::Retry(attempt)
+                            }
+                        }
+                    }
+                }
             };
-            answers.extend(self.reply(publisher, delivery, &reply).await?);
+            settle.push((delivery, action));
         }
         for answer in answers {
             match answer.confirmed().await {
@@ -459,24 +544,35 @@ impl YoutubeServer {
         }
         let replied = started.elapsed();
 
-        let mut last_applied = None;
-        for (delivery, triaged) in deliveries.iter().zip(&requests) {
-            match triaged {
-                Triaged::DeadLetter(reason) => {
-                    self.dead_letter(publisher, queue, delivery, reason.clone())
+        let held_before = self.held.load(Ordering::Acquire);
+        let mut singly = held_before > 0;
+        let mut last_ack = None;
+        for (delivery, action) in settle {
+            match action {
+                Settle::Ack => last_ack = Some(delivery),
+                Settle::DeadLetter(reason) => {
+                    self.dead_letter(publisher, queue, &delivery, reason)
                         .await?
                 }
-                _ => last_applied = Some(delivery),
+                Settle::Retry(attempt) => {
+                    singly = true;
+                    self.retry_later(delivery, attempt);
+                }
+            }
+            if singly && let Some(delivery) = last_ack.take() {
+                delivery.ack(BasicAckOptions::default()).await?;
             }
         }
-        // One acknowledgement for the whole batch: everything delivered up to
-        // its last request is settled (the dead-lettered ones already are).
-        if let Some(last) = last_applied {
-            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        // One acknowledgement for the whole batch when nothing before it is
+        // held back: everything delivered up to its last request is settled.
+        if let Some(last) = last_ack {
+            last.acker
+                .ack(BasicAckOptions { multiple: !singly })
+                .await?;
         }
         tracing::debug!(
             queue,
-            requests = deliveries.len(),
+            requests = requests.len(),
             ?carried,
             ?replied,
             settled = ?started.elapsed(),
@@ -485,12 +581,119 @@ impl YoutubeServer {
         Ok(())
     }
 
+    /// Counts one more failed attempt of a request, and returns how many.
+    fn count_attempt(&self, id: Uuid) -> u32 {
+        let mut attempts = lock(&self.attempts);
+        // Entries leave when their request succeeds or is refused; one whose
+        // request another server took never would: forget them all rather
+        // than grow without bound.
+        if attempts.len() >= MAX_TRACKED_ATTEMPTS {
+            attempts.clear();
+        }
+        let count = attempts.entry(id).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Sends a request back to its queue after a pause that grows with the
+    /// attempts; meanwhile the requests behind it go on.
+    fn retry_later(&self, delivery: Delivery, attempt: u32) {
+        let pause = FIRST_RETRY_DELAY * 2u32.saturating_pow(attempt.saturating_sub(1));
+        let held = std::sync::Arc::clone(&self.held);
+        held.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            tokio::time::sleep(pause.min(MAX_RETRY_DELAY)).await;
+            // If the channel has closed meanwhile, the broker has already
+            // put the request back.
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            held.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Sends, and records as sent, every notification that a crash left
+    /// unsent, oldest first.
+    async fn flush_outbox(&self) -> Result<()> {
+        self.outbox_flushed.store(true, Ordering::Release);
+        for video in self.store.videos_to_notify().await? {
+            tracing::info!(video = %video.id, "sending a notification left unsent by a crash");
+            if let Err(err) = self.notify_users(&video).await {
+                self.outbox_flushed.store(false, Ordering::Release);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the notifications that full inboxes dropped, per user, so
+    /// that each user is told at the next login.
+    async fn count_dropped(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+        let mut feed = overflow_feed(&self.link).await?;
+        loop {
+            let Some(batch) = next_batch(&mut feed, &mut stopped).await? else {
+                break;
+            };
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            for delivery in &batch {
+                let user = delivery.routing_key.as_str();
+                if crate::names::check_user(user).is_ok() {
+                    *counts.entry(user.to_owned()).or_default() += 1;
+                }
+            }
+            let last = batch.last().expect("a batch is never empty");
+            match self
+                .store
+                .record_dropped(counts.into_iter().collect())
+                .await
+            {
+                Ok(()) => {
+                    let _ = last.acker.ack(BasicAckOptions { multiple: true }).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "could not count dropped notifications; trying again");
+                    feed.reset("counting dropped notifications failed");
+                    tokio::time::sleep(MAX_RETRY_DELAY / 10).await;
+                }
+            }
+        }
+        feed.close().await;
+        Ok(())
+    }
+
+    /// Forgets, now and then, the ids of requests applied longer ago than
+    /// [`REDELIVERY_HORIZON`]: a copy of one delivered later would be
+    /// applied again. The first pass waits a while after start, so that the
+    /// redeliveries of a crash are recognised first.
+    async fn prune_applied(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+        let mut wait = PRUNE_FIRST;
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = PRUNE_EVERY;
+            let horizon = store::now_ms() - REDELIVERY_HORIZON.as_millis() as i64;
+            match self.store.prune_applied(horizon).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, "forgot the ids of requests applied over a week ago")
+                }
+                Err(err) => tracing::warn!(%err, "could not prune the ids of old requests"),
+            }
+        }
+    }
+
     /// Notifies every subscriber of an upload: one persistent publish to the
     /// notifications exchange, keyed by YouTuber; RabbitMQ copies it into each
     /// subscriber's inbox. Returns once the broker has confirmed it, and
     /// records that in the database.
     pub async fn notify_users(&self, video: &Video) -> Result<()> {
-        publish_notification(&self.publisher, video)
+        let (_, channel) = self.publisher.get().await?;
+        publish_notification(&channel, video)
             .await?
             .confirmed()
             .await?;
@@ -601,47 +804,82 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// The longest pause before requests that failed are tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
+/// How many times a request whose effects fail is tried before it is
+/// refused and dead-lettered.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The most requests whose failed attempts are counted at once.
+const MAX_TRACKED_ATTEMPTS: usize = 10_000;
+
+/// How long the id of an applied request is kept to recognise a copy: a
+/// request is delivered again only while it waits unacknowledged in its
+/// queue (a crash) or when its client sends it again (seconds), so a week
+/// covers a server that stays down over a long weekend.
+pub const REDELIVERY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// When the first pruning of old request ids runs after start.
+const PRUNE_FIRST: Duration = Duration::from_secs(600);
+
+/// How often old request ids are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// A batch between the two stages of [`YoutubeServer::pipeline`].
 struct Prepared {
     deliveries: Vec<Delivery>,
     requests: Vec<Triaged>,
-    /// The store's reply to each request it applied, in order.
-    replies: Vec<Reply>,
+    /// Each request the store applied, in order.
+    applied: Vec<AppliedRequest>,
     bindings: bindings::Pending,
-    /// Each new upload's video id and its notification, unconfirmed.
-    notifications: Vec<(uuid::Uuid, broker::Unconfirmed)>,
+    /// Each new upload's video id, the index of its request in `applied`,
+    /// and its notification, unconfirmed.
+    notifications: Vec<(Uuid, usize, broker::Unconfirmed)>,
     started: std::time::Instant,
 }
 
+/// A request the store applied: its id, its reply, and the users whose
+/// inboxes its effects touch.
+struct AppliedRequest {
+    id: Uuid,
+    reply: Reply,
+    users: Vec<String>,
+}
+
+/// What becomes of a delivered request once its batch is carried out.
+enum Settle {
+    Ack,
+    DeadLetter(String),
+    /// Back to the queue after a pause; the number of attempts so far.
+    Retry(u32),
+}
+
+/// The users whose inboxes an effect touches.
+fn effect_users(effect: &Effect) -> Vec<String> {
+    match effect {
+        Effect::Inbox { inbox, .. } => vec![inbox.user.clone()],
+        Effect::Binding { user, .. } => vec![user.clone()],
+        Effect::None | Effect::Notify(_) => Vec::new(),
+    }
+}
+
 /// The next batch: the first delivery waited for, then whatever else has
-/// already arrived, up to [`MAX_BATCH`]. `None` once stopped or when the
-/// broker ended the consumer.
+/// already arrived, up to [`MAX_BATCH`]. `None` once stopped.
 async fn next_batch(
-    consumer: &mut Consumer,
+    feed: &mut Feed,
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<Option<Vec<Delivery>>> {
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = stopped.wait_for(|stop| *stop) => return Ok(None),
-            delivery = consumer.next() => delivery,
-        };
-        let mut batch = match first {
-            None => return Ok(None),
-            Some(delivery) => vec![delivery?],
-        };
-        while batch.len() < MAX_BATCH {
-            match consumer.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery?),
-                Some(None) | None => break,
-            }
-        }
-        // Delivered before a reconnection: RabbitMQ delivers them again.
-        batch.retain(|delivery| !delivery.acker.poisoned());
-        if !batch.is_empty() {
-            return Ok(Some(batch));
+    let first = tokio::select! {
+        biased;
+        _ = stopped.wait_for(|stop| *stop) => return Ok(None),
+        delivery = feed.next() => delivery?,
+    };
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match feed.try_next() {
+            Some(delivery) => batch.push(delivery),
+            None => break,
         }
     }
+    Ok(Some(batch))
 }
 
 /// What a delivered request needs.
@@ -725,35 +963,65 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
     .await
 }
 
-/// Waits until lapin has reconnected and replayed the topology, or returns
-/// the error if it is not one that recovery can fix.
-async fn ride_out(channel: &Channel, err: lapin::Error) -> Result<()> {
-    tracing::warn!(%err, "lost the connection to RabbitMQ; waiting for it to come back");
-    channel.wait_for_recovery(err).await?;
-    tracing::warn!("reconnected to RabbitMQ; carrying on");
-    Ok(())
+/// The consumer of a request queue: on each session, a channel with the
+/// server's prefetch, the queue declared again (someone may have deleted
+/// it), and the consumer.
+async fn request_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<Feed> {
+    let opener = Box::new(move |session: Session| {
+        Box::pin(async move {
+            let channel = session.connection().create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            topology::declare(&channel).await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    format!("youtube_server:{queue}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(Opened {
+                channel,
+                consumer,
+                owns_channel: true,
+            })
+        }) as Opening
+    });
+    Feed::open(link, format!("youtube_server: {queue}"), opener).await
 }
 
-fn consumer_tag(queue: &str) -> String {
-    format!("youtube_server:{queue}")
+/// The consumer of the notifications full inboxes dropped.
+async fn overflow_feed(link: &Link) -> Result<Feed> {
+    let opener = Box::new(move |session: Session| {
+        Box::pin(async move {
+            let channel = session.connection().create_channel().await?;
+            channel
+                .basic_qos(MAX_BATCH as u16, BasicQosOptions::default())
+                .await?;
+            topology::declare(&channel).await?;
+            let consumer = channel
+                .basic_consume(
+                    topology::INBOX_OVERFLOW_QUEUE.into(),
+                    "youtube_server:inbox_overflow".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(Opened {
+                channel,
+                consumer,
+                owns_channel: true,
+            })
+        }) as Opening
+    });
+    Feed::open(link, "youtube_server: dropped notifications", opener).await
 }
 
-async fn consume(
-    connection: &Connection,
-    queue: &str,
-    prefetch: u16,
-) -> Result<(Channel, Consumer)> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            consumer_tag(queue).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
+/// The vhost of an AMQP URL, as `rabbitmqctl -p` takes it.
+fn vhost_of(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.vhost)
+        .unwrap_or_else(|_| "/".to_owned())
 }

@@ -354,7 +354,13 @@ impl Simulation<'_> {
 
     /// Waits until a server consumes both request queues.
     async fn wait_for_server(&self, client: &Client, server: &mut Server) -> Result<(), SimError> {
-        let channel = client.connection().create_channel().await?;
+        let channel = client
+            .link()
+            .session()
+            .await?
+            .connection()
+            .create_channel()
+            .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut ready = true;

@@ -12,18 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_lite::StreamExt;
 use hdrhistogram::Histogram;
 use lapin::{
-    Channel, Connection,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    Channel,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::task::JoinHandle;
 
 use super::{SimError, scenario::user_name};
 use crate::{
-    broker,
+    link::{Feed, Link, Opened, Opening, Session},
     protocol::{self, Notification},
     sync::lock,
     topology,
@@ -156,17 +155,41 @@ impl Tally {
     }
 }
 
-struct Session {
-    channel: usize,
-    tag: String,
+/// One user's inbox being consumed: its task, and how to stop it.
+struct Reading {
+    stop: tokio::sync::oneshot::Sender<()>,
     task: JoinHandle<()>,
+}
+
+/// A channel shared by many inbox consumers, opened again on each session.
+struct SharedChannel {
+    current: tokio::sync::Mutex<Option<(Session, Channel)>>,
+}
+
+impl SharedChannel {
+    /// The channel on `session`, with the inboxes' prefetch.
+    async fn on(&self, session: &Session) -> crate::Result<Channel> {
+        let mut current = self.current.lock().await;
+        if let Some((open_on, channel)) = current.as_ref()
+            && open_on.generation() == session.generation()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = session.connection().create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        *current = Some((session.clone(), channel.clone()));
+        Ok(channel)
+    }
 }
 
 /// Every user's inbox, consumed on a few connections and channels.
 pub struct Receivers {
-    connections: Vec<Connection>,
-    channels: Vec<Channel>,
-    sessions: Mutex<HashMap<u32, Session>>,
+    links: Vec<Link>,
+    channels: Vec<(Link, Arc<SharedChannel>)>,
+    readings: Mutex<HashMap<u32, Reading>>,
     tally: Arc<Tally>,
     label: &'static str,
 }
@@ -179,115 +202,106 @@ impl Receivers {
         tally: Arc<Tally>,
         label: &'static str,
     ) -> Result<Receivers, SimError> {
-        let mut connections = Vec::new();
-        let mut opened = Vec::new();
+        let mut links: Vec<Link> = Vec::new();
+        let mut shared = Vec::new();
         for i in 0..channels {
             if i % CHANNELS_PER_CONNECTION == 0 {
-                let name = format!("simulate-{label}-receive-{}", connections.len());
-                connections.push(broker::connect(url, &name).await?);
+                let name = format!("simulate-{label}-receive-{}", links.len());
+                links.push(Link::connect(url, &name).await?);
             }
-            let connection = connections.last().expect("a connection was just opened");
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(PREFETCH, BasicQosOptions::default())
-                .await?;
-            opened.push(channel);
+            let link = links.last().expect("a connection was just opened").clone();
+            shared.push((
+                link,
+                Arc::new(SharedChannel {
+                    current: tokio::sync::Mutex::new(None),
+                }),
+            ));
         }
         Ok(Receivers {
-            connections,
-            channels: opened,
-            sessions: Mutex::new(HashMap::new()),
+            links,
+            channels: shared,
+            readings: Mutex::new(HashMap::new()),
             tally,
             label,
         })
     }
 
-    /// Starts consuming `user`'s inbox (declaring it, as the `user` client does).
+    /// Starts consuming `user`'s inbox (which the server declared at login),
+    /// as the `user` client does: the consumer outlives lost connections.
     pub async fn open(&self, user: u32) -> Result<(), SimError> {
         let index = user as usize % self.channels.len();
-        let channel = self.channels[index].clone();
+        let (link, shared) = &self.channels[index];
         let name = user_name(user);
-        topology::declare_inbox(&channel, &name).await?;
-        let tag = format!(
-            "simulate-{}:{name}:{}",
-            self.label,
-            uuid::Uuid::new_v4().simple()
-        );
+        let label = self.label;
+        let opener = {
+            let (shared, name) = (Arc::clone(shared), name.clone());
+            Box::new(move |session: Session| {
+                let (shared, name) = (Arc::clone(&shared), name.clone());
+                Box::pin(async move {
+                    let channel = shared.on(&session).await?;
+                    topology::inspect(&channel, &topology::inbox(&name)).await?;
+                    let tag = format!("simulate-{label}:{name}:{}", uuid::Uuid::new_v4().simple());
+                    let consumer = channel
+                        .basic_consume(
+                            topology::inbox(&name).as_str().into(),
+                            tag.as_str().into(),
+                            BasicConsumeOptions {
+                                exclusive: true,
+                                ..BasicConsumeOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    Ok(Opened {
+                        channel,
+                        consumer,
+                        owns_channel: false,
+                    })
+                }) as Opening
+            })
+        };
         let session_start = self.tally.now();
-        let mut consumer = channel
-            .basic_consume(
-                topology::inbox(&name).as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut feed = Feed::open(link, format!("simulate-{label}: {name}"), opener).await?;
         let tally = Arc::clone(&self.tally);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            while let Some(delivery) = consumer.next().await {
-                let delivery = match delivery {
-                    Ok(delivery) => delivery,
-                    // A broker restart: wait for the reconnection, as `user` does.
-                    Err(err) => {
-                        if channel.wait_for_recovery(err).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
+            loop {
+                let delivery = tokio::select! {
+                    _ = &mut stopped => break,
+                    delivery = feed.next() => delivery,
                 };
-                // Delivered on the dead connection: it comes again.
-                if delivery.acker.poisoned() {
-                    continue;
-                }
+                let Ok(delivery) = delivery else { return };
                 tally.record(user, &delivery.data, session_start);
                 // A lost ack means a redelivery, counted as a duplicate copy.
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
+            // Deliveries already on their way are counted and acknowledged:
+            // on a shared channel, one left unacknowledged would stay held
+            // until the channel closes.
+            feed.cancel().await;
+            while let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(10), feed.drain()).await
+            {
+                tally.record(user, &delivery.data, session_start);
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
         });
-        lock(&self.sessions).insert(
-            user,
-            Session {
-                channel: index,
-                tag,
-                task,
-            },
-        );
+        lock(&self.readings).insert(user, Reading { stop, task });
         Ok(())
     }
 
     /// Stops consuming `user`'s inbox; what arrives later waits there.
     pub async fn close(&self, user: u32) -> Result<(), SimError> {
-        let Some(session) = lock(&self.sessions).remove(&user) else {
+        let Some(reading) = lock(&self.readings).remove(&user) else {
             return Ok(());
         };
-        let channel = &self.channels[session.channel];
-        loop {
-            match channel
-                .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                Ok(()) => break,
-                // The connection is coming back (lapin restores the consumer
-                // with it): cancel it then. A channel that does not come back
-                // has no consumer left to cancel.
-                Err(err) if crate::broker::is_outage(&err) => {
-                    let recovery = channel.wait_for_recovery(err);
-                    let Ok(recovered) =
-                        tokio::time::timeout(Duration::from_secs(10), recovery).await
-                    else {
-                        tracing::warn!(user, "an inbox channel did not come back within 10 s");
-                        break;
-                    };
-                    recovered?;
-                }
-                Err(err) => return Err(err.into()),
-            }
+        let _ = reading.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(30), reading.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(user, "an inbox consumer did not stop within 30 s");
         }
-        // Deliveries already on their way are counted and acknowledged first.
-        let _ = tokio::time::timeout(Duration::from_secs(10), session.task).await;
         Ok(())
     }
 
@@ -321,15 +335,15 @@ impl Receivers {
 
     /// The users whose inbox is being consumed now.
     pub fn open_users(&self) -> Vec<u32> {
-        lock(&self.sessions).keys().copied().collect()
+        lock(&self.readings).keys().copied().collect()
     }
 
     /// Closes every inbox, then the connections.
     pub async fn shut(self: Arc<Self>) -> Result<(), SimError> {
         let users = self.open_users();
         self.open_all(users, false).await?;
-        for connection in &self.connections {
-            let _ = connection.close(200, "simulation done".into()).await;
+        for link in &self.links {
+            link.close().await;
         }
         Ok(())
     }

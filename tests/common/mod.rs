@@ -159,6 +159,19 @@ impl TestVhost {
     }
 }
 
+impl TestVhost {
+    /// Closes every client connection of this vhost from the broker's side,
+    /// as a network cut would: every program must connect again.
+    pub fn cut_connections(&self) {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "-p",
+            &self.name,
+            "ytnotify test: a cut connection",
+        ]);
+    }
+}
+
 impl Drop for TestVhost {
     fn drop(&mut self) {
         // Best effort: a leftover vhost is harmless, a panic in drop is not.
