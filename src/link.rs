@@ -95,7 +95,26 @@ impl Session {
 /// A connection to RabbitMQ that comes back by itself. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
+    handle: Arc<Handle>,
+}
+
+/// What the clones of a link share; when the last goes, so does the
+/// connection (the supervisor holds [`Shared`] only).
+struct Handle {
     shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.closed.send_replace(true);
+        if let Some(session) = self.shared.session.send_replace(None)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = session.connection.close(200, "bye".into()).await;
+            });
+        }
+    }
 }
 
 struct Shared {
@@ -127,22 +146,24 @@ impl Link {
             closed: watch::channel(false).0,
         });
         tokio::spawn(supervise(Arc::clone(&shared), session));
-        Ok(Link { shared })
+        Ok(Link {
+            handle: Arc::new(Handle { shared }),
+        })
     }
 
     /// The label given at [`Link::connect`].
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.handle.shared.name
     }
 
     /// The broker's URL.
     pub fn url(&self) -> &str {
-        &self.shared.url
+        &self.handle.shared.url
     }
 
     /// Follows the state: connected, reconnecting, or blocked.
     pub fn state(&self) -> watch::Receiver<LinkState> {
-        self.shared.state.subscribe()
+        self.handle.shared.state.subscribe()
     }
 
     /// The live session, waiting for one while reconnecting. Fails only once
@@ -154,11 +175,11 @@ impl Link {
     /// The first live session newer than `generation`: what to use after
     /// seeing session `generation` fail.
     pub async fn session_after(&self, generation: u64) -> Result<Session> {
-        let mut sessions = self.shared.session.subscribe();
-        let mut closed = self.shared.closed.subscribe();
+        let mut sessions = self.handle.shared.session.subscribe();
+        let mut closed = self.handle.shared.closed.subscribe();
         loop {
             if *closed.borrow_and_update() {
-                return Err(closed_error(&self.shared.name));
+                return Err(closed_error(&self.handle.shared.name));
             }
             if let Some(session) = sessions.borrow_and_update().clone()
                 && session.generation > generation
@@ -168,7 +189,7 @@ impl Link {
             }
             tokio::select! {
                 changed = sessions.changed() => if changed.is_err() {
-                    return Err(closed_error(&self.shared.name));
+                    return Err(closed_error(&self.handle.shared.name));
                 },
                 _ = closed.changed() => {}
                 // A session that died is noticed by the supervisor within a poll.
@@ -179,7 +200,8 @@ impl Link {
 
     /// The live session, if there is one now.
     pub fn current(&self) -> Option<Session> {
-        self.shared
+        self.handle
+            .shared
             .session
             .borrow()
             .clone()
@@ -188,8 +210,8 @@ impl Link {
 
     /// Closes the connection and stops reconnecting.
     pub async fn close(&self) {
-        self.shared.closed.send_replace(true);
-        if let Some(session) = self.shared.session.send_replace(None) {
+        self.handle.shared.closed.send_replace(true);
+        if let Some(session) = self.handle.shared.session.send_replace(None) {
             let _ = session.connection.close(200, "bye".into()).await;
         }
     }
@@ -222,8 +244,12 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
     let mut closed = shared.closed.subscribe();
     loop {
         let lost = tokio::select! {
-            lost = watch_session(&shared, &session) => lost,
-            _ = closed.wait_for(|closed| *closed) => return,
+            lost = watch_session(&shared, &session) => Some(lost),
+            _ = closed.wait_for(|closed| *closed) => None,
+        };
+        let Some(lost) = lost else {
+            let _ = session.connection.close(200, "bye".into()).await;
+            return;
         };
         shared.session.send_replace(None);
         // Its I/O loop may still be running after an error: stop it.

@@ -51,9 +51,10 @@ pub struct InvalidName {
 /// Most characters of the offending value an error message quotes.
 ///
 /// A refused request's error becomes the `reason` of the server's reply, and
-/// clients refuse a reason longer than 2,000 characters; a name can be as long
-/// as a whole message. Even if every quoted character is escaped as `\u{10ffff}`,
-/// 100 of them keep the message well under that.
+/// clients refuse a reason longer than
+/// [`MAX_REPLY_TEXT_CHARS`](crate::protocol::MAX_REPLY_TEXT_CHARS); a name can
+/// be as long as a whole message. Even if every quoted character is escaped as
+/// `\u{10ffff}`, 100 of them keep the message well under that.
 const MAX_QUOTED_CHARS: usize = 100;
 
 /// The value in quotes, escaped (Debug escapes control and format characters)
@@ -95,7 +96,7 @@ fn check_name(kind: NameKind, value: &str) -> Result<(), InvalidName> {
 
 /// Names a character for an error message, so that a person can tell which
 /// one it is even when it is invisible.
-pub(crate) fn describe(c: char) -> String {
+fn describe(c: char) -> String {
     match c {
         ' ' => "a space".to_owned(),
         c if c.is_control() => format!("control character {c:?}"),
@@ -211,7 +212,7 @@ pub fn check_video(title: &str) -> Result<(), InvalidName> {
     // into one (👩‍💻) and is harmless alone. It is refused all the same, so
     // that one rule, "no Cc, no Cf", holds for titles and for what
     // `escape_for_terminal` lets through: a valid title always prints as
-    // typed. Such an emoji still reads as its parts (👩💻).
+    // typed. A title can still carry the emoji as its parts (👩💻).
     if let Some(bad) = first_unprintable(title) {
         return Err(fail(format!(
             "{bad} is not allowed; use printable characters only"

@@ -111,6 +111,21 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The reply with its texts escaped and cut to fit [`Reply::validate`]:
+    /// what a server sends, whatever went into its reasons (a broker's error
+    /// text, a long list of names).
+    pub fn fitted(self) -> Reply {
+        match self {
+            Reply::Done { notice } => Reply::Done {
+                notice: notice.map(|notice| fit_reply_text(&notice)),
+            },
+            Reply::Refused { reason } => Reply::Refused {
+                reason: fit_reply_text(&reason),
+            },
+            subscriptions @ Reply::Subscriptions { .. } => subscriptions,
+        }
+    }
+
     /// Checks that the reply is safe to print: `notice` and `reason` hold at
     /// most [`MAX_REPLY_TEXT_CHARS`] characters and no control or format
     /// character, and every name in `youtubers` is a valid YouTuber name.
@@ -140,6 +155,19 @@ impl Reply {
             Reply::Refused { .. } => "refused",
         }
     }
+}
+
+/// Makes any text fit to be a reply's `notice` or `reason`: control and
+/// format characters escaped, and cut to [`MAX_REPLY_TEXT_CHARS`] characters
+/// (the last one then `…`). Text that already fits comes back unchanged.
+pub fn fit_reply_text(text: &str) -> String {
+    let escaped = names::escape_for_terminal(text);
+    if escaped.chars().nth(MAX_REPLY_TEXT_CHARS).is_none() {
+        return escaped.into_owned();
+    }
+    let mut cut: String = escaped.chars().take(MAX_REPLY_TEXT_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn check_reply_text(field: &str, text: &str) -> Result<(), InvalidReply> {
@@ -331,7 +359,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
 }
 
 /// Decodes the server's reply, refusing one that fails [`Reply::validate`]:
-/// the server never writes such a reply, and a client prints what it gets.
+/// a client prints what it gets, and the server writes only replies that
+/// pass (see [`fit_reply_text`]).
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
     let reply: Reply = decode(bytes, &["done", "subscriptions", "refused"])?;
     match reply.validate() {
@@ -576,6 +605,19 @@ mod tests {
             reason: "é".repeat(MAX_REPLY_TEXT_CHARS),
         };
         assert_eq!(decode_reply(&encode(&longest)), Ok(longest));
+    }
+
+    #[test]
+    fn any_text_can_be_made_fit_for_a_reply() {
+        assert_eq!(fit_reply_text("bob is not here"), "bob is not here");
+        assert_eq!(fit_reply_text("two\nlines"), r"two\u{a}lines");
+        let long = fit_reply_text(&"\u{1b}".repeat(MAX_REPLY_TEXT_CHARS));
+        assert_eq!(long.chars().count(), MAX_REPLY_TEXT_CHARS);
+        assert!(long.ends_with('…'), "{long}");
+        let exact = "é".repeat(MAX_REPLY_TEXT_CHARS);
+        assert_eq!(fit_reply_text(&exact), exact);
+        let reply = Reply::Refused { reason: long };
+        assert_eq!(decode_reply(&encode(&reply)), Ok(reply));
     }
 
     #[test]

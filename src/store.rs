@@ -857,7 +857,8 @@ fn record(
     video_id: Option<Uuid>,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let reply = String::from_utf8(crate::protocol::encode(reply))
+    // Stored as it is sent, so that a replay decodes it like the client did.
+    let reply = String::from_utf8(crate::protocol::encode(&reply.clone().fitted()))
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     connection
         .prepare_cached(

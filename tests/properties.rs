@@ -1036,6 +1036,18 @@ proptest! {
     }
 
     #[test]
+    fn any_text_made_fit_for_a_reply_passes_the_clients_check(
+        text in prop_oneof![3 => any_text(), 1 => long_text(), 1 => reply_text()],
+    ) {
+        let fit = protocol::fit_reply_text(&text);
+        if reference_reply_ok(&Reply::Refused { reason: text.clone() }) {
+            prop_assert_eq!(&fit, &text);
+        }
+        let reply = Reply::Refused { reason: fit };
+        prop_assert_eq!(decode_reply(&encode(&reply)), Ok(reply));
+    }
+
+    #[test]
     fn the_servers_refusals_pass_the_clients_check(request in candidate_request()) {
         // The server answers an invalid request with the error's text as the
         // reason: however long or odd the names, the client must accept it.

@@ -1073,7 +1073,10 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
     .unwrap();
     for queue in [topology::YOUTUBER_REQUESTS, topology::USER_REQUESTS] {
         let (_, consumers) = topology::inspect(&channel, queue).await.unwrap();
-        assert_eq!(consumers, 1, "the server consumes {queue} again");
+        assert_eq!(
+            consumers, 1,
+            "the server consumes {queue} again, with one consumer"
+        );
     }
     assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 2);
     server.stop().await;

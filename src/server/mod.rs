@@ -209,7 +209,7 @@ impl YoutubeServer {
         tracing::info!(
             broker = %broker::redact(&server.config.amqp_url),
             database = %server.store.path().display(),
-            inbox_bound = ?server.config.inbox_bound,
+            inbox_bound = %server.config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
             "youtube_server ready: consuming {} and {}",
             topology::USER_REQUESTS,
             topology::YOUTUBER_REQUESTS,
@@ -280,17 +280,17 @@ impl YoutubeServer {
         let publisher = SessionChannel::new(&self.link, true);
         let mut delay = FIRST_RETRY_DELAY;
         loop {
-            let (session, channel) = publisher.get().await?;
+            let started_on = self.link.current().map(|session| session.generation());
             let failure = match self
-                .pipeline(queue, &channel, &mut feed, &mut stopped, &mut delay)
+                .pipeline(queue, &publisher, &mut feed, &mut stopped, &mut delay)
                 .await
             {
                 Ok(()) => break,
                 Err(failure) => failure,
             };
             feed.reset("requests go back to the queue");
-            if !session.is_alive() {
-                tracing::warn!(%failure, queue, "lost the connection to RabbitMQ; carrying on once it is back");
+            if self.link.current().map(|session| session.generation()) != started_on {
+                tracing::warn!(%failure, queue, "the connection to RabbitMQ changed under a batch; taking its requests again");
                 continue;
             }
             tracing::warn!(
@@ -327,7 +327,7 @@ impl YoutubeServer {
     async fn pipeline(
         &self,
         queue: &'static str,
-        publisher: &Channel,
+        publisher: &SessionChannel,
         feed: &mut Feed,
         stopped: &mut watch::Receiver<bool>,
         delay: &mut Duration,
@@ -362,11 +362,15 @@ impl YoutubeServer {
     async fn prepare(
         &self,
         queue: &'static str,
-        publisher: &Channel,
+        publisher: &SessionChannel,
         batch: Vec<Delivery>,
         unrecorded: &Mutex<HashSet<Uuid>>,
     ) -> Result<Prepared> {
         let started = std::time::Instant::now();
+        // The channel of the connection of the moment: one that a lost
+        // connection took away is replaced before it is used.
+        let (_, publisher) = publisher.get().await?;
+        let publisher = &publisher;
         if queue == topology::YOUTUBER_REQUESTS && !self.outbox_flushed.load(Ordering::Acquire) {
             // This server has just become the one that takes uploads: send
             // what a crash left unsent before anything else.
@@ -441,7 +445,7 @@ impl YoutubeServer {
     async fn finish(
         &self,
         queue: &'static str,
-        publisher: &Channel,
+        publisher: &SessionChannel,
         batch: Prepared,
         unrecorded: &Mutex<HashSet<Uuid>>,
     ) -> Result<()> {
@@ -484,6 +488,8 @@ impl YoutubeServer {
         }
         let carried = started.elapsed();
 
+        let (_, publisher) = publisher.get().await?;
+        let publisher = &publisher;
         let mut answers = Vec::new();
         let mut settle = Vec::with_capacity(deliveries.len());
         let mut applied = applied.into_iter().enumerate();
@@ -544,31 +550,30 @@ impl YoutubeServer {
         }
         let replied = started.elapsed();
 
-        let held_before = self.held.load(Ordering::Acquire);
-        let mut singly = held_before > 0;
+        // One acknowledgement for the whole batch (`multiple`: everything
+        // delivered up to its last request) unless a request is held back to
+        // be tried again, in this batch or an earlier one: it would be
+        // settled too.
+        let singly = self.held.load(Ordering::Acquire) > 0
+            || settle
+                .iter()
+                .any(|(_, action)| matches!(action, Settle::Retry(_)));
         let mut last_ack = None;
         for (delivery, action) in settle {
             match action {
+                Settle::Ack if singly => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
                 Settle::Ack => last_ack = Some(delivery),
                 Settle::DeadLetter(reason) => {
                     self.dead_letter(publisher, queue, &delivery, reason)
                         .await?
                 }
-                Settle::Retry(attempt) => {
-                    singly = true;
-                    self.retry_later(delivery, attempt);
-                }
-            }
-            if singly && let Some(delivery) = last_ack.take() {
-                delivery.ack(BasicAckOptions::default()).await?;
+                Settle::Retry(attempt) => self.retry_later(delivery, attempt),
             }
         }
-        // One acknowledgement for the whole batch when nothing before it is
-        // held back: everything delivered up to its last request is settled.
         if let Some(last) = last_ack {
-            last.acker
-                .ack(BasicAckOptions { multiple: !singly })
-                .await?;
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         tracing::debug!(
             queue,
@@ -723,7 +728,7 @@ impl YoutubeServer {
             "",
             reply_to.as_str(),
             false,
-            &protocol::encode(reply),
+            &protocol::encode(&reply.clone().fitted()),
             properties,
         )
         .await?;
