@@ -237,6 +237,16 @@ async fn open(url: &str, name: &str) -> Result<Connection> {
     Ok(connection)
 }
 
+/// The pauses between attempts: exponential, with jitter, without end.
+fn pauses() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Watches the session; when it is lost, connects again with backoff and
 /// jitter, for as long as it takes, and publishes the new session.
 async fn supervise(shared: Arc<Shared>, mut session: Session) {
@@ -262,15 +272,10 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
             .state
             .send_replace(LinkState::Reconnecting(lost.clone()));
         let started = Instant::now();
-        let mut pauses = backon::ExponentialBuilder::new()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut waits = pauses();
         let mut attempts = 0u32;
         let connection = loop {
-            let pause = pauses.next().unwrap_or(MAX_BACKOFF);
+            let pause = waits.next().unwrap_or(MAX_BACKOFF);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 _ = closed.wait_for(|closed| *closed) => return,
@@ -517,12 +522,7 @@ impl Feed {
     /// Sets the consumer up again, on the live session or the next one, with
     /// backoff while it fails.
     async fn reopen(&mut self) -> Result<()> {
-        let mut pauses = backon::ExponentialBuilder::new()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut waits = pauses();
         loop {
             let session = self.link.session_after(self.lost_generation).await?;
             match (self.opener)(session.clone()).await {
@@ -547,7 +547,7 @@ impl Feed {
                     self.lost_generation = session.generation;
                 }
                 Err(err) => {
-                    let pause = pauses.next().unwrap_or(MAX_BACKOFF);
+                    let pause = waits.next().unwrap_or(MAX_BACKOFF);
                     tracing::warn!(
                         "{}: cannot consume yet ({err}); trying again in {:.1} s",
                         self.label,

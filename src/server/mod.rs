@@ -182,9 +182,9 @@ impl YoutubeServer {
         let (events, _) = broadcast::channel(1024);
         let vhost = vhost_of(&config.amqp_url);
         let user_requests =
-            Some(request_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
+            Some(server_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
         let youtuber_requests =
-            Some(request_feed(&link, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
+            Some(server_feed(&link, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
         let server = YoutubeServer {
             bindings: Bindings::start(&link, &vhost),
             link,
@@ -466,8 +466,10 @@ impl YoutubeServer {
         }
         if !notifications.is_empty() {
             let mut sent = Vec::with_capacity(notifications.len());
+            let mut settled = Vec::with_capacity(notifications.len());
             let mut outcome = Ok(());
             for (video, index, notification) in notifications {
+                settled.push(video);
                 match notification.confirmed().await {
                     Ok(()) => sent.push(video),
                     Err(err @ (Error::Nacked(_) | Error::Unroutable(_))) => {
@@ -481,10 +483,19 @@ impl YoutubeServer {
                     }
                     Err(err) => outcome = Err(err),
                 }
-                lock(unrecorded).remove(&video);
             }
-            outcome?;
-            self.store.mark_notified(sent).await?;
+            // Recorded before they leave `unrecorded`: a copy of the upload
+            // in the next batch must find them either in flight or sent.
+            let recorded = match outcome {
+                Ok(()) => self.store.mark_notified(sent).await,
+                Err(err) => Err(err),
+            };
+            let mut unrecorded = lock(unrecorded);
+            for video in settled {
+                unrecorded.remove(&video);
+            }
+            drop(unrecorded);
+            recorded?;
         }
         let carried = started.elapsed();
 
@@ -637,7 +648,8 @@ impl YoutubeServer {
     /// Counts the notifications that full inboxes dropped, per user, so
     /// that each user is told at the next login.
     async fn count_dropped(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
-        let mut feed = overflow_feed(&self.link).await?;
+        let mut feed =
+            server_feed(&self.link, topology::INBOX_OVERFLOW_QUEUE, MAX_BATCH as u16).await?;
         loop {
             let Some(batch) = next_batch(&mut feed, &mut stopped).await? else {
                 break;
@@ -968,10 +980,10 @@ async fn publish_notification(channel: &Channel, video: &Video) -> Result<broker
     .await
 }
 
-/// The consumer of a request queue: on each session, a channel with the
-/// server's prefetch, the queue declared again (someone may have deleted
-/// it), and the consumer.
-async fn request_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<Feed> {
+/// A consumer of one of the server's queues: on each session, a channel
+/// with `prefetch`, the topology declared again (someone may have deleted
+/// the queue), and the consumer.
+async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<Feed> {
     let opener = Box::new(move |session: Session| {
         Box::pin(async move {
             let channel = session.connection().create_channel().await?;
@@ -995,33 +1007,6 @@ async fn request_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result
         }) as Opening
     });
     Feed::open(link, format!("youtube_server: {queue}"), opener).await
-}
-
-/// The consumer of the notifications full inboxes dropped.
-async fn overflow_feed(link: &Link) -> Result<Feed> {
-    let opener = Box::new(move |session: Session| {
-        Box::pin(async move {
-            let channel = session.connection().create_channel().await?;
-            channel
-                .basic_qos(MAX_BATCH as u16, BasicQosOptions::default())
-                .await?;
-            topology::declare(&channel).await?;
-            let consumer = channel
-                .basic_consume(
-                    topology::INBOX_OVERFLOW_QUEUE.into(),
-                    "youtube_server:inbox_overflow".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok(Opened {
-                channel,
-                consumer,
-                owns_channel: true,
-            })
-        }) as Opening
-    });
-    Feed::open(link, "youtube_server: dropped notifications", opener).await
 }
 
 /// The vhost of an AMQP URL, as `rabbitmqctl -p` takes it.
