@@ -29,7 +29,11 @@ use std::{
 
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
-use lapin::{Channel, Connection, Consumer, message::Delivery, options::BasicCancelOptions};
+use lapin::{
+    Channel, Connection, Consumer,
+    message::Delivery,
+    options::{BasicCancelOptions, BasicNackOptions},
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -46,6 +50,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(100);
 /// How often a feed checks that its channel is still open.
 const WATCHDOG: Duration = Duration::from_secs(1);
+/// How long closing a feed waits for a consumer being set up.
+const WAIT_FOR_OPENING: Duration = Duration::from_secs(10);
 
 /// The state of a link, for status lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,6 +400,11 @@ pub struct Feed {
     lost_generation: u64,
     /// How many times the consumer was set up again after a loss.
     reopened: u64,
+    /// The opener at work, if a call of [`Feed::next`] was cancelled while
+    /// it ran.
+    opening: Option<(Session, tokio::task::JoinHandle<Result<Opened>>)>,
+    /// Failed attempts to set the consumer up since the last success.
+    failures: u32,
 }
 
 impl Feed {
@@ -416,6 +427,8 @@ impl Feed {
             }),
             lost_generation: 0,
             reopened: 0,
+            opening: None,
+            failures: 0,
         })
     }
 
@@ -521,13 +534,30 @@ impl Feed {
 
     /// Sets the consumer up again, on the live session or the next one, with
     /// backoff while it fails.
+    ///
+    /// Cancel-safe, as `select!` needs: the opener runs in a task of its own
+    /// that this feed keeps, so that a consumer it sets up is never left
+    /// behind unread (on a shared channel, what the broker sent it would stay
+    /// unacknowledged until the channel closes).
     async fn reopen(&mut self) -> Result<()> {
-        let mut waits = pauses();
         loop {
-            let session = self.link.session_after(self.lost_generation).await?;
-            match (self.opener)(session.clone()).await {
+            if self.opening.is_none() {
+                let session = self.link.session_after(self.lost_generation).await?;
+                let opening = tokio::spawn((self.opener)(session.clone()));
+                self.opening = Some((session, opening));
+            }
+            let (_, opening) = self.opening.as_mut().expect("set just above");
+            let opened = opening.await;
+            let (session, _) = self.opening.take().expect("set just above");
+            let opened = opened.unwrap_or_else(|join| {
+                Err(Error::Stopped(format!(
+                    "setting a consumer up failed: {join}"
+                )))
+            });
+            match opened {
                 Ok(opened) => {
                     self.reopened += 1;
+                    self.failures = 0;
                     tracing::info!(
                         "{}: consuming again (session {})",
                         self.label,
@@ -547,7 +577,8 @@ impl Feed {
                     self.lost_generation = session.generation;
                 }
                 Err(err) => {
-                    let pause = waits.next().unwrap_or(MAX_BACKOFF);
+                    let pause = pauses().nth(self.failures as usize).unwrap_or(MAX_BACKOFF);
+                    self.failures += 1;
                     tracing::warn!(
                         "{}: cannot consume yet ({err}); trying again in {:.1} s",
                         self.label,
@@ -596,20 +627,48 @@ impl Feed {
         if let Some(live) = self.live.take() {
             release(live).await;
         }
+        // A consumer being set up is released once it is.
+        if let Some((session, opening)) = self.opening.take()
+            && let Ok(Ok(Ok(opened))) = tokio::time::timeout(WAIT_FOR_OPENING, opening).await
+        {
+            release(Live {
+                session,
+                channel: opened.channel,
+                consumer: opened.consumer,
+                owns_channel: opened.owns_channel,
+                cancelled: false,
+            })
+            .await;
+        }
     }
 }
 
-/// Ends a consumer: closes its channel if it owns it, else cancels it.
-async fn release(live: Live) {
+/// Ends a consumer: closes its channel if it owns it (the broker then puts
+/// every unacknowledged delivery back), else cancels it and puts back
+/// itself what the broker sent before the cancel went through, which would
+/// otherwise stay unacknowledged on the shared channel.
+async fn release(mut live: Live) {
     if !live.session.is_alive() {
         return;
     }
     if live.owns_channel {
         let _ = live.channel.close(200, "consumer done".into()).await;
-    } else if !live.cancelled {
+        return;
+    }
+    if !live.cancelled {
         let _ = live
             .channel
             .basic_cancel(live.consumer.tag(), BasicCancelOptions::default())
+            .await;
+    }
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(WAIT_FOR_OPENING, live.consumer.next()).await
+    {
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
             .await;
     }
 }

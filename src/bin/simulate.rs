@@ -1,17 +1,26 @@
 //! `simulate`: drives youtube_server with many simulated users and YouTubers,
 //! checks that every notification arrives exactly once, and compares the
-//! throughput with the broker's own ceiling for the same shape.
+//! throughput with the broker's own ceiling for the same shape; and
+//! `simulate proxy`, a TCP proxy that cuts connections, for chaos runs.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+// The proxy is a module of this binary, not yet of the library: it uses the
+// library's seeded generator through this import (`super::random`).
+#[path = "../simulate/proxy.rs"]
+mod proxy;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ytnotify::{
     cli::{self, BrokerArgs},
     simulate::{
-        self, Options, PRESETS, Scenario, Spread, bench, harness::ServerMode, report::Report,
+        self, Options, PRESETS, Scenario, Spread, bench, harness::ServerMode, random,
+        report::Report,
     },
 };
+
+use proxy::{CutEvery, Proxy, ProxyConfig};
 
 /// Load simulator for youtube_server: many users and YouTubers over real
 /// RabbitMQ connections, an exactly-once check, and the ratio to the broker's
@@ -29,6 +38,10 @@ enum Command {
     Run(Box<RunArgs>),
     /// Render saved JSON reports into BENCHMARKS.md and a plot
     Render(RenderArgs),
+    /// Forward TCP connections to an upstream (RabbitMQ) and cut them all at
+    /// random intervals, or now on SIGUSR1 (SIGUSR2 pauses or resumes the
+    /// random cuts); one line per cut on stderr
+    Proxy(ProxyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +99,9 @@ struct RunArgs {
     /// Channels that receive notifications (four per connection)
     #[arg(long)]
     receivers: Option<u32>,
+    /// How long one request may wait for the server's reply [default: 2m]
+    #[arg(long, value_parser = cli::parse_duration, value_name = "DURATION")]
+    request_timeout: Option<Duration>,
     /// How long to wait for the last notifications after the last reply
     #[arg(long, value_parser = cli::parse_duration, value_name = "DURATION")]
     drain_timeout: Option<Duration>,
@@ -123,6 +139,26 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// Address to listen on (port 0: a free port, printed when listening)
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Address every connection is forwarded to
+    #[arg(long, value_name = "ADDR")]
+    upstream: SocketAddr,
+    /// Cut every open connection at intervals drawn uniformly in MIN..MAX
+    /// (0.5s..8s) [default: only on SIGUSR1]
+    #[arg(long, value_name = "MIN..MAX")]
+    cut_every: Option<CutEvery>,
+    /// Start with the random cuts paused (SIGUSR2 resumes them)
+    #[arg(long, requires = "cut_every")]
+    paused: bool,
+    /// Seed of the intervals: the same seed, the same intervals
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
 struct RenderArgs {
     /// JSON reports written by `simulate run --out`
     #[arg(required = true, value_name = "REPORT")]
@@ -144,6 +180,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Render(args) => render(args),
+        Command::Proxy(args) => run_proxy(args),
     };
     cli::exit("simulate", result)
 }
@@ -208,6 +245,9 @@ impl RunArgs {
         options.keep_vhost = self.keep_vhost;
         options.progress = !self.quiet;
         options.ceiling = !self.no_ceiling;
+        if let Some(timeout) = self.request_timeout {
+            options.request_timeout = timeout;
+        }
         options
     }
 }
@@ -236,6 +276,77 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             report.check.unexpected
         );
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    use tokio::{
+        signal::unix::{SignalKind, signal},
+        sync::broadcast::error::RecvError,
+    };
+    let shutdown = cli::shutdown_signal();
+    let mut cut_signal =
+        signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
+    let mut pause_signal =
+        signal(SignalKind::user_defined2()).context("cannot listen for SIGUSR2")?;
+    let proxy = Proxy::bind(ProxyConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        cut_every: args.cut_every,
+        paused: args.paused,
+        seed: args.seed,
+    })
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let handle = proxy.handle();
+    let mut cuts = handle.cuts();
+    tokio::spawn(async move {
+        loop {
+            match cuts.recv().await {
+                Ok(cut) => eprintln!("{cut}"),
+                Err(RecvError::Lagged(missed)) => eprintln!("proxy: {missed} cuts not shown"),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    let cutter = handle.clone();
+    tokio::spawn(async move {
+        while cut_signal.recv().await.is_some() {
+            cutter.cut_now();
+        }
+    });
+    tokio::spawn(async move {
+        while pause_signal.recv().await.is_some() {
+            let on = !handle.random_cuts();
+            handle.set_random_cuts(on);
+            eprintln!(
+                "proxy: random cuts {}",
+                if on { "resumed" } else { "paused" }
+            );
+        }
+    });
+    eprintln!(
+        "proxy: listening on {}, forwarding to {}, {}{}",
+        proxy.local_addr()?,
+        args.upstream,
+        match args.cut_every {
+            Some(every) => format!(
+                "cutting every {}..{}, seed {}",
+                humantime::format_duration(every.min),
+                humantime::format_duration(every.max),
+                args.seed
+            ),
+            None => "cutting only on SIGUSR1".to_owned(),
+        },
+        if args.paused {
+            " (paused until SIGUSR2)"
+        } else {
+            ""
+        }
+    );
+    let summary = proxy.serve(shutdown).await;
+    eprintln!("{summary}");
     Ok(())
 }
 
@@ -308,5 +419,46 @@ mod tests {
         assert_eq!(scenario.spread, Spread::Zipf { exponent: 1.5 });
         assert_eq!(scenario.uploads, 30);
         assert_eq!(scenario.youtubers, 5);
+    }
+
+    #[test]
+    fn the_proxy_takes_an_interval_range() {
+        let cli = Cli::try_parse_from([
+            "simulate",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:5672",
+            "--cut-every",
+            "0.5s..8s",
+            "--seed",
+            "9",
+        ])
+        .unwrap();
+        let Command::Proxy(args) = cli.command else {
+            panic!("proxy")
+        };
+        assert_eq!(
+            args.cut_every,
+            Some(CutEvery {
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(8)
+            })
+        );
+        assert_eq!(args.seed, 9);
+        assert!(
+            Cli::try_parse_from([
+                "simulate",
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:5672",
+                "--cut-every",
+                "8s..1s"
+            ])
+            .is_err()
+        );
     }
 }

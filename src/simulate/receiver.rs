@@ -285,6 +285,8 @@ impl Receivers {
                 tally.record(user, &delivery.data, session_start);
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
+            // A consumer that was being set up when asked to stop.
+            feed.close().await;
         });
         lock(&self.readings).insert(user, Reading { stop, task });
         Ok(())
