@@ -327,7 +327,7 @@ say "simulator: $users users, $youtubers YouTubers, $subscriptions subscriptions
 setsid "$bin/simulate" run --amqp-url "$app_url" --external-server --name chaos \
     --users "$users" --youtubers "$youtubers" --subscriptions "$subscriptions" \
     --upload-rate "$upload_rate" --duration "${duration}s" --upload-window 64 \
-    --offline-share 0.2 --churn "$churn" \
+    --offline-share 0.2 --churn "$churn" --churn-rate "$(awk -v c="$churn" -v d="$duration" 'BEGIN { printf "%.3f", c / d }')" \
     --request-timeout "${request_timeout}s" --drain-timeout "${drain_timeout}s" \
     --seed "$seed" --no-ceiling --quiet --out "$work/report.json" \
     >"$work/sim.out" 2> >(stamp >>"$work/sim.err") &
@@ -492,6 +492,50 @@ inject() {
     esac
 }
 
+# --- recovery -----------------------------------------------------------
+
+# Writes all_faults.tsv (the scripted faults and the proxy's cuts since the
+# run started that reset something, in time order: time, kind, detail) and
+# recovery.tsv: for each fault, the first probe upload sent after it to be
+# shown and the first probe login sent after it to be answered. Columns: time
+# from the run's start, kind, detail, upload path, request path, recovered
+# (the later of the two); times in microseconds, "-" for never.
+compute_recovery() {
+    {
+        cat "$work/faults.tsv"
+        awk -v from="$run_us" '
+            / proxy: cut [0-9]+ connections? / && $1 >= from {
+                n = $4
+                if (n == 0) next
+                kind = ($0 ~ /on demand/) ? "network cut (on demand)" : "network cut"
+                printf "%s\t%s\t%s connection%s reset\n", $1, kind, n, (n == 1 ? "" : "s")
+            }' "$work/proxy.log"
+    } | sort -n >"$work/all_faults.tsv"
+    awk -v run="$run_us" '
+        FILENAME == ARGV[1] { usent[$1] = $2; next }
+        FILENAME == ARGV[2] {
+            if (match($0, / uploaded p[0-9]+$/)) {
+                n = substr($0, RSTART + 11)
+                if (!(n in shown)) shown[n] = $1
+            }
+            next
+        }
+        FILENAME == ARGV[3] { lsent[$1] = $2; next }
+        FILENAME == ARGV[4] { if ($3 == "SUCCESS" && !($1 in answered)) answered[$1] = $2; next }
+        {
+            split($0, f, "\t")
+            u = -1
+            for (n in usent) if (usent[n] >= f[1] && (n in shown) && (u < 0 || shown[n] < u)) u = shown[n]
+            l = -1
+            for (n in lsent) if (lsent[n] >= f[1] && (n in answered) && (l < 0 || answered[n] < l)) l = answered[n]
+            up = (u < 0) ? "-" : u - f[1]
+            req = (l < 0) ? "-" : l - f[1]
+            both = (u < 0 || l < 0) ? "-" : ((u > l ? u : l) - f[1])
+            printf "%s\t%s\t%s\t%s\t%s\t%s\n", f[1] - run, f[2], f[3], up, req, both
+        }' "$work/upload_sent.tsv" "$work/probe_seen.log" "$work/login_sent.tsv" "$work/login_out.log" \
+        "$work/all_faults.tsv" >"$work/recovery.tsv"
+}
+
 # --- the run ------------------------------------------------------------
 
 next=0
@@ -566,6 +610,19 @@ if ((next < count)); then
     say "$((count - next)) scripted faults not injected: the run ended first (${schedule[*]:next})"
 fi
 
+# Probes go on until every fault, the last ones too, is followed by working
+# probes (90 s at most), so that a late fault is not reported unrecovered for
+# want of probes after it.
+say "waiting until the probes show recovery from every fault (90 s at most)"
+tries=45
+while ((tries > 0)) && kill -0 "$probe_pid" 2>/dev/null; do
+    compute_recovery
+    if ! awk -F'\t' '$6 == "-"' "$work/recovery.tsv" | grep -q .; then
+        break
+    fi
+    sleep 2
+    tries=$((tries - 1))
+done
 # Let the probes still in flight finish (each has 150 s at most).
 touch "$work/stop_probes"
 say "waiting for the last probes (150 s at most)"
@@ -587,43 +644,7 @@ sleep 1 # a duplicate would come right behind
 
 # --- the report -----------------------------------------------------------
 
-# Cuts from the proxy's log, after the run started, that cut something.
-awk -v from="$run_us" '
-    / proxy: cut [0-9]+ connections? / && $1 >= from {
-        n = $4
-        if (n == 0) next
-        kind = ($0 ~ /on demand/) ? "network cut (on demand)" : "network cut"
-        printf "%s\t%s\t%s connection%s reset\n", $1, kind, n, (n == 1 ? "" : "s")
-    }' "$work/proxy.log" >>"$work/faults.tsv"
-sort -n -o "$work/faults.tsv" "$work/faults.tsv"
-
-# For each fault: the first probe upload sent after it to be shown, and the
-# first probe login sent after it to be answered. Columns: time from the run's
-# start, kind, detail, upload path, request path, recovered (the later of
-# the two); times in microseconds, "-" for never.
-awk -v run="$run_us" '
-    FILENAME == ARGV[1] { usent[$1] = $2; next }
-    FILENAME == ARGV[2] {
-        if (match($0, / uploaded p[0-9]+$/)) {
-            n = substr($0, RSTART + 11)
-            if (!(n in shown)) shown[n] = $1
-        }
-        next
-    }
-    FILENAME == ARGV[3] { lsent[$1] = $2; next }
-    FILENAME == ARGV[4] { if ($3 == "SUCCESS" && !($1 in answered)) answered[$1] = $2; next }
-    {
-        split($0, f, "\t")
-        u = -1
-        for (n in usent) if (usent[n] >= f[1] && (n in shown) && (u < 0 || shown[n] < u)) u = shown[n]
-        l = -1
-        for (n in lsent) if (lsent[n] >= f[1] && (n in answered) && (l < 0 || answered[n] < l)) l = answered[n]
-        up = (u < 0) ? "-" : u - f[1]
-        req = (l < 0) ? "-" : l - f[1]
-        both = (u < 0 || l < 0) ? "-" : ((u > l ? u : l) - f[1])
-        printf "%s\t%s\t%s\t%s\t%s\t%s\n", f[1] - run, f[2], f[3], up, req, both
-    }' "$work/upload_sent.tsv" "$work/probe_seen.log" "$work/login_sent.tsv" "$work/login_out.log" \
-    "$work/faults.tsv" >"$work/recovery.tsv"
+compute_recovery
 
 echo
 echo "[chaos] ==================== chaos run summary ===================="
@@ -744,5 +765,5 @@ if ((${#failures[@]} == 0)); then
 fi
 echo "[chaos] FAILED (${#failures[@]}):"
 printf '    - %s\n' "${failures[@]}"
-echo "[chaos] logs in $work: sim.out sim.err server.out server.err proxy.log probe_* login_* upload_* faults.tsv recovery.tsv node/log/"
+echo "[chaos] logs in $work: sim.out sim.err server.out server.err proxy.log probe_* login_* upload_* all_faults.tsv recovery.tsv node/log/"
 exit 1

@@ -68,17 +68,48 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
         }
         Ok(Ok(_probe)) => {}
     }
-    let properties =
-        ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
-    let attempt = Connection::connect_uri(uri, properties);
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Err(_) => Err(Error::BrokerUnreachable {
-            address,
-            reason: format!("no AMQP handshake within {}s", CONNECT_TIMEOUT.as_secs()),
-        }),
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(classify_connect_error(address, err)),
+    // Something listens. A handshake that the network cuts (a connection
+    // reset on the way) is tried again within the same time limit; a
+    // refusal by the broker is final.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
+        let attempt = Connection::connect_uri(uri.clone(), properties);
+        let err = match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => {
+                return Err(Error::BrokerUnreachable {
+                    address,
+                    reason: format!("no AMQP handshake within {}s", CONNECT_TIMEOUT.as_secs()),
+                });
+            }
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(err)) => err,
+        };
+        if !is_cut(&err) || tokio::time::Instant::now() + pause >= deadline {
+            return Err(classify_connect_error(address, err));
+        }
+        tracing::debug!(%err, "the connection was cut during the handshake; trying again");
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
+}
+
+/// Whether a connection failed because the network cut it, not because
+/// nothing listens or the broker refused.
+pub(crate) fn is_cut(err: &lapin::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::IOError(io) if matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+        )
+    )
 }
 
 /// The error for a topology that cannot be declared: most often a queue or

@@ -46,6 +46,8 @@ use crate::{
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest pause between two attempts to connect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How many network cuts the first connection rides out before giving up.
+const FIRST_CONNECT_CUTS: u32 = 3;
 /// How often the supervisor looks at the connection's state.
 const POLL: Duration = Duration::from_millis(100);
 /// How often a feed checks that its channel is still open.
@@ -139,7 +141,19 @@ impl Link {
     /// out. `name` labels the connection in `rabbitmqctl list_connections`
     /// and in log lines.
     pub async fn connect(url: &str, name: &str) -> Result<Link> {
-        let connection = open(url, name).await?;
+        let mut cuts = 0;
+        let connection = loop {
+            match open(url, name).await {
+                Ok(connection) => break connection,
+                // Cut while declaring the topology: as during the handshake,
+                // try again a few times.
+                Err(Error::Broker(err)) if broker::is_cut(&err) && cuts < FIRST_CONNECT_CUTS => {
+                    cuts += 1;
+                    tokio::time::sleep(MIN_BACKOFF).await;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let session = Session {
             connection: Arc::new(connection),
             generation: 1,

@@ -73,17 +73,24 @@ fn assert_one_line_error(output: &Output, code: i32, expected: &str) {
     );
 }
 
-/// A program running in the background, read line by line.
+/// A program running in the background, read line by line; its stderr goes
+/// to a file, shown when it does not exit as it should.
 struct Running {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
+    stderr: std::path::PathBuf,
 }
 
 impl Running {
     fn spawn(program: &str, vhost: &TestVhost, args: &[&str]) -> Running {
+        let stderr = vhost.dir.join(format!(
+            "{}-{}.stderr",
+            Path::new(program).file_name().unwrap().to_string_lossy(),
+            uuid::Uuid::new_v4().simple()
+        ));
         let mut child = command(program, vhost, args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("a file for stderr"))
             .spawn()
             .expect("the program starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -95,7 +102,11 @@ impl Running {
                 }
             }
         });
-        Running { child, stdout }
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     async fn line(&mut self) -> String {
@@ -116,10 +127,14 @@ impl Running {
     /// Ctrl-C, then the exit code.
     async fn interrupt(mut self) -> i32 {
         self.signal(Signal::SIGINT);
-        let status = within("the program to exit after Ctrl-C", self.child.wait())
-            .await
-            .unwrap();
-        status.code().expect("exited, not killed")
+        match tokio::time::timeout(common::WAIT, self.child.wait()).await {
+            Ok(status) => status.unwrap().code().expect("exited, not killed"),
+            Err(_) => panic!(
+                "the program did not exit within {:?} after Ctrl-C; its stderr:\n{}",
+                common::WAIT,
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            ),
+        }
     }
 
     /// kill -9: no clean shutdown of any kind.

@@ -93,6 +93,9 @@ struct RunArgs {
     /// Subscription changes in flight at most
     #[arg(long)]
     churn_window: Option<u32>,
+    /// Subscription changes per second (0: as fast as the window allows)
+    #[arg(long, value_name = "PER_SECOND")]
+    churn_rate: Option<f64>,
     /// Connections that send requests
     #[arg(long)]
     clients: Option<u32>,
@@ -216,6 +219,7 @@ impl RunArgs {
             churn,
             churn_users,
             churn_window,
+            churn_rate,
             clients,
             receivers,
             drain_timeout,

@@ -260,6 +260,7 @@ impl YoutubeServer {
             }
         };
         self.link.close().await;
+        tracing::info!("youtube_server stopped");
         outcome
     }
 
@@ -307,6 +308,10 @@ impl YoutubeServer {
         // Hand-over: what was prefetched behind the last batch goes back to
         // the queue now, ahead of anything a standby could take.
         feed.close().await;
+        tracing::info!(
+            queue,
+            "stopped consuming; requests not taken are back in the queue"
+        );
         Ok(())
     }
 

@@ -542,6 +542,8 @@ impl Simulation<'_> {
             lanes[change.user as usize % clients.len()].push((index, *change));
         }
         let mut tasks = Vec::new();
+        let rate = self.scenario.churn_rate;
+        let started = tokio::time::Instant::now();
         for (lane, client) in lanes.into_iter().zip(clients) {
             let (client, window, stamps, tally, progress) = (
                 Arc::clone(client),
@@ -553,6 +555,10 @@ impl Simulation<'_> {
             tasks.push(tokio::spawn(async move {
                 let mut waits = Vec::new();
                 for (index, change) in lane {
+                    if rate > 0.0 {
+                        let due = Duration::from_secs_f64(index as f64 / rate);
+                        tokio::time::sleep_until(started + due).await;
+                    }
                     let permit = Arc::clone(&window).acquire_owned().await;
                     Stamps::set(&stamps.sent[index], tally.now());
                     let pending = client
@@ -647,7 +653,10 @@ impl Simulation<'_> {
                 .iter()
                 .filter(|c| c.done.is_none() || !c.applied)
                 .count();
-        let check = tally.with_counts(|counts| check::check(expectations, &counts.per_pair));
+        let check = tally.with_counts(|counts| report::Check {
+            redelivered: counts.redelivered,
+            ..check::check(expectations, &counts.per_pair)
+        });
         let run_seconds = last_answer
             .max(tally.last_delivery())
             .saturating_sub(first_sent) as f64
@@ -743,7 +752,10 @@ impl Simulation<'_> {
             expected,
             ..Expectations::default()
         };
-        let check = tally.with_counts(|counts| check::check(&found, &counts.per_pair));
+        let check = tally.with_counts(|counts| report::Check {
+            redelivered: counts.redelivered,
+            ..check::check(&found, &counts.per_pair)
+        });
         let (deliveries, deliveries_per_s, latency_ms, fanout_ms, _) =
             deliveries(&tally, s.uploads);
         let changes_per_s = if self.plan.churn.is_empty() {

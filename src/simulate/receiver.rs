@@ -65,6 +65,8 @@ pub struct Counts {
     pub latency: Histogram<u64>,
     pub catch_up: u64,
     pub unreadable: u64,
+    /// Copies of a notification already received in the same session.
+    pub redelivered: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -85,6 +87,7 @@ impl Tally {
                 latency: histogram(),
                 catch_up: 0,
                 unreadable: 0,
+                redelivered: 0,
             }),
         })
     }
@@ -149,9 +152,29 @@ impl Tally {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a copy of a notification already received in this session.
+    fn record_redelivery(&self) {
+        lock(&self.inner).redelivered += 1;
+    }
+
     /// Reads the counters under the lock.
     pub fn with_counts<T>(&self, read: impl FnOnce(&Counts) -> T) -> T {
         read(&lock(&self.inner))
+    }
+}
+
+/// The notification ids one simulated session has received.
+#[derive(Default)]
+struct SeenInSession(std::collections::HashSet<uuid::Uuid>);
+
+impl SeenInSession {
+    /// Whether this is the first copy of its notification in the session
+    /// (what cannot be read is counted by the tally, once each).
+    fn first_time(&mut self, body: &[u8]) -> bool {
+        match protocol::decode_notification(body) {
+            Ok(notification) => self.0.insert(notification.id()),
+            Err(_) => true,
+        }
     }
 }
 
@@ -265,14 +288,20 @@ impl Receivers {
         let tally = Arc::clone(&self.tally);
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
+            let mut seen = SeenInSession::default();
             loop {
                 let delivery = tokio::select! {
                     _ = &mut stopped => break,
                     delivery = feed.next() => delivery,
                 };
                 let Ok(delivery) = delivery else { return };
-                tally.record(user, &delivery.data, session_start);
-                // A lost ack means a redelivery, counted as a duplicate copy.
+                // A lost acknowledgement means a redelivery: dropped by id,
+                // as a `user` session drops it, and counted apart.
+                if seen.first_time(&delivery.data) {
+                    tally.record(user, &delivery.data, session_start);
+                } else {
+                    tally.record_redelivery();
+                }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             // Deliveries already on their way are counted and acknowledged:
@@ -282,7 +311,11 @@ impl Receivers {
             while let Ok(Some(delivery)) =
                 tokio::time::timeout(Duration::from_secs(10), feed.drain()).await
             {
-                tally.record(user, &delivery.data, session_start);
+                if seen.first_time(&delivery.data) {
+                    tally.record(user, &delivery.data, session_start);
+                } else {
+                    tally.record_redelivery();
+                }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             // A consumer that was being set up when asked to stop.

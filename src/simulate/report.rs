@@ -67,8 +67,13 @@ pub struct Check {
     pub received: u64,
     /// Expected pairs that never received it.
     pub lost: u64,
-    /// Copies received beyond the first, over all pairs checked.
+    /// Copies shown beyond the first, over all pairs checked.
     pub duplicates: u64,
+    /// Copies of a notification already received in the same session (a
+    /// redelivery after a lost acknowledgement), dropped by id as a `user`
+    /// session drops them: not shown, so not duplicates.
+    #[serde(default)]
+    pub redelivered: u64,
     /// Notifications received by a user who was not subscribed when the upload was sent.
     pub unexpected: u64,
     /// Pairs left out of the check because a subscription change was in flight
@@ -276,13 +281,21 @@ impl fmt::Display for Report {
         let c = &self.check;
         let _ = writeln!(
             out,
-            "check       {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}",
+            "check       {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}{}",
             if c.ok { "OK" } else { "FAILED" },
             thousands(c.expected),
             thousands(c.received),
             thousands(c.lost),
             thousands(c.duplicates),
             thousands(c.unexpected),
+            if c.redelivered > 0 {
+                format!(
+                    "; {} redelivered copies dropped by id, as a user session does",
+                    thousands(c.redelivered)
+                )
+            } else {
+                String::new()
+            },
             if c.ambiguous > 0 {
                 format!(
                     "; {} pairs not checked (a change was in flight during the upload)",
@@ -390,6 +403,7 @@ pub(crate) mod tests {
                 lost: 0,
                 duplicates: 0,
                 unexpected: 0,
+                redelivered: 0,
                 ambiguous: 0,
                 ok: true,
             },

@@ -80,6 +80,9 @@ pub struct Scenario {
     pub churn_users: u32,
     /// Subscription changes in flight at most.
     pub churn_window: u32,
+    /// Subscription changes per second; 0 sends them as fast as
+    /// `churn_window` allows.
+    pub churn_rate: f64,
     /// Requests in flight at most while subscriptions are set up.
     pub setup_window: u32,
     /// Connections that send requests.
@@ -108,6 +111,7 @@ impl Default for Scenario {
             churn: 0,
             churn_users: 0,
             churn_window: 64,
+            churn_rate: 0.0,
             setup_window: 256,
             clients: 4,
             receivers: 8,
@@ -214,6 +218,9 @@ impl Scenario {
         }
         if self.upload_rate < 0.0 || !self.upload_rate.is_finite() {
             return fail("upload_rate must be 0 (as fast as possible) or positive");
+        }
+        if self.churn_rate < 0.0 || !self.churn_rate.is_finite() {
+            return fail("churn_rate must be 0 (as fast as possible) or positive");
         }
         if self.upload_window == 0
             || self.churn_window == 0
