@@ -54,6 +54,8 @@ const POLL: Duration = Duration::from_millis(100);
 const WATCHDOG: Duration = Duration::from_secs(1);
 /// How long closing a feed waits for a consumer being set up.
 const WAIT_FOR_OPENING: Duration = Duration::from_secs(10);
+/// How long ending a consumer waits for the broker's answer.
+const WAIT_FOR_BROKER: Duration = Duration::from_secs(3);
 
 /// The state of a link, for status lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +234,16 @@ impl Link {
     pub async fn close(&self) {
         self.handle.shared.closed.send_replace(true);
         if let Some(session) = self.handle.shared.session.send_replace(None) {
-            let _ = session.connection.close(200, "bye".into()).await;
+            // The broker's answer is a courtesy: a program that stops does
+            // not wait long for it (the socket closes with the process, and
+            // the broker then puts back whatever was not acknowledged).
+            let closing = session.connection.close(200, "bye".into());
+            if tokio::time::timeout(WAIT_FOR_BROKER, closing)
+                .await
+                .is_err()
+            {
+                tracing::debug!("{}: RabbitMQ did not answer the close", self.name());
+            }
         }
     }
 }
@@ -613,10 +624,14 @@ impl Feed {
         };
         live.cancelled = true;
         if live.session.is_alive() {
-            let _ = live
-                .channel
-                .basic_cancel(live.consumer.tag(), BasicCancelOptions::default())
-                .await;
+            // A broker that stalls answers nothing until the heartbeats
+            // give up on it: do not wait that long.
+            let _ = tokio::time::timeout(
+                WAIT_FOR_BROKER,
+                live.channel
+                    .basic_cancel(live.consumer.tag(), BasicCancelOptions::default()),
+            )
+            .await;
         }
     }
 
@@ -666,17 +681,18 @@ async fn release(mut live: Live) {
         return;
     }
     if live.owns_channel {
-        let _ = live.channel.close(200, "consumer done".into()).await;
+        let closing = live.channel.close(200, "consumer done".into());
+        let _ = tokio::time::timeout(WAIT_FOR_BROKER, closing).await;
         return;
     }
     if !live.cancelled {
-        let _ = live
+        let cancelling = live
             .channel
-            .basic_cancel(live.consumer.tag(), BasicCancelOptions::default())
-            .await;
+            .basic_cancel(live.consumer.tag(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(WAIT_FOR_BROKER, cancelling).await;
     }
     while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(WAIT_FOR_OPENING, live.consumer.next()).await
+        tokio::time::timeout(WAIT_FOR_BROKER, live.consumer.next()).await
     {
         let _ = delivery
             .nack(BasicNackOptions {

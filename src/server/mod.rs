@@ -259,6 +259,7 @@ impl YoutubeServer {
                 work.await.map(|_| ())
             }
         };
+        tracing::info!("closing the connection to RabbitMQ");
         self.link.close().await;
         tracing::info!("youtube_server stopped");
         outcome
@@ -653,8 +654,11 @@ impl YoutubeServer {
     /// Counts the notifications that full inboxes dropped, per user, so
     /// that each user is told at the next login.
     async fn count_dropped(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
-        let mut feed =
-            server_feed(&self.link, topology::INBOX_OVERFLOW_QUEUE, MAX_BATCH as u16).await?;
+        let opening = server_feed(&self.link, topology::INBOX_OVERFLOW_QUEUE, MAX_BATCH as u16);
+        let mut feed = tokio::select! {
+            feed = opening => feed?,
+            _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+        };
         loop {
             let Some(batch) = next_batch(&mut feed, &mut stopped).await? else {
                 break;
@@ -683,6 +687,7 @@ impl YoutubeServer {
             }
         }
         feed.close().await;
+        tracing::debug!("stopped counting dropped notifications");
         Ok(())
     }
 

@@ -261,17 +261,19 @@ impl Receivers {
             Box::new(move |session: Session| {
                 let (shared, name) = (Arc::clone(&shared), name.clone());
                 Box::pin(async move {
+                    // Nothing here may fail with a channel error, which would
+                    // close the channel under every other inbox on it: the
+                    // inbox exists (set-up logged every user in), and the
+                    // consumer is not exclusive (the simulator reads each
+                    // inbox once; a consumer left on a connection that died
+                    // has its deliveries put back when the broker notices).
                     let channel = shared.on(&session).await?;
-                    topology::inspect(&channel, &topology::inbox(&name)).await?;
                     let tag = format!("simulate-{label}:{name}:{}", uuid::Uuid::new_v4().simple());
                     let consumer = channel
                         .basic_consume(
                             topology::inbox(&name).as_str().into(),
                             tag.as_str().into(),
-                            BasicConsumeOptions {
-                                exclusive: true,
-                                ..BasicConsumeOptions::default()
-                            },
+                            BasicConsumeOptions::default(),
                             FieldTable::default(),
                         )
                         .await?;
@@ -309,7 +311,7 @@ impl Receivers {
             // until the channel closes.
             feed.cancel().await;
             while let Ok(Some(delivery)) =
-                tokio::time::timeout(Duration::from_secs(10), feed.drain()).await
+                tokio::time::timeout(Duration::from_secs(3), feed.drain()).await
             {
                 if seen.first_time(&delivery.data) {
                     tally.record(user, &delivery.data, session_start);
