@@ -423,8 +423,6 @@ pub struct Feed {
     live: Option<Live>,
     /// The session the last consumer was lost with, not to be used again.
     lost_generation: u64,
-    /// How many times the consumer was set up again after a loss.
-    reopened: u64,
     /// The opener at work, if a call of [`Feed::next`] was cancelled while
     /// it ran.
     opening: Option<(Session, tokio::task::JoinHandle<Result<Opened>>)>,
@@ -451,20 +449,9 @@ impl Feed {
                 cancelled: false,
             }),
             lost_generation: 0,
-            reopened: 0,
             opening: None,
             failures: 0,
         })
-    }
-
-    /// The channel of the current consumer, if it is set up.
-    pub fn channel(&self) -> Option<&Channel> {
-        self.live.as_ref().map(|live| &live.channel)
-    }
-
-    /// How many times the consumer was set up again after a loss.
-    pub fn reopened(&self) -> u64 {
-        self.reopened
     }
 
     /// The next delivery. Never ends while the link is open: losses are
@@ -581,7 +568,6 @@ impl Feed {
             });
             match opened {
                 Ok(opened) => {
-                    self.reopened += 1;
                     self.failures = 0;
                     tracing::info!(
                         "{}: consuming again (session {})",
