@@ -178,6 +178,23 @@ impl SeenInSession {
     }
 }
 
+/// Counts a delivery and acknowledges it. A lost acknowledgement means a
+/// redelivery: dropped by id, as a `user` session drops it, and counted apart.
+async fn take(
+    tally: &Tally,
+    seen: &mut SeenInSession,
+    user: u32,
+    session_start: u64,
+    delivery: lapin::message::Delivery,
+) {
+    if seen.first_time(&delivery.data) {
+        tally.record(user, &delivery.data, session_start);
+    } else {
+        tally.record_redelivery();
+    }
+    let _ = delivery.ack(BasicAckOptions::default()).await;
+}
+
 /// One user's inbox being consumed: its task, and how to stop it.
 struct Reading {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -297,14 +314,7 @@ impl Receivers {
                     delivery = feed.next() => delivery,
                 };
                 let Ok(delivery) = delivery else { return };
-                // A lost acknowledgement means a redelivery: dropped by id,
-                // as a `user` session drops it, and counted apart.
-                if seen.first_time(&delivery.data) {
-                    tally.record(user, &delivery.data, session_start);
-                } else {
-                    tally.record_redelivery();
-                }
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                take(&tally, &mut seen, user, session_start, delivery).await;
             }
             // Deliveries already on their way are counted and acknowledged:
             // on a shared channel, one left unacknowledged would stay held
@@ -313,12 +323,7 @@ impl Receivers {
             while let Ok(Some(delivery)) =
                 tokio::time::timeout(Duration::from_secs(3), feed.drain()).await
             {
-                if seen.first_time(&delivery.data) {
-                    tally.record(user, &delivery.data, session_start);
-                } else {
-                    tally.record_redelivery();
-                }
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                take(&tally, &mut seen, user, session_start, delivery).await;
             }
             // A consumer that was being set up when asked to stop.
             feed.close().await;
