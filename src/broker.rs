@@ -96,6 +96,16 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
     }
 }
 
+/// Whether the broker said that a queue or exchange does not exist.
+pub fn is_not_found(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
+}
+
 /// Whether a connection failed because the network cut it, not because
 /// nothing listens or the broker refused.
 pub(crate) fn is_cut(err: &lapin::Error) -> bool {

@@ -34,6 +34,10 @@ use crate::{
 /// How long a client waits for the server unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client that timed out looks at the request queue to say
+/// whether a server runs.
+const LOOK_AT_QUEUE: Duration = Duration::from_secs(2);
+
 /// How many times a publish is tried again on a live connection whose
 /// channel failed, before the error is returned.
 const PUBLISH_ATTEMPTS: u32 = 3;
@@ -262,9 +266,13 @@ impl Client {
             )),
             Err(_elapsed) => {
                 lock(&self.waiters).remove(&id.to_string());
+                // Whether a server runs, if the broker can say so at once;
+                // while it is away, nothing is claimed about the server.
+                let consumers =
+                    tokio::time::timeout(LOOK_AT_QUEUE, self.server_consumers(queue)).await;
                 Err(Error::ServerTimeout {
                     timeout: self.timeout,
-                    server_running: self.server_consumers(queue).await? > 0,
+                    server_running: !matches!(consumers, Ok(Ok(0))),
                 })
             }
         }

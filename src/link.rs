@@ -52,6 +52,8 @@ const FIRST_CONNECT_CUTS: u32 = 3;
 const POLL: Duration = Duration::from_millis(100);
 /// How often a feed checks that its channel is still open.
 const WATCHDOG: Duration = Duration::from_secs(1);
+/// How often an idle feed that watches its queue looks at it.
+const QUEUE_CHECK: Duration = Duration::from_secs(5);
 /// How long closing a feed waits for a consumer being set up.
 const WAIT_FOR_OPENING: Duration = Duration::from_secs(10);
 /// How long ending a consumer waits for the broker's answer.
@@ -293,11 +295,6 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
             return;
         };
         shared.session.send_replace(None);
-        // Its I/O loop may still be running after an error: stop it.
-        let dead = Arc::clone(&session.connection);
-        tokio::spawn(async move {
-            let _ = dead.close(200, "lost".into()).await;
-        });
         tracing::warn!("{label}: lost the connection to RabbitMQ ({lost}); reconnecting");
         shared
             .state
@@ -428,6 +425,8 @@ pub struct Feed {
     opening: Option<(Session, tokio::task::JoinHandle<Result<Opened>>)>,
     /// Failed attempts to set the consumer up since the last success.
     failures: u32,
+    /// The queue looked at while idle, and when it was last.
+    watched: Option<(String, tokio::time::Instant)>,
 }
 
 impl Feed {
@@ -451,6 +450,7 @@ impl Feed {
             lost_generation: 0,
             opening: None,
             failures: 0,
+            watched: None,
         })
     }
 
@@ -475,6 +475,8 @@ impl Feed {
                             "the connection was lost"
                         };
                         self.lose(why);
+                    } else if self.queue_unconsumed().await {
+                        self.lose("the broker lists no consumer on its queue");
                     }
                     continue;
                 }
@@ -482,6 +484,46 @@ impl Feed {
             if let Some(delivery) = self.accept(item) {
                 return Ok(delivery);
             }
+        }
+    }
+
+    /// Watches `queue` too: while the consumer is idle, the feed looks every
+    /// [`QUEUE_CHECK`] whether the broker still lists a consumer on it, and
+    /// sets its own up again if not. This catches a consumer that the broker
+    /// dropped without the cancel reaching the client (a queue deleted while
+    /// it was being declared again, say); a feed whose queue must never go
+    /// unread (the server's) uses it.
+    pub fn watching(mut self, queue: impl Into<String>) -> Feed {
+        self.watched = Some((queue.into(), tokio::time::Instant::now()));
+        self
+    }
+
+    /// Whether the watched queue has no consumer at all (so not this one).
+    /// Looked at on a channel of its own: a queue that is missing closes it.
+    async fn queue_unconsumed(&mut self) -> bool {
+        let Some((queue, last)) = self.watched.as_mut() else {
+            return false;
+        };
+        if last.elapsed() < QUEUE_CHECK {
+            return false;
+        }
+        *last = tokio::time::Instant::now();
+        let Some(live) = self.live.as_ref() else {
+            return false;
+        };
+        let look = async {
+            let channel = live.session.connection().create_channel().await?;
+            let seen = crate::topology::inspect(&channel, queue).await;
+            if seen.is_ok() {
+                let _ = channel.close(200, "looked".into()).await;
+            }
+            seen
+        };
+        match tokio::time::timeout(WAIT_FOR_BROKER, look).await {
+            Ok(Ok((_, consumers))) => consumers == 0,
+            // Gone: the consumer went with it.
+            Ok(Err(err)) => crate::broker::is_not_found(&err),
+            Err(_) => false,
         }
     }
 
@@ -608,16 +650,17 @@ impl Feed {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        live.cancelled = true;
         if live.session.is_alive() {
             // A broker that stalls answers nothing until the heartbeats
-            // give up on it: do not wait that long.
-            let _ = tokio::time::timeout(
-                WAIT_FOR_BROKER,
-                live.channel
-                    .basic_cancel(live.consumer.tag(), BasicCancelOptions::default()),
-            )
-            .await;
+            // give up on it: do not wait that long. A cancel that did not go
+            // through is tried again when the feed is released.
+            let cancelling = live
+                .channel
+                .basic_cancel(live.consumer.tag(), BasicCancelOptions::default());
+            live.cancelled = matches!(
+                tokio::time::timeout(WAIT_FOR_BROKER, cancelling).await,
+                Ok(Ok(()))
+            );
         }
     }
 

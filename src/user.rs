@@ -238,7 +238,7 @@ async fn open_existing_inbox(session: &Session, user: &str) -> Result<(Channel, 
             .await?;
         match topology::inspect(&channel, &topology::inbox(user)).await {
             Ok((waiting, _)) => return Ok((channel, waiting)),
-            Err(err) if is_not_found(&err) && tokio::time::Instant::now() < deadline => {
+            Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
                 if !asked {
                     tracing::info!(
                         "{user} has no inbox on the broker; logging in to have it declared"
@@ -248,7 +248,7 @@ async fn open_existing_inbox(session: &Session, user: &str) -> Result<(Channel, 
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(err) if is_not_found(&err) => return Err(Error::NoInbox(user.to_owned())),
+            Err(err) if broker::is_not_found(&err) => return Err(Error::NoInbox(user.to_owned())),
             Err(err) => return Err(err.into()),
         }
     }
@@ -277,14 +277,6 @@ async fn request_login(session: &Session, user: &str) -> Result<()> {
     .await;
     let _ = channel.close(200, "asked".into()).await;
     sent
-}
-
-fn is_not_found(err: &lapin::Error) -> bool {
-    matches!(
-        err.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if amqp.kind() == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
-    )
 }
 
 fn refused_as_watching(err: lapin::Error, user: &str) -> Error {

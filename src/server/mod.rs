@@ -256,7 +256,22 @@ impl YoutubeServer {
             () = &mut shutdown => {
                 tracing::info!("shutting down: finishing the requests in hand");
                 let _ = stop.send(true);
-                work.await.map(|_| ())
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
+                    Ok(outcome) => outcome.map(|_| ()),
+                    Err(_) => {
+                        // RabbitMQ is away or blocks us: what is in hand
+                        // cannot be finished. Closing the link ends every
+                        // wait on it; the requests not acknowledged stay in
+                        // their queue for the next server.
+                        tracing::warn!(
+                            "RabbitMQ did not let the requests in hand finish within {SHUTDOWN_GRACE:?}; \
+                             stopping without them (they stay queued)"
+                        );
+                        self.link.close().await;
+                        let _ = work.await;
+                        Ok(())
+                    }
+                }
             }
         };
         tracing::info!("closing the connection to RabbitMQ");
@@ -822,6 +837,9 @@ impl YoutubeServer {
     }
 }
 
+/// How long a stopping server waits for the requests in hand to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The most requests applied together in one batch (and one transaction).
 const MAX_BATCH: usize = 256;
 
@@ -1016,7 +1034,9 @@ async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<
             })
         }) as Opening
     });
-    Feed::open(link, format!("youtube_server: {queue}"), opener).await
+    Ok(Feed::open(link, format!("youtube_server: {queue}"), opener)
+        .await?
+        .watching(queue))
 }
 
 /// The vhost of an AMQP URL, as `rabbitmqctl -p` takes it.
