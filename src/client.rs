@@ -92,10 +92,6 @@ impl Waiters {
         self.by_order.remove(&order)
     }
 
-    fn get(&self, id: &str) -> Option<&Waiter> {
-        self.by_order.get(self.order_of.get(id)?)
-    }
-
     /// Copies of every waiting request, oldest first.
     fn pending(&self) -> Vec<(String, &'static str, Vec<u8>)> {
         self.by_order
@@ -276,11 +272,6 @@ impl Client {
                 })
             }
         }
-    }
-
-    /// Whether a request is still waiting for its reply (for tests).
-    pub fn is_waiting(&self, id: Uuid) -> bool {
-        lock(&self.waiters).get(&id.to_string()).is_some()
     }
 
     /// Sends a request and waits for its reply.

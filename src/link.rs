@@ -180,11 +180,6 @@ impl Link {
         &self.handle.shared.name
     }
 
-    /// The broker's URL.
-    pub fn url(&self) -> &str {
-        &self.handle.shared.url
-    }
-
     /// Follows the state: connected, reconnecting, or blocked.
     pub fn state(&self) -> watch::Receiver<LinkState> {
         self.handle.shared.state.subscribe()

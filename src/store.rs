@@ -229,11 +229,6 @@ impl Store {
         self
     }
 
-    /// The bound given to the inboxes of users added from now on.
-    pub fn inbox_bound(&self) -> Option<u32> {
-        self.inbox_bound
-    }
-
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path
