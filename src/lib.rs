@@ -15,9 +15,8 @@
 //! - [`server`]: `youtube_server` — requests applied in batches through a
 //!   two-stage pipeline, and `bindings`, which keeps inboxes and bindings in
 //!   step with the database.
-//! - [`client`]: request and reply to the server, for both clients.
-//! - [`youtuber`]: the YouTuber side, `publish_video`.
-//! - [`user`]: the user side, `update_subscription` and `receive_notifications`.
+//! - [`client`]: the client side: request and reply to the server, the
+//!   user's requests, the user's inbox, the YouTuber's upload.
 //! - `dashboard` (feature `tui`): the terminal dashboards of `user` and `youtube_server`.
 //! - [`simulate`]: the load simulator and benchmarks, against the broker's own ceiling.
 //! - [`cli`]: what the three binaries share: flags, logging, signals, exit codes.
@@ -36,7 +35,5 @@ pub mod simulate;
 pub mod store;
 mod sync;
 pub mod topology;
-pub mod user;
-pub mod youtuber;
 
 pub use error::{Error, Result};

@@ -6,10 +6,13 @@ mod common;
 
 use common::{TestServer, broker_node::BrokerNode, within};
 use ytnotify::{
-    client::{Client, ClientConfig},
+    client::{
+        Client, ClientConfig,
+        inbox::Inbox,
+        user::{self, SubscriptionChange},
+        youtuber::publish_video,
+    },
     server::ServerConfig,
-    user::{self, Inbox, SubscriptionChange},
-    youtuber::publish_video,
 };
 
 #[tokio::test]

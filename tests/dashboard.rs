@@ -12,7 +12,7 @@ use std::{
 
 use common::TestVhost;
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-use ytnotify::youtuber::publish_video;
+use ytnotify::client::youtuber::publish_video;
 
 const USER: &str = env!("CARGO_BIN_EXE_user");
 
@@ -149,11 +149,11 @@ async fn a_burst_that_waited_is_marked_and_acknowledged_once_shown() {
     let vhost = TestVhost::new("dashboard-away");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let change = ytnotify::user::SubscriptionChange {
+    let change = ytnotify::client::user::SubscriptionChange {
         youtuber: "mkbhd".into(),
         subscribe: true,
     };
-    ytnotify::user::login_and_update(&client, "alice", Some(&change))
+    ytnotify::client::user::login_and_update(&client, "alice", Some(&change))
         .await
         .unwrap();
     for n in 0..1000 {

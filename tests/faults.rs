@@ -9,12 +9,14 @@ use std::{collections::HashMap, time::Duration};
 use common::{TestServer, broker_node::BrokerNode, within};
 use tokio::sync::{mpsc, oneshot};
 use ytnotify::{
-    client::{Client, ClientConfig},
+    client::{
+        Client, ClientConfig,
+        user::{self, SubscriptionChange},
+        youtuber::publish_video,
+    },
     link::LinkState,
     server::ServerConfig,
     topology,
-    user::{self, SubscriptionChange},
-    youtuber::publish_video,
 };
 
 /// How long a watcher may wait for its next notification after a fault:
@@ -73,7 +75,7 @@ impl Watcher {
         let (stop, stopped) = oneshot::channel::<()>();
         let user = user.to_owned();
         let task = tokio::spawn(async move {
-            user::receive_notifications(
+            ytnotify::client::inbox::receive_notifications(
                 client.link(),
                 &user,
                 |n| {

@@ -15,12 +15,15 @@ use lapin::{
 use uuid::Uuid;
 use ytnotify::{
     Error, broker,
-    client::{Client, ClientConfig},
+    client::{
+        Client, ClientConfig,
+        inbox::Inbox,
+        user::{self, SubscriptionChange},
+        youtuber::publish_video,
+    },
     protocol::{self, Notification, Request, RequestEnvelope},
     server::Event,
     topology,
-    user::{self, Inbox, SubscriptionChange},
-    youtuber::publish_video,
 };
 
 fn follow(youtuber: &str) -> SubscriptionChange {
@@ -662,7 +665,7 @@ async fn receive_notifications_streams_until_shutdown() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let connection_client = vhost.client("watcher").await;
     let watcher = tokio::spawn(async move {
-        user::receive_notifications(
+        ytnotify::client::inbox::receive_notifications(
             connection_client.link(),
             "alice",
             |n| {

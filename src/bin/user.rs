@@ -8,9 +8,11 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use ytnotify::{
     cli::{self, ClientArgs},
-    client::Client,
+    client::{
+        Client, inbox,
+        user::{self, SubscriptionChange},
+    },
     names,
-    user::{self, SubscriptionChange},
 };
 
 /// A user of the YouTube simulation.
@@ -203,7 +205,7 @@ async fn watch(
         writeln!(stdout, "{notification}")?;
         stdout.flush()
     };
-    user::receive_notifications(client.link(), name, show, shutdown).await?;
+    inbox::receive_notifications(client.link(), name, show, shutdown).await?;
     Ok(())
 }
 

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use ytnotify::{
     cli::{self, ClientArgs},
-    client::Client,
-    youtuber::publish_video,
+    client::{Client, youtuber::publish_video},
 };
 
 /// Upload a video as a YouTuber: `youtuber <name> <video words...>`.

@@ -26,12 +26,15 @@ use super::{
     widgets::{self, BoldTitle},
 };
 use crate::{
-    client::Client,
+    client::{
+        Client,
+        inbox::{Inbox, Received},
+        user::{self, SubscriptionChange},
+    },
     error::{Error, Result},
     link::LinkState,
     names,
     protocol::Notification,
-    user::{self, Inbox, Received, SubscriptionChange},
 };
 
 /// The feed keeps at most this many notifications; the oldest go first.

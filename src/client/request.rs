@@ -1,4 +1,4 @@
-//! Request and reply over RabbitMQ, shared by the `user` and `youtuber` clients.
+//! Request and reply over RabbitMQ, shared by both clients.
 //!
 //! A request is a persistent message on the server's durable queue, published
 //! with a confirm, so once [`Client::send`] returns it survives a broker or
