@@ -37,7 +37,7 @@ for scenario in "${scenarios[@]}"; do
     fi
 done
 
-cargo build --release --quiet --bin simulate --bin youtube_server
+cargo build --release --workspace --locked --quiet
 mkdir -p bench
 
 failed=()

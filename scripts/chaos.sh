@@ -254,14 +254,14 @@ trap 'say "interrupted: cleaning up"; exit 130' INT TERM
 rust_toolchain_check || exit 1
 if ((build)); then
     say "building the release binaries"
-    if ! cargo build --release --quiet --bin simulate --bin youtube_server --bin user --bin youtuber; then
+    if ! cargo build --release --workspace --locked --quiet; then
         echo "chaos.sh: the build failed" >&2
         exit 1
     fi
 fi
 for program in simulate youtube_server user youtuber; do
     if [[ ! -x $bin/$program ]]; then
-        echo "chaos.sh: $bin/$program is missing: run cargo build --release" >&2
+        echo "chaos.sh: $bin/$program is missing: run cargo build --release --workspace" >&2
         exit 1
     fi
 done

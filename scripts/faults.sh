@@ -24,8 +24,9 @@ for round in $(seq 1 "$rounds"); do
     printf '\n==> fault tests, round %s of %s\n' "$round" "$rounds"
     status=0
     {
-        bash scripts/test.sh --test faults --test broker_restart -- --nocapture --test-threads=1 &&
-            bash scripts/test.sh --test server --test cli -- --nocapture
+        bash scripts/test.sh --test library -- --nocapture --test-threads=1 faults:: restart:: &&
+            bash scripts/test.sh -p ytnotify-simulate --test simulate -- --nocapture under_simulated_load &&
+            bash scripts/test.sh --test library --test programs -- --nocapture server:: cli::
     } >"$log" 2>&1 || status=$?
     cat "$log" >>"$all"
     grep -E '^(broker crash|stalled broker|graceful shutdown)|^test result|^test .* FAILED$|panicked at' "$log" || true

@@ -5,8 +5,9 @@
 #     scripts/fuzz.sh            # ten minutes
 #     scripts/fuzz.sh 60         # one minute
 #
-# Needs cargo-fuzz (installed from crates.io when missing) and a nightly
-# toolchain; without nightly, the stable one is used with RUSTC_BOOTSTRAP=1.
+# Needs cargo-fuzz and, best, a nightly toolchain (without nightly, the
+# stable one is used with RUSTC_BOOTSTRAP=1). It installs nothing: when
+# cargo-fuzz is missing it says what to run.
 # The seeds in fuzz/corpus/decode/ are read, never written: what the fuzzer
 # learns goes to fuzz/work/corpus/decode/ (kept between runs, not committed),
 # crashes to fuzz/artifacts/decode/.
@@ -37,8 +38,8 @@ say() {
 # -- tools ------------------------------------------------------------------
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    say "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
-    cargo install cargo-fuzz --locked
+    echo "fuzz.sh: cargo-fuzz is missing: install it with  cargo install cargo-fuzz --locked  (and, best, a nightly toolchain:  rustup toolchain install nightly --profile minimal)" >&2
+    exit 2
 fi
 
 # cargo-fuzz builds with -Zsanitizer=address, a nightly flag.
@@ -47,14 +48,9 @@ if cargo +nightly --version >/dev/null 2>&1; then
     cargo_fuzz=(cargo +nightly fuzz)
     toolchain="nightly ($(rustc +nightly --version))"
 else
-    say "no nightly toolchain; trying: rustup toolchain install nightly --profile minimal"
-    if rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
-        cargo_fuzz=(cargo +nightly fuzz)
-        toolchain="nightly ($(rustc +nightly --version))"
-    else
-        export RUSTC_BOOTSTRAP=1
-        toolchain="stable with RUSTC_BOOTSTRAP=1 ($(rustc --version))"
-    fi
+    say "no nightly toolchain (rustup toolchain install nightly --profile minimal): using the stable one with RUSTC_BOOTSTRAP=1"
+    export RUSTC_BOOTSTRAP=1
+    toolchain="stable with RUSTC_BOOTSTRAP=1 ($(rustc --version))"
 fi
 
 # -- build ------------------------------------------------------------------

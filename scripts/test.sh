@@ -2,7 +2,7 @@
 # Runs the whole test suite against a local RabbitMQ, starting one if needed.
 #
 #   scripts/test.sh                     # every test
-#   scripts/test.sh --test cli          # cargo test options and filters
+#   scripts/test.sh --test programs     # cargo test options and filters
 #   scripts/test.sh -- --nocapture      # options for the test binaries
 #
 # The integration tests create a RabbitMQ vhost per test with rabbitmqctl, so
@@ -55,4 +55,13 @@ done
 if [[ -n ${CI+set} ]]; then
     export CI
 fi
-exec cargo test --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"
+# Every package of the workspace unless one is named; the programs are built
+# first, as the simulator's tests run the server beside them.
+workspace=(--workspace)
+for arg in "${cargo_args[@]}"; do
+    if [[ $arg == -p || $arg == --package* || $arg == -p* ]]; then
+        workspace=()
+    fi
+done
+cargo build --workspace --bins --all-features --locked --quiet
+exec cargo test "${workspace[@]}" --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"

@@ -6,10 +6,13 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{LongString, ShortString},
-    uri::AMQPUri,
 };
 
-use crate::error::{Error, Result};
+pub use crate::broker_url::redact;
+use crate::{
+    broker_url::BrokerUrl,
+    error::{Error, Result},
+};
 
 /// The broker every program uses unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -19,20 +22,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
-
-/// Hides the password of an AMQP URL, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
 
 /// The heartbeat asked of the broker unless the URL sets one: a stalled broker
 /// (or network) is noticed within about twice this.
@@ -44,11 +33,9 @@ const HEARTBEAT_SECS: u16 = 10;
 /// The connection does not recover by itself: [`crate::link::Link`] owns
 /// reconnection, and every program connects through it.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
-    let address = redact(url);
-    let mut uri: AMQPUri = url.parse().map_err(|reason: String| Error::BadUrl {
-        address: address.clone(),
-        reason,
-    })?;
+    let url: BrokerUrl = url.parse()?;
+    let address = url.redacted();
+    let mut uri = url.uri().clone();
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     // Fail fast, with the right words, when nothing listens.
     let target = (uri.authority.host.clone(), uri.authority.port);
@@ -243,20 +230,5 @@ impl Unconfirmed {
             Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable(target)),
             Confirmation::Nack(_) => Err(Error::Nacked(target)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
-        assert_eq!(redact("not a url"), "not a url");
     }
 }

@@ -8,6 +8,7 @@
 //! - [`protocol`]: the messages on the wire (versioned, tagged JSON); pure.
 //! - [`names`]: validation of user names, YouTuber names and video titles.
 //! - [`topology`]: every exchange, queue and routing key, and `declare`.
+//! - [`broker_url`]: the broker's AMQP URL, parsed once; what is shown of it.
 //! - [`broker`]: opening a connection to RabbitMQ and publishing with confirms.
 //! - [`link`]: the supervised connection: reconnection, consumers that
 //!   outlive connections ([`link::Feed`]), channels opened again.
@@ -18,10 +19,10 @@
 //! - [`client`]: the client side: request and reply to the server, the
 //!   user's requests, the user's inbox, the YouTuber's upload.
 //! - `dashboard` (feature `tui`): the terminal dashboards of `user` and `youtube_server`.
-//! - [`simulate`]: the load simulator and benchmarks, against the broker's own ceiling.
 //! - [`cli`]: what the three binaries share: flags, logging, signals, exit codes.
 
 pub mod broker;
+pub mod broker_url;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "tui")]
@@ -31,7 +32,6 @@ pub mod link;
 pub mod names;
 pub mod protocol;
 pub mod server;
-pub mod simulate;
 pub mod store;
 mod sync;
 pub mod topology;

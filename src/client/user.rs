@@ -13,6 +13,24 @@ pub struct SubscriptionChange {
     pub subscribe: bool,
 }
 
+impl SubscriptionChange {
+    /// Subscribe to `youtuber`.
+    pub fn subscribe(youtuber: impl Into<String>) -> SubscriptionChange {
+        SubscriptionChange {
+            youtuber: youtuber.into(),
+            subscribe: true,
+        }
+    }
+
+    /// Unsubscribe from `youtuber`.
+    pub fn unsubscribe(youtuber: impl Into<String>) -> SubscriptionChange {
+        SubscriptionChange {
+            youtuber: youtuber.into(),
+            subscribe: false,
+        }
+    }
+}
+
 /// Logs `user` in, adding them the first time. Returns the server's notice, if any.
 pub async fn login(client: &Client, user: &str) -> Result<Option<String>> {
     let reply = client

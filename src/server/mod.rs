@@ -46,6 +46,7 @@ use bindings::{Bindings, Failure};
 
 use crate::{
     broker,
+    broker_url::BrokerUrl,
     error::{Error, Result},
     link::{Feed, Link, LinkState, Opened, Opening, Session, SessionChannel},
     protocol::{self, DecodeError, Notification, Reply, Request, RequestEnvelope},
@@ -88,13 +89,10 @@ impl ServerConfig {
 /// user's data directory, so two stacks on two vhosts never share state.
 pub fn default_db_path(amqp_url: &str) -> PathBuf {
     let vhost = amqp_url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(_, vhost)| vhost.split('?').next().unwrap_or_default())
+        .parse::<BrokerUrl>()
+        .map(|url| url.vhost().to_owned())
         .unwrap_or_default();
     let vhost: String = vhost
-        .replace("%2f", "/")
-        .replace("%2F", "/")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -180,7 +178,10 @@ impl YoutubeServer {
         let (_, channel) = publisher.get().await?;
         let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
         let (events, _) = broadcast::channel(1024);
-        let vhost = vhost_of(&config.amqp_url);
+        let vhost = config
+            .amqp_url
+            .parse::<BrokerUrl>()
+            .map(|url| url.vhost().to_owned())?;
         let user_requests =
             Some(server_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
         let youtuber_requests =
@@ -1037,11 +1038,4 @@ async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<
     Ok(Feed::open(link, format!("youtube_server: {queue}"), opener)
         .await?
         .watching(queue))
-}
-
-/// The vhost of an AMQP URL, as `rabbitmqctl -p` takes it.
-fn vhost_of(url: &str) -> String {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(|uri| uri.vhost)
-        .unwrap_or_else(|_| "/".to_owned())
 }

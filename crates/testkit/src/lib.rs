@@ -1,9 +1,10 @@
-//! Shared helpers: a private vhost per test, an in-process server, timeouts.
+//! What ytnotify's tests share: a private vhost per test, an in-process
+//! server, a private RabbitMQ node for the tests that crash one, and waits
+//! with a timeout.
 //!
 //! Every test gets its own RabbitMQ vhost (created with `rabbitmqctl`, deleted
 //! when the test ends, pass or fail), so tests run in parallel with each other
 //! and beside a running demo without seeing each other's queues.
-#![allow(dead_code)]
 
 pub mod broker_node;
 
@@ -18,6 +19,7 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle};
 use ytnotify::{
+    broker_url::BrokerUrl,
     client::{Client, ClientConfig},
     server::{Event, ServerConfig, YoutubeServer},
 };
@@ -42,9 +44,12 @@ pub fn base_url() -> String {
 
 /// Replaces the vhost of an AMQP URL.
 pub fn with_vhost(url: &str, vhost: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("an AMQP URL has a scheme");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{authority}/{vhost}")
+    broker_url(url).with_vhost(vhost).to_string()
+}
+
+fn broker_url(url: &str) -> BrokerUrl {
+    url.parse()
+        .unwrap_or_else(|err| panic!("the tests' broker URL: {err}"))
 }
 
 /// How long one `rabbitmqctl` call may take (a busy broker answers slowly).
@@ -183,17 +188,9 @@ impl Drop for TestVhost {
 /// Fails fast, with the command to run, when no broker answers. Never skips:
 /// a test that silently does nothing would hide a broken suite.
 pub fn require_broker() {
-    let url = base_url();
-    let authority = url
-        .split_once("://")
-        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
-        .unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or(authority);
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5672")
-    };
+    let url = broker_url(&base_url());
+    let (host, port) = url.host_port();
+    let host_port = format!("{host}:{port}");
     let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
         .ok()
         .and_then(|mut addrs| addrs.next())
@@ -254,6 +251,26 @@ impl TestServer {
                 .expect("server stops cleanly");
         }
     }
+}
+
+/// A program of the workspace, built beside the test executable
+/// (`target/<profile>/<name>`): `cargo test --workspace` (and
+/// `scripts/test.sh`) builds every program before any test runs. A package's
+/// own tests use `env!("CARGO_BIN_EXE_<name>")` instead.
+pub fn program(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test>-<hash>
+    let path = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("a test runs from target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
 }
 
 /// Shows the library's log in a test's output (on failure, or with

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -21,12 +21,17 @@ use lapin::{
 use tokio::task::JoinHandle;
 
 use super::{SimError, scenario::user_name};
-use crate::{
+use ytnotify::{
     link::{Feed, Link, Opened, Opening, Session},
     protocol::{self, Notification},
-    sync::lock,
     topology,
 };
+
+/// Locks `mutex`, as it is if a panic poisoned it: each guards counters or
+/// a map that one call changes at a time.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Notifications RabbitMQ may push to each inbox consumer ahead of its acks
 /// (the same as the `user` client's).
@@ -208,7 +213,7 @@ struct SharedChannel {
 
 impl SharedChannel {
     /// The channel on `session`, with the inboxes' prefetch.
-    async fn on(&self, session: &Session) -> crate::Result<Channel> {
+    async fn on(&self, session: &Session) -> ytnotify::Result<Channel> {
         let mut current = self.current.lock().await;
         if let Some((open_on, channel)) = current.as_ref()
             && open_on.generation() == session.generation()

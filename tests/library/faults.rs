@@ -2,11 +2,8 @@
 //! restarts, stalls, or blocks publishers, and every program carries on with
 //! nothing lost and nothing shown twice.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::{TestServer, broker_node::BrokerNode, within};
 use tokio::sync::{mpsc, oneshot};
 use ytnotify::{
     client::{
@@ -16,14 +13,14 @@ use ytnotify::{
     },
     link::LinkState,
     server::ServerConfig,
-    topology,
 };
+use ytnotify_testkit::{TestServer, broker_node::BrokerNode, within};
 
 /// How long a watcher may wait for its next notification after a fault:
 /// what the suite allows any wait. Once the node is back, a connection comes
 /// back within one reconnection pause (at most 4 s with jitter) and every
 /// consumer with it; `scripts/faults.sh` records how long it took.
-const AFTER_A_FAULT: Duration = common::WAIT;
+const AFTER_A_FAULT: Duration = ytnotify_testkit::WAIT;
 
 /// A private node, a server on it, and a client: what every fault test needs.
 struct Stack {
@@ -34,8 +31,8 @@ struct Stack {
 }
 
 async fn stack() -> Stack {
-    common::logs();
-    common::require_broker();
+    ytnotify_testkit::logs();
+    ytnotify_testkit::require_broker();
     let node = BrokerNode::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(node.url.clone(), dir.path().join("server.db"));
@@ -125,13 +122,6 @@ impl Watcher {
     }
 }
 
-fn follow(youtuber: &str) -> SubscriptionChange {
-    SubscriptionChange {
-        youtuber: youtuber.into(),
-        subscribe: true,
-    }
-}
-
 fn expect_once(seen: &HashMap<String, usize>, titles: &[String]) {
     for title in titles {
         let line = format!("New Notification: bob uploaded {title}");
@@ -148,9 +138,13 @@ async fn server_clients_and_watchers_ride_out_a_broker_crash() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     let mut watcher = Watcher::start(&node, "alice").await;
     let mut link = client.state();
 
@@ -228,9 +222,13 @@ async fn a_stalled_broker_is_noticed_by_heartbeats_and_nothing_is_lost() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     let mut watcher = Watcher::start(&node, "alice").await;
     let mut link = client.state();
     let mut titles: Vec<String> = (0..5).map(|n| format!("Before the stall {n}")).collect();
@@ -282,9 +280,13 @@ async fn publishers_wait_through_a_memory_alarm_and_say_so() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     let link = client.state();
 
     // A watermark below what the node uses: the memory alarm goes off and
@@ -320,103 +322,4 @@ async fn publishers_wait_through_a_memory_alarm_and_say_so() {
     );
     watcher.stop().await;
     server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
-    use std::path::PathBuf;
-    use ytnotify::simulate::{self, Options, Scenario, harness::ServerMode};
-
-    common::logs();
-    common::require_broker();
-    let node = BrokerNode::start().await;
-    // 300 users following 10 YouTubers, 200 uploads at 20/s, all online: the
-    // real youtube_server as a child process, the simulator's clients and
-    // receivers, and a kill -9 of the broker in the middle of it.
-    let scenario = Scenario {
-        name: "broker-crash".to_owned(),
-        users: 300,
-        youtubers: 10,
-        subscriptions: 900,
-        uploads: 200,
-        upload_rate: 20.0,
-        upload_window: 4,
-        offline_share: 0.0,
-        churn: 0,
-        clients: 2,
-        receivers: 4,
-        drain_timeout: Duration::from_secs(60),
-        seed: 11,
-        ..Scenario::default()
-    };
-    let mut options = Options::new(node.url.clone());
-    options.fresh_vhost = false;
-    options.ceiling = false;
-    options.server = ServerMode::Spawn(PathBuf::from(env!("CARGO_BIN_EXE_youtube_server")));
-    options.request_timeout = Duration::from_secs(120);
-
-    // Crash it once the run has begun: every inbox has its consumer (the
-    // receivers open them right before the uploads start), plus a second.
-    let crash = async {
-        let probe = ytnotify::broker::connect(&node.url, "probe").await.unwrap();
-        let watched = [
-            simulate::scenario::user_name(0),
-            simulate::scenario::user_name(scenario.users - 1),
-        ];
-        let started = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                let mut open = true;
-                for user in &watched {
-                    // Not declared yet is not open yet (and closes the channel).
-                    let channel = probe.create_channel().await.unwrap();
-                    let consumers = match topology::inspect(&channel, &topology::inbox(user)).await
-                    {
-                        Ok((_, consumers)) => consumers,
-                        Err(_) => 0,
-                    };
-                    let _ = channel.close(200, "probed".into()).await;
-                    open &= consumers > 0;
-                }
-                if open {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        assert!(
-            started.is_ok(),
-            "the simulator opened every inbox within 120 s"
-        );
-        let _ = probe.close(200, "bye".into()).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let killed = std::time::Instant::now();
-        node.kill9().await;
-        node.boot().await;
-        killed.elapsed()
-    };
-    let simulation =
-        tokio::time::timeout(Duration::from_secs(150), simulate::run(&scenario, &options));
-    let (report, down) = tokio::join!(simulation, crash);
-    let report = report
-        .expect("the simulation finished within 150 s")
-        .expect("the simulation ran");
-    let text = report.to_string();
-    eprintln!(
-        "broker down {:.1} s during the run\n{text}",
-        down.as_secs_f64()
-    );
-    let check = &report.check;
-    assert!(check.expected > 0, "{text}");
-    // Every confirmed upload reached every subscriber, and none was shown
-    // twice: the copies of notifications whose ack the crash lost are
-    // dropped by id, as a user session drops them (`check.redelivered`).
-    assert_eq!(
-        (check.lost, check.duplicates, check.unexpected),
-        (0, 0, 0),
-        "{text}"
-    );
-    assert!(check.ok, "{text}");
-    assert_eq!(check.received, check.expected, "{text}");
-    assert_eq!(report.run.failed_requests, 0, "{text}");
 }

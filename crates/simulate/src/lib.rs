@@ -24,6 +24,7 @@ pub mod bench;
 pub mod ceiling;
 pub mod check;
 pub mod harness;
+pub mod proxy;
 pub mod random;
 pub mod receiver;
 pub mod report;
@@ -42,17 +43,17 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
 
-use crate::{
-    client::{Client, ClientConfig},
-    protocol::{Reply, Request},
-    topology,
-};
 use check::{ChangeRecord, Expectations, UploadRecord};
 use harness::{ScratchDir, Server, ServerMode, Usage, Vhost};
 use receiver::{Receivers, Tally, title};
 use report::{Ceiling, Latency, Ratios, Report, Run, ServerUsage, Setup};
 pub use scenario::{PRESETS, Scenario, Spread};
 use scenario::{Plan, user_name, youtuber_name};
+use ytnotify::{
+    client::{Client, ClientConfig},
+    protocol::{Reply, Request},
+    topology,
+};
 
 /// Why a simulation could not run. (A run that loses notifications is not an
 /// error: its report says so.)
@@ -63,7 +64,7 @@ pub enum SimError {
     Scenario(String),
     /// A library call failed (connecting, a request).
     #[error(transparent)]
-    Library(#[from] crate::Error),
+    Library(#[from] ytnotify::Error),
     /// A broker operation failed.
     #[error("RabbitMQ error: {0}")]
     Broker(#[from] lapin::Error),
@@ -381,7 +382,7 @@ impl Simulation<'_> {
                 return Err(SimError::Harness(format!(
                     "no youtube_server consumes {} on {} after 30s; start one, or drop --external-server",
                     topology::USER_REQUESTS,
-                    crate::broker::redact(self.url)
+                    ytnotify::broker::redact(self.url)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -582,7 +583,7 @@ impl Simulation<'_> {
                             Ok(other) => {
                                 tracing::warn!(?other, "unexpected reply to a change");
                             }
-                            Err(crate::Error::Refused(reason)) => {
+                            Err(ytnotify::Error::Refused(reason)) => {
                                 tracing::warn!(%reason, "a change was refused");
                                 stamps.refused[index].store(true, Ordering::Release);
                                 Stamps::set(&stamps.done[index], tally.now());
@@ -722,7 +723,7 @@ impl Simulation<'_> {
             Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "ceiling").await?,
         );
         receivers.open_all((0..s.users).collect(), true).await?;
-        let connection = crate::broker::connect(self.url, "simulate-ceiling").await?;
+        let connection = ytnotify::broker::connect(self.url, "simulate-ceiling").await?;
         let publishing = bar(self.options, "ceiling", u64::from(s.uploads));
         let started = std::time::Instant::now();
         ceiling::publish(&connection, s, &self.plan.uploads, &tally, &publishing).await?;

@@ -3,24 +3,17 @@
 //! throughput with the broker's own ceiling for the same shape; and
 //! `simulate proxy`, a TCP proxy that cuts connections, for chaos runs.
 
-// The proxy is a module of this binary, not yet of the library: it uses the
-// library's seeded generator through this import (`super::random`).
-#[path = "../simulate/proxy.rs"]
-mod proxy;
-
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ytnotify::{
-    cli::{self, BrokerArgs},
-    simulate::{
-        self, Options, PRESETS, Scenario, Spread, bench, harness::ServerMode, random,
-        report::Report,
-    },
+use ytnotify::cli::{self, BrokerArgs};
+use ytnotify_simulate::{
+    self as simulate, Options, PRESETS, Scenario, Spread, bench,
+    harness::ServerMode,
+    proxy::{CutEvery, Proxy, ProxyConfig},
+    report::Report,
 };
-
-use proxy::{CutEvery, Proxy, ProxyConfig};
 
 /// Load simulator for youtube_server: many users and YouTubers over real
 /// RabbitMQ connections, an exactly-once check, and the ratio to the broker's

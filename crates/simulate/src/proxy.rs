@@ -26,7 +26,7 @@ use tokio::{
 
 // `random` is the simulator's seeded generator: a sibling module in the
 // library, an import of the library's in the `simulate` binary.
-use super::random::Rng;
+use crate::random::Rng;
 
 /// How long the proxy waits for the upstream to accept a connection.
 const UPSTREAM_CONNECT: Duration = Duration::from_secs(5);

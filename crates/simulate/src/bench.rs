@@ -318,7 +318,7 @@ pub fn plot(reports: &[Report], path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::report::tests::sample;
+    use crate::report::tests::sample;
 
     #[test]
     fn the_markdown_has_figures_and_targets() {

@@ -2,9 +2,6 @@
 //! restart on the same data. Confirmed subscriptions and the notifications
 //! waiting for an offline user must all be there afterwards.
 
-mod common;
-
-use common::{TestServer, broker_node::BrokerNode, within};
 use ytnotify::{
     client::{
         Client, ClientConfig,
@@ -14,10 +11,11 @@ use ytnotify::{
     },
     server::ServerConfig,
 };
+use ytnotify_testkit::{TestServer, broker_node::BrokerNode, within};
 
 #[tokio::test]
 async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
-    common::require_broker();
+    ytnotify_testkit::require_broker();
     let node = BrokerNode::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(node.url.clone(), dir.path().join("server.db"));
@@ -32,11 +30,7 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
         .await
         .unwrap();
     for user in ["alice", "carol"] {
-        let change = SubscriptionChange {
-            youtuber: "bob".into(),
-            subscribe: true,
-        };
-        user::login_and_update(&client, user, Some(&change))
+        user::login_and_update(&client, user, Some(&SubscriptionChange::subscribe("bob")))
             .await
             .unwrap();
     }

@@ -1,11 +1,8 @@
 //! The server in-process, driven by the library's own clients, against a real
 //! RabbitMQ (a vhost per test).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestVhost, within};
 use futures_lite::StreamExt;
 use lapin::{
     BasicProperties, Channel,
@@ -25,20 +22,7 @@ use ytnotify::{
     server::Event,
     topology,
 };
-
-fn follow(youtuber: &str) -> SubscriptionChange {
-    SubscriptionChange {
-        youtuber: youtuber.into(),
-        subscribe: true,
-    }
-}
-
-fn unfollow(youtuber: &str) -> SubscriptionChange {
-    SubscriptionChange {
-        youtuber: youtuber.into(),
-        subscribe: false,
-    }
-}
+use ytnotify_testkit::{TestVhost, within};
 
 /// Reads the next notification from an inbox and acknowledges it.
 async fn next_notification(inbox: &mut Inbox) -> Notification {
@@ -88,12 +72,20 @@ async fn an_upload_reaches_subscribers_and_only_them() {
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
 
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
-    user::login_and_update(&client, "carol", Some(&follow("dave")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
+    user::login_and_update(
+        &client,
+        "carol",
+        Some(&SubscriptionChange::subscribe("dave")),
+    )
+    .await
+    .unwrap();
     let mut alice = Inbox::open(client.link(), "alice").await.unwrap();
     let carol = Inbox::open(client.link(), "carol").await.unwrap();
 
@@ -121,11 +113,15 @@ async fn the_server_prints_the_exercise_lines() {
     let mut server = vhost.start_server().await;
     let client = vhost.client("test").await;
 
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "Hello world").await.unwrap();
-    user::update_subscription(&client, "alice", &unfollow("bob"))
+    user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("bob"))
         .await
         .unwrap();
 
@@ -150,9 +146,13 @@ async fn notifications_wait_in_the_inbox_while_the_user_is_away() {
     let vhost = TestVhost::new("catchup");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
 
     // alice is away: nobody reads her inbox while bob uploads.
     for n in 1..=3 {
@@ -175,9 +175,13 @@ async fn a_notification_not_acknowledged_comes_back_next_session() {
     let vhost = TestVhost::new("unacked");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "Shown but not acknowledged")
         .await
         .unwrap();
@@ -249,9 +253,13 @@ async fn a_redelivered_request_is_applied_once() {
     let vhost = TestVhost::new("idempotent");
     let mut server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     for _ in 0..2 {
         server.next_event().await;
     }
@@ -297,7 +305,7 @@ async fn a_redelivered_request_is_applied_once() {
         broker::persistent_json(),
     )
     .await;
-    user::update_subscription(&client, "alice", &unfollow("bob"))
+    user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("bob"))
         .await
         .unwrap();
     publish_raw(
@@ -371,7 +379,7 @@ async fn a_subscription_confirmed_before_an_upload_is_honoured_by_it() {
     // subscriber every time, with no settling delay.
     for n in 0..25 {
         let user = format!("fan{n}");
-        user::login_and_update(&client, &user, Some(&follow("bob")))
+        user::login_and_update(&client, &user, Some(&SubscriptionChange::subscribe("bob")))
             .await
             .unwrap();
         publish_video(&client, "bob", &format!("Video {n}"))
@@ -391,13 +399,18 @@ async fn refusals_come_back_with_a_reason_and_change_nothing() {
     let vhost = TestVhost::new("refused");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
 
-    let err = user::update_subscription(&client, "alice", &unfollow("carol"))
-        .await
-        .unwrap_err();
+    let err =
+        user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("carol"))
+            .await
+            .unwrap_err();
     assert!(matches!(err, Error::Refused(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -419,9 +432,13 @@ async fn subscribing_to_a_youtuber_with_no_video_yet_works_with_a_notice() {
     let vhost = TestVhost::new("notice");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let notices = user::login_and_update(&client, "alice", Some(&follow("newbie")))
-        .await
-        .unwrap();
+    let notices = user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("newbie")),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         notices,
         ["newbie has not uploaded any video yet; alice will be notified of the first one"]
@@ -585,9 +602,13 @@ async fn state_survives_a_server_restart() {
     let vhost = TestVhost::new("restart");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "Before").await.unwrap();
     server.stop().await;
 
@@ -608,9 +629,13 @@ async fn a_notification_left_unsent_by_a_crash_is_sent_at_startup() {
     let vhost = TestVhost::new("outbox");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     // Store an upload without notifying, as a server killed between its
     // commit and its publish leaves it.
     let store = server.store.clone();
@@ -636,12 +661,20 @@ async fn two_stacks_on_two_vhosts_do_not_see_each_other() {
     let (red, blue) = (TestVhost::new("red"), TestVhost::new("blue"));
     let (red_server, blue_server) = (red.start_server().await, blue.start_server().await);
     let (red_client, blue_client) = (red.client("red").await, blue.client("blue").await);
-    user::login_and_update(&red_client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
-    user::login_and_update(&blue_client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &red_client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
+    user::login_and_update(
+        &blue_client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&red_client, "bob", "Red only").await.unwrap();
     let mut red_inbox = Inbox::open(red_client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut red_inbox).await), "Red only");
@@ -656,9 +689,13 @@ async fn receive_notifications_streams_until_shutdown() {
     let vhost = TestVhost::new("stream");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "While away").await.unwrap();
 
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
@@ -702,7 +739,7 @@ async fn many_subscribers_each_get_every_upload_exactly_once() {
     let client = vhost.client("test").await;
     let users: Vec<String> = (0..30).map(|n| format!("viewer{n}")).collect();
     for user in &users {
-        user::login_and_update(&client, user, Some(&follow("bob")))
+        user::login_and_update(&client, user, Some(&SubscriptionChange::subscribe("bob")))
             .await
             .unwrap();
     }
@@ -780,9 +817,13 @@ async fn a_second_server_is_a_hot_standby_that_takes_over() {
     assert_eq!(active.next_event().await.to_string(), "alice logged in");
     active.stop().await;
     // The standby shares the database and now receives the requests.
-    user::login_and_update(&client, "bob", Some(&follow("carol")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "bob",
+        Some(&SubscriptionChange::subscribe("carol")),
+    )
+    .await
+    .unwrap();
     assert_eq!(standby.next_event().await.to_string(), "bob logged in");
     assert_eq!(
         standby.next_event().await.to_string(),
@@ -799,13 +840,17 @@ async fn a_second_server_is_a_hot_standby_that_takes_over() {
 
 #[tokio::test]
 async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_after() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("db-locked");
     let server = vhost.start_server().await;
     let client = std::sync::Arc::new(vhost.client("test").await);
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
 
     // Another process holds the database's write lock for longer than the
     // server waits for it (5 s): the server's transactions fail meanwhile.
@@ -860,13 +905,17 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
 
 #[tokio::test]
 async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("inbox-lost");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     let (_connection, channel) = raw_channel(&vhost).await;
     channel
         .queue_delete(
@@ -880,7 +929,7 @@ async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
     // declaring the inbox this time.
     within(
         "the subscription",
-        user::update_subscription(&client, "alice", &follow("carol")),
+        user::update_subscription(&client, "alice", &SubscriptionChange::subscribe("carol")),
     )
     .await
     .unwrap();
@@ -922,7 +971,7 @@ async fn next_dead_letter_reason(channel: &Channel) -> String {
 
 #[tokio::test]
 async fn an_inbox_declared_first_by_another_client_is_refused_with_the_fix_and_others_are_served() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("hostile-inbox");
     let server = vhost.start_server().await;
     let (_connection, channel) = raw_channel(&vhost).await;
@@ -982,13 +1031,17 @@ async fn an_inbox_declared_first_by_another_client_is_refused_with_the_fix_and_o
 
 #[tokio::test]
 async fn a_request_that_keeps_failing_is_refused_after_five_attempts_and_others_go_on() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("keeps-failing");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("carol")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("carol")),
+    )
+    .await
+    .unwrap();
     // A queue bound to bob's uploads that refuses every message: the broker
     // answers each notification of bob with a negative confirm.
     let (_connection, channel) = raw_channel(&vhost).await;
@@ -1051,7 +1104,7 @@ async fn a_request_that_keeps_failing_is_refused_after_five_attempts_and_others_
 
 #[tokio::test]
 async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_again() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("queue-deleted");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
@@ -1119,18 +1172,22 @@ async fn reconnected(client: &Client) {
 
 #[tokio::test]
 async fn cut_connections_are_ridden_out_and_a_confirmed_unsubscribe_holds() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("cuts");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
-    user::update_subscription(&client, "alice", &follow("carol"))
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
+    user::update_subscription(&client, "alice", &SubscriptionChange::subscribe("carol"))
         .await
         .unwrap();
     let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
-    user::update_subscription(&client, "alice", &unfollow("bob"))
+    user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("bob"))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -1158,7 +1215,7 @@ async fn cut_connections_are_ridden_out_and_a_confirmed_unsubscribe_holds() {
 
 #[tokio::test]
 async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("handover");
     let mut active = vhost.start_server().await;
     let mut standby = vhost.start_server().await;
@@ -1222,13 +1279,17 @@ async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
 
 #[tokio::test]
 async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("standby-outbox");
     let active = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     // An upload stored and not yet notified: what the active server has in
     // flight between its commit and the broker's confirm.
     let in_flight = active
@@ -1258,15 +1319,19 @@ async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
 
 #[tokio::test]
 async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("inbox-bound");
     let mut config = vhost.server_config();
     config.inbox_bound = Some(3);
-    let server = common::TestServer::start(config).await;
+    let server = ytnotify_testkit::TestServer::start(config).await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     for n in 1..=5 {
         publish_video(&client, "bob", &format!("Clip {n}"))
             .await
@@ -1306,13 +1371,17 @@ async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() 
 
 #[tokio::test]
 async fn an_inbox_deleted_while_its_user_watches_comes_back_by_itself() {
-    common::logs();
+    ytnotify_testkit::logs();
     let vhost = TestVhost::new("inbox-deleted-watching");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&follow("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     let (_connection, channel) = raw_channel(&vhost).await;
     channel

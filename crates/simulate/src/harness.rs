@@ -12,7 +12,7 @@ use std::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::SimError;
-use crate::server::{ServerConfig, YoutubeServer};
+use ytnotify::server::{ServerConfig, YoutubeServer};
 
 /// Which server the simulator drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ pub enum Server {
     Child(Child),
     InProcess {
         shutdown: oneshot::Sender<()>,
-        handle: JoinHandle<crate::Result<()>>,
+        handle: JoinHandle<ytnotify::Result<()>>,
     },
     External,
 }

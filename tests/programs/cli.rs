@@ -1,11 +1,8 @@
 //! End to end: the real binaries, their exact output and exit codes, against a
 //! real RabbitMQ (a vhost per test).
 
-mod common;
-
 use std::{collections::HashSet, path::Path, process::Stdio};
 
-use common::{TestVhost, within};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -15,6 +12,7 @@ use tokio::{
     process::{Child, Command},
     sync::mpsc,
 };
+use ytnotify_testkit::{TestVhost, within};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_youtube_server");
 const YOUTUBER: &str = env!("CARGO_BIN_EXE_youtuber");
@@ -127,11 +125,11 @@ impl Running {
     /// Ctrl-C, then the exit code.
     async fn interrupt(mut self) -> i32 {
         self.signal(Signal::SIGINT);
-        match tokio::time::timeout(common::WAIT, self.child.wait()).await {
+        match tokio::time::timeout(ytnotify_testkit::WAIT, self.child.wait()).await {
             Ok(status) => status.unwrap().code().expect("exited, not killed"),
             Err(_) => panic!(
                 "the program did not exit within {:?} after Ctrl-C; its stderr:\n{}",
-                common::WAIT,
+                ytnotify_testkit::WAIT,
                 std::fs::read_to_string(&self.stderr).unwrap_or_default()
             ),
         }
@@ -384,7 +382,7 @@ async fn a_missing_broker_is_one_line_that_says_how_to_start_one() {
         assert_one_line_error(
             &output,
             1,
-            "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f (connection refused); \
+            "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2F (connection refused); \
              start it with `sudo rabbitmq-server -detached`",
         );
         assert!(
@@ -392,7 +390,7 @@ async fn a_missing_broker_is_one_line_that_says_how_to_start_one() {
             "the password is never printed"
         );
     }
-    let wrong_vhost = common::with_vhost(&vhost.url, "no-such-vhost");
+    let wrong_vhost = ytnotify_testkit::with_vhost(&vhost.url, "no-such-vhost");
     let output = run(USER, &vhost, &["alice", "--amqp-url", &wrong_vhost]).await;
     assert_one_line_error(&output, 1, "refused the connection");
     assert!(

@@ -1,14 +1,13 @@
 //! The simulator against the real broker and the real `youtube_server`: a tiny
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
-//! and fill every field of the report. (Benchmarks are not tests: see
-//! scripts/bench.sh.)
+//! and fill every field of the report; under load, a broker crash loses no
+//! confirmed upload. (Benchmarks are not tests: see scripts/bench.sh.)
 
-mod common;
+use std::time::Duration;
 
-use std::{path::PathBuf, time::Duration};
-
-use common::TestVhost;
-use ytnotify::simulate::{self, Options, Scenario, harness::ServerMode};
+use ytnotify::topology;
+use ytnotify_simulate::{self as simulate, Options, Scenario, harness::ServerMode};
+use ytnotify_testkit::{TestVhost, broker_node::BrokerNode, logs, program, require_broker};
 
 fn tiny() -> Scenario {
     Scenario {
@@ -47,7 +46,7 @@ async fn run(scenario: &Scenario, options: &Options) -> simulate::report::Report
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_run_with_churn_and_offline_users_loses_and_duplicates_nothing() {
     let vhost = TestVhost::new("simulate");
-    let server = ServerMode::Spawn(PathBuf::from(env!("CARGO_BIN_EXE_youtube_server")));
+    let server = ServerMode::Spawn(program("youtube_server"));
     let scenario = tiny();
     let report = run(&scenario, &options(&vhost, server)).await;
     let text = report.to_string();
@@ -153,4 +152,100 @@ async fn the_in_process_server_is_checked_the_same_way() {
     assert_eq!(report.server.mode, "in-process");
     assert_eq!(report.server.peak_rss_mb, None);
     assert_eq!(report.ratios.deliveries_per_s, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
+    logs();
+    require_broker();
+    let node = BrokerNode::start().await;
+    // 300 users following 10 YouTubers, 200 uploads at 20/s, all online: the
+    // real youtube_server as a child process, the simulator's clients and
+    // receivers, and a kill -9 of the broker in the middle of it.
+    let scenario = Scenario {
+        name: "broker-crash".to_owned(),
+        users: 300,
+        youtubers: 10,
+        subscriptions: 900,
+        uploads: 200,
+        upload_rate: 20.0,
+        upload_window: 4,
+        offline_share: 0.0,
+        churn: 0,
+        clients: 2,
+        receivers: 4,
+        drain_timeout: Duration::from_secs(60),
+        seed: 11,
+        ..Scenario::default()
+    };
+    let mut options = Options::new(node.url.clone());
+    options.fresh_vhost = false;
+    options.ceiling = false;
+    options.server = ServerMode::Spawn(program("youtube_server"));
+    options.request_timeout = Duration::from_secs(120);
+
+    // Crash it once the run has begun: every inbox has its consumer (the
+    // receivers open them right before the uploads start), plus a second.
+    let crash = async {
+        let probe = ytnotify::broker::connect(&node.url, "probe").await.unwrap();
+        let watched = [
+            simulate::scenario::user_name(0),
+            simulate::scenario::user_name(scenario.users - 1),
+        ];
+        let started = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let mut open = true;
+                for user in &watched {
+                    // Not declared yet is not open yet (and closes the channel).
+                    let channel = probe.create_channel().await.unwrap();
+                    let consumers = match topology::inspect(&channel, &topology::inbox(user)).await
+                    {
+                        Ok((_, consumers)) => consumers,
+                        Err(_) => 0,
+                    };
+                    let _ = channel.close(200, "probed".into()).await;
+                    open &= consumers > 0;
+                }
+                if open {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            started.is_ok(),
+            "the simulator opened every inbox within 120 s"
+        );
+        let _ = probe.close(200, "bye".into()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let killed = std::time::Instant::now();
+        node.kill9().await;
+        node.boot().await;
+        killed.elapsed()
+    };
+    let simulation =
+        tokio::time::timeout(Duration::from_secs(150), simulate::run(&scenario, &options));
+    let (report, down) = tokio::join!(simulation, crash);
+    let report = report
+        .expect("the simulation finished within 150 s")
+        .expect("the simulation ran");
+    let text = report.to_string();
+    eprintln!(
+        "broker down {:.1} s during the run\n{text}",
+        down.as_secs_f64()
+    );
+    let check = &report.check;
+    assert!(check.expected > 0, "{text}");
+    // Every confirmed upload reached every subscriber, and none was shown
+    // twice: the copies of notifications whose ack the crash lost are
+    // dropped by id, as a user session drops them (`check.redelivered`).
+    assert_eq!(
+        (check.lost, check.duplicates, check.unexpected),
+        (0, 0, 0),
+        "{text}"
+    );
+    assert!(check.ok, "{text}");
+    assert_eq!(check.received, check.expected, "{text}");
+    assert_eq!(report.run.failed_requests, 0, "{text}");
 }

@@ -13,7 +13,7 @@ use super::{
     receiver::{Tally, title},
     scenario::{Change, Scenario, user_name, youtuber_name},
 };
-use crate::{
+use ytnotify::{
     broker,
     protocol::{self, Notification},
     topology,
@@ -47,7 +47,7 @@ pub async fn publish(
             id: uuid::Uuid::new_v4(),
             youtuber: youtuber.clone(),
             video: title(seq as u32),
-            uploaded_at_ms: crate::store::now_ms(),
+            uploaded_at_ms: ytnotify::store::now_ms(),
         });
         tally.mark_sent(seq as u32);
         let confirm = channel

@@ -2,17 +2,15 @@
 //! driven by keys, against a real RabbitMQ and an in-process server.
 #![cfg(feature = "tui")]
 
-mod common;
-
 use std::{
     io::{Read, Write},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::TestVhost;
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use ytnotify::client::youtuber::publish_video;
+use ytnotify_testkit::TestVhost;
 
 const USER: &str = env!("CARGO_BIN_EXE_user");
 
@@ -71,7 +69,7 @@ impl Terminal {
         let started = Instant::now();
         while !self.contents().contains(text) {
             assert!(
-                started.elapsed() < common::WAIT,
+                started.elapsed() < ytnotify_testkit::WAIT,
                 "the screen never showed {text:?}; it shows:\n{}",
                 self.contents()
             );
@@ -90,7 +88,10 @@ impl Terminal {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.exit_code();
             }
-            assert!(started.elapsed() < common::WAIT, "user did not exit");
+            assert!(
+                started.elapsed() < ytnotify_testkit::WAIT,
+                "user did not exit"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -149,10 +150,7 @@ async fn a_burst_that_waited_is_marked_and_acknowledged_once_shown() {
     let vhost = TestVhost::new("dashboard-away");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let change = ytnotify::client::user::SubscriptionChange {
-        youtuber: "mkbhd".into(),
-        subscribe: true,
-    };
+    let change = ytnotify::client::user::SubscriptionChange::subscribe("mkbhd");
     ytnotify::client::user::login_and_update(&client, "alice", Some(&change))
         .await
         .unwrap();

@@ -1,0 +1,145 @@
+//! The broker's address, an AMQP URL, read once with lapin's own parser
+//! (`AMQPUri`): what a program connects to, what it prints (never the
+//! password), and the same broker on another vhost.
+
+use std::{fmt, str::FromStr};
+
+use lapin::uri::AMQPUri;
+
+use crate::error::Error;
+
+/// An AMQP URL that parses: `amqp://user:password@host:port/vhost`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerUrl {
+    uri: AMQPUri,
+}
+
+impl BrokerUrl {
+    /// The URL as lapin connects with it.
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
+    /// The vhost, decoded (`/` for the default one).
+    pub fn vhost(&self) -> &str {
+        &self.uri.vhost
+    }
+
+    /// The user that the URL logs in as.
+    pub fn user(&self) -> &str {
+        &self.uri.authority.userinfo.username
+    }
+
+    /// The host and port to reach.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.uri.authority.host, self.uri.authority.port)
+    }
+
+    /// The same broker and credentials on `vhost`.
+    pub fn with_vhost(&self, vhost: &str) -> BrokerUrl {
+        let mut uri = self.uri.clone();
+        uri.vhost = vhost.to_owned();
+        BrokerUrl { uri }
+    }
+
+    /// The URL to show in messages and logs: the password hidden.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.uri.clone();
+        shown.authority.userinfo.password = PASSWORD_SHOWN_AS.to_owned();
+        // `AMQPUri` percent-encodes the password it prints.
+        shown
+            .to_string()
+            .replacen(&encoded(PASSWORD_SHOWN_AS), PASSWORD_SHOWN_AS, 1)
+    }
+}
+
+/// What a password is printed as.
+const PASSWORD_SHOWN_AS: &str = "***";
+
+fn encoded(text: &str) -> String {
+    text.bytes().map(|byte| format!("%{byte:02X}")).collect()
+}
+
+impl FromStr for BrokerUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<BrokerUrl, Error> {
+        url.parse::<AMQPUri>()
+            .map(|uri| BrokerUrl { uri })
+            .map_err(|reason| Error::BadUrl {
+                address: unparsed_redacted(url),
+                reason,
+            })
+    }
+}
+
+/// The full URL, password included: for a configuration, never for a message.
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.uri.fmt(f)
+    }
+}
+
+/// Hides the password of a URL in a message, whether or not it parses.
+pub fn redact(url: &str) -> String {
+    url.parse::<BrokerUrl>()
+        .map(|url| url.redacted())
+        .unwrap_or_else(|_| unparsed_redacted(url))
+}
+
+/// A URL that does not parse, as a message may show it: whatever stands
+/// before an `@` may be credentials.
+fn unparsed_redacted(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("{PASSWORD_SHOWN_AS}@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let url: BrokerUrl = "amqp://guest:s3cret@127.0.0.1:5672/%2f".parse().unwrap();
+        assert_eq!(url.redacted(), "amqp://guest:***@127.0.0.1:5672/%2F");
+        assert_eq!(
+            redact("amqp://guest:s3cret@host:1/%2f"),
+            "amqp://guest:***@host:1/%2F"
+        );
+        assert_eq!(redact("amqp//guest:s3cret@host"), "***@host");
+        assert_eq!(redact("localhost:5672"), "localhost:5672");
+    }
+
+    #[test]
+    fn a_url_is_read_once_with_its_parts() {
+        let url: BrokerUrl = "amqp://ann:pw@rabbit.example:5673/classroom"
+            .parse()
+            .unwrap();
+        assert_eq!(url.vhost(), "classroom");
+        assert_eq!(url.user(), "ann");
+        assert_eq!(url.host_port(), ("rabbit.example", 5673));
+        let other = url.with_vhost("lab 2");
+        assert_eq!(other.vhost(), "lab 2");
+        assert_eq!(
+            other.to_string(),
+            "amqp://ann:pw@rabbit.example:5673/lab%202"
+        );
+        assert_eq!(other.to_string().parse::<BrokerUrl>().unwrap(), other);
+        // Without a path, the default vhost.
+        let bare: BrokerUrl = "amqp://localhost".parse().unwrap();
+        assert_eq!(bare.vhost(), "/");
+        assert_eq!(bare.host_port(), ("localhost", 5672));
+    }
+
+    #[test]
+    fn what_does_not_parse_is_a_bad_url() {
+        let err = "localhost:5672".parse::<BrokerUrl>().unwrap_err();
+        assert!(matches!(err, Error::BadUrl { .. }), "{err}");
+        let err = "amqp://guest:s3cret@host:notaport/"
+            .parse::<BrokerUrl>()
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}

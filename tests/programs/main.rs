@@ -1,0 +1,6 @@
+//! The three programs as a user runs them: the built binaries, their exact
+//! output and exit codes (`cli`), and the user dashboard in a pseudo-terminal
+//! (`dashboard`), against a real RabbitMQ on a vhost per test.
+
+mod cli;
+mod dashboard;
