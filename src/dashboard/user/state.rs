@@ -1,36 +1,14 @@
-//! `user watch` in a terminal: the user's subscriptions with unread counts, the
-//! notification feed (newest first), and keys to subscribe, unsubscribe, mark
-//! read and filter. Subscription changes go through the server like any other
-//! request; its answer shows in the status line.
+//! The dashboard's state and `update`: what a key, a notification or an
+//! answer from the server changes, and what the event loop is asked to do.
 
-use std::{
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use chrono::FixedOffset;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::{
-    Frame,
-    layout::{Constraint, Layout, Rect},
-    style::{Color, Modifier, Style, Stylize},
-    text::{Line, Span},
-    widgets::{List, ListItem, Paragraph},
-};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{
-    terminal::{Input, Screen},
-    widgets::{self, BoldTitle},
-};
 use crate::{
-    client::{
-        Client,
-        inbox::{Inbox, Received},
-        user::{self, SubscriptionChange},
-    },
+    client::user::SubscriptionChange,
     error::{Error, Result},
     link::LinkState,
     names,
@@ -73,7 +51,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn from_result(result: Result<Option<String>>) -> Outcome {
+    pub(super) fn from_result(result: Result<Option<String>>) -> Outcome {
         match result {
             Ok(notice) => Outcome::Applied { notice },
             Err(Error::Refused(reason)) => Outcome::Refused(reason),
@@ -130,29 +108,29 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Status {
-    text: String,
-    error: bool,
+pub(super) struct Status {
+    pub(super) text: String,
+    pub(super) error: bool,
 }
 
 /// The state of a user's dashboard.
 #[derive(Debug, Clone)]
 pub struct UserDashboard {
-    user: String,
-    subscriptions: Vec<String>,
+    pub(super) user: String,
+    pub(super) subscriptions: Vec<String>,
     /// Oldest first; drawn newest first.
-    feed: Vec<FeedItem>,
-    focus: Focus,
-    mode: Mode,
-    selected_subscription: usize,
+    pub(super) feed: Vec<FeedItem>,
+    pub(super) focus: Focus,
+    pub(super) mode: Mode,
+    pub(super) selected_subscription: usize,
     /// The selected feed item, by id, so that it stays put as new ones arrive.
     selected_item: Option<Uuid>,
-    filter: String,
-    status: Option<Status>,
-    link: LinkState,
-    server: ServerHealth,
-    in_flight: usize,
-    offset: FixedOffset,
+    pub(super) filter: String,
+    pub(super) status: Option<Status>,
+    pub(super) link: LinkState,
+    pub(super) server: ServerHealth,
+    pub(super) in_flight: usize,
+    pub(super) offset: FixedOffset,
     quit: bool,
 }
 
@@ -217,7 +195,7 @@ impl UserDashboard {
             .count()
     }
 
-    fn unread(&self) -> usize {
+    pub(super) fn unread(&self) -> usize {
         self.feed.iter().filter(|item| !item.read).count()
     }
 
@@ -235,7 +213,7 @@ impl UserDashboard {
             .collect()
     }
 
-    fn selected_position(&self, visible: &[&FeedItem]) -> Option<usize> {
+    pub(super) fn selected_position(&self, visible: &[&FeedItem]) -> Option<usize> {
         match self.selected_item {
             Some(id) => visible.iter().position(|item| item.id == id),
             None => None,
@@ -533,267 +511,6 @@ impl UserDashboard {
             }
         }
     }
-
-    /// Draws the whole screen. Reads the state only.
-    pub fn render(&self, frame: &mut Frame) {
-        let [title, main, status, keys] = Layout::vertical([
-            Constraint::Length(1),
-            Constraint::Fill(1),
-            Constraint::Length(1),
-            Constraint::Length(1),
-        ])
-        .areas(frame.area());
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(30), Constraint::Percentage(70)])
-                .areas(main);
-
-        frame.render_widget(
-            Line::from(vec![
-                Span::styled(" ytnotify ", Style::new().bold().black().on_cyan()),
-                Span::raw(format!(" {}'s notifications", self.user)).bold(),
-            ]),
-            title,
-        );
-        self.render_subscriptions(frame, left);
-        self.render_feed(frame, right);
-        self.render_status(frame, status);
-        self.render_keys(frame, keys);
-        self.render_popup(frame);
-    }
-
-    fn render_subscriptions(&self, frame: &mut Frame, area: Rect) {
-        let focused = self.focus == Focus::Subscriptions;
-        let title =
-            Line::from(format!(" Subscriptions ({}) ", self.subscriptions.len())).bold_title();
-        let block = widgets::panel(title, focused);
-        if self.subscriptions.is_empty() {
-            let text = vec![
-                Line::from("None yet.").dim(),
-                Line::from(vec![
-                    Span::raw("Press "),
-                    Span::raw("s").bold(),
-                    Span::raw(" to subscribe."),
-                ])
-                .dim(),
-            ];
-            frame.render_widget(Paragraph::new(text).block(block), area);
-            return;
-        }
-        let width = area.width.saturating_sub(2) as usize;
-        let height = widgets::inner_height(area);
-        let first = self
-            .selected_subscription
-            .saturating_sub(height.saturating_sub(1));
-        let items: Vec<ListItem> = self
-            .subscriptions
-            .iter()
-            .enumerate()
-            .skip(first)
-            .take(height)
-            .map(|(at, youtuber)| {
-                let unread = self.unread_from(youtuber);
-                let count = if unread > 0 {
-                    unread.to_string()
-                } else {
-                    String::new()
-                };
-                let name_width = width.saturating_sub(count.len() + 3);
-                let text = format!(
-                    " {:<name_width$} {count} ",
-                    widgets::truncate(youtuber, name_width)
-                );
-                let mut style = Style::new();
-                if unread > 0 {
-                    style = style.add_modifier(Modifier::BOLD);
-                }
-                if at == self.selected_subscription && focused {
-                    style = style.add_modifier(Modifier::REVERSED);
-                }
-                ListItem::new(Line::from(text).style(style))
-            })
-            .collect();
-        frame.render_widget(List::new(items).block(block), area);
-    }
-
-    fn render_feed(&self, frame: &mut Frame, area: Rect) {
-        let focused = self.focus == Focus::Feed;
-        let visible = self.visible();
-        let mut title = vec![
-            Span::raw(format!(
-                " Notifications · {} · {} unread ",
-                self.feed.len(),
-                self.unread()
-            ))
-            .bold(),
-        ];
-        if !self.filter.is_empty() {
-            title.push(Span::styled(
-                format!("· filter: {} ({} shown) ", self.filter, visible.len()),
-                Style::new().fg(Color::Yellow),
-            ));
-        }
-        let block = widgets::panel(Line::from(title), focused);
-        if visible.is_empty() {
-            let text = if self.feed.is_empty() {
-                "Nothing yet: uploads of the YouTubers you follow appear here as they happen."
-            } else {
-                "Nothing matches the filter (Esc clears it)."
-            };
-            frame.render_widget(
-                Paragraph::new(Line::from(text).dim())
-                    .block(block)
-                    .wrap(ratatui::widgets::Wrap { trim: true }),
-                area,
-            );
-            return;
-        }
-        let width = area.width.saturating_sub(2) as usize;
-        let height = widgets::inner_height(area);
-        let selected = self.selected_position(&visible).unwrap_or(0);
-        let first = selected.saturating_sub(height.saturating_sub(1));
-        let items: Vec<ListItem> = visible
-            .iter()
-            .enumerate()
-            .skip(first)
-            .take(height)
-            .map(|(at, item)| self.feed_row(item, width, at == selected && focused))
-            .collect();
-        frame.render_widget(List::new(items).block(block), area);
-    }
-
-    fn feed_row(&self, item: &FeedItem, width: usize, selected: bool) -> ListItem<'static> {
-        let marker = if item.read {
-            Span::raw("  ")
-        } else {
-            Span::styled("● ", Style::new().fg(Color::Cyan))
-        };
-        let time = Span::styled(
-            format!("{} ", widgets::clock(item.uploaded_at_ms, self.offset)),
-            Style::new().fg(Color::DarkGray),
-        );
-        let away = if item.away { " while away" } else { "" };
-        let used = 2 + 9 + item.youtuber.chars().count() + " uploaded ".len() + away.len();
-        let title = widgets::truncate(&item.video, width.saturating_sub(used));
-        let mut text = Style::new();
-        if !item.read {
-            text = text.add_modifier(Modifier::BOLD);
-        }
-        let mut spans = vec![
-            marker,
-            time,
-            Span::styled(item.youtuber.clone(), text.fg(Color::Cyan)),
-            Span::styled(" uploaded ", text),
-            Span::styled(title, text),
-        ];
-        if item.away {
-            spans.push(Span::styled(away, Style::new().fg(Color::Yellow)));
-        }
-        let mut line = Line::from(spans);
-        if selected {
-            line = line.style(Style::new().add_modifier(Modifier::REVERSED));
-        }
-        ListItem::new(line)
-    }
-
-    fn render_status(&self, frame: &mut Frame, area: Rect) {
-        let mut spans = Vec::new();
-        spans.push(match &self.link {
-            LinkState::Connected => {
-                Span::styled("● broker connected", Style::new().fg(Color::Green))
-            }
-            LinkState::Reconnecting(_) => Span::styled(
-                "◌ broker lost: reconnecting…",
-                Style::new().fg(Color::Yellow),
-            ),
-            LinkState::Blocked(why) => Span::styled(
-                format!("■ broker blocks publishing ({why})"),
-                Style::new().fg(Color::Red),
-            ),
-        });
-        spans.push(Span::raw(" · "));
-        spans.push(match self.server {
-            ServerHealth::Unknown => Span::raw("server: no request yet").dim(),
-            ServerHealth::Answered(took) => Span::styled(
-                format!("server answered in {} ms", took.as_millis()),
-                Style::new().fg(Color::Green),
-            ),
-            ServerHealth::Silent => {
-                Span::styled("server not answering", Style::new().fg(Color::Yellow))
-            }
-        });
-        if self.in_flight > 0 {
-            spans.push(Span::raw(format!(" · {} pending", self.in_flight)));
-        }
-        if let Some(status) = &self.status {
-            spans.push(Span::raw(" · "));
-            let style = if status.error {
-                Style::new().fg(Color::Red)
-            } else {
-                Style::new()
-            };
-            spans.push(Span::styled(status.text.clone(), style));
-        }
-        frame.render_widget(Paragraph::new(Line::from(spans)), area);
-    }
-
-    fn render_keys(&self, frame: &mut Frame, area: Rect) {
-        let line = match self.mode {
-            Mode::Filter => Line::from(vec![
-                Span::styled(" filter: ", Style::new().fg(Color::Yellow).bold()),
-                Span::raw(self.filter.clone()),
-                Span::raw("▏"),
-                Span::raw("   Enter keep · Esc clear").dim(),
-            ]),
-            _ => widgets::hints(&[
-                ("s", "subscribe"),
-                ("u", "unsubscribe"),
-                ("⏎", "read"),
-                ("/", "filter"),
-                ("?", "keys"),
-                ("q", "quit"),
-            ]),
-        };
-        frame.render_widget(line, area);
-    }
-
-    fn render_popup(&self, frame: &mut Frame) {
-        match &self.mode {
-            Mode::Subscribe { input, error } => {
-                let mut lines = vec![Line::from(vec![
-                    Span::raw("YouTuber: "),
-                    Span::raw(input.clone()).bold(),
-                    Span::raw("▏"),
-                ])];
-                match error {
-                    Some(error) => lines.push(Line::from(error.clone()).red()),
-                    None => lines.push(Line::from("letters, digits, '_', '-' or '.'").dim()),
-                }
-                lines.push(Line::from("Enter subscribe · Esc cancel").dim());
-                widgets::popup(frame, "Subscribe", lines, 60);
-            }
-            Mode::ConfirmUnsubscribe(youtuber) => {
-                let lines = vec![
-                    Line::from(format!("Unsubscribe {} from {youtuber}?", self.user)),
-                    Line::from("y yes · n no").dim(),
-                ];
-                widgets::popup(frame, "Unsubscribe", lines, 50);
-            }
-            Mode::Help => {
-                let lines = widgets::key_lines(&[
-                    ("↑ ↓  j k", "move in the list"),
-                    ("Tab ← →", "switch panels"),
-                    ("Enter", "mark read (feed) / show only this YouTuber"),
-                    ("a", "mark everything shown read"),
-                    ("s", "subscribe to a YouTuber"),
-                    ("u", "unsubscribe from the selected YouTuber"),
-                    ("/", "filter the feed; Esc clears"),
-                    ("q  Ctrl-C", "quit"),
-                ]);
-                widgets::popup(frame, "Keys", lines, 62);
-            }
-            Mode::Normal | Mode::Filter => {}
-        }
-    }
 }
 
 fn step(at: usize, by: isize, len: usize) -> usize {
@@ -809,227 +526,10 @@ fn step(at: usize, by: isize, len: usize) -> usize {
     }
 }
 
-/// From the broker task to the event loop.
-enum Delivered {
-    Received(Received, bool),
-    Ended(String),
-}
-
-/// Runs the dashboard for `user` until `q`, Ctrl-C or `shutdown`. Each
-/// notification is acknowledged once a frame showing it has been drawn.
-pub async fn run(
-    client: Client,
-    user: &str,
-    greeting: Option<String>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    // Open the inbox before taking the screen, so that an error (another
-    // session already open) prints as a plain line.
-    let mut inbox = Inbox::open(client.link(), user).await?;
-    let client = Arc::new(client);
-    let mut app = UserDashboard::new(user, widgets::local_offset());
-    if let Some(greeting) = greeting {
-        app.say(greeting);
-    }
-
-    let (delivered, mut deliveries) = mpsc::channel::<Delivered>(4096);
-    let away = inbox.waiting_at_open();
-    let reader = tokio::spawn(async move {
-        let mut count = 0u32;
-        loop {
-            // The inbox rides out every loss by itself; it fails only once
-            // the connection is closed.
-            match inbox.next().await {
-                Ok(received) => {
-                    count += 1;
-                    if delivered
-                        .send(Delivered::Received(received, count <= away))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    let _ = delivered.send(Delivered::Ended(err.to_string())).await;
-                    break;
-                }
-            }
-        }
-        inbox.close().await;
-    });
-
-    let (replies, mut answers) = mpsc::unbounded_channel::<Msg>();
-    execute(&client, user, Command::RefreshSubscriptions, &replies);
-
-    let mut screen = Screen::enter().map_err(|e| Error::Terminal(e.to_string()))?;
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut link = client.state();
-    let mut unacked: Vec<Received> = Vec::new();
-    let mut acking: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    loop {
-        // One frame per event (a burst counts as one): nothing is drawn while idle.
-        {
-            screen
-                .terminal
-                .draw(|frame| app.render(frame))
-                .map_err(|e| Error::Terminal(e.to_string()))?;
-            // Drawn, so shown: now they may leave the inbox.
-            if !unacked.is_empty() {
-                let batch = std::mem::take(&mut unacked);
-                acking.retain(|task| !task.is_finished());
-                acking.push(tokio::spawn(async move {
-                    for received in batch {
-                        let _ = received.ack().await;
-                    }
-                }));
-            }
-        }
-        let mut commands = Vec::new();
-        tokio::select! {
-            input = screen.next() => match input {
-                Input::Key(key) => commands = app.update(Msg::Key(key)),
-                Input::Resize => {}
-                Input::Closed => break,
-            },
-            Some(first) = deliveries.recv() => {
-                // Take the whole burst before drawing once.
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(delivery) = next {
-                    match delivery {
-                        Delivered::Received(received, away) => {
-                            app.update(Msg::Notification { notification: received.notification.clone(), away });
-                            unacked.push(received);
-                        }
-                        Delivered::Ended(why) => {
-                            app.update(Msg::Link(LinkState::Reconnecting(why)));
-                        }
-                    }
-                    taken += 1;
-                    next = if taken < 5000 { deliveries.try_recv().ok() } else { None };
-                }
-            },
-            Some(msg) = answers.recv() => commands = app.update(msg),
-            Ok(()) = link.changed() => {
-                let state = link.borrow_and_update().clone();
-                app.update(Msg::Link(state));
-            },
-            () = &mut shutdown => break,
-        }
-        for command in commands {
-            execute(&client, user, command, &replies);
-        }
-        if app.should_quit() {
-            break;
-        }
-    }
-    drop(screen);
-    // Notifications not drawn yet stay unacknowledged, in the inbox for next
-    // time; those drawn are acknowledged before the connection closes.
-    drop(unacked);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        for task in acking {
-            let _ = task.await;
-        }
-    })
-    .await;
-    reader.abort();
-    Ok(())
-}
-
-fn execute(
-    client: &Arc<Client>,
-    user: &str,
-    command: Command,
-    replies: &mpsc::UnboundedSender<Msg>,
-) {
-    let (client, user, replies) = (Arc::clone(client), user.to_owned(), replies.clone());
-    match command {
-        Command::Quit => {}
-        Command::RefreshSubscriptions => {
-            tokio::spawn(async move {
-                let msg = match user::subscriptions(&client, &user).await {
-                    Ok(list) => Msg::Subscriptions(list),
-                    Err(err) => Msg::SubscriptionsFailed(Outcome::from_result(Err(err))),
-                };
-                let _ = replies.send(msg);
-            });
-        }
-        Command::Change(change) => {
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let result = user::update_subscription(&client, &user, &change).await;
-                let _ = replies.send(Msg::Changed {
-                    change,
-                    outcome: Outcome::from_result(result),
-                    elapsed: started.elapsed(),
-                });
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ratatui::{Terminal, backend::TestBackend};
-
-    fn key(code: KeyCode) -> Msg {
-        Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
-    }
-
-    fn typed(app: &mut UserDashboard, text: &str) -> Vec<Command> {
-        let mut commands = Vec::new();
-        for c in text.chars() {
-            commands.extend(app.update(key(KeyCode::Char(c))));
-        }
-        commands
-    }
-
-    fn upload(n: u128, youtuber: &str, video: &str, away: bool) -> Msg {
-        Msg::Notification {
-            notification: Notification::VideoUploaded {
-                id: Uuid::from_u128(n),
-                youtuber: youtuber.into(),
-                video: video.into(),
-                uploaded_at_ms: 1_795_437_000_000 + n as i64 * 61_000,
-            },
-            away,
-        }
-    }
-
-    fn utc() -> FixedOffset {
-        FixedOffset::east_opt(0).unwrap()
-    }
-
-    /// alice follows bob and carol; two uploads waited while she was away,
-    /// two came live, and she has read one.
-    fn sample() -> UserDashboard {
-        let mut app = UserDashboard::new("alice", utc());
-        app.update(Msg::Subscriptions(vec!["bob".into(), "carol".into()]));
-        app.update(upload(1, "bob", "Rust in 100 seconds", true));
-        app.update(upload(2, "carol", "Why the sky is blue", true));
-        app.update(upload(3, "bob", "Async Rust, explained slowly", false));
-        app.update(upload(4, "bob", "Ownership for the impatient", false));
-        app.update(Msg::Changed {
-            change: SubscriptionChange {
-                youtuber: "carol".into(),
-                subscribe: true,
-            },
-            outcome: Outcome::Applied { notice: None },
-            elapsed: Duration::from_millis(3),
-        });
-        // Read the newest one (selected first), which moves the selection down.
-        app.update(key(KeyCode::Enter));
-        app
-    }
-
-    fn draw(app: &UserDashboard, width: u16, height: u16) -> Terminal<TestBackend> {
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        terminal.draw(|frame| app.render(frame)).unwrap();
-        terminal
-    }
+    use crate::dashboard::user::fixtures::{draw, key, sample, typed, upload, utc};
 
     #[test]
     fn unread_counts_follow_reading() {
@@ -1158,32 +658,5 @@ mod tests {
         // Drawing the full feed still renders only what fits.
         let terminal = draw(&app, 80, 24);
         assert!(terminal.backend().to_string().contains("10000 unread"));
-    }
-
-    #[test]
-    fn snapshot_at_80_by_24() {
-        insta::assert_snapshot!(draw(&sample(), 80, 24).backend());
-    }
-
-    #[test]
-    fn snapshot_of_the_subscribe_prompt() {
-        let mut app = sample();
-        app.update(key(KeyCode::Char('s')));
-        typed(&mut app, "dave");
-        insta::assert_snapshot!(draw(&app, 80, 24).backend());
-    }
-
-    #[test]
-    fn snapshot_of_an_empty_dashboard_with_a_silent_server() {
-        let mut app = UserDashboard::new("newcomer", utc());
-        app.update(Msg::SubscriptionsFailed(Outcome::Queued));
-        insta::assert_snapshot!(draw(&app, 80, 12).backend());
-    }
-
-    #[test]
-    fn snapshot_of_the_help() {
-        let mut app = sample();
-        app.update(key(KeyCode::Char('?')));
-        insta::assert_snapshot!(draw(&app, 80, 24).backend());
     }
 }

@@ -1,0 +1,316 @@
+//! Drawing the dashboard: layout, panels, status line and pop-ups, read-only
+//! over the state.
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style, Stylize},
+    text::{Line, Span},
+    widgets::{List, ListItem, Paragraph},
+};
+
+use super::{FeedItem, Focus, Mode, ServerHealth, UserDashboard};
+use crate::{
+    dashboard::widgets::{self, BoldTitle},
+    link::LinkState,
+};
+
+impl UserDashboard {
+    /// Draws the whole screen. Reads the state only.
+    pub fn render(&self, frame: &mut Frame) {
+        let [title, main, status, keys] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Fill(1),
+            Constraint::Length(1),
+            Constraint::Length(1),
+        ])
+        .areas(frame.area());
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(30), Constraint::Percentage(70)])
+                .areas(main);
+
+        frame.render_widget(
+            Line::from(vec![
+                Span::styled(" ytnotify ", Style::new().bold().black().on_cyan()),
+                Span::raw(format!(" {}'s notifications", self.user)).bold(),
+            ]),
+            title,
+        );
+        self.render_subscriptions(frame, left);
+        self.render_feed(frame, right);
+        self.render_status(frame, status);
+        self.render_keys(frame, keys);
+        self.render_popup(frame);
+    }
+
+    fn render_subscriptions(&self, frame: &mut Frame, area: Rect) {
+        let focused = self.focus == Focus::Subscriptions;
+        let title =
+            Line::from(format!(" Subscriptions ({}) ", self.subscriptions.len())).bold_title();
+        let block = widgets::panel(title, focused);
+        if self.subscriptions.is_empty() {
+            let text = vec![
+                Line::from("None yet.").dim(),
+                Line::from(vec![
+                    Span::raw("Press "),
+                    Span::raw("s").bold(),
+                    Span::raw(" to subscribe."),
+                ])
+                .dim(),
+            ];
+            frame.render_widget(Paragraph::new(text).block(block), area);
+            return;
+        }
+        let width = area.width.saturating_sub(2) as usize;
+        let height = widgets::inner_height(area);
+        let first = self
+            .selected_subscription
+            .saturating_sub(height.saturating_sub(1));
+        let items: Vec<ListItem> = self
+            .subscriptions
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take(height)
+            .map(|(at, youtuber)| {
+                let unread = self.unread_from(youtuber);
+                let count = if unread > 0 {
+                    unread.to_string()
+                } else {
+                    String::new()
+                };
+                let name_width = width.saturating_sub(count.len() + 3);
+                let text = format!(
+                    " {:<name_width$} {count} ",
+                    widgets::truncate(youtuber, name_width)
+                );
+                let mut style = Style::new();
+                if unread > 0 {
+                    style = style.add_modifier(Modifier::BOLD);
+                }
+                if at == self.selected_subscription && focused {
+                    style = style.add_modifier(Modifier::REVERSED);
+                }
+                ListItem::new(Line::from(text).style(style))
+            })
+            .collect();
+        frame.render_widget(List::new(items).block(block), area);
+    }
+
+    fn render_feed(&self, frame: &mut Frame, area: Rect) {
+        let focused = self.focus == Focus::Feed;
+        let visible = self.visible();
+        let mut title = vec![
+            Span::raw(format!(
+                " Notifications · {} · {} unread ",
+                self.feed.len(),
+                self.unread()
+            ))
+            .bold(),
+        ];
+        if !self.filter.is_empty() {
+            title.push(Span::styled(
+                format!("· filter: {} ({} shown) ", self.filter, visible.len()),
+                Style::new().fg(Color::Yellow),
+            ));
+        }
+        let block = widgets::panel(Line::from(title), focused);
+        if visible.is_empty() {
+            let text = if self.feed.is_empty() {
+                "Nothing yet: uploads of the YouTubers you follow appear here as they happen."
+            } else {
+                "Nothing matches the filter (Esc clears it)."
+            };
+            frame.render_widget(
+                Paragraph::new(Line::from(text).dim())
+                    .block(block)
+                    .wrap(ratatui::widgets::Wrap { trim: true }),
+                area,
+            );
+            return;
+        }
+        let width = area.width.saturating_sub(2) as usize;
+        let height = widgets::inner_height(area);
+        let selected = self.selected_position(&visible).unwrap_or(0);
+        let first = selected.saturating_sub(height.saturating_sub(1));
+        let items: Vec<ListItem> = visible
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take(height)
+            .map(|(at, item)| self.feed_row(item, width, at == selected && focused))
+            .collect();
+        frame.render_widget(List::new(items).block(block), area);
+    }
+
+    fn feed_row(&self, item: &FeedItem, width: usize, selected: bool) -> ListItem<'static> {
+        let marker = if item.read {
+            Span::raw("  ")
+        } else {
+            Span::styled("● ", Style::new().fg(Color::Cyan))
+        };
+        let time = Span::styled(
+            format!("{} ", widgets::clock(item.uploaded_at_ms, self.offset)),
+            Style::new().fg(Color::DarkGray),
+        );
+        let away = if item.away { " while away" } else { "" };
+        let used = 2 + 9 + item.youtuber.chars().count() + " uploaded ".len() + away.len();
+        let title = widgets::truncate(&item.video, width.saturating_sub(used));
+        let mut text = Style::new();
+        if !item.read {
+            text = text.add_modifier(Modifier::BOLD);
+        }
+        let mut spans = vec![
+            marker,
+            time,
+            Span::styled(item.youtuber.clone(), text.fg(Color::Cyan)),
+            Span::styled(" uploaded ", text),
+            Span::styled(title, text),
+        ];
+        if item.away {
+            spans.push(Span::styled(away, Style::new().fg(Color::Yellow)));
+        }
+        let mut line = Line::from(spans);
+        if selected {
+            line = line.style(Style::new().add_modifier(Modifier::REVERSED));
+        }
+        ListItem::new(line)
+    }
+
+    fn render_status(&self, frame: &mut Frame, area: Rect) {
+        let mut spans = Vec::new();
+        spans.push(match &self.link {
+            LinkState::Connected => {
+                Span::styled("● broker connected", Style::new().fg(Color::Green))
+            }
+            LinkState::Reconnecting(_) => Span::styled(
+                "◌ broker lost: reconnecting…",
+                Style::new().fg(Color::Yellow),
+            ),
+            LinkState::Blocked(why) => Span::styled(
+                format!("■ broker blocks publishing ({why})"),
+                Style::new().fg(Color::Red),
+            ),
+        });
+        spans.push(Span::raw(" · "));
+        spans.push(match self.server {
+            ServerHealth::Unknown => Span::raw("server: no request yet").dim(),
+            ServerHealth::Answered(took) => Span::styled(
+                format!("server answered in {} ms", took.as_millis()),
+                Style::new().fg(Color::Green),
+            ),
+            ServerHealth::Silent => {
+                Span::styled("server not answering", Style::new().fg(Color::Yellow))
+            }
+        });
+        if self.in_flight > 0 {
+            spans.push(Span::raw(format!(" · {} pending", self.in_flight)));
+        }
+        if let Some(status) = &self.status {
+            spans.push(Span::raw(" · "));
+            let style = if status.error {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::new()
+            };
+            spans.push(Span::styled(status.text.clone(), style));
+        }
+        frame.render_widget(Paragraph::new(Line::from(spans)), area);
+    }
+
+    fn render_keys(&self, frame: &mut Frame, area: Rect) {
+        let line = match self.mode {
+            Mode::Filter => Line::from(vec![
+                Span::styled(" filter: ", Style::new().fg(Color::Yellow).bold()),
+                Span::raw(self.filter.clone()),
+                Span::raw("▏"),
+                Span::raw("   Enter keep · Esc clear").dim(),
+            ]),
+            _ => widgets::hints(&[
+                ("s", "subscribe"),
+                ("u", "unsubscribe"),
+                ("⏎", "read"),
+                ("/", "filter"),
+                ("?", "keys"),
+                ("q", "quit"),
+            ]),
+        };
+        frame.render_widget(line, area);
+    }
+
+    fn render_popup(&self, frame: &mut Frame) {
+        match &self.mode {
+            Mode::Subscribe { input, error } => {
+                let mut lines = vec![Line::from(vec![
+                    Span::raw("YouTuber: "),
+                    Span::raw(input.clone()).bold(),
+                    Span::raw("▏"),
+                ])];
+                match error {
+                    Some(error) => lines.push(Line::from(error.clone()).red()),
+                    None => lines.push(Line::from("letters, digits, '_', '-' or '.'").dim()),
+                }
+                lines.push(Line::from("Enter subscribe · Esc cancel").dim());
+                widgets::popup(frame, "Subscribe", lines, 60);
+            }
+            Mode::ConfirmUnsubscribe(youtuber) => {
+                let lines = vec![
+                    Line::from(format!("Unsubscribe {} from {youtuber}?", self.user)),
+                    Line::from("y yes · n no").dim(),
+                ];
+                widgets::popup(frame, "Unsubscribe", lines, 50);
+            }
+            Mode::Help => {
+                let lines = widgets::key_lines(&[
+                    ("↑ ↓  j k", "move in the list"),
+                    ("Tab ← →", "switch panels"),
+                    ("Enter", "mark read (feed) / show only this YouTuber"),
+                    ("a", "mark everything shown read"),
+                    ("s", "subscribe to a YouTuber"),
+                    ("u", "unsubscribe from the selected YouTuber"),
+                    ("/", "filter the feed; Esc clears"),
+                    ("q  Ctrl-C", "quit"),
+                ]);
+                widgets::popup(frame, "Keys", lines, 62);
+            }
+            Mode::Normal | Mode::Filter => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashboard::user::{
+        Msg, Outcome,
+        fixtures::{draw, key, sample, typed, utc},
+    };
+    use crossterm::event::KeyCode;
+
+    #[test]
+    fn snapshot_at_80_by_24() {
+        insta::assert_snapshot!(draw(&sample(), 80, 24).backend());
+    }
+
+    #[test]
+    fn snapshot_of_the_subscribe_prompt() {
+        let mut app = sample();
+        app.update(key(KeyCode::Char('s')));
+        typed(&mut app, "dave");
+        insta::assert_snapshot!(draw(&app, 80, 24).backend());
+    }
+
+    #[test]
+    fn snapshot_of_an_empty_dashboard_with_a_silent_server() {
+        let mut app = UserDashboard::new("newcomer", utc());
+        app.update(Msg::SubscriptionsFailed(Outcome::Queued));
+        insta::assert_snapshot!(draw(&app, 80, 12).backend());
+    }
+
+    #[test]
+    fn snapshot_of_the_help() {
+        let mut app = sample();
+        app.update(key(KeyCode::Char('?')));
+        insta::assert_snapshot!(draw(&app, 80, 24).backend());
+    }
+}
