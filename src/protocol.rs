@@ -39,13 +39,15 @@ pub enum Request {
     /// A user logs in; the server adds the user the first time.
     Login { user: String },
     /// A user subscribes to (`subscribe: true`) or unsubscribes from a YouTuber.
-    Subscription {
+    #[serde(rename = "subscription")]
+    ChangeSubscription {
         user: String,
         youtuber: String,
         subscribe: bool,
     },
     /// A user asks which YouTubers it follows.
-    Subscriptions { user: String },
+    #[serde(rename = "subscriptions")]
+    ListSubscriptions { user: String },
     /// A YouTuber uploads a video; the server adds the YouTuber the first time.
     Upload { youtuber: String, video: String },
 }
@@ -54,8 +56,10 @@ impl Request {
     /// Checks every name the request carries.
     pub fn validate(&self) -> Result<(), InvalidName> {
         match self {
-            Request::Login { user } | Request::Subscriptions { user } => names::check_user(user),
-            Request::Subscription { user, youtuber, .. } => {
+            Request::Login { user } | Request::ListSubscriptions { user } => {
+                names::check_user(user)
+            }
+            Request::ChangeSubscription { user, youtuber, .. } => {
                 names::check_user(user)?;
                 names::check_youtuber(youtuber)
             }
@@ -70,8 +74,8 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Login { .. } => "login",
-            Request::Subscription { .. } => "subscription",
-            Request::Subscriptions { .. } => "subscriptions",
+            Request::ChangeSubscription { .. } => "subscription",
+            Request::ListSubscriptions { .. } => "subscriptions",
             Request::Upload { .. } => "upload",
         }
     }
@@ -391,12 +395,12 @@ mod tests {
             Request::Login {
                 user: "alice".into(),
             },
-            Request::Subscription {
+            Request::ChangeSubscription {
                 user: "alice".into(),
                 youtuber: "bob".into(),
                 subscribe: false,
             },
-            Request::Subscriptions {
+            Request::ListSubscriptions {
                 user: "alice".into(),
             },
             Request::Upload {
@@ -414,7 +418,7 @@ mod tests {
     fn the_wire_form_is_flat_tagged_and_versioned() {
         let envelope = RequestEnvelope {
             id: Uuid::nil(),
-            request: Request::Subscription {
+            request: Request::ChangeSubscription {
                 user: "alice".into(),
                 youtuber: "bob".into(),
                 subscribe: true,

@@ -171,9 +171,10 @@ pub enum Effect {
     Notify(Video),
 }
 
-/// The result of one request of a batch given to [`Store::apply`].
+/// What the store decided for one request of a batch given to
+/// [`Store::apply`]: the reply, and the effect to carry out on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Decision {
     /// The reply, and whether the request was applied now or before.
     pub reply: Applied<Reply>,
     pub effect: Effect,
@@ -264,7 +265,7 @@ impl Store {
     /// its id like any reply; the others are stored. An error of the database
     /// as a whole (busy, disk full, I/O) stores none of the batch: try the
     /// batch again later.
-    pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Outcome>> {
+    pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Decision>> {
         let inbox_bound = self.inbox_bound;
         self.with(move |connection| {
             let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -297,7 +298,7 @@ impl Store {
         youtuber: &str,
         subscribe: bool,
     ) -> Result<Applied<Reply>> {
-        let request = Request::Subscription {
+        let request = Request::ChangeSubscription {
             user: user.to_owned(),
             youtuber: youtuber.to_owned(),
             subscribe,
@@ -333,7 +334,7 @@ impl Store {
         }
     }
 
-    async fn apply_single(&self, request_id: Uuid, request: Request) -> Result<Outcome> {
+    async fn apply_single(&self, request_id: Uuid, request: Request) -> Result<Decision> {
         let mut outcomes = self.apply(vec![(request_id, request)]).await?;
         Ok(outcomes.remove(0))
     }
@@ -549,8 +550,8 @@ fn apply_isolated(
     request: Request,
     now: i64,
     inbox_bound: Option<u32>,
-) -> rusqlite::Result<Outcome> {
-    let is_query = matches!(request, Request::Subscriptions { .. });
+) -> rusqlite::Result<Decision> {
+    let is_query = matches!(request, Request::ListSubscriptions { .. });
     let mut savepoint = tx.savepoint()?;
     let err = match apply_one(&savepoint, request_id, request, now, inbox_bound) {
         Ok(outcome) => {
@@ -579,7 +580,7 @@ fn apply_isolated(
         tracing::warn!(%request_id, %err, "cannot record the refusal of a request");
     }
     savepoint.commit()?;
-    Ok(Outcome {
+    Ok(Decision {
         reply: Applied::New(reply),
         effect: Effect::None,
     })
@@ -618,11 +619,11 @@ fn apply_one(
     request: Request,
     now: i64,
     inbox_bound: Option<u32>,
-) -> rusqlite::Result<Outcome> {
-    if let Request::Subscriptions { user } = request {
+) -> rusqlite::Result<Decision> {
+    if let Request::ListSubscriptions { user } = request {
         // A query changes nothing and is not recorded.
         let youtubers = subscriptions_of(tx, &user)?;
-        return Ok(Outcome {
+        return Ok(Decision {
             reply: Applied::New(Reply::Subscriptions { youtubers }),
             effect: Effect::None,
         });
@@ -638,7 +639,7 @@ fn apply_one(
                 },
                 None => Effect::None,
             },
-            Request::Subscription { user, youtuber, .. } => match inbox_of(tx, &user)? {
+            Request::ChangeSubscription { user, youtuber, .. } => match inbox_of(tx, &user)? {
                 Some(inbox) => Effect::Binding {
                     subscribed: is_subscribed(tx, &user, &youtuber)?,
                     user,
@@ -652,9 +653,9 @@ fn apply_one(
                 Some(id) => Effect::Notify(video_by_id(tx, &id)?),
                 None => Effect::None,
             },
-            Request::Subscriptions { .. } => Effect::None,
+            Request::ListSubscriptions { .. } => Effect::None,
         };
-        return Ok(Outcome {
+        return Ok(Decision {
             reply: Applied::Replayed(reply),
             effect,
         });
@@ -674,7 +675,7 @@ fn apply_one(
             };
             (Reply::Done { notice }, effect, None)
         }
-        Request::Subscription {
+        Request::ChangeSubscription {
             user,
             youtuber,
             subscribe,
@@ -708,10 +709,10 @@ fn apply_one(
                 Some(id),
             )
         }
-        Request::Subscriptions { .. } => unreachable!("answered above"),
+        Request::ListSubscriptions { .. } => unreachable!("answered above"),
     };
     record(tx, request_id, &reply, video_id, now)?;
-    Ok(Outcome {
+    Ok(Decision {
         reply: Applied::New(reply),
         effect,
     })
@@ -1145,7 +1146,7 @@ mod tests {
     }
 
     fn subscribe(user: &str, youtuber: &str) -> Request {
-        Request::Subscription {
+        Request::ChangeSubscription {
             user: user.into(),
             youtuber: youtuber.into(),
             subscribe: true,
@@ -1446,7 +1447,7 @@ mod tests {
         };
         assert_eq!(
             outcomes[0],
-            Outcome {
+            Decision {
                 reply: Applied::New(refusal.clone()),
                 effect: Effect::None,
             }
@@ -1468,7 +1469,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             again[0],
-            Outcome {
+            Decision {
                 reply: Applied::Replayed(refusal.clone()),
                 effect: Effect::None,
             }

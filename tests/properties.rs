@@ -253,13 +253,13 @@ fn valid_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         valid_name().prop_map(|user| Request::Login { user }),
         (valid_name(), valid_name(), any::<bool>()).prop_map(|(user, youtuber, subscribe)| {
-            Request::Subscription {
+            Request::ChangeSubscription {
                 user,
                 youtuber,
                 subscribe,
             }
         }),
-        valid_name().prop_map(|user| Request::Subscriptions { user }),
+        valid_name().prop_map(|user| Request::ListSubscriptions { user }),
         (valid_name(), valid_video())
             .prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
     ]
@@ -352,13 +352,13 @@ fn any_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         any_text().prop_map(|user| Request::Login { user }),
         (any_text(), any_text(), any::<bool>()).prop_map(|(user, youtuber, subscribe)| {
-            Request::Subscription {
+            Request::ChangeSubscription {
                 user,
                 youtuber,
                 subscribe,
             }
         }),
-        any_text().prop_map(|user| Request::Subscriptions { user }),
+        any_text().prop_map(|user| Request::ListSubscriptions { user }),
         (any_text(), any_text()).prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
     ]
 }
@@ -870,8 +870,8 @@ fn check_name_error(
 /// order user, YouTuber, video.
 fn expected_validation(request: &Request) -> Result<(), InvalidName> {
     match request {
-        Request::Login { user } | Request::Subscriptions { user } => names::check_user(user),
-        Request::Subscription { user, youtuber, .. } => {
+        Request::Login { user } | Request::ListSubscriptions { user } => names::check_user(user),
+        Request::ChangeSubscription { user, youtuber, .. } => {
             names::check_user(user).and_then(|()| names::check_youtuber(youtuber))
         }
         Request::Upload { youtuber, video } => {
@@ -882,8 +882,8 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
 
 fn reference_request_ok(request: &Request) -> bool {
     match request {
-        Request::Login { user } | Request::Subscriptions { user } => reference_name_ok(user),
-        Request::Subscription { user, youtuber, .. } => {
+        Request::Login { user } | Request::ListSubscriptions { user } => reference_name_ok(user),
+        Request::ChangeSubscription { user, youtuber, .. } => {
             reference_name_ok(user) && reference_name_ok(youtuber)
         }
         Request::Upload { youtuber, video } => {
@@ -896,13 +896,13 @@ fn candidate_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         candidate_name().prop_map(|user| Request::Login { user }),
         (candidate_name(), candidate_name(), any::<bool>()).prop_map(
-            |(user, youtuber, subscribe)| Request::Subscription {
+            |(user, youtuber, subscribe)| Request::ChangeSubscription {
                 user,
                 youtuber,
                 subscribe,
             }
         ),
-        candidate_name().prop_map(|user| Request::Subscriptions { user }),
+        candidate_name().prop_map(|user| Request::ListSubscriptions { user }),
         (candidate_name(), candidate_video())
             .prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
     ]

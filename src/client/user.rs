@@ -80,7 +80,7 @@ pub async fn login_and_update(
 /// The YouTubers `user` follows, in name order.
 pub async fn subscriptions(client: &Client, user: &str) -> Result<Vec<String>> {
     match client
-        .call(Request::Subscriptions {
+        .call(Request::ListSubscriptions {
             user: user.to_owned(),
         })
         .await?
@@ -91,7 +91,7 @@ pub async fn subscriptions(client: &Client, user: &str) -> Result<Vec<String>> {
 }
 
 fn subscription_request(user: &str, change: &SubscriptionChange) -> Request {
-    Request::Subscription {
+    Request::ChangeSubscription {
         user: user.to_owned(),
         youtuber: change.youtuber.clone(),
         subscribe: change.subscribe,

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     error::{Error, Result},
     link::{Link, Session},
-    store::{Effect, InboxSpec, Outcome},
+    store::{Decision, Effect, InboxSpec},
     topology,
 };
 
@@ -94,7 +94,7 @@ impl Bindings {
     /// new users, then the final state of each pair the batch touched (a
     /// login touches all of the user's subscriptions). Each lane carries it
     /// after the batches handed to it before.
-    pub(crate) fn carry_out(&self, outcomes: &[Outcome]) -> Pending {
+    pub(crate) fn carry_out(&self, outcomes: &[Decision]) -> Pending {
         let mut work: HashMap<usize, Work> = HashMap::new();
         let mut pairs: HashMap<(&str, &str), bool> = HashMap::new();
         for outcome in outcomes {
@@ -181,8 +181,11 @@ async fn run_lane(link: Link, vhost: Arc<str>, mut jobs: mpsc::UnboundedReceiver
     }
 }
 
-/// The lane's channel, opened, or replaced when it is worn or broken.
-async fn fresh(link: &Link, current: &mut Option<LaneChannel>) -> Result<(Session, Channel)> {
+/// The lane's channel: the one in use, or a new one when it is worn or broken.
+async fn lane_channel(
+    link: &Link,
+    current: &mut Option<LaneChannel>,
+) -> Result<(Session, Channel)> {
     if let Some(lane) = current
         && lane.session.is_alive()
         && lane.channel.status().connected()
@@ -220,7 +223,7 @@ impl Work {
         vhost: &str,
         current: &mut Option<LaneChannel>,
     ) -> Result<Failures> {
-        let (session, channel) = fresh(link, current).await?;
+        let (session, channel) = lane_channel(link, current).await?;
         if let Some(lane) = current.as_mut() {
             lane.operations += self.size();
         }
@@ -234,7 +237,7 @@ impl Work {
         let mut failures = Failures::new();
         for one in self.by_user() {
             let user = one.user().to_owned();
-            let (session, channel) = fresh(link, current).await?;
+            let (session, channel) = lane_channel(link, current).await?;
             match one.run(&channel).await {
                 Ok(()) => {}
                 Err(err) if !session.is_alive() => return Err(err.into()),

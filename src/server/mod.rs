@@ -972,18 +972,18 @@ fn event_of(request: &Request, reply: &Applied<Reply>) -> Option<Event> {
     };
     Some(match request.clone() {
         Request::Login { user } => Event::LoggedIn { user },
-        Request::Subscription {
+        Request::ChangeSubscription {
             user,
             youtuber,
             subscribe: true,
         } => Event::Subscribed { user, youtuber },
-        Request::Subscription {
+        Request::ChangeSubscription {
             user,
             youtuber,
             subscribe: false,
         } => Event::Unsubscribed { user, youtuber },
         Request::Upload { youtuber, video } => Event::Uploaded { youtuber, video },
-        Request::Subscriptions { .. } => return None,
+        Request::ListSubscriptions { .. } => return None,
     })
 }
 

@@ -293,7 +293,7 @@ async fn a_redelivered_request_is_applied_once() {
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 2);
 
     // A replayed subscribe after an unsubscribe must not re-subscribe.
-    let subscribe = RequestEnvelope::new(Request::Subscription {
+    let subscribe = RequestEnvelope::new(Request::ChangeSubscription {
         user: "alice".into(),
         youtuber: "bob".into(),
         subscribe: true,
@@ -343,14 +343,14 @@ async fn one_users_requests_are_applied_in_the_order_sent() {
     // its subscribe, which the server refuses.
     let mut pending = Vec::new();
     for n in 0..40 {
-        let change = Request::Subscription {
+        let change = Request::ChangeSubscription {
             user: "alice".into(),
             youtuber: "bob".into(),
             subscribe: n % 2 == 0,
         };
         pending.push(client.send(change).await.unwrap());
     }
-    let carol = Request::Subscription {
+    let carol = Request::ChangeSubscription {
         user: "alice".into(),
         youtuber: "carol".into(),
         subscribe: true,
@@ -858,12 +858,12 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut answers = Vec::new();
     for request in [
-        Request::Subscription {
+        Request::ChangeSubscription {
             user: "alice".into(),
             youtuber: "carol".into(),
             subscribe: true,
         },
-        Request::Subscription {
+        Request::ChangeSubscription {
             user: "alice".into(),
             youtuber: "bob".into(),
             subscribe: false,
@@ -1229,7 +1229,7 @@ async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
         tokio::spawn(async move {
             let mut pending = Vec::new();
             for n in 0..CHANGES {
-                let change = Request::Subscription {
+                let change = Request::ChangeSubscription {
                     user: "alice".into(),
                     youtuber: "bob".into(),
                     subscribe: n % 2 == 0,

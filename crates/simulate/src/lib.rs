@@ -236,9 +236,19 @@ fn per_second(count: u64, nanos: u64) -> f64 {
     }
 }
 
-/// Deliveries, their rate from the first upload sent to the last delivery,
-/// latency, and fan-out time per upload.
-fn deliveries(tally: &Tally, uploads: u32) -> (u64, f64, Latency, Latency, u64) {
+/// What the receivers saw of a run's uploads.
+struct Deliveries {
+    received: u64,
+    /// From the first upload sent to the last delivery.
+    per_s: f64,
+    latency_ms: Latency,
+    /// Per upload, from sent to its last live delivery.
+    fanout_ms: Latency,
+    /// Deliveries that had waited in an inbox while its user was away.
+    catch_up: u64,
+}
+
+fn deliveries(tally: &Tally, uploads: u32) -> Deliveries {
     let first_sent = (0..uploads).filter_map(|seq| tally.sent(seq)).min();
     let received = tally.received();
     let rate = first_sent.map_or(0.0, |first| {
@@ -252,13 +262,13 @@ fn deliveries(tally: &Tally, uploads: u32) -> (u64, f64, Latency, Latency, u64) 
     }
     let (latency, catch_up) =
         tally.with_counts(|counts| (Latency::from_micros(&counts.latency), counts.catch_up));
-    (
+    Deliveries {
         received,
-        rate,
-        latency,
-        Latency::from_micros(&fanout),
+        per_s: rate,
+        latency_ms: latency,
+        fanout_ms: Latency::from_micros(&fanout),
         catch_up,
-    )
+    }
 }
 
 /// Waits until every expected pair has arrived, or the timeout.
@@ -413,7 +423,7 @@ impl Simulation<'_> {
                     });
                 }
                 for &youtuber in follows {
-                    requests.push(Request::Subscription {
+                    requests.push(Request::ChangeSubscription {
                         user: user_name(user),
                         youtuber: youtuber_name(youtuber),
                         subscribe: true,
@@ -563,7 +573,7 @@ impl Simulation<'_> {
                     let permit = Arc::clone(&window).acquire_owned().await;
                     Stamps::set(&stamps.sent[index], tally.now());
                     let pending = client
-                        .send(Request::Subscription {
+                        .send(Request::ChangeSubscription {
                             user: user_name(change.user),
                             youtuber: youtuber_name(change.youtuber),
                             subscribe: change.subscribe,
@@ -638,8 +648,7 @@ impl Simulation<'_> {
             .chain(changes.iter().filter_map(|c| c.done))
             .collect();
         let last_answer = answered.iter().copied().max().unwrap_or(first_sent);
-        let (deliveries, deliveries_per_s, latency_ms, fanout_ms, catch_up) =
-            deliveries(tally, s.uploads);
+        let seen = deliveries(tally, s.uploads);
         let changes_per_s = (!changes.is_empty()).then(|| {
             let first = changes.iter().filter_map(|c| c.sent).min().unwrap_or(0);
             let last = changes.iter().filter_map(|c| c.done).max().unwrap_or(first);
@@ -678,11 +687,11 @@ impl Simulation<'_> {
                     answered.len() as u64,
                     last_answer.saturating_sub(first_sent),
                 ),
-                deliveries,
-                deliveries_per_s,
-                catch_up_deliveries: catch_up,
-                latency_ms,
-                fanout_ms,
+                deliveries: seen.received,
+                deliveries_per_s: seen.per_s,
+                catch_up_deliveries: seen.catch_up,
+                latency_ms: seen.latency_ms,
+                fanout_ms: seen.fanout_ms,
                 changes_per_s,
                 failed_requests: failed as u64,
             },
@@ -757,8 +766,7 @@ impl Simulation<'_> {
             redelivered: counts.redelivered,
             ..check::check(&found, &counts.per_pair)
         });
-        let (deliveries, deliveries_per_s, latency_ms, fanout_ms, _) =
-            deliveries(&tally, s.uploads);
+        let seen = deliveries(&tally, s.uploads);
         let changes_per_s = if self.plan.churn.is_empty() {
             None
         } else {
@@ -773,10 +781,10 @@ impl Simulation<'_> {
         Ok(Ceiling {
             seconds,
             publishes: u64::from(s.uploads),
-            deliveries,
-            deliveries_per_s,
-            latency_ms,
-            fanout_ms,
+            deliveries: seen.received,
+            deliveries_per_s: seen.per_s,
+            latency_ms: seen.latency_ms,
+            fanout_ms: seen.fanout_ms,
             changes_per_s,
             lost: check.lost,
             duplicates: check.duplicates,
