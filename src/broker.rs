@@ -135,10 +135,9 @@ fn classify_connect_error(address: String, err: lapin::Error) -> Error {
             address,
             reason: amqp.to_string(),
         },
-        _ => Error::BrokerRefused {
-            address,
-            reason: err.to_string(),
-        },
+        // Neither nothing listening nor a refusal: say what lapin saw,
+        // without guessing at a cause.
+        _ => Error::Broker(err),
     }
 }
 

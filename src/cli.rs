@@ -4,7 +4,7 @@
 
 use std::{future::Future, process::ExitCode, time::Duration};
 
-use crate::{broker::DEFAULT_AMQP_URL, client::ClientConfig};
+use crate::{broker::DEFAULT_AMQP_URL, client::ClientConfig, error::Setting};
 
 /// How to reach RabbitMQ.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,16 +174,29 @@ impl Signals {
 /// Turns a program's result into its exit code, printing the error on one line
 /// prefixed by the program's name: 0 on success, 3 when the server did not
 /// answer (the request waits in its queue), 1 for any other error.
+/// An error that asks to change a setting ends with how to change it.
 pub fn exit(program: &str, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{program}: {err:#}");
-            let code = err
-                .downcast_ref::<crate::Error>()
-                .map_or(1, crate::Error::exit_code);
-            ExitCode::from(code)
+            let ours = err.downcast_ref::<crate::Error>();
+            let how = ours
+                .and_then(crate::Error::setting)
+                .map(|setting| format!(" ({})", how_to_set(program, setting)))
+                .unwrap_or_default();
+            eprintln!("{program}: {err:#}{how}");
+            ExitCode::from(ours.map_or(1, crate::Error::exit_code))
         }
+    }
+}
+
+/// The flag and variable of a setting, as the programs take it.
+fn how_to_set(program: &str, setting: Setting) -> &'static str {
+    match setting {
+        Setting::BrokerUrl => "--amqp-url or AMQP_URL",
+        Setting::Database => "--db or YT_DB",
+        Setting::PlainOutput if program == "youtube_server" => "run without --tui",
+        Setting::PlainOutput => "--plain",
     }
 }
 

@@ -1,5 +1,7 @@
 //! The library's one error type. Every message is one line that says what went
-//! wrong and what to do about it; the binaries print it and exit.
+//! wrong and what to do about it; the binaries print it and exit. A message
+//! that asks to change a setting names the setting ([`Error::setting`]), not
+//! a flag: each program adds its own flag.
 
 use std::time::Duration;
 
@@ -11,19 +13,18 @@ pub enum Error {
     /// Nothing answers at the broker's address.
     #[error(
         "cannot reach RabbitMQ at {address} ({reason}); start it with `sudo rabbitmq-server -detached` \
-         (install it with `sudo apt-get install rabbitmq-server`), or set --amqp-url / AMQP_URL"
+         (install it with `sudo apt-get install rabbitmq-server`), or give the URL of a running broker"
     )]
     BrokerUnreachable { address: String, reason: String },
     /// The broker answered but refused the connection (credentials, vhost).
     #[error(
         "RabbitMQ at {address} refused the connection ({reason}); check the user, password and \
-         vhost in --amqp-url / AMQP_URL"
+         vhost of the broker's URL"
     )]
     BrokerRefused { address: String, reason: String },
     /// The broker's address is not an AMQP URL.
     #[error(
-        "{address} is not an AMQP URL ({reason}); write it as amqp://user:password@host:5672/vhost \
-         in --amqp-url / AMQP_URL"
+        "{address} is not an AMQP URL ({reason}); write it as amqp://user:password@host:5672/vhost"
     )]
     BadUrl { address: String, reason: String },
     /// The shared exchanges and queues cannot be declared as ytnotify needs them.
@@ -71,13 +72,13 @@ pub enum Error {
     )]
     NoInbox(String),
     /// The terminal could not be used for a dashboard.
-    #[error("cannot use the terminal for the dashboard ({0}); add --plain for plain lines")]
+    #[error("cannot use the terminal for the dashboard ({0}); use plain lines instead")]
     Terminal(String),
     /// The server answered with something this client cannot read.
     #[error("unexpected reply from youtube_server: {0}")]
     UnexpectedReply(String),
     /// The server's database could not be opened.
-    #[error("cannot open the database {path}: {reason}; choose another file with --db or YT_DB")]
+    #[error("cannot open the database {path}: {reason}; choose another file")]
     StoreOpen { path: String, reason: String },
     /// A database operation failed.
     #[error("database error: {0}")]
@@ -90,7 +91,30 @@ pub enum Error {
     Broker(#[from] lapin::Error),
 }
 
+/// A setting that an error asks the user to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// The broker's URL.
+    BrokerUrl,
+    /// The server's database file.
+    Database,
+    /// Plain lines rather than a dashboard.
+    PlainOutput,
+}
+
 impl Error {
+    /// The setting this error asks the user to change, if any.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            Error::BrokerUnreachable { .. }
+            | Error::BrokerRefused { .. }
+            | Error::BadUrl { .. } => Some(Setting::BrokerUrl),
+            Error::StoreOpen { .. } => Some(Setting::Database),
+            Error::Terminal(_) => Some(Setting::PlainOutput),
+            _ => None,
+        }
+    }
+
     /// The process exit code for this error: 3 when the server did not answer
     /// (the request is queued, not lost), 1 for everything else.
     pub fn exit_code(&self) -> u8 {

@@ -389,6 +389,14 @@ async fn a_missing_broker_is_one_line_that_says_how_to_start_one() {
             !output.stderr.contains("secret"),
             "the password is never printed"
         );
+        assert!(
+            output
+                .stderr
+                .trim_end()
+                .ends_with("or give the URL of a running broker (--amqp-url or AMQP_URL)"),
+            "the line ends with the setting to change: {}",
+            output.stderr
+        );
     }
     let wrong_vhost = ytnotify_testkit::with_vhost(&vhost.url, "no-such-vhost");
     let output = run(USER, &vhost, &["alice", "--amqp-url", &wrong_vhost]).await;
@@ -413,6 +421,12 @@ async fn a_server_that_cannot_open_its_database_says_so() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("cannot open the database /proc/no/such/dir/db.sqlite"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("choose another file (--db or YT_DB)"),
         "{stderr}"
     );
 }

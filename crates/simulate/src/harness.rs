@@ -12,7 +12,10 @@ use std::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::SimError;
-use ytnotify::server::{ServerConfig, YoutubeServer};
+use ytnotify::{
+    broker_url::BrokerUrl,
+    server::{ServerConfig, YoutubeServer},
+};
 
 /// Which server the simulator drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +50,6 @@ impl ServerMode {
             ServerMode::External => "external",
         }
     }
-}
-
-/// Replaces the vhost of an AMQP URL.
-pub fn with_vhost(url: &str, vhost: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{authority}/{vhost}")
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<(), SimError> {
@@ -91,19 +87,22 @@ impl Vhost {
             "ytnotify-sim-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let user = base_url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('@'))
-            .map(|(credentials, _)| credentials.split(':').next().unwrap_or("guest"))
-            .unwrap_or("guest")
-            .to_owned();
+        let base: BrokerUrl = base_url.parse()?;
         rabbitmqctl(&["add_vhost", &name])?;
         let vhost = Vhost {
-            url: with_vhost(base_url, &name),
+            url: base.with_vhost(&name).to_string(),
             name: Some(name.clone()),
             keep: false,
         };
-        rabbitmqctl(&["set_permissions", "-p", &name, &user, ".*", ".*", ".*"])?;
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &name,
+            base.user(),
+            ".*",
+            ".*",
+            ".*",
+        ])?;
         Ok(vhost)
     }
 
@@ -304,17 +303,5 @@ mod tests {
         assert_eq!(usage.cpu_seconds, 3.0);
         // This very process has a /proc entry.
         assert!(Usage::of(std::process::id()).unwrap().rss_mb > 0.0);
-    }
-
-    #[test]
-    fn vhosts_replace_the_urls_path() {
-        assert_eq!(
-            with_vhost("amqp://guest:guest@127.0.0.1:5672/%2f", "sim"),
-            "amqp://guest:guest@127.0.0.1:5672/sim"
-        );
-        assert_eq!(
-            with_vhost("amqp://localhost", "sim"),
-            "amqp://localhost/sim"
-        );
     }
 }
