@@ -1,0 +1,372 @@
+//! The supervised connection to RabbitMQ: reconnection owned by ytnotify.
+//!
+//! A [`Link`] holds one AMQP connection at a time. A task watches it; when it
+//! is lost (broker crash, network cut, missed heartbeats), the task connects
+//! again with backoff and jitter, declares the topology again, and publishes
+//! the new [`Session`]. Everything that uses the broker is rebuilt on top of
+//! the session it finds, never repaired in place:
+//!
+//! - a [`Feed`] is a consumer that outlives sessions: it re-opens its
+//!   channel, QoS, declarations and consumer on each new session, on a
+//!   consumer the broker cancelled (a deleted queue), and on a channel that
+//!   closed under a live connection (its watchdog). "Next delivery, ride out
+//!   an outage, skip a stale delivery" is written here once;
+//! - a [`SessionChannel`] is a channel to publish on, opened again on the
+//!   session of the moment.
+//!
+//! lapin's own recovery is off: it replays a connection's channels one after
+//! another, stops at the first that fails, and can leave a channel
+//! "reconnecting" for good under a connection that is back (see
+//! `ARCHITECTURE.md`). A fresh connection with fresh channels has none of
+//! these states.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use backon::BackoffBuilder;
+use futures_lite::StreamExt;
+use lapin::Connection;
+use tokio::sync::watch;
+
+mod feed;
+mod session_channel;
+pub use feed::{Feed, Opened, Opener, Opening};
+pub use session_channel::SessionChannel;
+
+use crate::{
+    broker,
+    error::{Error, Result},
+    topology,
+};
+
+/// The first pause before connecting again; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts to connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How many network cuts the first connection rides out before giving up.
+const FIRST_CONNECT_CUTS: u32 = 3;
+/// How often the supervisor looks at the connection's state.
+const POLL: Duration = Duration::from_millis(100);
+/// How long ending a consumer waits for the broker's answer.
+const WAIT_FOR_BROKER: Duration = Duration::from_secs(3);
+
+/// The state of a link, for status lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connected,
+    /// Lost; reconnecting with backoff.
+    Reconnecting(String),
+    /// The broker blocks publishers (a memory or disk alarm); publishes wait.
+    Blocked(String),
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Connected => f.write_str("connected"),
+            LinkState::Reconnecting(why) => write!(f, "reconnecting ({why})"),
+            LinkState::Blocked(why) => write!(f, "blocked by the broker ({why}); waiting"),
+        }
+    }
+}
+
+/// One connection of a link, numbered: a session that is gone is never
+/// used again.
+#[derive(Clone)]
+pub struct Session {
+    connection: Arc<Connection>,
+    generation: u64,
+}
+
+impl Session {
+    /// The connection of this session.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Which connection of the link this is: 1 for the first, then 2, ...
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_alive(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// A connection to RabbitMQ that comes back by itself. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    handle: Arc<Handle>,
+}
+
+/// What the clones of a link share; when the last goes, so does the
+/// connection (the supervisor holds [`Shared`] only).
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.closed.send_replace(true);
+        if let Some(session) = self.shared.session.send_replace(None)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = session.connection.close(200, "bye".into()).await;
+            });
+        }
+    }
+}
+
+struct Shared {
+    url: String,
+    name: String,
+    /// The live session, `None` while reconnecting.
+    session: watch::Sender<Option<Session>>,
+    state: watch::Sender<LinkState>,
+    closed: watch::Sender<bool>,
+}
+
+impl Link {
+    /// Connects and declares the topology, then keeps the connection up until
+    /// [`Link::close`]. The first attempt fails fast, with an error that says
+    /// whether the broker is missing or refused us; later losses are ridden
+    /// out. `name` labels the connection in `rabbitmqctl list_connections`
+    /// and in log lines.
+    pub async fn connect(url: &str, name: &str) -> Result<Link> {
+        let mut cuts = 0;
+        let connection = loop {
+            match open(url, name).await {
+                Ok(connection) => break connection,
+                // Cut while declaring the topology: as during the handshake,
+                // try again a few times.
+                Err(Error::Broker(err)) if broker::is_cut(&err) && cuts < FIRST_CONNECT_CUTS => {
+                    cuts += 1;
+                    tokio::time::sleep(MIN_BACKOFF).await;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let session = Session {
+            connection: Arc::new(connection),
+            generation: 1,
+        };
+        let shared = Arc::new(Shared {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            session: watch::channel(Some(session.clone())).0,
+            state: watch::channel(LinkState::Connected).0,
+            closed: watch::channel(false).0,
+        });
+        tokio::spawn(supervise(Arc::clone(&shared), session));
+        Ok(Link {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// The label given at [`Link::connect`].
+    pub fn name(&self) -> &str {
+        &self.handle.shared.name
+    }
+
+    /// Follows the state: connected, reconnecting, or blocked.
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.handle.shared.state.subscribe()
+    }
+
+    /// The live session, waiting for one while reconnecting. Fails only once
+    /// the link is closed.
+    pub async fn session(&self) -> Result<Session> {
+        self.session_after(0).await
+    }
+
+    /// The first live session newer than `generation`: what to use after
+    /// seeing session `generation` fail.
+    pub async fn session_after(&self, generation: u64) -> Result<Session> {
+        let mut sessions = self.handle.shared.session.subscribe();
+        let mut closed = self.handle.shared.closed.subscribe();
+        loop {
+            if *closed.borrow_and_update() {
+                return Err(closed_error(&self.handle.shared.name));
+            }
+            if let Some(session) = sessions.borrow_and_update().clone()
+                && session.generation > generation
+                && session.is_alive()
+            {
+                return Ok(session);
+            }
+            tokio::select! {
+                changed = sessions.changed() => if changed.is_err() {
+                    return Err(closed_error(&self.handle.shared.name));
+                },
+                _ = closed.changed() => {}
+                // A session that died is noticed by the supervisor within a poll.
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// The live session, if there is one now.
+    pub fn current(&self) -> Option<Session> {
+        self.handle
+            .shared
+            .session
+            .borrow()
+            .clone()
+            .filter(Session::is_alive)
+    }
+
+    /// Closes the connection and stops reconnecting.
+    pub async fn close(&self) {
+        self.handle.shared.closed.send_replace(true);
+        if let Some(session) = self.handle.shared.session.send_replace(None) {
+            // The broker's answer is a courtesy: a program that stops does
+            // not wait long for it (the socket closes with the process, and
+            // the broker then puts back whatever was not acknowledged).
+            let closing = session.connection.close(200, "bye".into());
+            if tokio::time::timeout(WAIT_FOR_BROKER, closing)
+                .await
+                .is_err()
+            {
+                tracing::debug!("{}: RabbitMQ did not answer the close", self.name());
+            }
+        }
+    }
+}
+
+fn closed_error(name: &str) -> Error {
+    Error::Stopped(format!("{name}: the connection to RabbitMQ was closed"))
+}
+
+/// Opens a connection (without lapin's recovery) and declares the topology.
+async fn open(url: &str, name: &str) -> Result<Connection> {
+    let connection = broker::connect(url, name).await?;
+    let declared = async {
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel).await?;
+        channel.close(200, "declared".into()).await
+    }
+    .await;
+    if let Err(err) = declared {
+        let _ = connection.close(200, "declare failed".into()).await;
+        return Err(broker::topology_error(url, err));
+    }
+    Ok(connection)
+}
+
+/// The pauses between attempts: exponential, with jitter, without end.
+fn pauses() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Watches the session; when it is lost, connects again with backoff and
+/// jitter, for as long as it takes, and publishes the new session.
+async fn supervise(shared: Arc<Shared>, mut session: Session) {
+    let label = shared.name.clone();
+    let mut closed = shared.closed.subscribe();
+    loop {
+        let lost = tokio::select! {
+            lost = watch_session(&shared, &session) => Some(lost),
+            _ = closed.wait_for(|closed| *closed) => None,
+        };
+        let Some(lost) = lost else {
+            let _ = session.connection.close(200, "bye".into()).await;
+            return;
+        };
+        shared.session.send_replace(None);
+        tracing::warn!("{label}: lost the connection to RabbitMQ ({lost}); reconnecting");
+        shared
+            .state
+            .send_replace(LinkState::Reconnecting(lost.clone()));
+        let started = Instant::now();
+        let mut waits = pauses();
+        let mut attempts = 0u32;
+        let connection = loop {
+            let pause = waits.next().unwrap_or(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = closed.wait_for(|closed| *closed) => return,
+            }
+            attempts += 1;
+            match open(&shared.url, &shared.name).await {
+                Ok(connection) => break connection,
+                Err(err) => {
+                    tracing::debug!(%err, attempts, "{label}: could not reconnect yet");
+                    shared
+                        .state
+                        .send_replace(LinkState::Reconnecting(err.to_string()));
+                }
+            }
+        };
+        if *closed.borrow() {
+            let _ = connection.close(200, "bye".into()).await;
+            return;
+        }
+        session = Session {
+            connection: Arc::new(connection),
+            generation: session.generation + 1,
+        };
+        tracing::warn!(
+            "{label}: connected to RabbitMQ again after {:.1} s ({attempts} attempt{}); restoring consumers",
+            started.elapsed().as_secs_f64(),
+            if attempts == 1 { "" } else { "s" }
+        );
+        shared.state.send_replace(LinkState::Connected);
+        shared.session.send_replace(Some(session.clone()));
+    }
+}
+
+/// Follows one session until it is lost, keeping the link's state (blocked
+/// or not) up to date. Returns why it was lost.
+async fn watch_session(shared: &Shared, session: &Session) -> String {
+    let connection = &session.connection;
+    let mut events = connection.events_listener();
+    let mut tick = tokio::time::interval(POLL);
+    let mut last_error = String::from("connection lost");
+    let mut blocked_by: Option<String> = None;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            event = events.next(), if listening => match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => blocked_by = Some(reason),
+                Some(lapin::Event::ConnectionUnblocked) => blocked_by = None,
+                Some(lapin::Event::Error(err)) => last_error = err.to_string(),
+                Some(_) => {}
+                None => listening = false,
+            },
+        }
+        let status = connection.status();
+        if !status.connected() {
+            return last_error;
+        }
+        let next = if status.blocked() {
+            LinkState::Blocked(
+                blocked_by
+                    .clone()
+                    .unwrap_or_else(|| "resource alarm".to_owned()),
+            )
+        } else {
+            LinkState::Connected
+        };
+        if *shared.state.borrow() != next {
+            match &next {
+                LinkState::Blocked(why) => tracing::warn!(
+                    "{}: RabbitMQ blocks publishing ({why}); waiting until it resumes",
+                    shared.name
+                ),
+                _ => tracing::warn!("{}: RabbitMQ accepts publishing again", shared.name),
+            }
+            shared.state.send_replace(next);
+        }
+    }
+}
