@@ -23,9 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// The heartbeat asked of the broker unless the URL sets one: a stalled broker
-/// (or network) is noticed within about twice this.
-const HEARTBEAT_SECS: u16 = 10;
+/// The heartbeat asked of the broker unless the URL sets one, in seconds: a
+/// stalled broker (or network) is noticed within about twice this.
+pub const HEARTBEAT_SECS: u16 = 10;
 
 /// Opens one connection to RabbitMQ, naming it so it shows in `rabbitmqctl
 /// list_connections`. Errors say whether the broker is missing or refused us.

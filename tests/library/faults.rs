@@ -6,6 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 use ytnotify::{
+    broker,
     client::{
         Client, ClientConfig,
         user::{self, SubscriptionChange},
@@ -239,8 +240,10 @@ async fn a_stalled_broker_is_noticed_by_heartbeats_and_nothing_is_lost() {
     // SIGSTOP: sockets stay open but nothing answers, as with a dead network.
     node.freeze();
     let frozen = std::time::Instant::now();
+    // Two missed heartbeats end the connection; then the usual wait.
+    let limit = 2 * Duration::from_secs(broker::HEARTBEAT_SECS.into()) + ytnotify_testkit::WAIT;
     let noticed = tokio::time::timeout(
-        Duration::from_secs(45),
+        limit,
         link.wait_for(|state| matches!(state, LinkState::Reconnecting(_))),
     )
     .await
@@ -250,7 +253,7 @@ async fn a_stalled_broker_is_noticed_by_heartbeats_and_nothing_is_lost() {
     assert_eq!(
         noticed,
         Ok(true),
-        "the heartbeat noticed the stalled broker within 45 s"
+        "the heartbeat noticed the stalled broker within {limit:?}"
     );
     within(
         "the reconnection",

@@ -13,6 +13,8 @@ use ytnotify::client::youtuber::publish_video;
 use ytnotify_testkit::TestVhost;
 
 const USER: &str = env!("CARGO_BIN_EXE_user");
+/// How often a wait looks at the screen or the process again.
+const POLL: Duration = Duration::from_millis(50);
 
 /// The terminal as the user sees it, kept up to date from the pty's output.
 struct Terminal {
@@ -64,16 +66,34 @@ impl Terminal {
         self.screen.lock().unwrap().screen().contents()
     }
 
-    /// Waits until the screen shows `text`, failing with the screen after 15 s.
+    /// Waits until the screen shows `text`, failing with the screen after
+    /// [`WAIT`](ytnotify_testkit::WAIT).
     async fn wait_for(&self, text: &str) {
+        self.wait_until(&format!("the screen to show {text:?}"), |screen| {
+            screen.contents().contains(text)
+        })
+        .await;
+    }
+
+    /// Waits until the program has left the alternate screen, giving the
+    /// terminal back as it was.
+    async fn wait_for_the_terminal_back(&self) {
+        self.wait_until(
+            "the terminal given back (alternate screen left)",
+            |screen| !screen.alternate_screen(),
+        )
+        .await;
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn(&vt100::Screen) -> bool) {
         let started = Instant::now();
-        while !self.contents().contains(text) {
+        while !done(self.screen.lock().unwrap().screen()) {
             assert!(
                 started.elapsed() < ytnotify_testkit::WAIT,
-                "the screen never showed {text:?}; it shows:\n{}",
+                "timed out waiting for {what}; the screen shows:\n{}",
                 self.contents()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -92,7 +112,7 @@ impl Terminal {
                 started.elapsed() < ytnotify_testkit::WAIT,
                 "user did not exit"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 }
@@ -139,9 +159,7 @@ async fn subscribe_with_keys_see_a_live_upload_and_quit() {
 
     terminal.keys("q");
     assert_eq!(terminal.exit_code().await, 0);
-    // The terminal is given back: the alternate screen is gone.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!terminal.screen.lock().unwrap().screen().alternate_screen());
+    terminal.wait_for_the_terminal_back().await;
     server.stop().await;
 }
 
@@ -173,8 +191,7 @@ async fn a_burst_that_waited_is_marked_and_acknowledged_once_shown() {
     )
     .unwrap();
     assert_eq!(terminal.exit_code().await, 0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!terminal.screen.lock().unwrap().screen().alternate_screen());
+    terminal.wait_for_the_terminal_back().await;
     // Shown, so acknowledged: the next session starts with an empty feed.
     let terminal = Terminal::spawn(&["watch", "alice"], &vhost);
     terminal.wait_for("Notifications · 0 · 0 unread").await;
