@@ -4,14 +4,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use crate::log_in_following;
 use tokio::sync::{mpsc, oneshot};
 use ytnotify::{
     broker,
-    client::{
-        Client, ClientConfig,
-        user::{self, SubscriptionChange},
-        youtuber::publish_video,
-    },
+    client::{Client, ClientConfig, user, youtuber::publish_video},
     link::LinkState,
     server::ServerConfig,
 };
@@ -139,13 +136,7 @@ async fn server_clients_and_watchers_ride_out_a_broker_crash() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     let mut watcher = Watcher::start(&node, "alice").await;
     let mut link = client.state();
 
@@ -223,13 +214,7 @@ async fn a_stalled_broker_is_noticed_by_heartbeats_and_nothing_is_lost() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     let mut watcher = Watcher::start(&node, "alice").await;
     let mut link = client.state();
     let mut titles: Vec<String> = (0..5).map(|n| format!("Before the stall {n}")).collect();
@@ -283,13 +268,7 @@ async fn publishers_wait_through_a_memory_alarm_and_say_so() {
         client,
         _dir,
     } = stack().await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     let link = client.state();
 
     // A watermark below what the node uses: the memory alarm goes off and

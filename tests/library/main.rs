@@ -5,3 +5,16 @@
 mod faults;
 mod restart;
 mod server;
+
+use ytnotify::client::{
+    Client,
+    user::{self, SubscriptionChange},
+};
+
+/// Logs `user` in, subscribed to `youtuber`: how most tests begin. Returns
+/// the server's notices.
+async fn log_in_following(client: &Client, user: &str, youtuber: &str) -> Vec<String> {
+    user::login_and_update(client, user, Some(&SubscriptionChange::subscribe(youtuber)))
+        .await
+        .unwrap_or_else(|err| panic!("{user} logs in following {youtuber}: {err}"))
+}

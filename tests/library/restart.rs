@@ -2,13 +2,9 @@
 //! restart on the same data. Confirmed subscriptions and the notifications
 //! waiting for an offline user must all be there afterwards.
 
+use crate::log_in_following;
 use ytnotify::{
-    client::{
-        Client, ClientConfig,
-        inbox::Inbox,
-        user::{self, SubscriptionChange},
-        youtuber::publish_video,
-    },
+    client::{Client, ClientConfig, inbox::Inbox, user, youtuber::publish_video},
     server::ServerConfig,
 };
 use ytnotify_testkit::{TestServer, broker_node::BrokerNode, within};
@@ -30,9 +26,7 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
         .await
         .unwrap();
     for user in ["alice", "carol"] {
-        user::login_and_update(&client, user, Some(&SubscriptionChange::subscribe("bob")))
-            .await
-            .unwrap();
+        log_in_following(&client, user, "bob").await;
     }
     // alice and carol are offline: every confirmed upload waits in their inboxes.
     let titles: Vec<String> = (1..=20).map(|n| format!("Before the crash {n}")).collect();

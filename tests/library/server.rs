@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::log_in_following;
 use futures_lite::StreamExt;
 use lapin::{
     BasicProperties, Channel,
@@ -72,20 +73,8 @@ async fn an_upload_reaches_subscribers_and_only_them() {
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
 
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
-    user::login_and_update(
-        &client,
-        "carol",
-        Some(&SubscriptionChange::subscribe("dave")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
+    log_in_following(&client, "carol", "dave").await;
     let mut alice = Inbox::open(client.link(), "alice").await.unwrap();
     let carol = Inbox::open(client.link(), "carol").await.unwrap();
 
@@ -113,13 +102,7 @@ async fn the_server_prints_the_exercise_lines() {
     let mut server = vhost.start_server().await;
     let client = vhost.client("test").await;
 
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     publish_video(&client, "bob", "Hello world").await.unwrap();
     user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("bob"))
         .await
@@ -146,13 +129,7 @@ async fn notifications_wait_in_the_inbox_while_the_user_is_away() {
     let vhost = TestVhost::new("catchup");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
 
     // alice is away: nobody reads her inbox while bob uploads.
     for n in 1..=3 {
@@ -175,13 +152,7 @@ async fn a_notification_not_acknowledged_comes_back_next_session() {
     let vhost = TestVhost::new("unacked");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     publish_video(&client, "bob", "Shown but not acknowledged")
         .await
         .unwrap();
@@ -253,13 +224,7 @@ async fn a_redelivered_request_is_applied_once() {
     let vhost = TestVhost::new("idempotent");
     let mut server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     for _ in 0..2 {
         server.next_event().await;
     }
@@ -379,9 +344,7 @@ async fn a_subscription_confirmed_before_an_upload_is_honoured_by_it() {
     // subscriber every time, with no settling delay.
     for n in 0..25 {
         let user = format!("fan{n}");
-        user::login_and_update(&client, &user, Some(&SubscriptionChange::subscribe("bob")))
-            .await
-            .unwrap();
+        log_in_following(&client, &user, "bob").await;
         publish_video(&client, "bob", &format!("Video {n}"))
             .await
             .unwrap();
@@ -399,13 +362,7 @@ async fn refusals_come_back_with_a_reason_and_change_nothing() {
     let vhost = TestVhost::new("refused");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
 
     let err =
         user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("carol"))
@@ -432,13 +389,7 @@ async fn subscribing_to_a_youtuber_with_no_video_yet_works_with_a_notice() {
     let vhost = TestVhost::new("notice");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let notices = user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("newbie")),
-    )
-    .await
-    .unwrap();
+    let notices = log_in_following(&client, "alice", "newbie").await;
     assert_eq!(
         notices,
         ["newbie has not uploaded any video yet; alice will be notified of the first one"]
@@ -602,13 +553,7 @@ async fn state_survives_a_server_restart() {
     let vhost = TestVhost::new("restart");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     publish_video(&client, "bob", "Before").await.unwrap();
     server.stop().await;
 
@@ -629,13 +574,7 @@ async fn a_notification_left_unsent_by_a_crash_is_sent_at_startup() {
     let vhost = TestVhost::new("outbox");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     // Store an upload without notifying, as a server killed between its
     // commit and its publish leaves it.
     let store = server.store.clone();
@@ -661,20 +600,8 @@ async fn two_stacks_on_two_vhosts_do_not_see_each_other() {
     let (red, blue) = (TestVhost::new("red"), TestVhost::new("blue"));
     let (red_server, blue_server) = (red.start_server().await, blue.start_server().await);
     let (red_client, blue_client) = (red.client("red").await, blue.client("blue").await);
-    user::login_and_update(
-        &red_client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
-    user::login_and_update(
-        &blue_client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&red_client, "alice", "bob").await;
+    log_in_following(&blue_client, "alice", "bob").await;
     publish_video(&red_client, "bob", "Red only").await.unwrap();
     let mut red_inbox = Inbox::open(red_client.link(), "alice").await.unwrap();
     assert_eq!(title(&next_notification(&mut red_inbox).await), "Red only");
@@ -689,13 +616,7 @@ async fn receive_notifications_streams_until_shutdown() {
     let vhost = TestVhost::new("stream");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     publish_video(&client, "bob", "While away").await.unwrap();
 
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
@@ -739,9 +660,7 @@ async fn many_subscribers_each_get_every_upload_exactly_once() {
     let client = vhost.client("test").await;
     let users: Vec<String> = (0..30).map(|n| format!("viewer{n}")).collect();
     for user in &users {
-        user::login_and_update(&client, user, Some(&SubscriptionChange::subscribe("bob")))
-            .await
-            .unwrap();
+        log_in_following(&client, user, "bob").await;
     }
     for n in 0..5 {
         publish_video(&client, "bob", &format!("Clip {n}"))
@@ -817,13 +736,7 @@ async fn a_second_server_is_a_hot_standby_that_takes_over() {
     assert_eq!(active.next_event().await.to_string(), "alice logged in");
     active.stop().await;
     // The standby shares the database and now receives the requests.
-    user::login_and_update(
-        &client,
-        "bob",
-        Some(&SubscriptionChange::subscribe("carol")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "bob", "carol").await;
     assert_eq!(standby.next_event().await.to_string(), "bob logged in");
     assert_eq!(
         standby.next_event().await.to_string(),
@@ -844,13 +757,7 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
     let vhost = TestVhost::new("db-locked");
     let server = vhost.start_server().await;
     let client = std::sync::Arc::new(vhost.client("test").await);
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
 
     // Another process holds the database's write lock for longer than the
     // server waits for it (5 s): the server's transactions fail meanwhile.
@@ -909,13 +816,7 @@ async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
     let vhost = TestVhost::new("inbox-lost");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     let (_connection, channel) = raw_channel(&vhost).await;
     channel
         .queue_delete(
@@ -1035,13 +936,7 @@ async fn a_request_that_keeps_failing_is_refused_after_five_attempts_and_others_
     let vhost = TestVhost::new("keeps-failing");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("carol")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "carol").await;
     // A queue bound to bob's uploads that refuses every message: the broker
     // answers each notification of bob with a negative confirm.
     let (_connection, channel) = raw_channel(&vhost).await;
@@ -1176,13 +1071,7 @@ async fn cut_connections_are_ridden_out_and_a_confirmed_unsubscribe_holds() {
     let vhost = TestVhost::new("cuts");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     user::update_subscription(&client, "alice", &SubscriptionChange::subscribe("carol"))
         .await
         .unwrap();
@@ -1283,13 +1172,7 @@ async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
     let vhost = TestVhost::new("standby-outbox");
     let active = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     // An upload stored and not yet notified: what the active server has in
     // flight between its commit and the broker's confirm.
     let in_flight = active
@@ -1325,13 +1208,7 @@ async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() 
     config.inbox_bound = Some(3);
     let server = ytnotify_testkit::TestServer::start(config).await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     for n in 1..=5 {
         publish_video(&client, "bob", &format!("Clip {n}"))
             .await
@@ -1375,13 +1252,7 @@ async fn an_inbox_deleted_while_its_user_watches_comes_back_by_itself() {
     let vhost = TestVhost::new("inbox-deleted-watching");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(
-        &client,
-        "alice",
-        Some(&SubscriptionChange::subscribe("bob")),
-    )
-    .await
-    .unwrap();
+    log_in_following(&client, "alice", "bob").await;
     let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     let (_connection, channel) = raw_channel(&vhost).await;
     channel
