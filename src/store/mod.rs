@@ -1,0 +1,482 @@
+//! The server's durable state: users, YouTubers, subscriptions, videos, and the
+//! ids of requests already applied. SQLite (WAL, `synchronous=FULL`): a call
+//! that returns `Ok` has reached the disk.
+//!
+//! Everything the server persists goes through this module, so another
+//! backend (PostgreSQL, for several server processes) replaces this module only.
+//!
+//! Idempotency: each state-changing request is applied in a transaction that
+//! also records its id and its reply. A redelivered request finds its id and
+//! gets the recorded reply back ([`Applied::Replayed`]) without changing anything.
+//!
+//! Group commit: [`Store::apply`] applies a batch of requests, in order, in one
+//! transaction — one write to the disk for the whole batch — and says for each
+//! what the broker must now do ([`Effect`]). Each request runs in its own
+//! savepoint, so that a request the database cannot store is refused alone
+//! instead of failing, again and again, every batch it is in.
+
+mod apply;
+mod schema;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use uuid::Uuid;
+
+use crate::{
+    error::{Error, Result},
+    protocol::{Reply, Request},
+};
+
+use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
+use schema::create_or_migrate;
+
+/// The bound given to new users' inboxes unless [`Store::with_inbox_bound`] says otherwise.
+pub const DEFAULT_INBOX_BOUND: u32 = 10_000;
+
+/// How many applied requests [`Store::prune_applied`] deletes per transaction.
+const PRUNE_CHUNK: usize = 10_000;
+
+/// A stored video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Video {
+    pub id: Uuid,
+    pub youtuber: String,
+    pub title: String,
+    pub uploaded_at_ms: i64,
+    /// Whether the broker has confirmed the notification for this upload.
+    pub notified: bool,
+}
+
+/// A user, for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserOverview {
+    pub name: String,
+    pub last_login_ms: Option<i64>,
+    pub subscriptions: i64,
+}
+
+/// A YouTuber, for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YoutuberOverview {
+    pub name: String,
+    pub subscribers: i64,
+    pub videos: i64,
+    pub latest_video: Option<String>,
+}
+
+/// The outcome of a state-changing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied<T> {
+    /// Applied now, for the first time.
+    New(T),
+    /// Already applied before (a redelivery); nothing changed.
+    Replayed(T),
+}
+
+impl<T> Applied<T> {
+    /// The outcome, whether new or replayed.
+    pub fn into_inner(self) -> T {
+        match self {
+            Applied::New(value) | Applied::Replayed(value) => value,
+        }
+    }
+
+    /// Whether the request was applied just now.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Applied::New(_))
+    }
+}
+
+/// A user's inbox as the broker must declare it: the bound it was created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSpec {
+    /// The user whose inbox it is.
+    pub user: String,
+    /// The most notifications it keeps (`None`: unbounded).
+    pub bound: Option<u32>,
+}
+
+/// What the broker must do after a request is stored, so that it matches the
+/// database. Computed from the database, not from the request, so that doing
+/// it again (after a crash or a redelivery) is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing.
+    None,
+    /// The user's inbox must exist and be bound to each YouTuber the user
+    /// follows (a login: it also repairs an inbox lost on the broker's side).
+    Inbox {
+        inbox: InboxSpec,
+        subscriptions: Vec<String>,
+    },
+    /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
+    /// `declare`: the inbox may not exist yet (this request added the user, or
+    /// it is a replay whose first attempt may have stopped before declaring it).
+    Binding {
+        user: String,
+        youtuber: String,
+        subscribed: bool,
+        declare: Option<InboxSpec>,
+    },
+    /// The video's notification must be published (unless `video.notified`).
+    Notify(Video),
+}
+
+/// What the store decided for one request of a batch given to
+/// [`Store::apply`]: the reply, and the effect to carry out on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The reply, and whether the request was applied now or before.
+    pub reply: Applied<Reply>,
+    pub effect: Effect,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The server's database. Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    inbox_bound: Option<u32>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, and its directory.
+    pub fn open(path: &Path) -> Result<Store> {
+        let open_error = |reason: String| Error::StoreOpen {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let mut connection = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .and_then(|()| create_or_migrate(&mut connection))
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Store {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_owned(),
+            inbox_bound: Some(DEFAULT_INBOX_BOUND),
+        })
+    }
+
+    /// Sets the bound given to the inboxes of users added from now on
+    /// (`None`: unbounded); users already stored keep the bound they were
+    /// added with.
+    pub fn with_inbox_bound(mut self, bound: Option<u32>) -> Store {
+        self.inbox_bound = bound;
+        self
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the connection in a blocking thread.
+    async fn with<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        let outcome = tokio::task::spawn_blocking(move || {
+            // A panic inside `work` cannot leave a half-applied transaction
+            // (it rolls back on drop), so a poisoned lock is safe to reuse.
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection)
+        })
+        .await;
+        match outcome {
+            Ok(result) => Ok(result?),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    /// Applies `requests` in order, in one transaction, and returns what each
+    /// did. Queries among them see the changes made before them in the batch.
+    ///
+    /// A request that fails on its own (data that no longer decodes, a
+    /// constraint) is undone alone and refused, and the refusal recorded under
+    /// its id like any reply; the others are stored. An error of the database
+    /// as a whole (busy, disk full, I/O) stores none of the batch: try the
+    /// batch again later.
+    pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Decision>> {
+        let inbox_bound = self.inbox_bound;
+        self.with(move |connection| {
+            let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let outcomes = requests
+                .into_iter()
+                .map(|(id, request)| apply_isolated(&mut tx, id, request, now, inbox_bound))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    /// Adds the user the first time, and records the login.
+    pub async fn login(&self, request_id: Uuid, user: &str) -> Result<Applied<Reply>> {
+        let request = Request::Login {
+            user: user.to_owned(),
+        };
+        Ok(self.apply_single(request_id, request).await?.reply)
+    }
+
+    /// Subscribes `user` to `youtuber`, or unsubscribes. Unsubscribing from a
+    /// YouTuber the user does not follow is refused, and the refusal recorded
+    /// like any other reply.
+    pub async fn change_subscription(
+        &self,
+        request_id: Uuid,
+        user: &str,
+        youtuber: &str,
+        subscribe: bool,
+    ) -> Result<Applied<Reply>> {
+        let request = Request::ChangeSubscription {
+            user: user.to_owned(),
+            youtuber: youtuber.to_owned(),
+            subscribe,
+        };
+        Ok(self.apply_single(request_id, request).await?.reply)
+    }
+
+    /// Stores an upload, adding the YouTuber the first time. The video starts
+    /// un-notified: the caller publishes the notification, then calls
+    /// [`Store::mark_notified`].
+    pub async fn upload(
+        &self,
+        request_id: Uuid,
+        youtuber: &str,
+        title: &str,
+    ) -> Result<Applied<Video>> {
+        let request = Request::Upload {
+            youtuber: youtuber.to_owned(),
+            video: title.to_owned(),
+        };
+        let outcome = self.apply_single(request_id, request).await?;
+        match (outcome.reply, outcome.effect) {
+            (Applied::New(_), Effect::Notify(video)) => Ok(Applied::New(video)),
+            (Applied::Replayed(_), Effect::Notify(video)) => Ok(Applied::Replayed(video)),
+            (reply, _) => Err(Error::Refused(match reply.into_inner() {
+                Reply::Refused { reason } => reason,
+                // Only a request id reused for another kind of request gets here.
+                _ => format!(
+                    "request {request_id} was applied before as another kind of request; \
+                     send the upload again with a new id"
+                ),
+            })),
+        }
+    }
+
+    async fn apply_single(&self, request_id: Uuid, request: Request) -> Result<Decision> {
+        let mut outcomes = self.apply(vec![(request_id, request)]).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Records that the broker confirmed the notifications of these videos.
+    pub async fn mark_notified(&self, video_ids: Vec<Uuid>) -> Result<()> {
+        self.with(move |connection| {
+            let tx = connection.transaction()?;
+            {
+                let mut statement =
+                    tx.prepare_cached("UPDATE videos SET notified = 1 WHERE id = ?1")?;
+                for id in video_ids {
+                    statement.execute([id.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Adds notifications the broker dropped from full inboxes to each user's
+    /// count, reported at the user's next login. Unknown users are ignored.
+    pub async fn record_dropped(&self, counts: Vec<(String, u64)>) -> Result<()> {
+        self.with(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                // Saturating: past i64::MAX, SQLite would turn the sum into a float.
+                let mut statement = tx.prepare_cached(
+                    "UPDATE users SET dropped = dropped + MIN(?2, 9223372036854775807 - dropped)
+                     WHERE name = ?1",
+                )?;
+                for (user, count) in counts {
+                    statement.execute(params![user, i64::try_from(count).unwrap_or(i64::MAX)])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Forgets the requests applied before `applied_before_ms` (milliseconds
+    /// since the Unix epoch) and returns how many.
+    ///
+    /// This is the horizon of idempotency: a request redelivered after its id
+    /// is pruned is applied again (an upload stores and notifies a second
+    /// video; a subscription change may undo a later one). Prune only what no
+    /// queue or client can still deliver: older than the longest a request
+    /// can wait in its queue and a client keeps sending it again.
+    pub async fn prune_applied(&self, applied_before_ms: i64) -> Result<usize> {
+        let mut pruned = 0;
+        loop {
+            // One chunk per transaction, giving the connection back in
+            // between, so that batches of requests never wait behind a large
+            // prune for long.
+            let deleted = self
+                .with(move |connection| {
+                    connection
+                        .prepare_cached(
+                            "DELETE FROM applied_requests WHERE rowid IN (
+                                 SELECT rowid FROM applied_requests
+                                 WHERE applied_at_ms < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
+                })
+                .await?;
+            pruned += deleted;
+            if deleted < PRUNE_CHUNK {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// How many applied requests are remembered (what [`Store::prune_applied`]
+    /// keeps in check).
+    pub async fn applied_count(&self) -> Result<u64> {
+        self.with(|connection| {
+            let count: i64 =
+                connection.query_row("SELECT COUNT(*) FROM applied_requests", [], |row| {
+                    row.get(0)
+                })?;
+            Ok(u64::try_from(count).unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Videos whose notification the broker has not confirmed yet, oldest first:
+    /// what a crash between storing and notifying left behind.
+    pub async fn videos_to_notify(&self) -> Result<Vec<Video>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
+                 WHERE notified = 0 ORDER BY uploaded_at_ms",
+            )?;
+            let videos = statement.query_map([], video_from_row)?;
+            videos.collect()
+        })
+        .await
+    }
+
+    /// The YouTubers `user` follows, in name order.
+    pub async fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
+        let user = user.to_owned();
+        self.with(move |connection| subscriptions_of(connection, &user))
+            .await
+    }
+
+    /// Whether `user` follows `youtuber`.
+    pub async fn is_subscribed(&self, user: &str, youtuber: &str) -> Result<bool> {
+        let (user, youtuber) = (user.to_owned(), youtuber.to_owned());
+        self.with(move |connection| is_subscribed(connection, &user, &youtuber))
+            .await
+    }
+
+    /// The videos of a YouTuber, oldest first.
+    pub async fn videos_of(&self, youtuber: &str) -> Result<Vec<Video>> {
+        let youtuber = youtuber.to_owned();
+        self.with(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
+                 WHERE youtuber = ?1 ORDER BY uploaded_at_ms, rowid",
+            )?;
+            let videos = statement.query_map([youtuber], video_from_row)?;
+            videos.collect()
+        })
+        .await
+    }
+
+    /// Every user with how many YouTubers they follow, in name order.
+    pub async fn users_overview(&self) -> Result<Vec<UserOverview>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT u.name, u.last_login_ms, COUNT(s.youtuber) FROM users u
+                 LEFT JOIN subscriptions s ON s.user = u.name
+                 GROUP BY u.name ORDER BY u.name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(UserOverview {
+                    name: row.get(0)?,
+                    last_login_ms: row.get(1)?,
+                    subscriptions: row.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Every YouTuber (anyone who uploaded or has subscribers) with their
+    /// subscriber count, video count and latest video, in name order.
+    pub async fn youtubers_overview(&self) -> Result<Vec<YoutuberOverview>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "WITH names AS (SELECT name FROM youtubers UNION SELECT youtuber FROM subscriptions)
+                 SELECT n.name,
+                        (SELECT COUNT(*) FROM subscriptions s WHERE s.youtuber = n.name),
+                        (SELECT COUNT(*) FROM videos v WHERE v.youtuber = n.name),
+                        (SELECT title FROM videos v WHERE v.youtuber = n.name
+                         ORDER BY uploaded_at_ms DESC, rowid DESC LIMIT 1)
+                 FROM names n ORDER BY n.name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(YoutuberOverview {
+                    name: row.get(0)?,
+                    subscribers: row.get(1)?,
+                    videos: row.get(2)?,
+                    latest_video: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Whether a user of that name exists.
+    pub async fn user_exists(&self, user: &str) -> Result<bool> {
+        let user = user.to_owned();
+        self.with(move |connection| {
+            connection.query_row(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+                [user],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! The SQLite schema, and the migration of databases created by older versions.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    last_login_ms INTEGER,
+    -- The bound the inbox was declared with, and must be declared with again:
+    -- RabbitMQ refuses to declare a queue with other arguments. NULL: declared
+    -- before inboxes were bounded, so unbounded.
+    inbox_bound   INTEGER,
+    -- Notifications dropped from the full inbox since the last login.
+    dropped       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS youtubers (
+    name          TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    user     TEXT NOT NULL REFERENCES users(name),
+    youtuber TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (user, youtuber)
+);
+CREATE TABLE IF NOT EXISTS videos (
+    id             TEXT PRIMARY KEY,
+    youtuber       TEXT NOT NULL REFERENCES youtubers(name),
+    title          TEXT NOT NULL,
+    uploaded_at_ms INTEGER NOT NULL,
+    -- 0 until the broker has confirmed the notification: the outbox.
+    notified       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);
+CREATE INDEX IF NOT EXISTS videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+CREATE INDEX IF NOT EXISTS videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
+CREATE TABLE IF NOT EXISTS applied_requests (
+    id            TEXT PRIMARY KEY,
+    reply         TEXT NOT NULL,
+    video_id      TEXT,
+    applied_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applied_requests_by_time ON applied_requests(applied_at_ms);
+";
+
+/// Columns added to `users` after its first version, for older databases.
+const ADDED_USER_COLUMNS: [(&str, &str); 2] = [
+    ("inbox_bound", "INTEGER"),
+    ("dropped", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Creates the tables, and adds to an older database the columns it lacks.
+pub(super) fn create_or_migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    // Immediate: two servers opening an old database at once must not both
+    // add the same column.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    let columns = tx
+        .prepare("PRAGMA table_info(users)")?
+        .query_map([], |row| row.get::<_, String>(1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (column, declaration) in ADDED_USER_COLUMNS {
+        if !columns.iter().any(|c| c == column) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE users ADD COLUMN {column} {declaration}"
+            ))?;
+        }
+    }
+    tx.commit()
+}

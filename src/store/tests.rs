@@ -1,0 +1,579 @@
+use super::apply::{dropped_notice, is_request_error};
+use super::*;
+
+fn temp_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("nested/dir/test.db")).unwrap();
+    (store, dir)
+}
+
+#[tokio::test]
+async fn a_replayed_request_changes_nothing_and_gets_the_same_reply() {
+    let (store, _dir) = temp_store();
+    let id = Uuid::new_v4();
+    let first = store
+        .change_subscription(id, "alice", "bob", true)
+        .await
+        .unwrap();
+    assert!(first.is_new());
+    // Unsubscribe in between; replaying the subscribe must not re-subscribe.
+    store
+        .change_subscription(Uuid::new_v4(), "alice", "bob", false)
+        .await
+        .unwrap();
+    let again = store
+        .change_subscription(id, "alice", "bob", true)
+        .await
+        .unwrap();
+    assert_eq!(again, Applied::Replayed(first.into_inner()));
+    assert!(!store.is_subscribed("alice", "bob").await.unwrap());
+}
+
+#[tokio::test]
+async fn unsubscribing_from_someone_not_followed_is_refused_with_the_list() {
+    let (store, _dir) = temp_store();
+    store
+        .change_subscription(Uuid::new_v4(), "alice", "bob", true)
+        .await
+        .unwrap();
+    let reply = store
+        .change_subscription(Uuid::new_v4(), "alice", "carol", false)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply,
+        Reply::Refused {
+            reason: "alice is not subscribed to carol (alice follows: bob)".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn subscribing_to_a_youtuber_without_videos_carries_a_notice() {
+    let (store, _dir) = temp_store();
+    let reply = store
+        .change_subscription(Uuid::new_v4(), "alice", "bob", true)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(reply, Reply::Done { notice: Some(ref n) } if n.contains("bob has not uploaded"))
+    );
+    store.upload(Uuid::new_v4(), "bob", "First").await.unwrap();
+    let reply = store
+        .change_subscription(Uuid::new_v4(), "carol", "bob", true)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply, Reply::Done { notice: None });
+}
+
+#[tokio::test]
+async fn uploads_are_an_outbox_until_marked_notified() {
+    let (store, _dir) = temp_store();
+    let request = Uuid::new_v4();
+    let video = store
+        .upload(request, "bob", "Hello")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(store.videos_to_notify().await.unwrap(), vec![video.clone()]);
+    // A redelivered upload returns the same video and stores no second one.
+    let replayed = store.upload(request, "bob", "Hello").await.unwrap();
+    assert_eq!(replayed, Applied::Replayed(video.clone()));
+    assert_eq!(store.videos_of("bob").await.unwrap().len(), 1);
+    store.mark_notified(vec![video.id]).await.unwrap();
+    assert!(store.videos_to_notify().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let store = Store::open(&path).unwrap();
+        store.login(Uuid::new_v4(), "alice").await.unwrap();
+        store
+            .change_subscription(Uuid::new_v4(), "alice", "bob", true)
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(store.user_exists("alice").await.unwrap());
+    assert_eq!(store.subscriptions("alice").await.unwrap(), vec!["bob"]);
+}
+
+#[tokio::test]
+async fn overviews_count_subscriptions_videos_and_the_latest() {
+    let (store, _dir) = temp_store();
+    store
+        .change_subscription(Uuid::new_v4(), "alice", "bob", true)
+        .await
+        .unwrap();
+    store
+        .change_subscription(Uuid::new_v4(), "alice", "newbie", true)
+        .await
+        .unwrap();
+    store
+        .change_subscription(Uuid::new_v4(), "carol", "bob", true)
+        .await
+        .unwrap();
+    store.upload(Uuid::new_v4(), "bob", "First").await.unwrap();
+    store.upload(Uuid::new_v4(), "bob", "Second").await.unwrap();
+    store.upload(Uuid::new_v4(), "dave", "Alone").await.unwrap();
+    let users = store.users_overview().await.unwrap();
+    let counts: Vec<(&str, i64)> = users
+        .iter()
+        .map(|u| (u.name.as_str(), u.subscriptions))
+        .collect();
+    assert_eq!(counts, [("alice", 2), ("carol", 1)]);
+    let youtubers = store.youtubers_overview().await.unwrap();
+    let rows: Vec<(&str, i64, i64, Option<&str>)> = youtubers
+        .iter()
+        .map(|y| {
+            (
+                y.name.as_str(),
+                y.subscribers,
+                y.videos,
+                y.latest_video.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("bob", 2, 2, Some("Second")),
+            ("dave", 0, 1, Some("Alone")),
+            ("newbie", 1, 0, None),
+        ]
+    );
+}
+
+#[test]
+fn an_unwritable_path_says_which_file_and_what_to_do() {
+    let err = Store::open(Path::new("/proc/ytnotify/db.sqlite"))
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("cannot open the database /proc/ytnotify/db.sqlite"),
+        "{text}"
+    );
+    assert!(text.contains("--db"), "{text}");
+}
+
+/// The schema before inboxes were bounded, as the first servers created it.
+const SCHEMA_BEFORE_BOUNDS: &str = "
+    CREATE TABLE users (
+        name          TEXT PRIMARY KEY,
+        created_at_ms INTEGER NOT NULL,
+        last_login_ms INTEGER
+    );
+    CREATE TABLE youtubers (
+        name          TEXT PRIMARY KEY,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE subscriptions (
+        user     TEXT NOT NULL REFERENCES users(name),
+        youtuber TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        PRIMARY KEY (user, youtuber)
+    );
+    CREATE TABLE videos (
+        id             TEXT PRIMARY KEY,
+        youtuber       TEXT NOT NULL REFERENCES youtubers(name),
+        title          TEXT NOT NULL,
+        uploaded_at_ms INTEGER NOT NULL,
+        notified       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX subscriptions_by_youtuber ON subscriptions(youtuber);
+    CREATE INDEX videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+    CREATE INDEX videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
+    CREATE TABLE applied_requests (
+        id            TEXT PRIMARY KEY,
+        reply         TEXT NOT NULL,
+        video_id      TEXT,
+        applied_at_ms INTEGER NOT NULL
+    );
+";
+
+/// Runs SQL on the store's connection, as an operator (or a fault) would.
+fn execute(store: &Store, sql: &str) {
+    store.connection.lock().unwrap().execute_batch(sql).unwrap();
+}
+
+fn login(user: &str) -> Request {
+    Request::Login { user: user.into() }
+}
+
+fn subscribe(user: &str, youtuber: &str) -> Request {
+    Request::ChangeSubscription {
+        user: user.into(),
+        youtuber: youtuber.into(),
+        subscribe: true,
+    }
+}
+
+fn upload(youtuber: &str, video: &str) -> Request {
+    Request::Upload {
+        youtuber: youtuber.into(),
+        video: video.into(),
+    }
+}
+
+fn inbox(user: &str, bound: Option<u32>) -> InboxSpec {
+    InboxSpec {
+        user: user.into(),
+        bound,
+    }
+}
+
+#[tokio::test]
+async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA_BEFORE_BOUNDS).unwrap();
+        old.execute_batch(
+            "INSERT INTO users VALUES ('alice', 1, 1);
+             INSERT INTO subscriptions VALUES ('alice', 'bob', 1);",
+        )
+        .unwrap();
+    }
+    // Opening twice: the migration runs once, then finds nothing to do.
+    drop(Store::open(&path).unwrap());
+    let store = Store::open(&path).unwrap().with_inbox_bound(Some(500));
+    let alice = store
+        .apply(vec![(Uuid::new_v4(), login("alice"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        alice[0].effect,
+        Effect::Inbox {
+            inbox: inbox("alice", None),
+            subscriptions: vec!["bob".into()],
+        }
+    );
+    let carol = store
+        .apply(vec![(Uuid::new_v4(), login("carol"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        carol[0].effect,
+        Effect::Inbox {
+            inbox: inbox("carol", Some(500)),
+            subscriptions: vec![],
+        }
+    );
+    let indexed: bool = store
+        .connection
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'applied_requests_by_time')",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(indexed, "prune_applied would scan the whole table");
+    // The old user's dropped count starts at 0 and counts from there.
+    store
+        .record_dropped(vec![("alice".into(), 2)])
+        .await
+        .unwrap();
+    let reply = store
+        .login(Uuid::new_v4(), "alice")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply,
+        Reply::Done {
+            notice: Some(
+                "2 notifications for alice were dropped while alice was away: \
+                 the inbox was full"
+                    .into()
+            )
+        }
+    );
+}
+
+#[tokio::test]
+async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let subscribed = Uuid::new_v4();
+    {
+        let store = Store::open(&path).unwrap().with_inbox_bound(Some(100));
+        let outcomes = store
+            .apply(vec![(subscribed, subscribe("alice", "bob"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes[0].effect,
+            Effect::Binding {
+                user: "alice".into(),
+                youtuber: "bob".into(),
+                subscribed: true,
+                declare: Some(inbox("alice", Some(100))),
+            }
+        );
+    }
+    let store = Store::open(&path).unwrap().with_inbox_bound(None);
+    let outcomes = store
+        .apply(vec![
+            (Uuid::new_v4(), login("alice")),
+            (subscribed, subscribe("alice", "bob")),
+            (Uuid::new_v4(), subscribe("alice", "carol")),
+            (Uuid::new_v4(), subscribe("dave", "bob")),
+        ])
+        .await
+        .unwrap();
+    let effects: Vec<Effect> = outcomes.into_iter().map(|o| o.effect).collect();
+    assert_eq!(
+        effects,
+        [
+            Effect::Inbox {
+                inbox: inbox("alice", Some(100)),
+                subscriptions: vec!["bob".into()],
+            },
+            // A replay declares the inbox again, as first declared.
+            Effect::Binding {
+                user: "alice".into(),
+                youtuber: "bob".into(),
+                subscribed: true,
+                declare: Some(inbox("alice", Some(100))),
+            },
+            // A known user's inbox exists already.
+            Effect::Binding {
+                user: "alice".into(),
+                youtuber: "carol".into(),
+                subscribed: true,
+                declare: None,
+            },
+            Effect::Binding {
+                user: "dave".into(),
+                youtuber: "bob".into(),
+                subscribed: true,
+                declare: Some(inbox("dave", None)),
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn dropped_notifications_are_reported_once_at_the_next_login() {
+    let (store, _dir) = temp_store();
+    store.login(Uuid::new_v4(), "alice").await.unwrap();
+    store
+        .record_dropped(vec![("alice".into(), 2), ("ghost".into(), 5)])
+        .await
+        .unwrap();
+    store
+        .record_dropped(vec![("alice".into(), 1)])
+        .await
+        .unwrap();
+    assert!(!store.user_exists("ghost").await.unwrap());
+    let id = Uuid::new_v4();
+    let first = store.login(id, "alice").await.unwrap();
+    let expected = Reply::Done {
+        notice: Some(
+            "3 notifications for alice were dropped while alice was away: \
+             the inbox keeps only the latest 10000"
+                .into(),
+        ),
+    };
+    assert_eq!(first, Applied::New(expected.clone()));
+    assert_eq!(
+        store.login(id, "alice").await.unwrap(),
+        Applied::Replayed(expected)
+    );
+    assert_eq!(
+        store.login(Uuid::new_v4(), "alice").await.unwrap(),
+        Applied::New(Reply::Done { notice: None })
+    );
+}
+
+#[test]
+fn the_dropped_notice_counts_in_words() {
+    assert_eq!(
+        dropped_notice(&inbox("alice", Some(1)), 1),
+        "1 notification for alice was dropped while alice was away: \
+         the inbox keeps only the latest one"
+    );
+    assert_eq!(
+        dropped_notice(&inbox("bob", Some(50)), 7),
+        "7 notifications for bob were dropped while bob was away: \
+         the inbox keeps only the latest 50"
+    );
+}
+
+#[tokio::test]
+async fn pruning_forgets_only_old_requests_which_then_apply_again() {
+    let (store, _dir) = temp_store();
+    let old_upload = Uuid::new_v4();
+    store.upload(old_upload, "bob", "Hello").await.unwrap();
+    store.login(Uuid::new_v4(), "alice").await.unwrap();
+    let recent = Uuid::new_v4();
+    store.login(recent, "carol").await.unwrap();
+    execute(
+        &store,
+        &format!("UPDATE applied_requests SET applied_at_ms = 1000 WHERE id != '{recent}'"),
+    );
+    assert_eq!(store.applied_count().await.unwrap(), 3);
+    assert_eq!(store.prune_applied(1000).await.unwrap(), 0);
+    assert_eq!(store.prune_applied(1001).await.unwrap(), 2);
+    assert_eq!(store.applied_count().await.unwrap(), 1);
+    assert!(!store.login(recent, "carol").await.unwrap().is_new());
+    // Past the horizon, a redelivery is a new request: a second video.
+    assert!(
+        store
+            .upload(old_upload, "bob", "Hello")
+            .await
+            .unwrap()
+            .is_new()
+    );
+    assert_eq!(store.videos_of("bob").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_large_prune_runs_in_chunks_to_the_end() {
+    let (store, _dir) = temp_store();
+    execute(
+        &store,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
+         INSERT INTO applied_requests (id, reply, applied_at_ms)
+         SELECT 'old-' || i, '{}', i FROM n;",
+    );
+    assert_eq!(store.prune_applied(i64::MAX).await.unwrap(), 25_000);
+    assert_eq!(store.applied_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone() {
+    let (store, _dir) = temp_store();
+    let corrupt = Uuid::new_v4();
+    store.login(corrupt, "alice").await.unwrap();
+    execute(
+        &store,
+        &format!("UPDATE applied_requests SET reply = 'not json' WHERE id = '{corrupt}'"),
+    );
+    let batch = vec![
+        (corrupt, login("alice")),
+        (Uuid::new_v4(), subscribe("carol", "bob")),
+        (Uuid::new_v4(), upload("bob", "Hello")),
+    ];
+    let outcomes = store.apply(batch.clone()).await.unwrap();
+    let Applied::New(Reply::Refused { reason }) = &outcomes[0].reply else {
+        panic!("the corrupt request is not refused: {:?}", outcomes[0]);
+    };
+    assert!(
+        reason.starts_with("the server's database cannot handle this request (")
+            && reason.ends_with("); it changed nothing now and is refused for good: the server's log has the details"),
+        "{reason}"
+    );
+    assert_eq!(outcomes[0].effect, Effect::None);
+    assert!(outcomes[1].reply.is_new() && outcomes[2].reply.is_new());
+    assert!(store.is_subscribed("carol", "bob").await.unwrap());
+    assert_eq!(store.videos_of("bob").await.unwrap().len(), 1);
+    // Redelivered, the corrupt one is refused the same way, the others replayed.
+    let again = store.apply(batch).await.unwrap();
+    assert_eq!(again[0], outcomes[0]);
+    assert!(!again[1].reply.is_new() && !again[2].reply.is_new());
+}
+
+#[tokio::test]
+async fn a_refused_request_is_undone_and_its_refusal_recorded() {
+    let (store, _dir) = temp_store();
+    // A constraint that only this title breaks, after the request has
+    // already added its YouTuber.
+    execute(
+        &store,
+        "CREATE TRIGGER poison BEFORE INSERT ON videos WHEN NEW.title = 'Poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned title'); END;",
+    );
+    let poisoned = Uuid::new_v4();
+    let outcomes = store
+        .apply(vec![
+            (poisoned, upload("mallory", "Poison")),
+            (Uuid::new_v4(), upload("bob", "Fine")),
+        ])
+        .await
+        .unwrap();
+    let refusal = Reply::Refused {
+        reason: "the server's database cannot handle this request (poisoned title); \
+                 it changed nothing now and is refused for good: the server's log has the details"
+            .into(),
+    };
+    assert_eq!(
+        outcomes[0],
+        Decision {
+            reply: Applied::New(refusal.clone()),
+            effect: Effect::None,
+        }
+    );
+    assert!(matches!(outcomes[1].effect, Effect::Notify(_)));
+    let youtubers = store.youtubers_overview().await.unwrap();
+    assert_eq!(
+        youtubers
+            .iter()
+            .map(|y| y.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bob"]
+    );
+    // Once the cause is gone, a redelivery still gets the recorded answer.
+    execute(&store, "DROP TRIGGER poison;");
+    let again = store
+        .apply(vec![(poisoned, upload("mallory", "Poison"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0],
+        Decision {
+            reply: Applied::Replayed(refusal.clone()),
+            effect: Effect::None,
+        }
+    );
+    let err = store
+        .upload(poisoned, "mallory", "Poison")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(ref reason) if reason.contains("poisoned")));
+}
+
+#[test]
+fn only_errors_of_the_whole_database_fail_a_batch() {
+    use rusqlite::ffi;
+    let sqlite = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+    for code in [
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_LOCKED,
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_CORRUPT,
+        ffi::SQLITE_NOMEM,
+    ] {
+        assert!(!is_request_error(&sqlite(code)), "{code}");
+    }
+    for code in [
+        ffi::SQLITE_CONSTRAINT,
+        ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ffi::SQLITE_MISMATCH,
+        ffi::SQLITE_TOOBIG,
+    ] {
+        assert!(is_request_error(&sqlite(code)), "{code}");
+    }
+    assert!(is_request_error(&rusqlite::Error::QueryReturnedNoRows));
+    assert!(is_request_error(
+        &rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "not json".into(),
+        )
+    ));
+}
