@@ -1,0 +1,150 @@
+//! Upkeep beside the request queues: the outbox of notifications a crash
+//! left unsent, the count of notifications that full inboxes dropped, and
+//! the pruning of the ids of requests applied long ago.
+
+use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
+
+use lapin::{Channel, options::BasicAckOptions, types::ShortString};
+use tokio::sync::watch;
+
+use super::{
+    MAX_BATCH, YoutubeServer,
+    pipeline::{MAX_RETRY_DELAY, next_batch},
+    server_feed,
+};
+use crate::{
+    broker,
+    error::Result,
+    protocol::{self, Notification},
+    store::{self, Video},
+    topology,
+};
+
+impl YoutubeServer {
+    /// Sends, and records as sent, every notification that a crash left
+    /// unsent, oldest first.
+    pub(super) async fn flush_outbox(&self) -> Result<()> {
+        self.outbox_flushed.store(true, Ordering::Release);
+        for video in self.store.videos_to_notify().await? {
+            tracing::info!(video = %video.id, "sending a notification left unsent by a crash");
+            if let Err(err) = self.notify_users(&video).await {
+                self.outbox_flushed.store(false, Ordering::Release);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Notifies every subscriber of an upload: one persistent publish to the
+    /// notifications exchange, keyed by YouTuber; RabbitMQ copies it into each
+    /// subscriber's inbox. Returns once the broker has confirmed it, and
+    /// records that in the database.
+    pub async fn notify_users(&self, video: &Video) -> Result<()> {
+        let (_, channel) = self.publisher.get().await?;
+        publish_notification(&channel, video)
+            .await?
+            .confirmed()
+            .await?;
+        self.store.mark_notified(vec![video.id]).await
+    }
+
+    /// Counts the notifications that full inboxes dropped, per user, so
+    /// that each user is told at the next login.
+    pub(super) async fn count_dropped(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+        let opening = server_feed(&self.link, topology::INBOX_OVERFLOW_QUEUE, MAX_BATCH as u16);
+        let mut feed = tokio::select! {
+            feed = opening => feed?,
+            _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+        };
+        loop {
+            let Some(batch) = next_batch(&mut feed, &mut stopped).await? else {
+                break;
+            };
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            for delivery in &batch {
+                let user = delivery.routing_key.as_str();
+                if crate::names::check_user(user).is_ok() {
+                    *counts.entry(user.to_owned()).or_default() += 1;
+                }
+            }
+            let last = batch.last().expect("a batch is never empty");
+            match self
+                .store
+                .record_dropped(counts.into_iter().collect())
+                .await
+            {
+                Ok(()) => {
+                    let _ = last.acker.ack(BasicAckOptions { multiple: true }).await;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "could not count dropped notifications; trying again");
+                    feed.reset("counting dropped notifications failed");
+                    tokio::time::sleep(MAX_RETRY_DELAY / 10).await;
+                }
+            }
+        }
+        feed.close().await;
+        tracing::debug!("stopped counting dropped notifications");
+        Ok(())
+    }
+
+    /// Forgets, now and then, the ids of requests applied longer ago than
+    /// [`REDELIVERY_HORIZON`]: a copy of one delivered later would be
+    /// applied again. The first pass waits a while after start, so that the
+    /// redeliveries of a crash are recognised first.
+    pub(super) async fn prune_applied(&self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+        let mut wait = PRUNE_FIRST;
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = PRUNE_EVERY;
+            let horizon = store::now_ms() - REDELIVERY_HORIZON.as_millis() as i64;
+            match self.store.prune_applied(horizon).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, "forgot the ids of requests applied over a week ago")
+                }
+                Err(err) => tracing::warn!(%err, "could not prune the ids of old requests"),
+            }
+        }
+    }
+}
+
+/// How long the id of an applied request is kept to recognise a copy: a
+/// request is delivered again only while it waits unacknowledged in its
+/// queue (a crash) or when its client sends it again (seconds), so a week
+/// covers a server that stays down over a long weekend.
+pub const REDELIVERY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// When the first pruning of old request ids runs after start.
+const PRUNE_FIRST: Duration = Duration::from_secs(600);
+
+/// How often old request ids are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Publishes the notification of an upload, without waiting for the confirm.
+pub(super) async fn publish_notification(
+    channel: &Channel,
+    video: &Video,
+) -> Result<broker::Unconfirmed> {
+    let notification = Notification::VideoUploaded {
+        id: video.id,
+        youtuber: video.youtuber.clone(),
+        video: video.title.clone(),
+        uploaded_at_ms: video.uploaded_at_ms,
+    };
+    let properties = broker::persistent_json()
+        .with_message_id(ShortString::from(video.id.to_string()))
+        .with_timestamp((video.uploaded_at_ms / 1000) as u64);
+    broker::publish(
+        channel,
+        topology::NOTIFICATIONS,
+        &video.youtuber,
+        false,
+        &protocol::encode(&notification),
+        properties,
+    )
+    .await
+}
