@@ -41,6 +41,10 @@ pub const DEFAULT_INBOX_BOUND: u32 = 10_000;
 /// How many applied requests [`Store::prune_applied`] deletes per transaction.
 const PRUNE_CHUNK: usize = 10_000;
 
+/// How long a transaction waits for another writer's lock before it fails
+/// (and the server tries the batch again later).
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A stored video.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Video {
@@ -166,9 +170,9 @@ impl Store {
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
-                 PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA foreign_keys = ON;",
             )
+            .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT))
             .and_then(|()| create_or_migrate(&mut connection))
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Store {

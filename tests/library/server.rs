@@ -21,7 +21,7 @@ use ytnotify::{
     },
     protocol::{self, Notification, Request, RequestEnvelope},
     server::Event,
-    topology,
+    store, topology,
 };
 use ytnotify_testkit::{TestVhost, within};
 
@@ -756,11 +756,17 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
     ytnotify_testkit::logs();
     let vhost = TestVhost::new("db-locked");
     let server = vhost.start_server().await;
-    let client = std::sync::Arc::new(vhost.client("test").await);
+    // Another process holds the database's write lock for longer than the
+    // server waits for it: the server's transactions fail meanwhile. The
+    // client waits for the lock and then for the server.
+    let held_for = store::BUSY_TIMEOUT + Duration::from_secs(2);
+    let config = ClientConfig {
+        timeout: held_for + ytnotify_testkit::WAIT,
+        ..vhost.client_config()
+    };
+    let client = std::sync::Arc::new(Client::connect(&config, "test").await.unwrap());
     log_in_following(&client, "alice", "bob").await;
 
-    // Another process holds the database's write lock for longer than the
-    // server waits for it (5 s): the server's transactions fail meanwhile.
     let lock = rusqlite::Connection::open(vhost.dir.join("server.db")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut answers = Vec::new();
@@ -780,7 +786,8 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
         let client = std::sync::Arc::clone(&client);
         answers.push(tokio::spawn(async move { client.wait(pending).await }));
     }
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // What must not happen, watched for as long as the lock is held.
+    tokio::time::sleep(held_for).await;
     assert!(
         answers.iter().all(|answer| !answer.is_finished()),
         "no request is answered while the database is locked"
