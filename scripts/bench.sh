@@ -22,7 +22,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/broker.sh
 source scripts/lib/broker.sh
 rust_toolchain_check || exit 1
-ensure_broker || exit 1
+# A benchmark uses the broker that runs; it never starts or installs one.
+YTNOTIFY_NO_INSTALL=1 ensure_broker || exit 1
 
 all=(classroom celebrity many-to-many churn scale)
 if [ $# -gt 0 ]; then
