@@ -125,7 +125,7 @@ impl Feed {
     }
 
     /// Watches `queue` too: while the consumer is idle, the feed looks every
-    /// [`QUEUE_CHECK`] whether the broker still lists a consumer on it, and
+    /// `QUEUE_CHECK` (5 s) whether the broker still lists a consumer on it, and
     /// sets its own up again if not. This catches a consumer that the broker
     /// dropped without the cancel reaching the client (a queue deleted while
     /// it was being declared again, say); a feed whose queue must never go

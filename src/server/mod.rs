@@ -48,6 +48,7 @@ use std::{
 };
 
 use lapin::{
+    message::Delivery,
     options::{BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
@@ -315,8 +316,32 @@ impl YoutubeServer {
 /// How long a stopping server waits for the requests in hand to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The longest pause before requests that failed are tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
 /// The most requests applied together in one batch (and one transaction).
 const MAX_BATCH: usize = 256;
+
+/// The next batch: the first delivery waited for, then whatever else has
+/// already arrived, up to [`MAX_BATCH`]. `None` once stopped.
+async fn next_batch(
+    feed: &mut Feed,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<Delivery>>> {
+    let first = tokio::select! {
+        biased;
+        _ = stopped.wait_for(|stop| *stop) => return Ok(None),
+        delivery = feed.next() => delivery?,
+    };
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match feed.try_next() {
+            Some(delivery) => batch.push(delivery),
+            None => break,
+        }
+    }
+    Ok(Some(batch))
+}
 
 /// A consumer of one of the server's queues: on each session, a channel
 /// with `prefetch`, the topology declared again (someone may have deleted

@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::{
-    Event, MAX_BATCH, YoutubeServer,
+    Event, MAX_RETRY_DELAY, YoutubeServer,
     bindings::{self, Failure},
+    next_batch,
     upkeep::publish_notification,
 };
 use crate::{
@@ -489,9 +490,6 @@ impl YoutubeServer {
 /// The first pause before requests that failed are tried again.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// The longest pause before requests that failed are tried again.
-pub(super) const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-
 /// How many times a request whose effects fail is tried before it is
 /// refused and dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -535,27 +533,6 @@ fn effect_users(effect: &Effect) -> Vec<String> {
         Effect::Binding { user, .. } => vec![user.clone()],
         Effect::None | Effect::Notify(_) => Vec::new(),
     }
-}
-
-/// The next batch: the first delivery waited for, then whatever else has
-/// already arrived, up to [`MAX_BATCH`]. `None` once stopped.
-pub(super) async fn next_batch(
-    feed: &mut Feed,
-    stopped: &mut watch::Receiver<bool>,
-) -> Result<Option<Vec<Delivery>>> {
-    let first = tokio::select! {
-        biased;
-        _ = stopped.wait_for(|stop| *stop) => return Ok(None),
-        delivery = feed.next() => delivery?,
-    };
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match feed.try_next() {
-            Some(delivery) => batch.push(delivery),
-            None => break,
-        }
-    }
-    Ok(Some(batch))
 }
 
 /// What a delivered request needs.

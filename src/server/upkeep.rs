@@ -7,11 +7,7 @@ use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 use lapin::{Channel, options::BasicAckOptions, types::ShortString};
 use tokio::sync::watch;
 
-use super::{
-    MAX_BATCH, YoutubeServer,
-    pipeline::{MAX_RETRY_DELAY, next_batch},
-    server_feed,
-};
+use super::{MAX_BATCH, MAX_RETRY_DELAY, YoutubeServer, next_batch, server_feed};
 use crate::{
     broker,
     error::Result,
