@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{LongString, ShortString},
 };
 
@@ -138,6 +138,39 @@ fn classify_connect_error(address: String, err: lapin::Error) -> Error {
         // Neither nothing listening nor a refusal: say what lapin saw,
         // without guessing at a cause.
         _ => Error::Broker(err),
+    }
+}
+
+/// How long settling a delivery may take before it is left to the broker.
+const SETTLE_WITHIN: Duration = Duration::from_secs(3);
+
+/// Acknowledges a delivery. Returns `Ok(false)` when the acknowledgement was
+/// not written within [`SETTLE_WITHIN`] (or the delivery was already settled):
+/// then the broker delivers it again if the connection is lost.
+///
+/// Every acknowledgement of the crate goes through here, for one reason:
+/// lapin 4.12 completes an acknowledgement once its frame is written, and
+/// fails the frames waiting to be written once, when the connection dies; a
+/// frame queued right after that is never written nor failed, and the call
+/// would never return (see `ARCHITECTURE.md`). Past the bound, the frame
+/// stays queued: on a live connection it is still written.
+pub async fn ack(acker: &Acker, options: BasicAckOptions) -> Result<bool> {
+    settle(acker.ack(options)).await
+}
+
+/// Rejects a delivery (back to the queue with `requeue`, else to the
+/// dead-letter exchange), with the bound of [`ack`].
+pub async fn nack(acker: &Acker, options: BasicNackOptions) -> Result<bool> {
+    settle(acker.nack(options)).await
+}
+
+async fn settle(settling: impl Future<Output = lapin::Result<bool>>) -> Result<bool> {
+    match tokio::time::timeout(SETTLE_WITHIN, settling).await {
+        Ok(settled) => Ok(settled?),
+        Err(_) => {
+            tracing::debug!("an acknowledgement was not written within {SETTLE_WITHIN:?}");
+            Ok(false)
+        }
     }
 }
 

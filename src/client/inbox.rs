@@ -49,7 +49,7 @@ pub struct Received {
 impl Received {
     /// Tells RabbitMQ the notification has been shown; it leaves the inbox.
     pub async fn ack(self) -> Result<()> {
-        self.acker.ack(BasicAckOptions::default()).await?;
+        broker::ack(&self.acker, BasicAckOptions::default()).await?;
         Ok(())
     }
 }
@@ -114,18 +114,18 @@ impl Inbox {
                 Ok(notification) => notification,
                 Err(reason) => {
                     tracing::warn!(%reason, "skipping a notification this client cannot read");
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    let _ = broker::ack(&delivery, BasicAckOptions::default()).await;
                     continue;
                 }
             };
             if let Err(invalid) = notification.validate() {
                 tracing::warn!(%invalid, "skipping a notification that breaks the naming rules");
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                let _ = broker::ack(&delivery, BasicAckOptions::default()).await;
                 continue;
             }
             if !self.seen.insert(notification.id()) {
                 tracing::debug!(id = %notification.id(), "skipping a duplicate notification");
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                let _ = broker::ack(&delivery, BasicAckOptions::default()).await;
                 continue;
             }
             return Ok(Received {

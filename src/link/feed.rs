@@ -360,11 +360,13 @@ async fn release(mut live: Live) {
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(WAIT_FOR_BROKER, live.consumer.next()).await
     {
-        let _ = delivery
-            .nack(BasicNackOptions {
+        let _ = crate::broker::nack(
+            &delivery,
+            BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
-            })
-            .await;
+            },
+        )
+        .await;
     }
 }

@@ -348,7 +348,7 @@ impl YoutubeServer {
         for (delivery, action) in settle {
             match action {
                 Settle::Ack if singly => {
-                    delivery.ack(BasicAckOptions::default()).await?;
+                    broker::ack(&delivery, BasicAckOptions::default()).await?;
                 }
                 Settle::Ack => last_ack = Some(delivery),
                 Settle::DeadLetter(reason) => {
@@ -359,7 +359,7 @@ impl YoutubeServer {
             }
         }
         if let Some(last) = last_ack {
-            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            broker::ack(&last.acker, BasicAckOptions { multiple: true }).await?;
         }
         tracing::debug!(
             queue,
@@ -396,12 +396,14 @@ impl YoutubeServer {
             tokio::time::sleep(pause.min(MAX_RETRY_DELAY)).await;
             // If the channel has closed meanwhile, the broker has already
             // put the request back.
-            let _ = delivery
-                .nack(BasicNackOptions {
+            let _ = broker::nack(
+                &delivery,
+                BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()
-                })
-                .await;
+                },
+            )
+            .await;
             held.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -466,17 +468,19 @@ impl YoutubeServer {
         )
         .await;
         match moved {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await?,
+            Ok(()) => broker::ack(delivery, BasicAckOptions::default()).await?,
             // The queue's own dead-letter exchange still keeps the message,
             // without our reason header.
             Err(err) => {
                 tracing::warn!(%err, "could not attach a reason; rejecting to the dead-letter exchange");
-                delivery
-                    .nack(BasicNackOptions {
+                broker::nack(
+                    delivery,
+                    BasicNackOptions {
                         requeue: false,
                         ..BasicNackOptions::default()
-                    })
-                    .await?
+                    },
+                )
+                .await?
             }
         };
         self.emit(Event::DeadLettered {

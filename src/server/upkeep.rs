@@ -70,7 +70,7 @@ impl YoutubeServer {
                 .await
             {
                 Ok(()) => {
-                    let _ = last.acker.ack(BasicAckOptions { multiple: true }).await;
+                    let _ = broker::ack(&last.acker, BasicAckOptions { multiple: true }).await;
                 }
                 Err(err) => {
                     tracing::warn!(%err, "could not count dropped notifications; trying again");

@@ -197,7 +197,7 @@ async fn take(
     } else {
         tally.record_redelivery();
     }
-    let _ = delivery.ack(BasicAckOptions::default()).await;
+    let _ = ytnotify::broker::ack(&delivery, BasicAckOptions::default()).await;
 }
 
 /// One user's inbox being consumed: its task, and how to stop it.
