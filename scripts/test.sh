@@ -16,6 +16,8 @@ source scripts/lib/broker.sh
 
 rust_toolchain_check || exit 1
 ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
+# The secure-mode tests add accounts through the management API.
+ensure_management "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 
 if ! command -v rabbitmqctl >/dev/null 2>&1; then
     if ctl=$(broker_tool rabbitmqctl); then

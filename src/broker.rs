@@ -1,10 +1,12 @@
 //! Connecting to RabbitMQ and publishing with confirms.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    Acker, BasicProperties, Channel, Confirmation, Connection, DefaultConnectionBuilder,
+    ConnectionProperties,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions},
+    tcp::OwnedTLSConfig,
     types::{LongString, ShortString},
 };
 
@@ -16,6 +18,60 @@ use crate::{
 
 /// The broker every program uses unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Where RabbitMQ is and, for an `amqps://` URL, which certificate authority
+/// to trust besides the system's: what every program connects with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The AMQP URL; its user is the account, its vhost the ytnotify stack.
+    pub url: String,
+    /// A PEM file of the certificate authority that signed the broker's
+    /// certificate, for a private CA.
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// The broker at `url`, trusted as the system trusts it.
+    pub fn new(url: impl Into<String>) -> Endpoint {
+        Endpoint {
+            url: url.into(),
+            ca_cert: None,
+        }
+    }
+
+    /// The URL to show in messages and logs: the password hidden.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// The certificates to trust besides the system's, read from
+    /// [`Endpoint::ca_cert`] at each connection (so a renewed CA is picked up).
+    fn tls(&self) -> Result<OwnedTLSConfig> {
+        let Some(path) = &self.ca_cert else {
+            return Ok(OwnedTLSConfig::default());
+        };
+        let pem = std::fs::read_to_string(path).map_err(|err| Error::CaCert {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        })?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::CaCert {
+                path: path.display().to_string(),
+                reason: "it holds no PEM certificate".to_owned(),
+            });
+        }
+        Ok(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem),
+        })
+    }
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint::new(DEFAULT_AMQP_URL)
+    }
+}
 
 /// How long to wait for the TCP and AMQP handshake before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,8 +88,9 @@ pub const HEARTBEAT_SECS: u16 = 10;
 ///
 /// The connection does not recover by itself: [`crate::link::Link`] owns
 /// reconnection, and every program connects through it.
-pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
-    let url: BrokerUrl = url.parse()?;
+pub async fn connect(endpoint: &Endpoint, connection_name: &str) -> Result<Connection> {
+    let url: BrokerUrl = endpoint.url.parse()?;
+    let tls = endpoint.tls()?;
     let address = url.redacted();
     let mut uri = url.uri().clone();
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
@@ -63,7 +120,14 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
     loop {
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
-        let attempt = Connection::connect_uri(uri.clone(), properties);
+        let attempt = async {
+            DefaultConnectionBuilder::new()?
+                .with_uri(uri.clone())
+                .with_properties(properties)
+                .with_tls_config(tls.clone())
+                .connect()
+                .await
+        };
         let err = match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => {
                 return Err(Error::BrokerUnreachable {
@@ -75,7 +139,8 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection> {
             Ok(Err(err)) => err,
         };
         if !is_cut(&err) || tokio::time::Instant::now() + pause >= deadline {
-            return Err(classify_connect_error(address, err));
+            let tls = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+            return Err(classify_connect_error(address, tls, err));
         }
         tracing::debug!(%err, "the connection was cut during the handshake; trying again");
         tokio::time::sleep(pause).await;
@@ -91,6 +156,25 @@ pub fn is_not_found(err: &lapin::Error) -> bool {
         lapin::ErrorKind::ProtocolError(amqp)
             if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
     )
+}
+
+/// Whether the broker refused an operation that the account may not do.
+pub fn is_access_refused(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+    )
+}
+
+/// What the broker said when it closed a channel or connection, without
+/// lapin's wrapping; or the error as it is.
+pub fn amqp_reason(err: &lapin::Error) -> String {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        _ => err.to_string(),
+    }
 }
 
 /// Whether a connection failed because the network cut it, not because
@@ -112,6 +196,11 @@ pub(crate) fn is_cut(err: &lapin::Error) -> bool {
 /// The error for a topology that cannot be declared: most often a queue or
 /// exchange that another client declared first with other settings.
 pub fn topology_error(url: &str, err: lapin::Error) -> Error {
+    if is_not_found(&err) {
+        return Error::NotSetUp {
+            address: redact(url),
+        };
+    }
     match err.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => Error::Topology {
             address: redact(url),
@@ -121,9 +210,17 @@ pub fn topology_error(url: &str, err: lapin::Error) -> Error {
     }
 }
 
-fn classify_connect_error(address: String, err: lapin::Error) -> Error {
+fn classify_connect_error(address: String, tls: bool, err: lapin::Error) -> Error {
     use lapin::ErrorKind;
     match err.kind() {
+        // rustls reports an untrusted certificate, a name that does not
+        // match it, or a peer that does not speak TLS, as invalid data.
+        ErrorKind::IOError(io) if tls && io.kind() == std::io::ErrorKind::InvalidData => {
+            Error::Tls {
+                address,
+                reason: io.to_string(),
+            }
+        }
         ErrorKind::IOError(io) => {
             let reason = match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),

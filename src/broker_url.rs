@@ -30,6 +30,24 @@ impl BrokerUrl {
         &self.uri.authority.userinfo.username
     }
 
+    /// The password of [`BrokerUrl::user`].
+    pub fn password(&self) -> &str {
+        &self.uri.authority.userinfo.password
+    }
+
+    /// Whether the URL asks for TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
+    }
+
+    /// The same broker and vhost, logged in as `user` with `password`.
+    pub fn with_login(&self, user: &str, password: &str) -> BrokerUrl {
+        let mut uri = self.uri.clone();
+        uri.authority.userinfo.username = user.to_owned();
+        uri.authority.userinfo.password = password.to_owned();
+        BrokerUrl { uri }
+    }
+
     /// The host and port to reach.
     pub fn host_port(&self) -> (&str, u16) {
         (&self.uri.authority.host, self.uri.authority.port)
@@ -44,21 +62,19 @@ impl BrokerUrl {
 
     /// The URL to show in messages and logs: the password hidden.
     pub fn redacted(&self) -> String {
-        let mut shown = self.uri.clone();
-        shown.authority.userinfo.password = PASSWORD_SHOWN_AS.to_owned();
-        // `AMQPUri` percent-encodes the password it prints.
-        shown
-            .to_string()
-            .replacen(&encoded(PASSWORD_SHOWN_AS), PASSWORD_SHOWN_AS, 1)
+        let mut shown = self.clone();
+        shown.uri.authority.userinfo.password = PASSWORD_SHOWN_AS.to_owned();
+        // The password is percent-encoded where it is printed.
+        shown.to_string().replacen(
+            &minimally_encoded(PASSWORD_SHOWN_AS),
+            PASSWORD_SHOWN_AS,
+            1,
+        )
     }
 }
 
 /// What a password is printed as.
 const PASSWORD_SHOWN_AS: &str = "***";
-
-fn encoded(text: &str) -> String {
-    text.bytes().map(|byte| format!("%{byte:02X}")).collect()
-}
 
 impl FromStr for BrokerUrl {
     type Err = Error;
@@ -74,10 +90,41 @@ impl FromStr for BrokerUrl {
 }
 
 /// The full URL, password included: for a configuration, never for a message.
+/// Only what must be is percent-encoded (`user.alice`, not `user%2Ealice`),
+/// so that a URL that a person reads or copies stays legible.
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.uri.fmt(f)
+        let uri = &self.uri;
+        write!(
+            f,
+            "{}://{}:{}@{}:{}/{}",
+            uri.scheme,
+            minimally_encoded(&uri.authority.userinfo.username),
+            minimally_encoded(&uri.authority.userinfo.password),
+            uri.authority.host,
+            uri.authority.port,
+            minimally_encoded(&uri.vhost),
+        )?;
+        // The options (`?heartbeat=10`), as lapin writes them.
+        if let Some((_, query)) = uri.to_string().split_once('?') {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
     }
+}
+
+/// `text` with every byte but RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`) percent-encoded.
+fn minimally_encoded(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// Hides the password of a URL in a message, whether or not it parses.
@@ -127,6 +174,15 @@ mod tests {
             "amqp://ann:pw@rabbit.example:5673/lab%202"
         );
         assert_eq!(other.to_string().parse::<BrokerUrl>().unwrap(), other);
+        // An account's URL stays legible, and reads back the same.
+        let account = url.with_login("user.alice", "p@ss/word").with_vhost("/");
+        assert_eq!(
+            account.to_string(),
+            "amqp://user.alice:p%40ss%2Fword@rabbit.example:5673/%2F"
+        );
+        assert_eq!(account.to_string().parse::<BrokerUrl>().unwrap(), account);
+        let tuned: BrokerUrl = "amqps://a:b@h/v?heartbeat=5".parse().unwrap();
+        assert_eq!(tuned.to_string(), "amqps://a:b@h:5671/v?heartbeat=5");
         // Without a path, the default vhost.
         let bare: BrokerUrl = "amqp://localhost".parse().unwrap();
         assert_eq!(bare.vhost(), "/");

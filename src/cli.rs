@@ -2,23 +2,61 @@
 //! The parsed flags become plain config structs; the rest of the library never
 //! sees clap types.
 
-use std::{future::Future, process::ExitCode, time::Duration};
+use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
-use crate::{broker::DEFAULT_AMQP_URL, client::ClientConfig, error::Setting};
+use crate::{
+    accounts::{self, Account},
+    broker::{DEFAULT_AMQP_URL, Endpoint},
+    client::ClientConfig,
+    error::{Result, Setting},
+};
 
 /// How to reach RabbitMQ.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ to connect to; its vhost selects the ytnotify stack
+    /// RabbitMQ to connect to; its vhost selects the ytnotify stack, its user is the account
+    /// [default: the account saved for the name, else amqp://guest:guest@127.0.0.1:5672/%2f]
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true,
         global = true,
         value_name = "URL"
     )]
-    pub amqp_url: String,
+    pub amqp_url: Option<String>,
+    /// PEM file of the private CA that signed the broker's certificate (for amqps://)
+    #[arg(long, env = "AMQP_CA_CERT", global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// The broker to use: the one given, else the default.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self
+                .amqp_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
+            ca_cert: self.ca_cert.clone(),
+        }
+    }
+
+    /// The broker to use when acting as `account`: the one given, else the
+    /// one saved for the account (`youtube_server account add --save`),
+    /// else the default. A CA given on the command line wins over a saved one.
+    pub fn endpoint_for(&self, account: &Account) -> Result<Endpoint> {
+        if self.amqp_url.is_some() {
+            return Ok(self.endpoint());
+        }
+        let Some(saved) = accounts::load_saved(account)? else {
+            return Ok(self.endpoint());
+        };
+        tracing::debug!("logging in with the saved account {account}");
+        Ok(Endpoint {
+            url: saved.amqp_url,
+            ca_cert: self.ca_cert.clone().or(saved.ca_cert),
+        })
+    }
 }
 
 /// How a client reaches the server.
@@ -39,12 +77,12 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The plain configuration the library takes.
-    pub fn config(&self) -> ClientConfig {
-        ClientConfig {
-            amqp_url: self.broker.amqp_url.clone(),
+    /// The plain configuration the library takes, to act as `account`.
+    pub fn config_for(&self, account: &Account) -> Result<ClientConfig> {
+        Ok(ClientConfig {
+            broker: self.broker.endpoint_for(account)?,
             timeout: self.timeout,
-        }
+        })
     }
 }
 
@@ -194,6 +232,8 @@ pub fn exit(program: &str, result: anyhow::Result<()>) -> ExitCode {
 fn how_to_set(program: &str, setting: Setting) -> &'static str {
     match setting {
         Setting::BrokerUrl => "--amqp-url or AMQP_URL",
+        Setting::CaCert => "--ca-cert or AMQP_CA_CERT",
+        Setting::ManagementUrl => "--management-url or RABBITMQ_MANAGEMENT_URL",
         Setting::Database => "--db or YT_DB",
         Setting::PlainOutput if program == "youtube_server" => "run without --tui",
         Setting::PlainOutput => "--plain",

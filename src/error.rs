@@ -27,6 +27,48 @@ pub enum Error {
         "{address} is not an AMQP URL ({reason}); write it as amqp://user:password@host:5672/vhost"
     )]
     BadUrl { address: String, reason: String },
+    /// The certificate authority file for `amqps://` cannot be used.
+    #[error("cannot use the CA certificate {path}: {reason}; give a PEM file")]
+    CaCert { path: String, reason: String },
+    /// The broker's TLS certificate is not trusted, or TLS failed.
+    #[error(
+        "the TLS handshake with RabbitMQ at {address} failed ({reason}); if the broker's \
+         certificate is signed by a private CA, give that CA's PEM file"
+    )]
+    Tls { address: String, reason: String },
+    /// RabbitMQ's management API cannot be reached or used.
+    #[error(
+        "cannot use RabbitMQ's management API at {address} ({reason}); enable it with \
+         `sudo rabbitmq-plugins enable rabbitmq_management`, or give its address"
+    )]
+    Management { address: String, reason: String },
+    /// The management API refused the credentials.
+    #[error(
+        "RabbitMQ's management API at {address} refused the user {user}; managing accounts needs \
+         a RabbitMQ user tagged administrator in the broker's URL"
+    )]
+    ManagementRefused { address: String, user: String },
+    /// The management API answered a call with an error.
+    #[error("RabbitMQ's management API answered {status} to {what}")]
+    ManagementStatus { status: u16, what: String },
+    /// The account to add exists already.
+    #[error(
+        "the account {0} exists already on the broker; to give it a new password, remove it \
+         (youtube_server account remove) and add it again"
+    )]
+    AccountExists(String),
+    /// The account to remove does not exist.
+    #[error("there is no account {account} on the broker (vhost {vhost}); see youtube_server account list")]
+    NoSuchAccount { account: String, vhost: String },
+    /// The account to remove has no permissions on this vhost.
+    #[error(
+        "the account {account} has no permissions on vhost {vhost}: it belongs to another vhost, \
+         so it is left alone; use that vhost's URL to remove it"
+    )]
+    AccountElsewhere { account: String, vhost: String },
+    /// A saved account file cannot be read or written.
+    #[error("cannot use the account file {path}: {reason}")]
+    SavedAccount { path: String, reason: String },
     /// The shared exchanges and queues cannot be declared as ytnotify needs them.
     #[error(
         "RabbitMQ at {address} refused ytnotify's queues and exchanges ({reason}); another client \
@@ -34,6 +76,18 @@ pub enum Error {
          (`rabbitmqctl delete_queue -p <vhost> <name>` for a queue)"
     )]
     Topology { address: String, reason: String },
+    /// The account may not declare the topology, and nobody has.
+    #[error(
+        "RabbitMQ at {address} has no ytnotify exchanges yet, and this account may not declare \
+         them: start youtube_server on this vhost first"
+    )]
+    NotSetUp { address: String },
+    /// The broker refused an operation that the account may not do.
+    #[error(
+        "RabbitMQ refused access ({0}): the broker's URL logs in with an account that may not do \
+         this; use the account of the user or YouTuber you act as"
+    )]
+    AccessRefused(String),
     /// A name or title breaks the naming rules.
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
@@ -96,6 +150,10 @@ pub enum Error {
 pub enum Setting {
     /// The broker's URL.
     BrokerUrl,
+    /// The address of RabbitMQ's management API.
+    ManagementUrl,
+    /// The certificate authority trusted for `amqps://`.
+    CaCert,
     /// The server's database file.
     Database,
     /// Plain lines rather than a dashboard.
@@ -109,6 +167,9 @@ impl Error {
             Error::BrokerUnreachable { .. }
             | Error::BrokerRefused { .. }
             | Error::BadUrl { .. } => Some(Setting::BrokerUrl),
+            Error::CaCert { .. } | Error::Tls { .. } => Some(Setting::CaCert),
+            Error::AccessRefused(_) | Error::ManagementRefused { .. } => Some(Setting::BrokerUrl),
+            Error::Management { .. } => Some(Setting::ManagementUrl),
             Error::StoreOpen { .. } => Some(Setting::Database),
             Error::Terminal(_) => Some(Setting::PlainOutput),
             _ => None,

@@ -9,6 +9,8 @@
 //! - [`names`]: validation of user names, YouTuber names and video titles.
 //! - [`topology`]: every exchange, queue and routing key, and `declare`.
 //! - [`broker_url`]: the broker's AMQP URL, parsed once; what is shown of it.
+//! - [`accounts`]: secure mode's accounts, one per user and YouTuber, and
+//!   what each may do on the broker; managed through RabbitMQ's HTTP API.
 //! - [`broker`]: opening a connection to RabbitMQ and publishing with confirms.
 //! - [`link`]: the supervised connection: reconnection, consumers that
 //!   outlive connections ([`link::Feed`]), channels opened again.
@@ -21,6 +23,7 @@
 //! - `dashboard` (feature `tui`): the terminal dashboards of `user` and `youtube_server`.
 //! - [`cli`]: what the three binaries share: flags, logging, signals, exit codes.
 
+pub mod accounts;
 pub mod broker;
 pub mod broker_url;
 pub mod cli;

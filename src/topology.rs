@@ -2,10 +2,15 @@
 //! every program calls after connecting.
 //!
 //! ```text
-//! user ──► ytnotify.user_requests ─────┐                       ┌─► ytnotify.inbox.alice ─► user alice
-//!                                       ├─► youtube_server ──► ytnotify.notifications ─┤   (bound with key "bob")
-//! youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber) └─► ytnotify.inbox.carol ─► …
+//! user ──► ytnotify.requests.user ──► ytnotify.user_requests ─────┐                       ┌─► ytnotify.inbox.alice ─► user alice
+//!                                                                  ├─► youtube_server ──► ytnotify.notifications ─┤   (bound with key "bob")
+//! youtuber ─► ytnotify.requests.youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber) └─► ytnotify.inbox.carol ─► …
 //! ```
+//!
+//! Clients publish requests to an exchange of their own kind, never to the
+//! default exchange: an account that may publish there may reach no other
+//! queue (see [`crate::accounts`]). The server answers on each client's
+//! reply queue, `ytnotify.reply.<account>.<random>`.
 //!
 //! A subscription is a binding: the user's inbox is bound to the notifications
 //! exchange with the YouTuber's name as routing key, so one publish per upload
@@ -22,6 +27,10 @@ use lapin::{
 pub const USER_REQUESTS: &str = "ytnotify.user_requests";
 /// Queue of upload requests from YouTubers.
 pub const YOUTUBER_REQUESTS: &str = "ytnotify.youtuber_requests";
+/// Fanout exchange that users publish their requests to; it feeds [`USER_REQUESTS`].
+pub const USER_REQUESTS_EXCHANGE: &str = "ytnotify.requests.user";
+/// Fanout exchange that YouTubers publish uploads to; it feeds [`YOUTUBER_REQUESTS`].
+pub const YOUTUBER_REQUESTS_EXCHANGE: &str = "ytnotify.requests.youtuber";
 /// Direct exchange the server publishes uploads to, with the YouTuber as routing key.
 pub const NOTIFICATIONS: &str = "ytnotify.notifications";
 /// Fanout exchange for messages the server cannot process.
@@ -37,18 +46,51 @@ pub const INBOX_OVERFLOW_QUEUE: &str = "ytnotify.inbox_overflow";
 const OVERFLOW_BOUND: i64 = 100_000;
 /// Header on a dead-lettered message that says why the server refused it.
 pub const REASON_HEADER: &str = "x-ytnotify-reason";
+/// Header on a dead-lettered message naming the account that sent it (its
+/// `user_id`, checked by RabbitMQ when it was sent).
+pub const SENDER_HEADER: &str = "x-ytnotify-sender";
 /// Header on a dead-lettered message naming the queue it came from.
 pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
 const INBOX_PREFIX: &str = "ytnotify.inbox.";
 const REPLY_PREFIX: &str = "ytnotify.reply.";
 
-/// A fresh name for a client's reply queue. Each client declares its own,
-/// exclusive to its connection: RabbitMQ deletes it when the client goes, and
-/// lapin declares it again after a reconnection (unlike direct reply-to,
-/// whose address dies with the connection).
-pub fn reply_queue() -> String {
-    format!("{REPLY_PREFIX}{}", uuid::Uuid::new_v4().simple())
+/// The exchange a client publishes to for a request queue.
+pub fn request_exchange(queue: &str) -> &'static str {
+    if queue == YOUTUBER_REQUESTS {
+        YOUTUBER_REQUESTS_EXCHANGE
+    } else {
+        USER_REQUESTS_EXCHANGE
+    }
+}
+
+/// A fresh name for a reply queue of the client logged in as `account`.
+/// Each client declares its own, exclusive to its connection: RabbitMQ
+/// deletes it when the client goes, and the client declares it again after a
+/// reconnection (unlike direct reply-to, whose address dies with the
+/// connection). The account in the name is what lets RabbitMQ grant each
+/// account its own reply queues and no one else's.
+pub fn reply_queue(account: &str) -> String {
+    format!(
+        "{}{}",
+        reply_queue_prefix(account),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// What the names of `account`'s reply queues begin with; 32 hexadecimal
+/// digits follow.
+pub fn reply_queue_prefix(account: &str) -> String {
+    format!("{REPLY_PREFIX}{account}.")
+}
+
+/// Whether `queue` is one of `account`'s reply queues.
+pub fn is_reply_queue_of(queue: &str, account: &str) -> bool {
+    queue
+        .strip_prefix(&reply_queue_prefix(account))
+        .is_some_and(|random| {
+            random.len() == 32 && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
 }
 
 /// Declares a client's reply queue: exclusive, deleted with its connection.
@@ -136,6 +178,24 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .queue_declare(queue.into(), durable_queue(), request_queue_arguments())
             .await?;
+        let exchange = request_exchange(queue);
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                durable_exchange(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
     }
     channel
         .exchange_declare(
@@ -170,6 +230,26 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
             FieldTable::default(),
         )
         .await?;
+    Ok(())
+}
+
+/// Whether the request exchanges exist, without declaring them: what a client
+/// whose account may not declare the topology checks instead (a missing
+/// exchange is an error, and closes the channel).
+pub async fn check_declared(channel: &Channel) -> Result<(), lapin::Error> {
+    for exchange in [USER_REQUESTS_EXCHANGE, YOUTUBER_REQUESTS_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..durable_exchange()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -281,6 +361,16 @@ mod tests {
         assert_eq!(inbox("alice"), "ytnotify.inbox.alice");
         assert_eq!(inbox_owner(&inbox("alice")), Some("alice"));
         assert_eq!(inbox_owner(USER_REQUESTS), None);
+    }
+
+    #[test]
+    fn reply_queues_carry_their_account() {
+        let queue = reply_queue("user.alice");
+        assert!(is_reply_queue_of(&queue, "user.alice"), "{queue}");
+        assert!(!is_reply_queue_of(&queue, "user.ali"));
+        assert!(!is_reply_queue_of(&queue, "user"));
+        assert!(!is_reply_queue_of(&format!("{queue}0"), "user.alice"));
+        assert!(!is_reply_queue_of("ytnotify.inbox.alice", "user.alice"));
     }
 
     #[test]

@@ -13,6 +13,12 @@
 #   Debian/Ubuntu. Otherwise it says what to run and returns 1.
 #   YTNOTIFY_NO_INSTALL=1 turns off starting and installing: only reuse.
 #
+# ensure_management [URL]
+#   Makes sure RabbitMQ's management API (the rabbitmq_management plugin,
+#   which secure mode's accounts are managed through) answers on port 15672
+#   of URL's host: on this machine the plugin is enabled if it is not.
+#   Otherwise it says what to run and returns 1.
+#
 # rust_toolchain_check
 #   Returns 1, saying what to install, when cargo is missing.
 #
@@ -275,6 +281,37 @@ ensure_broker() {
     fi
     broker_await_startup
     broker_log "RabbitMQ is running at $where"
+}
+
+# How long the management API may take to open once its plugin is enabled.
+MANAGEMENT_START_TIMEOUT=60
+
+# shellcheck disable=SC2120 # the URL argument is optional
+ensure_management() {
+    local url=${1:-${AMQP_URL:-$BROKER_DEFAULT_URL}} plugins out
+    broker_parse_url "$url" || return 1
+    local host=$BROKER_HOST port=15672
+    if broker_port_open "$host" "$port"; then
+        return 0
+    fi
+    if ! broker_is_local "$host"; then
+        broker_log "RabbitMQ's management API does not answer at $host:$port: on the broker's machine run  sudo rabbitmq-plugins enable rabbitmq_management"
+        return 1
+    fi
+    if ! plugins=$(broker_tool rabbitmq-plugins); then
+        broker_log "rabbitmq-plugins is not installed here; install rabbitmq-server, then run  sudo rabbitmq-plugins enable rabbitmq_management"
+        return 1
+    fi
+    broker_log "enabling RabbitMQ's management API (rabbitmq_management), which secure mode's accounts need"
+    if ! out=$(timeout 120 "$plugins" enable rabbitmq_management 2>&1); then
+        broker_log "could not enable it: $(printf '%s' "$out" | tr '\n' ' '); run  sudo rabbitmq-plugins enable rabbitmq_management"
+        return 1
+    fi
+    if ! broker_wait_port "$host" "$port" "$MANAGEMENT_START_TIMEOUT"; then
+        broker_log "the management API did not open port $port within ${MANAGEMENT_START_TIMEOUT}s"
+        return 1
+    fi
+    broker_log "RabbitMQ's management API is running at $host:$port"
 }
 
 rust_toolchain_check() {

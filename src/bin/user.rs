@@ -7,6 +7,7 @@ use std::{
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use ytnotify::{
+    accounts::Account,
     cli::{self, ClientArgs},
     client::{
         Client, inbox,
@@ -94,7 +95,9 @@ fn log_file() -> std::path::PathBuf {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.client.config();
+    // Each user logs in with the account saved for it, unless a URL is given.
+    let client_args = cli.client.clone();
+    let config = |name: &str| client_args.config_for(&Account::user(name));
     let shutdown = cli::shutdown_signal();
     let dashboard = dashboard_wanted(&cli);
     if dashboard && !cfg!(feature = "tui") {
@@ -120,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         subscribe: matches!(action, Action::Subscribe),
                     });
             check(&name, change.as_ref())?;
-            let client = Client::connect(&config, &format!("user {name}")).await?;
+            let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             for notice in user::login_and_update(&client, &name, change.as_ref()).await? {
                 eprintln!("note: {notice}");
             }
@@ -129,20 +132,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Login { name }) => {
             check(&name, None)?;
-            let client = Client::connect(&config, &format!("user {name}")).await?;
+            let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             if let Some(notice) = user::login(&client, &name).await? {
                 eprintln!("note: {notice}");
             }
             println!("SUCCESS");
             Ok(client.close().await?)
         }
-        Some(Command::Subscribe { name, youtuber }) => change(&config, name, youtuber, true).await,
+        Some(Command::Subscribe { name, youtuber }) => {
+            change(&config(&name)?, name, youtuber, true).await
+        }
         Some(Command::Unsubscribe { name, youtuber }) => {
-            change(&config, name, youtuber, false).await
+            change(&config(&name)?, name, youtuber, false).await
         }
         Some(Command::Subscriptions { name }) => {
             check(&name, None)?;
-            let client = Client::connect(&config, &format!("user {name}")).await?;
+            let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             let mut stdout = std::io::stdout().lock();
             for youtuber in user::subscriptions(&client, &name).await? {
                 writeln!(stdout, "{youtuber}")?;
@@ -151,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Watch { name }) => {
             check(&name, None)?;
-            let client = Client::connect(&config, &format!("user {name}")).await?;
+            let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             watch(client, &name, dashboard, shutdown).await
         }
     }

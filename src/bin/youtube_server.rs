@@ -3,8 +3,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ytnotify::{
+    accounts::{self, Account, Management, ManagementConfig, Role, SavedAccount},
+    broker_url::BrokerUrl,
     cli::{self, BrokerArgs},
     server::{self, ServerConfig, YoutubeServer},
 };
@@ -12,10 +14,16 @@ use ytnotify::{
 /// The YouTube server: stores users, subscriptions, YouTubers and videos, and
 /// notifies every subscriber of each upload. Prints one line per event.
 #[derive(Debug, Parser)]
-#[command(name = "youtube_server", version)]
+#[command(name = "youtube_server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     broker: BrokerArgs,
+    /// Apply a request only if it comes from the account of the user or YouTuber it names
+    /// (see `youtube_server account`); without it, any client can act as anyone
+    #[arg(long, env = "YT_SECURE")]
+    secure: bool,
     /// SQLite database file [default: one per vhost in the user's data directory]
     #[arg(long, env = "YT_DB", value_name = "PATH")]
     db: Option<PathBuf>,
@@ -27,6 +35,42 @@ struct Cli {
     /// Show a live dashboard (users online, YouTubers, events, rates) instead of event lines
     #[arg(long)]
     tui: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the accounts of secure mode: one RabbitMQ user per user and per YouTuber
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+        /// RabbitMQ's management API [default: http://<broker host>:15672]
+        #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", global = true, value_name = "URL")]
+        management_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountAction {
+    /// Add an account and print the AMQP URL its client logs in with (it holds the password)
+    Add {
+        /// user or youtuber
+        role: Role,
+        /// The user's or YouTuber's name
+        name: String,
+        /// Write the URL to the client's account file (mode 0600) instead of printing it;
+        /// `user <name>` or `youtuber <name>` on this machine then uses it
+        #[arg(long)]
+        save: bool,
+    },
+    /// Remove an account and close its connections
+    Remove {
+        /// user or youtuber
+        role: Role,
+        /// The user's or YouTuber's name
+        name: String,
+    },
+    /// List the accounts of this vhost
+    List,
 }
 
 fn main() -> ExitCode {
@@ -48,12 +92,21 @@ fn log_file() -> PathBuf {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Account {
+        action,
+        management_url,
+    }) = cli.command
+    {
+        return account(&cli.broker, management_url, action).await;
+    }
     let shutdown = cli::shutdown_signal();
+    let broker = cli.broker.endpoint();
     let db_path = cli
         .db
-        .unwrap_or_else(|| server::default_db_path(&cli.broker.amqp_url));
-    let mut config = ServerConfig::new(cli.broker.amqp_url.clone(), db_path);
+        .unwrap_or_else(|| server::default_db_path(&broker.url));
+    let mut config = ServerConfig::new(broker.clone(), db_path);
     config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
+    config.secure = cli.secure;
     if !cli.tui {
         return server::run(config, shutdown)
             .await
@@ -67,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     #[cfg(feature = "tui")]
     ytnotify::dashboard::server::run(
         server,
-        &cli.broker.amqp_url,
+        &broker,
         &log_file().display().to_string(),
         shutdown,
     )
@@ -75,6 +128,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .context("youtube_server stopped")?;
     #[cfg(not(feature = "tui"))]
     drop((server, shutdown));
+    Ok(())
+}
+
+/// `youtube_server account …`: stdout carries only what a script takes (the
+/// new account's URL, the list); what is done is said on stderr.
+async fn account(
+    broker: &BrokerArgs,
+    management_url: Option<String>,
+    action: AccountAction,
+) -> anyhow::Result<()> {
+    let endpoint = broker.endpoint();
+    let url: BrokerUrl = endpoint.url.parse()?;
+    let management = Management::new(&ManagementConfig {
+        url: management_url.unwrap_or_else(|| accounts::default_management_url(&url)),
+        broker: url.clone(),
+        ca_cert: endpoint.ca_cert.clone(),
+    })?;
+    let vhost = management.vhost().to_owned();
+    match action {
+        AccountAction::Add { role, name, save } => {
+            let account = Account::new(role, &name)?;
+            // The exchanges the account may publish to exist before its
+            // client first connects, whether or not a server runs yet.
+            ytnotify::link::Link::connect(&endpoint, "youtube_server account")
+                .await?
+                .close()
+                .await;
+            let password = management.add(&account).await?;
+            let client_url = url.with_login(&account.login(), &password).to_string();
+            eprintln!("added the account {account} on vhost {vhost}");
+            if save {
+                let saved = SavedAccount {
+                    amqp_url: client_url,
+                    ca_cert: endpoint.ca_cert.clone(),
+                };
+                let path = accounts::save(&account, &saved)?;
+                eprintln!(
+                    "saved to {}: `{role} {name}` logs in with it on this machine",
+                    path.display()
+                );
+            } else {
+                println!("{client_url}");
+            }
+        }
+        AccountAction::Remove { role, name } => {
+            let account = Account::new(role, &name)?;
+            let closed = management.remove(&account).await?;
+            eprintln!(
+                "removed the account {account} from vhost {vhost} ({closed} connection{} closed)",
+                if closed == 1 { "" } else { "s" }
+            );
+        }
+        AccountAction::List => {
+            for account in management.list().await? {
+                println!("{:<9}{}", account.role, account.name);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use ytnotify::{
+    accounts::Account,
     cli::{self, ClientArgs},
     client::{Client, youtuber::publish_video},
 };
@@ -58,7 +59,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let video = words.join(" ");
     ytnotify::names::check_youtuber(&name)?;
     ytnotify::names::check_video(&video)?;
-    let client = Client::connect(&cli.client.config(), &format!("youtuber {name}")).await?;
+    let config = cli.client.config_for(&Account::youtuber(&name))?;
+    let client = Client::connect(&config, &format!("youtuber {name}")).await?;
     publish_video(&client, &name, &video).await?;
     println!("SUCCESS");
     client.close().await?;

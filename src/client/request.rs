@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     broker,
+    broker_url::BrokerUrl,
     error::{Error, Result},
     link::{Feed, Link, LinkState, Opened, SessionChannel},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
@@ -45,8 +46,9 @@ const PUBLISH_ATTEMPTS: u32 = 3;
 /// What a client needs to reach the server.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The broker, as an AMQP URL; its vhost selects the ytnotify stack.
-    pub amqp_url: String,
+    /// The broker: its URL's vhost selects the ytnotify stack, its user is
+    /// the account that the requests come from.
+    pub broker: broker::Endpoint,
     /// How long to wait for each reply from the server.
     pub timeout: Duration,
 }
@@ -54,7 +56,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            amqp_url: broker::DEFAULT_AMQP_URL.to_owned(),
+            broker: broker::Endpoint::default(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -105,6 +107,8 @@ impl Waiters {
 /// its replies.
 pub struct Client {
     link: Link,
+    /// The broker login the requests come from, sent as their `user_id`.
+    login: String,
     publisher: Arc<SessionChannel>,
     reply_queue: String,
     waiters: Arc<Mutex<Waiters>>,
@@ -131,26 +135,29 @@ impl Client {
     /// Connects, declares the topology and starts listening for replies.
     /// `name` labels the connection in RabbitMQ's tools.
     pub async fn connect(config: &ClientConfig, name: &str) -> Result<Client> {
-        let link = Link::connect(&config.amqp_url, name).await?;
+        let login = config.broker.url.parse::<BrokerUrl>()?.user().to_owned();
+        let link = Link::connect(&config.broker, name).await?;
         let publisher = Arc::new(SessionChannel::new(&link, true));
         // One name for the life of the client: after a reconnection the
         // queue is declared again under it, so a reply addressed to it by a
         // server that took the request earlier still arrives.
-        let reply_queue = topology::reply_queue();
+        let reply_queue = topology::reply_queue(&login);
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let opener = {
-            let (publisher, waiters, reply_queue) = (
+            let (publisher, waiters, reply_queue, login) = (
                 Arc::clone(&publisher),
                 Arc::clone(&waiters),
                 reply_queue.clone(),
+                login.clone(),
             );
             let tag = format!("{name}-replies");
             Box::new(move |session: crate::link::Session| {
-                let (publisher, waiters, reply_queue, tag) = (
+                let (publisher, waiters, reply_queue, tag, login) = (
                     Arc::clone(&publisher),
                     Arc::clone(&waiters),
                     reply_queue.clone(),
                     tag.clone(),
+                    login.clone(),
                 );
                 Box::pin(async move {
                     let channel = session.connection().create_channel().await?;
@@ -168,7 +175,11 @@ impl Client {
                         .await?;
                     // Replies sent while the queue did not exist went
                     // nowhere: ask again, in the order first sent.
-                    resend_pending(&publisher, &reply_queue, &waiters).await;
+                    let sender = Sender {
+                        login: &login,
+                        reply_queue: &reply_queue,
+                    };
+                    resend_pending(&publisher, sender, &waiters).await;
                     Ok(Opened {
                         channel,
                         consumer,
@@ -196,6 +207,7 @@ impl Client {
         });
         Ok(Client {
             link,
+            login,
             publisher,
             reply_queue,
             waiters,
@@ -234,9 +246,7 @@ impl Client {
             queue,
             body: body.clone(),
         });
-        if let Err(err) =
-            publish_surely(&self.publisher, queue, &self.reply_queue, &id, &body).await
-        {
+        if let Err(err) = publish_surely(&self.publisher, queue, self.sender(), &id, &body).await {
             lock(&self.waiters).remove(&id);
             return Err(err);
         }
@@ -280,6 +290,13 @@ impl Client {
         self.wait(pending).await
     }
 
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            login: &self.login,
+            reply_queue: &self.reply_queue,
+        }
+    }
+
     /// How many servers consume a request queue now.
     async fn server_consumers(&self, queue: &str) -> Result<u32> {
         let (_, channel) = self.publisher.get().await?;
@@ -301,18 +318,28 @@ impl Drop for Client {
     }
 }
 
+/// Who sends a request: the login that RabbitMQ checks its `user_id`
+/// against, and where the answer goes.
+#[derive(Clone, Copy)]
+struct Sender<'a> {
+    login: &'a str,
+    reply_queue: &'a str,
+}
+
 async fn publish_request(
     channel: &Channel,
     queue: &str,
-    reply_queue: &str,
+    sender: Sender<'_>,
     id: &str,
     body: &[u8],
 ) -> Result<broker::Unconfirmed> {
     let properties = broker::persistent_json()
         .with_message_id(ShortString::from(id))
         .with_correlation_id(ShortString::from(id))
-        .with_reply_to(ShortString::from(reply_queue));
-    broker::publish(channel, "", queue, true, body, properties).await
+        .with_reply_to(ShortString::from(sender.reply_queue))
+        .with_user_id(ShortString::from(sender.login));
+    let exchange = topology::request_exchange(queue);
+    broker::publish(channel, exchange, "", true, body, properties).await
 }
 
 /// Publishes a request until the broker confirms it: a lost connection is
@@ -320,14 +347,14 @@ async fn publish_request(
 async fn publish_surely(
     publisher: &SessionChannel,
     queue: &'static str,
-    reply_queue: &str,
+    sender: Sender<'_>,
     id: &str,
     body: &[u8],
 ) -> Result<()> {
     let mut failures = 0;
     loop {
         let (session, channel) = publisher.get().await?;
-        let sent = match publish_request(&channel, queue, reply_queue, id, body).await {
+        let sent = match publish_request(&channel, queue, sender, id, body).await {
             Ok(unconfirmed) => unconfirmed.confirmed().await,
             Err(err) => Err(err),
         };
@@ -335,12 +362,25 @@ async fn publish_surely(
             Ok(()) => return Ok(()),
             // Not confirmed: send it again on the next connection.
             Err(_) if !session.is_alive() => {}
+            Err(Error::Broker(err)) if broker::is_access_refused(&err) => {
+                return Err(Error::AccessRefused(broker::amqp_reason(&err)));
+            }
             Err(Error::Unroutable(target)) => {
                 failures += 1;
                 if failures >= PUBLISH_ATTEMPTS {
                     return Err(Error::Unroutable(target));
                 }
                 tracing::warn!("{queue} is missing on the broker; declaring it again");
+                topology::declare(&channel).await?;
+            }
+            // The request exchange itself was deleted.
+            Err(Error::Broker(err)) if broker::is_not_found(&err) => {
+                failures += 1;
+                if failures >= PUBLISH_ATTEMPTS {
+                    return Err(Error::Broker(err));
+                }
+                let (_, channel) = publisher.get().await?;
+                tracing::warn!("the exchange for {queue} is missing on the broker; declaring it again");
                 topology::declare(&channel).await?;
             }
             Err(Error::Broker(err)) => {
@@ -357,7 +397,7 @@ async fn publish_surely(
 /// After the reply queue is declared again, sends every request still
 /// waiting for its reply again, oldest first: a reply sent while the
 /// connection was down went nowhere.
-async fn resend_pending(publisher: &SessionChannel, reply_queue: &str, waiters: &Mutex<Waiters>) {
+async fn resend_pending(publisher: &SessionChannel, sender: Sender<'_>, waiters: &Mutex<Waiters>) {
     let pending = lock(waiters).pending();
     if pending.is_empty() {
         return;
@@ -372,7 +412,7 @@ async fn resend_pending(publisher: &SessionChannel, reply_queue: &str, waiters: 
     );
     let mut confirms = Vec::with_capacity(pending.len());
     for (id, queue, body) in &pending {
-        match publish_request(&channel, queue, reply_queue, id, body).await {
+        match publish_request(&channel, queue, sender, id, body).await {
             Ok(confirm) => confirms.push(confirm),
             Err(err) => {
                 tracing::warn!(%err, "could not send a request again after reconnecting");

@@ -123,7 +123,7 @@ impl Drop for Handle {
 }
 
 struct Shared {
-    url: String,
+    endpoint: broker::Endpoint,
     name: String,
     /// The live session, `None` while reconnecting.
     session: watch::Sender<Option<Session>>,
@@ -137,10 +137,10 @@ impl Link {
     /// whether the broker is missing or refused us; later losses are ridden
     /// out. `name` labels the connection in `rabbitmqctl list_connections`
     /// and in log lines.
-    pub async fn connect(url: &str, name: &str) -> Result<Link> {
+    pub async fn connect(endpoint: &broker::Endpoint, name: &str) -> Result<Link> {
         let mut cuts = 0;
         let connection = loop {
-            match open(url, name).await {
+            match open(endpoint, name).await {
                 Ok(connection) => break connection,
                 // Cut while declaring the topology: as during the handshake,
                 // try again a few times.
@@ -156,7 +156,7 @@ impl Link {
             generation: 1,
         };
         let shared = Arc::new(Shared {
-            url: url.to_owned(),
+            endpoint: endpoint.clone(),
             name: name.to_owned(),
             session: watch::channel(Some(session.clone())).0,
             state: watch::channel(LinkState::Connected).0,
@@ -243,17 +243,26 @@ fn closed_error(name: &str) -> Error {
 }
 
 /// Opens a connection (without lapin's recovery) and declares the topology.
-async fn open(url: &str, name: &str) -> Result<Connection> {
-    let connection = broker::connect(url, name).await?;
+/// An account that may not declare it (a user's or YouTuber's, in secure
+/// mode) checks that the server has.
+async fn open(endpoint: &broker::Endpoint, name: &str) -> Result<Connection> {
+    let connection = broker::connect(endpoint, name).await?;
     let declared = async {
         let channel = connection.create_channel().await?;
-        topology::declare(&channel).await?;
-        channel.close(200, "declared".into()).await
+        match topology::declare(&channel).await {
+            Err(err) if broker::is_access_refused(&err) => {
+                let channel = connection.create_channel().await?;
+                topology::check_declared(&channel).await?;
+                channel.close(200, "checked".into()).await
+            }
+            Err(err) => Err(err),
+            Ok(()) => channel.close(200, "declared".into()).await,
+        }
     }
     .await;
     if let Err(err) = declared {
         let _ = connection.close(200, "declare failed".into()).await;
-        return Err(broker::topology_error(url, err));
+        return Err(broker::topology_error(&endpoint.url, err));
     }
     Ok(connection)
 }
@@ -297,7 +306,7 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
                 _ = closed.wait_for(|closed| *closed) => return,
             }
             attempts += 1;
-            match open(&shared.url, &shared.name).await {
+            match open(&shared.endpoint, &shared.name).await {
                 Ok(connection) => break connection,
                 Err(err) => {
                     tracing::debug!(%err, attempts, "{label}: could not reconnect yet");

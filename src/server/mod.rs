@@ -72,11 +72,16 @@ use crate::{
     topology,
 };
 
+/// What the server says once, at start, in open mode.
+pub const OPEN_MODE_WARNING: &str = "open mode: any client can act as any user or YouTuber; on a \
+     shared broker, start youtube_server --secure and give each one an account \
+     (youtube_server account add)";
+
 /// How the server is set up.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The broker, as an AMQP URL; its vhost selects the ytnotify stack.
-    pub amqp_url: String,
+    /// The broker; its URL's vhost selects the ytnotify stack.
+    pub broker: broker::Endpoint,
     /// The SQLite database file.
     pub db_path: PathBuf,
     /// How many unacknowledged requests RabbitMQ may push to each consumer.
@@ -87,17 +92,27 @@ pub struct ServerConfig {
     /// is dropped past it, and the user told at the next login); `None`
     /// for no bound. Inboxes keep the bound they were declared with.
     pub inbox_bound: Option<u32>,
+    /// Secure mode: apply a request only if it comes from the account of the
+    /// user or YouTuber it names (see [`crate::accounts`]). Otherwise any
+    /// client can act as any user.
+    pub secure: bool,
 }
 
 impl ServerConfig {
+    /// "secure" or "open", as logs and the dashboard say it.
+    pub fn mode(&self) -> &'static str {
+        if self.secure { "secure" } else { "open" }
+    }
+
     /// A configuration with the defaults for everything but the broker and database.
-    pub fn new(amqp_url: impl Into<String>, db_path: impl Into<PathBuf>) -> Self {
+    pub fn new(broker: broker::Endpoint, db_path: impl Into<PathBuf>) -> Self {
         ServerConfig {
-            amqp_url: amqp_url.into(),
+            broker,
             db_path: db_path.into(),
             prefetch: MAX_BATCH as u16,
             print_events: true,
             inbox_bound: Some(store::DEFAULT_INBOX_BOUND),
+            secure: false,
         }
     }
 }
@@ -190,13 +205,24 @@ impl YoutubeServer {
     /// active server has in flight.
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
         let store = Store::open(&config.db_path)?.with_inbox_bound(config.inbox_bound);
-        let link = Link::connect(&config.amqp_url, "youtube_server").await?;
+        tracing::info!(
+            broker = %config.broker.redacted(),
+            database = %store.path().display(),
+            inbox_bound = %config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
+            "youtube_server starting in {} mode",
+            config.mode(),
+        );
+        if !config.secure {
+            tracing::warn!("{OPEN_MODE_WARNING}");
+        }
+        let link = Link::connect(&config.broker, "youtube_server").await?;
         let publisher = SessionChannel::new(&link, true);
         let (_, channel) = publisher.get().await?;
         let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
         let (events, _) = broadcast::channel(1024);
         let vhost = config
-            .amqp_url
+            .broker
+            .url
             .parse::<BrokerUrl>()
             .map(|url| url.vhost().to_owned())?;
         let user_requests =
@@ -225,9 +251,6 @@ impl YoutubeServer {
             );
         }
         tracing::info!(
-            broker = %broker::redact(&server.config.amqp_url),
-            database = %server.store.path().display(),
-            inbox_bound = %server.config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
             "youtube_server ready: consuming {} and {}",
             topology::USER_REQUESTS,
             topology::YOUTUBER_REQUESTS,

@@ -24,10 +24,10 @@ use super::{
     upkeep::publish_notification,
 };
 use crate::{
-    broker,
+    accounts, broker,
     error::{Error, Result},
     link::{Feed, SessionChannel},
-    protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
+    protocol::{self, Reply, Request, RequestEnvelope},
     store::{Applied, Effect},
     sync::lock,
     topology,
@@ -153,7 +153,7 @@ impl YoutubeServer {
         }
         let requests: Vec<Triaged> = batch
             .iter()
-            .map(|delivery| triage(queue, protocol::decode_request(&delivery.data)))
+            .map(|delivery| triage(queue, delivery, self.config.secure))
             .collect();
         let to_apply: Vec<(Uuid, Request)> = requests
             .iter()
@@ -282,6 +282,13 @@ impl YoutubeServer {
         for (delivery, triaged) in deliveries.into_iter().zip(&requests) {
             let action = match triaged {
                 Triaged::DeadLetter(reason) => Settle::DeadLetter(reason.clone()),
+                Triaged::Forbidden(reason) => {
+                    let refusal = Reply::Refused {
+                        reason: reason.clone(),
+                    };
+                    answers.extend(self.reply(publisher, &delivery, &refusal).await?);
+                    Settle::DeadLetter(reason.clone())
+                }
                 Triaged::Refuse(reply) => {
                     answers.extend(self.reply(publisher, &delivery, reply).await?);
                     Settle::Ack
@@ -421,6 +428,16 @@ impl YoutubeServer {
         let Some(reply_to) = delivery.properties.reply_to() else {
             return Ok(None);
         };
+        // In secure mode an answer goes only to a reply queue of the account
+        // that sent the request (RabbitMQ vouches for `user_id`): never into
+        // someone else's queue that the sender named.
+        if self.config.secure {
+            let sender = delivery.properties.user_id().as_ref();
+            if !sender.is_some_and(|sender| topology::is_reply_queue_of(reply_to.as_str(), sender.as_str())) {
+                tracing::warn!(%reply_to, "not answering to a queue that is not the sender's");
+                return Ok(None);
+            }
+        }
         let mut properties =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
         if let Some(correlation) = delivery.properties.correlation_id() {
@@ -457,7 +474,13 @@ impl YoutubeServer {
             ShortString::from(topology::SOURCE_QUEUE_HEADER),
             AMQPValue::LongString(queue.into()),
         );
-        let properties = delivery.properties.clone().with_headers(headers);
+        if let Some(sender) = delivery.properties.user_id() {
+            headers.insert(
+                ShortString::from(topology::SENDER_HEADER),
+                AMQPValue::LongString(sender.as_str().into()),
+            );
+        }
+        let properties = dead_letter_properties(&delivery.properties).with_headers(headers);
         let moved = broker::publish_confirmed(
             channel,
             topology::DEAD_LETTER_EXCHANGE,
@@ -489,6 +512,44 @@ impl YoutubeServer {
         });
         Ok(())
     }
+}
+
+/// A dead-lettered message's properties: the original's, but for its
+/// `user_id`, which RabbitMQ would check against the server's own login and
+/// refuse (the sender is kept in a header instead).
+fn dead_letter_properties(original: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(value) = original.content_type() {
+        copy = copy.with_content_type(value.clone());
+    }
+    if let Some(value) = original.content_encoding() {
+        copy = copy.with_content_encoding(value.clone());
+    }
+    if let Some(value) = original.delivery_mode() {
+        copy = copy.with_delivery_mode(*value);
+    }
+    if let Some(value) = original.priority() {
+        copy = copy.with_priority(*value);
+    }
+    if let Some(value) = original.correlation_id() {
+        copy = copy.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.reply_to() {
+        copy = copy.with_reply_to(value.clone());
+    }
+    if let Some(value) = original.message_id() {
+        copy = copy.with_message_id(value.clone());
+    }
+    if let Some(value) = original.timestamp() {
+        copy = copy.with_timestamp(*value);
+    }
+    if let Some(value) = original.kind() {
+        copy = copy.with_type(value.clone());
+    }
+    if let Some(value) = original.app_id() {
+        copy = copy.with_app_id(value.clone());
+    }
+    copy
 }
 
 /// The first pause before requests that failed are tried again.
@@ -544,14 +605,17 @@ fn effect_users(effect: &Effect) -> Vec<String> {
 enum Triaged {
     /// Unreadable or on the wrong queue: to the dead-letter queue, with why.
     DeadLetter(String),
+    /// In secure mode, from an account that may not send it: refused to
+    /// its sender and dead-lettered, with why.
+    Forbidden(String),
     /// Readable but invalid: answered with a refusal, nothing stored.
     Refuse(Reply),
     /// To apply.
     Apply(RequestEnvelope),
 }
 
-fn triage(queue: &str, request: std::result::Result<RequestEnvelope, DecodeError>) -> Triaged {
-    let envelope = match request {
+fn triage(queue: &str, delivery: &Delivery, secure: bool) -> Triaged {
+    let envelope = match protocol::decode_request(&delivery.data) {
         Ok(envelope) => envelope,
         Err(reason) => return Triaged::DeadLetter(reason.to_string()),
     };
@@ -565,15 +629,21 @@ fn triage(queue: &str, request: std::result::Result<RequestEnvelope, DecodeError
             envelope.request.kind()
         ));
     }
-    match envelope.request.validate() {
-        Ok(()) => Triaged::Apply(envelope),
-        Err(invalid) => {
-            tracing::warn!(%invalid, "refused a request");
-            Triaged::Refuse(Reply::Refused {
-                reason: invalid.to_string(),
-            })
+    if let Err(invalid) = envelope.request.validate() {
+        tracing::warn!(%invalid, "refused a request");
+        return Triaged::Refuse(Reply::Refused {
+            reason: invalid.to_string(),
+        });
+    }
+    if secure {
+        let properties = &delivery.properties;
+        let sender = properties.user_id().as_ref().map(|id| id.as_str());
+        let reply_to = properties.reply_to().as_ref().map(|queue| queue.as_str());
+        if let Err(reason) = accounts::check_sender(&envelope.request, sender, reply_to) {
+            return Triaged::Forbidden(reason);
         }
     }
+    Triaged::Apply(envelope)
 }
 
 /// The event a request makes, if it was applied now and changed something.

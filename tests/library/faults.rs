@@ -33,7 +33,7 @@ async fn stack() -> Stack {
     ytnotify_testkit::require_broker();
     let node = BrokerNode::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(node.url.clone(), dir.path().join("server.db"));
+    let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(&node.url), dir.path().join("server.db"));
     config.print_events = false;
     let server = TestServer::start(config).await;
     let client = connect(&node).await;
@@ -47,7 +47,7 @@ async fn stack() -> Stack {
 
 async fn connect(node: &BrokerNode) -> Client {
     let config = ClientConfig {
-        amqp_url: node.url.clone(),
+        broker: ytnotify::broker::Endpoint::new(&node.url),
         // Long enough to ride out a restart of the broker.
         timeout: Duration::from_secs(60),
     };
@@ -152,7 +152,7 @@ async fn server_clients_and_watchers_ride_out_a_broker_crash() {
     let uploads = {
         let during = during.clone();
         let config = ClientConfig {
-            amqp_url: node.url.clone(),
+            broker: ytnotify::broker::Endpoint::new(&node.url),
             timeout: Duration::from_secs(60),
         };
         tokio::spawn(async move {

@@ -57,7 +57,7 @@ async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], properties: Ba
 }
 
 async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
-    let connection = broker::connect(&vhost.url, "test raw")
+    let connection = broker::connect(&broker::Endpoint::new(&vhost.url), "test raw")
         .await
         .expect("connect");
     let channel = broker::confirming_channel(&connection)
@@ -518,7 +518,7 @@ async fn a_request_from_a_foreign_client_without_reply_to_is_still_applied() {
 async fn a_request_sent_while_no_server_runs_waits_and_is_applied_later() {
     let vhost = TestVhost::new("no-server");
     let config = ClientConfig {
-        amqp_url: vhost.url.clone(),
+        broker: ytnotify::broker::Endpoint::new(&vhost.url),
         timeout: Duration::from_millis(300),
     };
     let client = within("connect", Client::connect(&config, "test"))
@@ -1024,7 +1024,7 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
     // both queues are consumed again without anyone restarting anything.
     let patient = Client::connect(
         &ClientConfig {
-            amqp_url: vhost.url.clone(),
+            broker: ytnotify::broker::Endpoint::new(&vhost.url),
             timeout: Duration::from_secs(45),
         },
         "patient",

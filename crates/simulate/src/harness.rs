@@ -230,7 +230,7 @@ impl Server {
                 Ok(Server::Child(child))
             }
             ServerMode::InProcess => {
-                let mut config = ServerConfig::new(url, db);
+                let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(url), db);
                 config.print_events = false;
                 let server = YoutubeServer::start(config).await?;
                 let (shutdown, stopped) = oneshot::channel::<()>();

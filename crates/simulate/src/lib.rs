@@ -304,7 +304,7 @@ impl Simulation<'_> {
         let s = self.scenario;
         let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let config = ClientConfig {
-            amqp_url: self.url.to_owned(),
+            broker: ytnotify::broker::Endpoint::new(self.url),
             timeout: self.options.request_timeout,
         };
         let mut clients = Vec::new();
@@ -732,7 +732,7 @@ impl Simulation<'_> {
             Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "ceiling").await?,
         );
         receivers.open_all((0..s.users).collect(), true).await?;
-        let connection = ytnotify::broker::connect(self.url, "simulate-ceiling").await?;
+        let connection = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(self.url), "simulate-ceiling").await?;
         let publishing = bar(self.options, "ceiling", u64::from(s.uploads));
         let started = std::time::Instant::now();
         ceiling::publish(&connection, s, &self.plan.uploads, &tally, &publishing).await?;

@@ -228,7 +228,7 @@ impl RunArgs {
     }
 
     fn options(&self) -> Options {
-        let mut options = Options::new(self.broker.amqp_url.clone());
+        let mut options = Options::new(self.broker.endpoint().url);
         options.server = if self.external_server {
             ServerMode::External
         } else if self.in_process {

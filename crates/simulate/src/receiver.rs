@@ -252,7 +252,7 @@ impl Receivers {
         for i in 0..channels {
             if i % CHANNELS_PER_CONNECTION == 0 {
                 let name = format!("simulate-{label}-receive-{}", links.len());
-                links.push(Link::connect(url, &name).await?);
+                links.push(Link::connect(&ytnotify::broker::Endpoint::new(url), &name).await?);
             }
             let link = links.last().expect("a connection was just opened").clone();
             shared.push((

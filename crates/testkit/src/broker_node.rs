@@ -92,7 +92,7 @@ impl BrokerNode {
         );
         let started = Instant::now();
         loop {
-            if ytnotify::broker::connect(&self.url, "boot probe")
+            if ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&self.url), "boot probe")
                 .await
                 .is_ok()
             {

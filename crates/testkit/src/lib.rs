@@ -137,14 +137,14 @@ impl TestVhost {
 
     /// The server configuration for this vhost, with a database in the temp dir.
     pub fn server_config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(self.url.clone(), self.dir.join("server.db"));
+        let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(&self.url), self.dir.join("server.db"));
         config.print_events = false;
         config
     }
 
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            amqp_url: self.url.clone(),
+            broker: ytnotify::broker::Endpoint::new(&self.url),
             timeout: Duration::from_secs(10),
         }
     }

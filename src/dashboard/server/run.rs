@@ -54,7 +54,7 @@ async fn snapshot(store: &Store, probe: &SessionChannel) -> Result<Snapshot> {
 /// stops the server cleanly.
 pub async fn run(
     server: YoutubeServer,
-    amqp_url: &str,
+    broker: &broker::Endpoint,
     log: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -62,12 +62,12 @@ pub async fn run(
     let mut events = server.events();
     let mut link = server.link();
     let mut app = ServerDashboard::new(
-        &broker::redact(amqp_url),
+        &broker.redacted(),
         &store.path().display().to_string(),
         log,
         widgets::local_offset(),
     );
-    let probe_link = Link::connect(amqp_url, "youtube_server dashboard").await?;
+    let probe_link = Link::connect(broker, "youtube_server dashboard").await?;
     let probe = SessionChannel::new(&probe_link, false);
     let (stop, stopped) = oneshot::channel::<()>();
     let mut serving = tokio::spawn(server.serve(async {
