@@ -18,6 +18,7 @@ use lapin::{
 };
 use uuid::Uuid;
 
+use super::{Sender, publish_request};
 use crate::{
     broker,
     error::{Error, Result},
@@ -62,11 +63,15 @@ impl Inbox {
         names::check_user(user)?;
         let waiting = Arc::new(AtomicU32::new(0));
         let opener = {
-            let (user, waiting) = (user.to_owned(), Arc::clone(&waiting));
+            let (user, waiting, login) = (
+                user.to_owned(),
+                Arc::clone(&waiting),
+                link.login().to_owned(),
+            );
             Box::new(move |session: Session| {
-                let (user, waiting) = (user.clone(), Arc::clone(&waiting));
+                let (user, waiting, login) = (user.clone(), Arc::clone(&waiting), login.clone());
                 Box::pin(async move {
-                    let (channel, count) = open_existing_inbox(&session, &user).await?;
+                    let (channel, count) = open_existing_inbox(&session, &login, &user).await?;
                     waiting.store(count, Ordering::Relaxed);
                     // Exclusive: two sessions would split the notifications.
                     let consumer = channel
@@ -145,7 +150,11 @@ impl Inbox {
 /// passively, so that its arguments stay the server's. A missing inbox is
 /// asked for with a login (the server declares it and binds it to the
 /// user's subscriptions), and looked for again for a few seconds.
-async fn open_existing_inbox(session: &Session, user: &str) -> Result<(Channel, u32)> {
+async fn open_existing_inbox(
+    session: &Session,
+    login: &str,
+    user: &str,
+) -> Result<(Channel, u32)> {
     let mut asked = false;
     let deadline = tokio::time::Instant::now() + INBOX_WAIT;
     loop {
@@ -160,7 +169,7 @@ async fn open_existing_inbox(session: &Session, user: &str) -> Result<(Channel, 
                     tracing::info!(
                         "{user} has no inbox on the broker; logging in to have it declared"
                     );
-                    request_login(session, user).await?;
+                    request_login(session, login, user).await?;
                     asked = true;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -176,37 +185,42 @@ const INBOX_WAIT: Duration = Duration::from_secs(10);
 
 /// Publishes a login for `user` without waiting for the reply: the server
 /// declares the inbox and binds it.
-async fn request_login(session: &Session, user: &str) -> Result<()> {
+async fn request_login(session: &Session, login: &str, user: &str) -> Result<()> {
     let channel = broker::confirming_channel(session.connection()).await?;
     let envelope = RequestEnvelope::new(Request::Login {
         user: user.to_owned(),
     });
-    let properties =
-        broker::persistent_json().with_message_id(envelope.id.to_string().as_str().into());
-    let sent = broker::publish_confirmed(
+    let sender = Sender {
+        login,
+        reply_queue: None,
+    };
+    let sent = match publish_request(
         &channel,
-        "",
         topology::USER_REQUESTS,
-        true,
+        sender,
+        &envelope.id.to_string(),
         &protocol::encode(&envelope),
-        properties,
     )
-    .await;
+    .await
+    {
+        Ok(unconfirmed) => unconfirmed.confirmed().await,
+        Err(err) => Err(err),
+    };
     let _ = channel.close(200, "asked".into()).await;
     sent
 }
 
+/// A refused consume: the inbox is read by another session (RabbitMQ says
+/// "in exclusive use"), or the account may not read it.
 fn refused_as_watching(err: lapin::Error, user: &str) -> Error {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(amqp)
-            if amqp.kind()
-                == &lapin::protocol::AMQPErrorKind::Soft(
-                    lapin::protocol::AMQPSoftError::ACCESSREFUSED,
-                ) =>
-        {
-            Error::AlreadyWatching(user.to_owned())
-        }
-        _ => Error::Broker(err),
+    if !broker::is_access_refused(&err) {
+        return Error::Broker(err);
+    }
+    let reason = broker::amqp_reason(&err);
+    if reason.contains("exclusive use") {
+        Error::AlreadyWatching(user.to_owned())
+    } else {
+        Error::AccessRefused(reason)
     }
 }
 

@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 use crate::{
     broker,
-    broker_url::BrokerUrl,
     error::{Error, Result},
     link::{Feed, Link, LinkState, Opened, SessionChannel},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
@@ -135,8 +134,8 @@ impl Client {
     /// Connects, declares the topology and starts listening for replies.
     /// `name` labels the connection in RabbitMQ's tools.
     pub async fn connect(config: &ClientConfig, name: &str) -> Result<Client> {
-        let login = config.broker.url.parse::<BrokerUrl>()?.user().to_owned();
         let link = Link::connect(&config.broker, name).await?;
+        let login = link.login().to_owned();
         let publisher = Arc::new(SessionChannel::new(&link, true));
         // One name for the life of the client: after a reconnection the
         // queue is declared again under it, so a reply addressed to it by a
@@ -177,7 +176,7 @@ impl Client {
                     // nowhere: ask again, in the order first sent.
                     let sender = Sender {
                         login: &login,
-                        reply_queue: &reply_queue,
+                        reply_queue: Some(&reply_queue),
                     };
                     resend_pending(&publisher, sender, &waiters).await;
                     Ok(Opened {
@@ -293,7 +292,7 @@ impl Client {
     fn sender(&self) -> Sender<'_> {
         Sender {
             login: &self.login,
-            reply_queue: &self.reply_queue,
+            reply_queue: Some(&self.reply_queue),
         }
     }
 
@@ -321,23 +320,27 @@ impl Drop for Client {
 /// Who sends a request: the login that RabbitMQ checks its `user_id`
 /// against, and where the answer goes.
 #[derive(Clone, Copy)]
-struct Sender<'a> {
-    login: &'a str,
-    reply_queue: &'a str,
+pub(super) struct Sender<'a> {
+    pub login: &'a str,
+    pub reply_queue: Option<&'a str>,
 }
 
-async fn publish_request(
+/// Publishes a request to the exchange of its queue, as `sender`; the
+/// caller waits for the confirm.
+pub(super) async fn publish_request(
     channel: &Channel,
     queue: &str,
     sender: Sender<'_>,
     id: &str,
     body: &[u8],
 ) -> Result<broker::Unconfirmed> {
-    let properties = broker::persistent_json()
+    let mut properties = broker::persistent_json()
         .with_message_id(ShortString::from(id))
         .with_correlation_id(ShortString::from(id))
-        .with_reply_to(ShortString::from(sender.reply_queue))
         .with_user_id(ShortString::from(sender.login));
+    if let Some(reply_queue) = sender.reply_queue {
+        properties = properties.with_reply_to(ShortString::from(reply_queue));
+    }
     let exchange = topology::request_exchange(queue);
     broker::publish(channel, exchange, "", true, body, properties).await
 }

@@ -37,6 +37,7 @@ pub use session_channel::SessionChannel;
 
 use crate::{
     broker,
+    broker_url::BrokerUrl,
     error::{Error, Result},
     topology,
 };
@@ -124,6 +125,8 @@ impl Drop for Handle {
 
 struct Shared {
     endpoint: broker::Endpoint,
+    /// The URL's user: the account that the link logs in as.
+    login: String,
     name: String,
     /// The live session, `None` while reconnecting.
     session: watch::Sender<Option<Session>>,
@@ -157,6 +160,10 @@ impl Link {
         };
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
+            login: endpoint
+                .url
+                .parse::<BrokerUrl>()
+                .map(|url| url.user().to_owned())?,
             name: name.to_owned(),
             session: watch::channel(Some(session.clone())).0,
             state: watch::channel(LinkState::Connected).0,
@@ -166,6 +173,12 @@ impl Link {
         Ok(Link {
             handle: Arc::new(Handle { shared }),
         })
+    }
+
+    /// The broker login of the link: the account that what it sends comes
+    /// from, as RabbitMQ checks it (`user_id`).
+    pub fn login(&self) -> &str {
+        &self.handle.shared.login
     }
 
     /// The label given at [`Link::connect`].

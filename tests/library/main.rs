@@ -1,9 +1,11 @@
 //! The library against a real RabbitMQ: the server in-process, driven by the
 //! library's own clients on a vhost per test (`server`), and faults injected
-//! on purpose against a private broker node (`faults`, `restart`).
+//! on purpose against a private broker node (`faults`, `restart`), and
+//! secure mode with real accounts (`secure`).
 
 mod faults;
 mod restart;
+mod secure;
 mod server;
 
 use ytnotify::client::{

@@ -19,6 +19,7 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle};
 use ytnotify::{
+    accounts::{self, Account, Management, ManagementConfig},
     broker_url::BrokerUrl,
     client::{Client, ClientConfig},
     server::{Event, ServerConfig, YoutubeServer},
@@ -102,12 +103,15 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-/// A vhost of its own for one test, deleted on drop.
+/// A vhost of its own for one test, deleted on drop with the accounts the
+/// test added.
 pub struct TestVhost {
     pub name: String,
     pub url: String,
     _dir: tempfile::TempDir,
     pub dir: PathBuf,
+    /// Broker users are not per vhost: the ones to delete at the end.
+    accounts: std::sync::Mutex<Vec<String>>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -132,7 +136,49 @@ impl TestVhost {
             name,
             dir: dir.path().to_owned(),
             _dir: dir,
+            accounts: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The server configuration for this vhost in secure mode.
+    pub fn secure_server_config(&self) -> ServerConfig {
+        let mut config = self.server_config();
+        config.secure = true;
+        config
+    }
+
+    /// Adds `account` on this vhost through RabbitMQ's management API, as
+    /// `youtube_server account add` does, and returns its client's URL.
+    /// Account names are global on a broker: give each test its own
+    /// ([`unique`]).
+    pub async fn add_account(&self, account: &Account) -> String {
+        require_management();
+        let url = broker_url(&self.url);
+        let management = Management::new(&ManagementConfig {
+            url: accounts::default_management_url(&url),
+            broker: url.clone(),
+            ca_cert: None,
+        })
+        .expect("a management client");
+        let password = within("an account to be added", management.add(account))
+            .await
+            .unwrap_or_else(|err| panic!("adding {account}: {err}"));
+        self.accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(account.login());
+        url.with_login(&account.login(), &password).to_string()
+    }
+
+    /// A client logged in with an account's URL (from [`TestVhost::add_account`]).
+    pub async fn client_as(&self, url: &str, name: &str) -> Client {
+        let config = ClientConfig {
+            broker: ytnotify::broker::Endpoint::new(url),
+            timeout: Duration::from_secs(10),
+        };
+        within("a client to connect", Client::connect(&config, name))
+            .await
+            .unwrap_or_else(|err| panic!("{name} connects: {err}"))
     }
 
     /// The server configuration for this vhost, with a database in the temp dir.
@@ -181,7 +227,18 @@ impl Drop for TestVhost {
     fn drop(&mut self) {
         // Best effort: a leftover vhost is harmless, a panic in drop is not.
         let name = self.name.clone();
-        let _ = std::panic::catch_unwind(move || rabbitmqctl(&["delete_vhost", &name]));
+        let accounts = std::mem::take(
+            &mut *self
+                .accounts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let _ = std::panic::catch_unwind(move || {
+            for account in accounts {
+                rabbitmqctl(&["delete_user", &account]);
+            }
+            rabbitmqctl(&["delete_vhost", &name]);
+        });
     }
 }
 
@@ -202,6 +259,25 @@ pub fn require_broker() {
         "no RabbitMQ at {host_port} (CI={}): run the tests with scripts/test.sh, which starts one, \
          or start it with `sudo rabbitmq-server -detached`",
         std::env::var("CI").unwrap_or_default()
+    );
+}
+
+/// Fails fast, with the command to run, when RabbitMQ's management API (which
+/// accounts are added through) does not answer. Never skips.
+pub fn require_management() {
+    let url = broker_url(&base_url());
+    let (host, _) = url.host_port();
+    let address = format!("{host}:15672");
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        });
+    assert!(
+        reachable,
+        "RabbitMQ's management API does not answer at {address}: run the tests with \
+         scripts/test.sh, which enables it, or run `sudo rabbitmq-plugins enable rabbitmq_management`"
     );
 }
 
