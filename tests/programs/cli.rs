@@ -14,16 +14,18 @@ use tokio::{
 };
 use ytnotify_testkit::{TestVhost, within};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_youtube_server");
-const YOUTUBER: &str = env!("CARGO_BIN_EXE_youtuber");
-const USER: &str = env!("CARGO_BIN_EXE_user");
+pub(crate) const SERVER: &str = env!("CARGO_BIN_EXE_youtube_server");
+pub(crate) const YOUTUBER: &str = env!("CARGO_BIN_EXE_youtuber");
+pub(crate) const USER: &str = env!("CARGO_BIN_EXE_user");
 
-fn command(program: &str, vhost: &TestVhost, args: &[&str]) -> Command {
+pub(crate) fn command(program: &str, vhost: &TestVhost, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command
         .args(args)
         .env("AMQP_URL", &vhost.url)
         .env("YT_DB", vhost.dir.join("server.db"))
+        // Accounts saved by one test are not found by another, nor by you.
+        .env("XDG_CONFIG_HOME", vhost.dir.join("config"))
         .env_remove("YT_TIMEOUT")
         .env_remove("RUST_LOG")
         .env_remove("RUST_BACKTRACE")
@@ -32,14 +34,14 @@ fn command(program: &str, vhost: &TestVhost, args: &[&str]) -> Command {
     command
 }
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs a program to completion, failing the test if it takes too long.
-async fn run(program: &str, vhost: &TestVhost, args: &[&str]) -> Output {
+pub(crate) async fn run(program: &str, vhost: &TestVhost, args: &[&str]) -> Output {
     let output = within(
         &format!("{program} {args:?} to exit"),
         command(program, vhost, args).output(),
@@ -54,7 +56,7 @@ async fn run(program: &str, vhost: &TestVhost, args: &[&str]) -> Output {
 }
 
 /// Asserts a failure printed exactly one line on stderr, with no panic.
-fn assert_one_line_error(output: &Output, code: i32, expected: &str) {
+pub(crate) fn assert_one_line_error(output: &Output, code: i32, expected: &str) {
     assert_eq!(output.code, code, "exit code; stderr: {}", output.stderr);
     assert_eq!(output.stdout, "", "nothing on stdout");
     assert_eq!(

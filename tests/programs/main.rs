@@ -1,6 +1,8 @@
 //! The three programs as a user runs them: the built binaries, their exact
 //! output and exit codes (`cli`), and the user dashboard in a pseudo-terminal
-//! (`dashboard`), against a real RabbitMQ on a vhost per test.
+//! (`dashboard`), against a real RabbitMQ on a vhost per test; secure mode's
+//! accounts and `amqps://` (`secure`).
 
 mod cli;
 mod dashboard;
+mod secure;

@@ -13,6 +13,8 @@ const BOOT: Duration = Duration::from_secs(90);
 
 pub struct BrokerNode {
     pub url: String,
+    /// `amqps://` on a second listener, for a node started with TLS.
+    pub tls_url: Option<String>,
     name: String,
     port: u16,
     dist_port: u16,
@@ -40,9 +42,20 @@ fn server_script() -> PathBuf {
 impl BrokerNode {
     /// Starts a fresh node and waits until it accepts AMQP connections.
     pub async fn start() -> BrokerNode {
+        BrokerNode::start_with(None).await
+    }
+
+    /// Starts a fresh node with a TLS listener too, whose certificate `ca`
+    /// signed ([`BrokerNode::tls_url`]).
+    pub async fn start_with_tls(ca: &crate::tls::TestCa) -> BrokerNode {
+        BrokerNode::start_with(Some(ca)).await
+    }
+
+    async fn start_with(tls: Option<&crate::tls::TestCa>) -> BrokerNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
-        let node = BrokerNode {
+        let mut node = BrokerNode {
+            tls_url: None,
             name: format!(
                 "ytnotify-test-{}@localhost",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -55,11 +68,23 @@ impl BrokerNode {
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(node.dir.path().join(sub)).unwrap();
         }
-        std::fs::write(
-            node.dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{}\n", node.port),
-        )
-        .unwrap();
+        let mut config = format!("listeners.tcp.1 = 127.0.0.1:{}\n", node.port);
+        if let Some(ca) = tls {
+            let tls_port = free_port();
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca.ca_cert.display(),
+                ca.broker_cert.display(),
+                ca.broker_key.display()
+            ));
+            node.tls_url = Some(format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"));
+        }
+        std::fs::write(node.dir.path().join("rabbitmq.conf"), config).unwrap();
         std::fs::write(node.dir.path().join("enabled_plugins"), "[].\n").unwrap();
         node.boot().await;
         node
