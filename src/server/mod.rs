@@ -268,6 +268,11 @@ impl YoutubeServer {
         self.link.state()
     }
 
+    /// How the server was set up.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     /// The server's database.
     pub fn store(&self) -> &Store {
         &self.store

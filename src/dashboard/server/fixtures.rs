@@ -14,7 +14,8 @@ pub(super) fn sample() -> ServerDashboard {
         "/var/lib/ytnotify/youtube_server.db",
         "/var/log/youtube_server.log",
         utc,
-    );
+    )
+    .in_secure_mode(true);
     app.update(Msg::Snapshot(Snapshot {
         users: vec![
             UserRow {

@@ -59,6 +59,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let store = server.store().clone();
+    let secure = server.config().secure;
     let mut events = server.events();
     let mut link = server.link();
     let mut app = ServerDashboard::new(
@@ -66,7 +67,8 @@ pub async fn run(
         &store.path().display().to_string(),
         log,
         widgets::local_offset(),
-    );
+    )
+    .in_secure_mode(secure);
     let probe_link = Link::connect(broker, "youtube_server dashboard").await?;
     let probe = SessionChannel::new(&probe_link, false);
     let (stop, stopped) = oneshot::channel::<()>();

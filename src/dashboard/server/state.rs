@@ -58,6 +58,8 @@ pub(super) enum Panel {
 #[derive(Debug, Clone)]
 pub struct ServerDashboard {
     pub(super) broker: String,
+    /// Secure mode (accounts checked) or open mode (anyone acts as anyone).
+    pub(super) secure: bool,
     pub(super) database: String,
     pub(super) log: String,
     pub(super) link: LinkState,
@@ -80,6 +82,7 @@ impl ServerDashboard {
     pub fn new(broker: &str, database: &str, log: &str, offset: FixedOffset) -> Self {
         ServerDashboard {
             broker: broker.to_owned(),
+            secure: false,
             database: database.to_owned(),
             log: log.to_owned(),
             link: LinkState::Connected,
@@ -95,6 +98,12 @@ impl ServerDashboard {
             quit: false,
             offset,
         }
+    }
+
+    /// The same dashboard, saying that the server runs in secure mode.
+    pub fn in_secure_mode(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
 
     pub fn should_quit(&self) -> bool {

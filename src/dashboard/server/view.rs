@@ -40,6 +40,11 @@ impl ServerDashboard {
             Line::from(vec![
                 Span::styled(" ytnotify ", Style::new().bold().black().on_cyan()),
                 Span::raw(" youtube_server ").bold(),
+                if self.secure {
+                    Span::styled("secure mode ", Style::new().fg(Color::Green))
+                } else {
+                    Span::styled("open mode ", Style::new().fg(Color::Yellow))
+                },
                 match &self.link {
                     LinkState::Connected => {
                         Span::styled("● connected ", Style::new().fg(Color::Green))
