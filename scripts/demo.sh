@@ -2,7 +2,8 @@
 # Classroom demo of ytnotify: a YouTube server, two YouTubers and three users,
 # each program's output on its own labelled line.
 #
-#   scripts/demo.sh
+#   scripts/demo.sh            # open mode: any client may act as anyone
+#   scripts/demo.sh --secure   # secure mode: an account each, and a refused impostor
 #
 # Environment:
 #   AMQP_URL    the broker (default amqp://guest:guest@127.0.0.1:5672/%2f); the
@@ -13,6 +14,21 @@
 #
 # Everything the demo starts is stopped when it ends, also on Ctrl-C.
 set -euo pipefail
+
+SECURE=0
+for arg in "$@"; do
+    case $arg in
+        --secure) SECURE=1 ;;
+        -h | --help)
+            sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            printf 'unknown option %s: run scripts/demo.sh, or scripts/demo.sh --secure\n' "$arg" >&2
+            exit 2
+            ;;
+    esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/broker.sh
@@ -46,6 +62,7 @@ colour_of() {
         alice) printf '\e[35m' ;;
         bob) printf '\e[36m' ;;
         carol) printf '\e[38;5;208m' ;;
+        mallory) printf '\e[31m' ;;
         *) printf '\e[1m' ;;
     esac
 }
@@ -186,6 +203,17 @@ settle() {
     done
 }
 
+# teacher ARGS...: youtube_server ARGS... with the administrator's URL; what
+# it says on stderr is information here, labelled like its output.
+teacher() {
+    local status
+    set +e
+    "$BIN/youtube_server" --amqp-url "$ADMIN_URL" "$@" 2>&1 | label teacher
+    status=${PIPESTATUS[0]}
+    set -e
+    return "$status"
+}
+
 # youtuber NAME VIDEO...: uploads a video, and waits for the server to say so.
 youtuber() {
     local name=$1
@@ -225,6 +253,27 @@ stop() {
     done
 }
 
+# The accounts of the secure demo, as role and name.
+ACCOUNTS=(user:alice user:bob user:carol user:mallory youtuber:mkbhd youtuber:veritasium)
+ACCOUNTS_MADE=
+
+# forget_accounts: removes the demo's accounts, also those an earlier run
+# left behind when its vhost went (they have no permissions anywhere).
+forget_accounts() {
+    local account role name perms
+    for account in "${ACCOUNTS[@]}"; do
+        role=${account%%:*} name=${account#*:}
+        if "$BIN/youtube_server" --amqp-url "$ADMIN_URL" account remove "$role" "$name" >/dev/null 2>&1; then
+            continue
+        fi
+        if [[ -n $CTL ]] &&
+            perms=$(timeout 90 "$CTL" -q --no-table-headers list_user_permissions "$role.$name" 2>/dev/null) &&
+            [[ -z ${perms//[[:space:]]/} ]]; then
+            timeout 90 "$CTL" -q delete_user "$role.$name" >/dev/null 2>&1 || true
+        fi
+    done
+}
+
 DEMO_DIR=
 INTERRUPTED=
 VHOST_CREATED=
@@ -250,6 +299,9 @@ cleanup() {
     for pid in "${LABEL_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    if [[ -n $ACCOUNTS_MADE ]]; then
+        forget_accounts
+    fi
     if [[ -n $VHOST_CREATED ]]; then
         if ! timeout 90 "$CTL" -q delete_vhost "$DEMO_VHOST" >/dev/null 2>&1; then
             printf 'could not delete the vhost %s; remove it with: rabbitmqctl delete_vhost %s\n' "$DEMO_VHOST" "$DEMO_VHOST" >&2
@@ -323,6 +375,19 @@ else
 fi
 export AMQP_URL
 export YT_DB=$DEMO_DIR/demo.db
+ADMIN_URL=$AMQP_URL
+SERVER_FLAGS=()
+if [[ $SECURE == 1 ]]; then
+    # Accounts are added through RabbitMQ's management API.
+    ensure_management "$BASE_URL" || exit 1
+    SERVER_FLAGS=(--secure)
+    # The clients find their accounts in files of the demo's own, and the
+    # broker's administrator URL is given to the server alone.
+    export XDG_CONFIG_HOME=$DEMO_DIR/config
+    unset AMQP_URL
+    ACCOUNTS_MADE=1
+    forget_accounts
+fi
 
 # --- The demo ----------------------------------------------------------------
 
@@ -330,9 +395,15 @@ printf '\n%sytnotify: users subscribe to YouTubers and are notified of their upl
 printf 'Each line starts with the program that printed it: [server] is youtube_server,\n'
 printf '[mkbhd] and [veritasium] run youtuber, [alice], [bob] and [carol] run user.\n'
 
-step "The YouTube server starts ($where, empty database)"
-show_command youtube_server
-start_background server "$SERVER_LOG" "$BIN/youtube_server"
+if [[ $SECURE == 1 ]]; then
+    step "The YouTube server starts in secure mode ($where, empty database)"
+    show_command youtube_server --secure
+    start_background server "$SERVER_LOG" "$BIN/youtube_server" --amqp-url "$ADMIN_URL" --secure
+else
+    step "The YouTube server starts ($where, empty database)"
+    show_command youtube_server
+    start_background server "$SERVER_LOG" "$BIN/youtube_server"
+fi
 SERVER_PID=$STARTED_PID
 tries=$((EXPECT_TIMEOUT * 10))
 # The server logs "youtube_server ready" once it consumes the request queues.
@@ -350,6 +421,23 @@ until grep -q 'youtube_server ready' "$SERVER_LOG" 2>/dev/null; do
 done
 note "it prints one line for each thing that happens"
 pause
+
+if [[ $SECURE == 1 ]]; then
+    step "The teacher gives everyone an account: RabbitMQ checks who sends what"
+    for account in "${ACCOUNTS[@]}"; do
+        role=${account%%:*} name=${account#*:}
+        [[ $name == mallory ]] && continue
+        show_command youtube_server account add "$role" "$name" --save
+        teacher account add "$role" "$name" --save || fail "youtube_server account add $role $name failed"
+    done
+    note "each account's URL, with its password, is saved where user and youtuber find it"
+    show_command youtube_server account add user mallory
+    MALLORY_URL=$("$BIN/youtube_server" --amqp-url "$ADMIN_URL" account add user mallory 2>"$DEMO_DIR/stderr") ||
+        fail "youtube_server account add user mallory failed: $(cat "$DEMO_DIR/stderr")"
+    printf '%s\n' "$MALLORY_URL" | label teacher
+    note "without --save, the URL is printed instead, for mallory to use on her own machine"
+    pause
+fi
 
 step "mkbhd and veritasium upload a first video each (nobody follows them yet)"
 youtuber mkbhd Unboxing the new phone
@@ -429,6 +517,33 @@ else
 fi
 settle
 pause
+
+if [[ $SECURE == 1 ]]; then
+    step "mallory, with her own account, tries to unsubscribe alice from mkbhd"
+    show_command 'user unsubscribe alice mkbhd --amqp-url "$MALLORY_URL"'
+    if run mallory "$BIN/user" unsubscribe alice mkbhd --amqp-url "$MALLORY_URL"; then
+        problem "mallory unsubscribed alice; the server should have refused"
+    else
+        note "refused by the server (exit status $?): her account is not alice's"
+    fi
+    settle
+    pause
+    step "mallory tries to upload as mkbhd"
+    show_command 'youtuber mkbhd Fake video --amqp-url "$MALLORY_URL"'
+    if run mallory "$BIN/youtuber" mkbhd Fake video --amqp-url "$MALLORY_URL"; then
+        problem "mallory uploaded as mkbhd; the broker should have refused"
+    else
+        note "refused by RabbitMQ itself (exit status $?): a user's account may not publish uploads"
+    fi
+    settle
+    pause
+    step "alice still follows mkbhd"
+    show_command user subscriptions alice
+    run alice "$BIN/user" subscriptions alice || fail "user subscriptions alice failed"
+    expect_line alice mkbhd
+    settle
+    pause
+fi
 
 step "Waiting 2 s for any last notification"
 sleep 2
