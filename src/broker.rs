@@ -3,8 +3,8 @@
 use std::{path::PathBuf, time::Duration};
 
 use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, DefaultConnectionBuilder,
-    ConnectionProperties,
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    DefaultConnectionBuilder,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions},
     tcp::OwnedTLSConfig,
     types::{LongString, ShortString},

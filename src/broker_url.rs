@@ -65,11 +65,9 @@ impl BrokerUrl {
         let mut shown = self.clone();
         shown.uri.authority.userinfo.password = PASSWORD_SHOWN_AS.to_owned();
         // The password is percent-encoded where it is printed.
-        shown.to_string().replacen(
-            &minimally_encoded(PASSWORD_SHOWN_AS),
-            PASSWORD_SHOWN_AS,
-            1,
-        )
+        shown
+            .to_string()
+            .replacen(&minimally_encoded(PASSWORD_SHOWN_AS), PASSWORD_SHOWN_AS, 1)
     }
 }
 

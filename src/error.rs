@@ -58,7 +58,9 @@ pub enum Error {
     )]
     AccountExists(String),
     /// The account to remove does not exist.
-    #[error("there is no account {account} on the broker (vhost {vhost}); see youtube_server account list")]
+    #[error(
+        "there is no account {account} on the broker (vhost {vhost}); see youtube_server account list"
+    )]
     NoSuchAccount { account: String, vhost: String },
     /// The account to remove has no permissions on this vhost.
     #[error(

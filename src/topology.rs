@@ -89,7 +89,10 @@ pub fn is_reply_queue_of(queue: &str, account: &str) -> bool {
     queue
         .strip_prefix(&reply_queue_prefix(account))
         .is_some_and(|random| {
-            random.len() == 32 && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            random.len() == 32
+                && random
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         })
 }
 

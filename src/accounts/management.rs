@@ -170,7 +170,8 @@ impl Management {
             .unwrap_or_default();
         let mut closed = 0;
         for connection in connections.as_array().into_iter().flatten() {
-            let (Some(user), Some(name)) = (connection["user"].as_str(), connection["name"].as_str())
+            let (Some(user), Some(name)) =
+                (connection["user"].as_str(), connection["name"].as_str())
             else {
                 continue;
             };

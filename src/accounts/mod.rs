@@ -142,10 +142,7 @@ impl Account {
             Role::User => Permissions {
                 configure: format!("^{replies}$"),
                 write: format!("^{}$", escape(topology::USER_REQUESTS_EXCHANGE)),
-                read: format!(
-                    "^({replies}|{})$",
-                    escape(&topology::inbox(&self.name))
-                ),
+                read: format!("^({replies}|{})$", escape(&topology::inbox(&self.name))),
             },
             Role::Youtuber => Permissions {
                 configure: format!("^{replies}$"),
@@ -260,9 +257,7 @@ mod tests {
         // Her account, but the answer sent to someone else's queue.
         let theirs = topology::reply_queue("user.bob");
         assert!(check_sender(&login, Some("user.alice"), Some(&theirs)).is_err());
-        assert!(
-            check_sender(&login, Some("user.alice"), Some("ytnotify.inbox.bob")).is_err()
-        );
+        assert!(check_sender(&login, Some("user.alice"), Some("ytnotify.inbox.bob")).is_err());
         let upload = Request::Upload {
             youtuber: "alice".into(),
             video: "v".into(),

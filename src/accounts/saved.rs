@@ -156,7 +156,15 @@ mod tests {
         // A second save replaces the first.
         write_private(&path, b"amqp_url = \"amqp://x\"\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(toml::from_str::<SavedAccount>(&text).unwrap().ca_cert.is_none());
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert!(
+            toml::from_str::<SavedAccount>(&text)
+                .unwrap()
+                .ca_cert
+                .is_none()
+        );
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

@@ -14,7 +14,11 @@ use ytnotify::{
 /// The YouTube server: stores users, subscriptions, YouTubers and videos, and
 /// notifies every subscriber of each upload. Prints one line per event.
 #[derive(Debug, Parser)]
-#[command(name = "youtube_server", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "youtube_server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,7 +48,12 @@ enum Command {
         #[command(subcommand)]
         action: AccountAction,
         /// RabbitMQ's management API [default: http://<broker host>:15672]
-        #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", global = true, value_name = "URL")]
+        #[arg(
+            long,
+            env = "RABBITMQ_MANAGEMENT_URL",
+            global = true,
+            value_name = "URL"
+        )]
         management_url: Option<String>,
     },
 }
@@ -118,14 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.print_events = false;
     let server = YoutubeServer::start(config).await?;
     #[cfg(feature = "tui")]
-    ytnotify::dashboard::server::run(
-        server,
-        &broker,
-        &log_file().display().to_string(),
-        shutdown,
-    )
-    .await
-    .context("youtube_server stopped")?;
+    ytnotify::dashboard::server::run(server, &broker, &log_file().display().to_string(), shutdown)
+        .await
+        .context("youtube_server stopped")?;
     #[cfg(not(feature = "tui"))]
     drop((server, shutdown));
     Ok(())

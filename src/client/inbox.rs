@@ -150,11 +150,7 @@ impl Inbox {
 /// passively, so that its arguments stay the server's. A missing inbox is
 /// asked for with a login (the server declares it and binds it to the
 /// user's subscriptions), and looked for again for a few seconds.
-async fn open_existing_inbox(
-    session: &Session,
-    login: &str,
-    user: &str,
-) -> Result<(Channel, u32)> {
+async fn open_existing_inbox(session: &Session, login: &str, user: &str) -> Result<(Channel, u32)> {
     let mut asked = false;
     let deadline = tokio::time::Instant::now() + INBOX_WAIT;
     loop {

@@ -12,5 +12,5 @@ mod request;
 pub mod user;
 pub mod youtuber;
 
-use request::{Sender, publish_request};
 pub use request::{Client, ClientConfig, DEFAULT_TIMEOUT, PendingReply};
+use request::{Sender, publish_request};

@@ -383,7 +383,9 @@ async fn publish_surely(
                     return Err(Error::Broker(err));
                 }
                 let (_, channel) = publisher.get().await?;
-                tracing::warn!("the exchange for {queue} is missing on the broker; declaring it again");
+                tracing::warn!(
+                    "the exchange for {queue} is missing on the broker; declaring it again"
+                );
                 topology::declare(&channel).await?;
             }
             Err(Error::Broker(err)) => {

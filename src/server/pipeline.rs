@@ -433,7 +433,9 @@ impl YoutubeServer {
         // someone else's queue that the sender named.
         if self.config.secure {
             let sender = delivery.properties.user_id().as_ref();
-            if !sender.is_some_and(|sender| topology::is_reply_queue_of(reply_to.as_str(), sender.as_str())) {
+            if !sender.is_some_and(|sender| {
+                topology::is_reply_queue_of(reply_to.as_str(), sender.as_str())
+            }) {
                 tracing::warn!(%reply_to, "not answering to a queue that is not the sender's");
                 return Ok(None);
             }

@@ -33,7 +33,10 @@ async fn stack() -> Stack {
     ytnotify_testkit::require_broker();
     let node = BrokerNode::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(&node.url), dir.path().join("server.db"));
+    let mut config = ServerConfig::new(
+        ytnotify::broker::Endpoint::new(&node.url),
+        dir.path().join("server.db"),
+    );
     config.print_events = false;
     let server = TestServer::start(config).await;
     let client = connect(&node).await;

@@ -14,7 +14,10 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
     ytnotify_testkit::require_broker();
     let node = BrokerNode::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(&node.url), dir.path().join("server.db"));
+    let mut config = ServerConfig::new(
+        ytnotify::broker::Endpoint::new(&node.url),
+        dir.path().join("server.db"),
+    );
     config.print_events = false;
     let client_config = ClientConfig {
         broker: ytnotify::broker::Endpoint::new(&node.url),

@@ -108,12 +108,16 @@ async fn an_account_acts_as_its_own_user_and_as_no_one_else() {
     // Her own login, subscribe, unsubscribe, listing.
     within(
         "her login and subscription",
-        user::login_and_update(&as_alice, &alice, Some(&SubscriptionChange::subscribe(&tom))),
+        user::login_and_update(
+            &as_alice,
+            &alice,
+            Some(&SubscriptionChange::subscribe(&tom)),
+        ),
     )
     .await
     .expect("alice acts as alice");
     let listed = within("her subscriptions", user::subscriptions(&as_alice, &alice)).await;
-    assert_eq!(listed.unwrap(), [tom.clone()]);
+    assert_eq!(listed.unwrap(), std::slice::from_ref(&tom));
     within(
         "her unsubscribe",
         user::update_subscription(&as_alice, &alice, &SubscriptionChange::unsubscribe(&tom)),
@@ -160,8 +164,13 @@ async fn an_account_acts_as_its_own_user_and_as_no_one_else() {
         .expect("alice reads her inbox");
     let received = within("the notification", inbox.next()).await.unwrap();
     match &received.notification {
-        Notification::VideoUploaded { youtuber, video, .. } => {
-            assert_eq!((youtuber.as_str(), video.as_str()), (tom.as_str(), "Hello class"))
+        Notification::VideoUploaded {
+            youtuber, video, ..
+        } => {
+            assert_eq!(
+                (youtuber.as_str(), video.as_str()),
+                (tom.as_str(), "Hello class")
+            )
         }
     }
     received.ack().await.unwrap();
@@ -324,7 +333,8 @@ async fn an_account_may_not_touch_what_is_not_its_own() {
     let channel = confirming(&connection).await;
     assert_refused(
         "declaring a reply queue of bob's",
-        topology::declare_reply_queue(&channel, &topology::reply_queue(&format!("user.{bob}"))).await,
+        topology::declare_reply_queue(&channel, &topology::reply_queue(&format!("user.{bob}")))
+            .await,
     );
     let channel = confirming(&connection).await;
     assert_refused(

@@ -486,9 +486,10 @@ async fn a_forged_notification_never_reaches_the_terminal() {
         "SUCCESS\n"
     );
     // Anyone on the broker can publish straight into an inbox.
-    let connection = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&vhost.url), "forger")
-        .await
-        .unwrap();
+    let connection =
+        ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&vhost.url), "forger")
+            .await
+            .unwrap();
     let channel = ytnotify::broker::confirming_channel(&connection)
         .await
         .unwrap();

@@ -54,15 +54,27 @@ async fn accounts_are_added_saved_listed_and_removed_and_each_acts_as_itself_onl
     // alice's URL is saved for `user alice` on this machine, not printed.
     let account = Account::user(&alice);
     vhost.remove_at_end(&account);
-    let saved = run(SERVER, &vhost, &["account", "add", "user", &alice, "--save"]).await;
+    let saved = run(
+        SERVER,
+        &vhost,
+        &["account", "add", "user", &alice, "--save"],
+    )
+    .await;
     assert_eq!(saved.code, 0, "{}", saved.stderr);
-    assert_eq!(saved.stdout, "", "the password never reaches stdout with --save");
+    assert_eq!(
+        saved.stdout, "",
+        "the password never reaches stdout with --save"
+    );
     let file = vhost
         .dir
         .join("config")
         .join("ytnotify")
         .join(format!("user.{alice}.toml"));
-    assert!(saved.stderr.contains(&file.display().to_string()), "{}", saved.stderr);
+    assert!(
+        saved.stderr.contains(&file.display().to_string()),
+        "{}",
+        saved.stderr
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
@@ -126,7 +138,11 @@ async fn account_management_without_the_api_is_one_clear_line() {
     )
     .await;
     assert_one_line_error(&output, 1, "rabbitmq-plugins enable rabbitmq_management");
-    assert!(output.stderr.contains("--management-url"), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("--management-url"),
+        "{}",
+        output.stderr
+    );
     let bad = run(SERVER, &vhost, &["account", "add", "user", "bad name"]).await;
     assert_one_line_error(&bad, 1, "invalid user name");
 }
@@ -192,7 +208,13 @@ async fn the_three_programs_work_over_amqps_with_a_private_ca() {
     ))
     .await;
     assert_eq!((code, stdout.as_str()), (0, "SUCCESS\n"), "{stderr}");
-    let mut watch = tls_command(USER, dir.path(), &url, ca_cert, &["watch", "alice", "--plain"]);
+    let mut watch = tls_command(
+        USER,
+        dir.path(),
+        &url,
+        ca_cert,
+        &["watch", "alice", "--plain"],
+    );
     let mut watch = watch
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -219,8 +241,14 @@ async fn the_three_programs_work_over_amqps_with_a_private_ca() {
     );
 
     // Without the CA: the broker's certificate is not trusted; one line.
-    let (code, stdout, stderr) =
-        output_of(tls_command(USER, dir.path(), &url, None, &["login", "alice"])).await;
+    let (code, stdout, stderr) = output_of(tls_command(
+        USER,
+        dir.path(),
+        &url,
+        None,
+        &["login", "alice"],
+    ))
+    .await;
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("TLS handshake"), "{stderr}");

@@ -732,7 +732,11 @@ impl Simulation<'_> {
             Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "ceiling").await?,
         );
         receivers.open_all((0..s.users).collect(), true).await?;
-        let connection = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(self.url), "simulate-ceiling").await?;
+        let connection = ytnotify::broker::connect(
+            &ytnotify::broker::Endpoint::new(self.url),
+            "simulate-ceiling",
+        )
+        .await?;
         let publishing = bar(self.options, "ceiling", u64::from(s.uploads));
         let started = std::time::Instant::now();
         ceiling::publish(&connection, s, &self.plan.uploads, &tally, &publishing).await?;

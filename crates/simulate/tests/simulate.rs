@@ -187,7 +187,9 @@ async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
     // Crash it once the run has begun: every inbox has its consumer (the
     // receivers open them right before the uploads start), plus a second.
     let crash = async {
-        let probe = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&node.url), "probe").await.unwrap();
+        let probe = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&node.url), "probe")
+            .await
+            .unwrap();
         let watched = [
             simulate::scenario::user_name(0),
             simulate::scenario::user_name(scenario.users - 1),

@@ -192,7 +192,10 @@ impl TestVhost {
 
     /// The server configuration for this vhost, with a database in the temp dir.
     pub fn server_config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(&self.url), self.dir.join("server.db"));
+        let mut config = ServerConfig::new(
+            ytnotify::broker::Endpoint::new(&self.url),
+            self.dir.join("server.db"),
+        );
         config.print_events = false;
         config
     }

@@ -25,8 +25,9 @@ impl TestCa {
         let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
         let issuer = Issuer::new(ca, ca_key);
 
-        let mut broker = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("broker parameters");
+        let mut broker =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("broker parameters");
         broker
             .distinguished_name
             .push(DnType::CommonName, "localhost");
