@@ -394,6 +394,9 @@ fi
 printf '\n%sytnotify: users subscribe to YouTubers and are notified of their uploads.%s\n' "$C_BOLD" "$C_RESET"
 printf 'Each line starts with the program that printed it: [server] is youtube_server,\n'
 printf '[mkbhd] and [veritasium] run youtuber, [alice], [bob] and [carol] run user.\n'
+if [[ $SECURE == 1 ]]; then
+    printf '[teacher] manages the accounts with youtube_server account; [mallory] is an impostor.\n'
+fi
 
 if [[ $SECURE == 1 ]]; then
     step "The YouTube server starts in secure mode ($where, empty database)"

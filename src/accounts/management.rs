@@ -129,7 +129,7 @@ impl Management {
             )
             .await;
         if let Err(err) = granted {
-            // An account without its permissions is of no use to anyone.
+            // An account without its permissions or limits is not added.
             let _ = self.call(Method::DELETE, &["users", &login], None).await;
             return Err(err);
         }
@@ -137,8 +137,13 @@ impl Management {
             ("max-connections", MAX_CONNECTIONS),
             ("max-channels", MAX_CHANNELS),
         ] {
-            self.put(&["user-limits", &login, limit], json!({ "value": value }))
-                .await?;
+            let limited = self
+                .put(&["user-limits", &login, limit], json!({ "value": value }))
+                .await;
+            if let Err(err) = limited {
+                let _ = self.call(Method::DELETE, &["users", &login], None).await;
+                return Err(err);
+            }
         }
         Ok(password)
     }

@@ -14,11 +14,7 @@ use ytnotify::{
 /// The YouTube server: stores users, subscriptions, YouTubers and videos, and
 /// notifies every subscriber of each upload. Prints one line per event.
 #[derive(Debug, Parser)]
-#[command(
-    name = "youtube_server",
-    version,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "youtube_server", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

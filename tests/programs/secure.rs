@@ -85,7 +85,13 @@ async fn accounts_are_added_saved_listed_and_removed_and_each_acts_as_itself_onl
     let again = run(SERVER, &vhost, &["account", "add", "user", &bob]).await;
     assert_one_line_error(&again, 1, "exists already");
 
-    let listed = run(SERVER, &vhost, &["account", "list"]).await;
+    // The broker's flags may come before the subcommand, as after it.
+    let listed = run(
+        SERVER,
+        &vhost,
+        &["--amqp-url", &vhost.url, "account", "list"],
+    )
+    .await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert_eq!(
         listed.stdout,

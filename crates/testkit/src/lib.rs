@@ -62,6 +62,16 @@ const CTL_WAIT: Duration = Duration::from_secs(90);
 static CTL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rabbitmqctl(args: &[&str]) {
+    if let Err(stderr) = try_rabbitmqctl(args) {
+        panic!(
+            "rabbitmqctl {} failed: {stderr}\nIs RabbitMQ running? Start it with scripts/test.sh.",
+            args.join(" "),
+        );
+    }
+}
+
+/// Runs `rabbitmqctl`; its stderr if it fails.
+fn try_rabbitmqctl(args: &[&str]) -> Result<(), String> {
     let _one_at_a_time = CTL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut child = Command::new("rabbitmqctl")
         .args(args)
@@ -97,11 +107,11 @@ fn rabbitmqctl(args: &[&str]) {
     if let Some(mut pipe) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
     }
-    assert!(
-        status.success(),
-        "rabbitmqctl {} failed: {stderr}\nIs RabbitMQ running? Start it with scripts/test.sh.",
-        args.join(" "),
-    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(stderr)
+    }
 }
 
 /// A vhost of its own for one test, deleted on drop with the accounts the
@@ -245,9 +255,9 @@ impl Drop for TestVhost {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        // One by one: an account that the test removed itself is missing.
+        // An account that the test removed itself is missing: no matter.
         for account in accounts {
-            let _ = std::panic::catch_unwind(move || rabbitmqctl(&["delete_user", &account]));
+            let _ = std::panic::catch_unwind(move || try_rabbitmqctl(&["delete_user", &account]));
         }
         let _ = std::panic::catch_unwind(move || rabbitmqctl(&["delete_vhost", &name]));
     }
