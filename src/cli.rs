@@ -15,7 +15,8 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// RabbitMQ to connect to; its vhost selects the ytnotify stack, its user is the account
-    /// [default: the account saved for the name, else amqp://guest:guest@127.0.0.1:5672/%2f]
+    /// [default: amqp://guest:guest@127.0.0.1:5672/%2f; user and youtuber first look for the
+    /// account saved for the name]
     #[arg(
         long,
         env = "AMQP_URL",
