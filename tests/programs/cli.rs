@@ -75,14 +75,14 @@ pub(crate) fn assert_one_line_error(output: &Output, code: i32, expected: &str) 
 
 /// A program running in the background, read line by line; its stderr goes
 /// to a file, shown when it does not exit as it should.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
-    stderr: std::path::PathBuf,
+    pub stderr: std::path::PathBuf,
 }
 
 impl Running {
-    fn spawn(program: &str, vhost: &TestVhost, args: &[&str]) -> Running {
+    pub fn spawn(program: &str, vhost: &TestVhost, args: &[&str]) -> Running {
         let stderr = vhost.dir.join(format!(
             "{}-{}.stderr",
             Path::new(program).file_name().unwrap().to_string_lossy(),
@@ -109,7 +109,7 @@ impl Running {
         }
     }
 
-    async fn line(&mut self) -> String {
+    pub async fn line(&mut self) -> String {
         within("a line of output", self.stdout.recv())
             .await
             .expect("the program is still printing")
@@ -125,7 +125,7 @@ impl Running {
     }
 
     /// Ctrl-C, then the exit code.
-    async fn interrupt(mut self) -> i32 {
+    pub async fn interrupt(mut self) -> i32 {
         self.signal(Signal::SIGINT);
         match tokio::time::timeout(ytnotify_testkit::WAIT, self.child.wait()).await {
             Ok(status) => status.unwrap().code().expect("exited, not killed"),

@@ -13,7 +13,7 @@ use ytnotify_testkit::{
     TestServer, TestVhost, broker_node::BrokerNode, tls::TestCa, unique, within,
 };
 
-use crate::cli::{SERVER, USER, YOUTUBER, assert_one_line_error, command, run};
+use crate::cli::{Running, SERVER, USER, YOUTUBER, assert_one_line_error, command, run};
 
 /// Runs a program with `AMQP_URL` set to an account's URL.
 async fn run_as(url: &str, program: &str, vhost: &TestVhost, args: &[&str]) -> crate::cli::Output {
@@ -151,6 +151,35 @@ async fn account_management_without_the_api_is_one_clear_line() {
     );
     let bad = run(SERVER, &vhost, &["account", "add", "user", "bad name"]).await;
     assert_one_line_error(&bad, 1, "invalid user name");
+}
+
+#[tokio::test]
+async fn the_server_says_its_mode_first_and_open_mode_warns_once() {
+    for (flags, mode, warnings) in [(&[][..], "open", 1), (&["--secure"][..], "secure", 0)] {
+        let vhost = TestVhost::new("mode");
+        let server = Running::spawn(SERVER, &vhost, flags);
+        // A login proves the server consumes, so its start-up lines are written.
+        let probe = run(USER, &vhost, &["login", "probe", "--timeout", "15s"]).await;
+        if mode == "open" {
+            assert_eq!(probe.stdout, "SUCCESS\n", "{}", probe.stderr);
+        } else {
+            // guest is no account of probe's: refused, and said so.
+            assert_one_line_error(&probe, 1, "the account guest may not act as user probe");
+        }
+        let log = std::fs::read_to_string(&server.stderr).unwrap();
+        let first = log.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(&format!("youtube_server starting in {mode} mode")),
+            "{log}"
+        );
+        assert_eq!(
+            log.matches("open mode: any client can act as any user")
+                .count(),
+            warnings,
+            "{log}"
+        );
+        assert_eq!(server.interrupt().await, 0);
+    }
 }
 
 /// A program against the TLS node, with `AMQP_URL` and the CA as given.
