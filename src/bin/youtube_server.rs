@@ -22,7 +22,7 @@ struct Cli {
     broker: BrokerArgs,
     /// Apply a request only if it comes from the account of the user or YouTuber it names
     /// (see `youtube_server account`); without it, any client can act as anyone
-    #[arg(long, env = "YT_SECURE")]
+    #[arg(long, env = "YT_SECURE", value_parser = clap::builder::BoolishValueParser::new())]
     secure: bool,
     /// SQLite database file [default: one per vhost in the user's data directory]
     #[arg(long, env = "YT_DB", value_name = "PATH")]

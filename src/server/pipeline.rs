@@ -12,7 +12,7 @@ use lapin::{
     BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
-    types::{AMQPValue, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -457,8 +457,9 @@ impl YoutubeServer {
         Ok(Some(sent))
     }
 
-    /// Moves an unreadable message to the dead-letter queue with the reason
-    /// in a header, then acknowledges it; the server carries on.
+    /// Moves an unreadable or refused message to the dead-letter queue with
+    /// the reason, its queue and its sender in headers, then acknowledges it;
+    /// the server carries on.
     async fn dead_letter(
         &self,
         channel: &Channel,
@@ -467,7 +468,10 @@ impl YoutubeServer {
         reason: String,
     ) -> Result<()> {
         tracing::warn!(queue, %reason, "dead-lettering a message");
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // The sender's own headers are not copied: they could claim to be
+        // ours (a forged sender), or be so large that the copy no longer
+        // fits in a frame and the broker closes the server's connection.
+        let mut headers = FieldTable::default();
         headers.insert(
             ShortString::from(topology::REASON_HEADER),
             AMQPValue::LongString(reason.as_str().into()),

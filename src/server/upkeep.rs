@@ -59,7 +59,9 @@ impl YoutubeServer {
             let mut counts: HashMap<String, u64> = HashMap::new();
             for delivery in &batch {
                 let user = delivery.routing_key.as_str();
-                if crate::names::check_user(user).is_ok() {
+                // A notification its user rejected is dead-lettered here
+                // too; only one that a full inbox dropped is counted.
+                if dropped_by_a_full_inbox(delivery) && crate::names::check_user(user).is_ok() {
                     *counts.entry(user.to_owned()).or_default() += 1;
                 }
             }
@@ -143,4 +145,19 @@ pub(super) async fn publish_notification(
         properties,
     )
     .await
+}
+
+/// Whether a dead-lettered notification left its inbox because the inbox was
+/// full (RabbitMQ's `x-first-death-reason` is `maxlen`), not because its
+/// user rejected it.
+fn dropped_by_a_full_inbox(delivery: &lapin::message::Delivery) -> bool {
+    let reason = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-first-death-reason").cloned());
+    match reason {
+        Some(lapin::types::AMQPValue::LongString(reason)) => reason.as_bytes() == b"maxlen",
+        _ => false,
+    }
 }

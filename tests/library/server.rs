@@ -1216,12 +1216,32 @@ async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() 
     let server = ytnotify_testkit::TestServer::start(config).await;
     let client = vhost.client("test").await;
     log_in_following(&client, "alice", "bob").await;
+    // A notification that its user rejects leaves the inbox the same way,
+    // but no full inbox dropped it: it is not counted.
+    publish_video(&client, "bob", "Rejected").await.unwrap();
+    let (_connection, channel) = raw_channel(&vhost).await;
+    let rejected = channel
+        .basic_get(
+            topology::inbox("alice").as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the notification waits");
+    broker::nack(
+        &rejected.delivery,
+        lapin::options::BasicNackOptions {
+            requeue: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     for n in 1..=5 {
         publish_video(&client, "bob", &format!("Clip {n}"))
             .await
             .unwrap();
     }
-    let (_connection, channel) = raw_channel(&vhost).await;
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 3);
     // The server counts the drops as they come; a login takes the count.
     let notice = within("the drops to be counted", async {
