@@ -440,8 +440,21 @@ async fn unreadable_messages_are_dead_lettered_with_a_reason_and_the_server_carr
             "upload requests belong on ytnotify.youtuber_requests",
         ),
     ];
+    // Headers of the sender's that claim to be the server's, and one so
+    // large that a copy with the server's headers added would no longer
+    // fit in a frame (131,072 bytes): the server copies none of them.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(topology::SENDER_HEADER),
+        AMQPValue::LongString("user.bob".into()),
+    );
+    headers.insert(
+        ShortString::from("x-pad"),
+        AMQPValue::LongString("p".repeat(130_872).into()),
+    );
     for (queue, body, _) in &poison {
-        publish_raw(&channel, queue, body, broker::persistent_json()).await;
+        let properties = broker::persistent_json().with_headers(headers.clone());
+        publish_raw(&channel, queue, body, properties).await;
     }
     // The server keeps consuming: a valid request after the poison is applied.
     user::login(&client, "alice").await.unwrap();
@@ -488,6 +501,12 @@ async fn unreadable_messages_are_dead_lettered_with_a_reason_and_the_server_carr
         };
         assert!(header(topology::REASON_HEADER).contains(reason));
         assert_eq!(header(topology::SOURCE_QUEUE_HEADER), *queue);
+        assert_eq!(
+            headers.inner().keys().count(),
+            2,
+            "only the server's headers: {:?}",
+            headers.inner().keys().collect::<Vec<_>>()
+        );
     }
     assert_eq!(
         depth(&channel, topology::USER_REQUESTS).await,
