@@ -21,7 +21,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where RabbitMQ is and, for an `amqps://` URL, which certificate authority
 /// to trust besides the system's: what every program connects with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The AMQP URL; its user is the account, its vhost the ytnotify stack.
     pub url: String,
@@ -64,6 +64,16 @@ impl Endpoint {
             identity: None,
             cert_chain: Some(pem),
         })
+    }
+}
+
+/// Debug output ends up in logs and panics: never with the password.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.redacted())
+            .field("ca_cert", &self.ca_cert)
+            .finish()
     }
 }
 
@@ -216,10 +226,7 @@ fn classify_connect_error(address: String, tls: bool, err: lapin::Error) -> Erro
         // rustls reports an untrusted certificate, a name that does not
         // match it, or a peer that does not speak TLS, as invalid data.
         ErrorKind::IOError(io) if tls && io.kind() == std::io::ErrorKind::InvalidData => {
-            Error::Tls {
-                address,
-                reason: io.to_string(),
-            }
+            tls_error(address, io)
         }
         ErrorKind::IOError(io) => {
             let reason = match io.kind() {
@@ -235,6 +242,35 @@ fn classify_connect_error(address: String, tls: bool, err: lapin::Error) -> Erro
         // Neither nothing listening nor a refusal: say what lapin saw,
         // without guessing at a cause.
         _ => Error::Broker(err),
+    }
+}
+
+/// What went wrong in a TLS handshake, and what to do about it.
+fn tls_error(address: String, io: &std::io::Error) -> Error {
+    use rustls::{CertificateError, Error as Rustls};
+    let reason = io.to_string();
+    let advice = match io.get_ref().and_then(|err| err.downcast_ref::<Rustls>()) {
+        Some(Rustls::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => return Error::UntrustedCertificate { address, reason },
+        Some(Rustls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => "the broker's certificate is for another host name: use the name it was issued for in the URL",
+        Some(Rustls::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) => "the broker's certificate has expired or is not valid yet: renew it, or check this machine's clock",
+        Some(Rustls::InvalidMessage(_)) => {
+            "the port may not speak TLS: amqps:// needs the broker's TLS port (5671 unless configured otherwise)"
+        }
+        _ => "check the broker's TLS settings",
+    };
+    Error::Tls {
+        address,
+        reason,
+        advice,
     }
 }
 

@@ -9,9 +9,16 @@ use lapin::uri::AMQPUri;
 use crate::error::Error;
 
 /// An AMQP URL that parses: `amqp://user:password@host:port/vhost`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct BrokerUrl {
     uri: AMQPUri,
+}
+
+/// Debug output ends up in logs and panics: never with the password.
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BrokerUrl").field(&self.redacted()).finish()
+    }
 }
 
 impl BrokerUrl {

@@ -30,12 +30,19 @@ pub enum Error {
     /// The certificate authority file for `amqps://` cannot be used.
     #[error("cannot use the CA certificate {path}: {reason}; give a PEM file")]
     CaCert { path: String, reason: String },
-    /// The broker's TLS certificate is not trusted, or TLS failed.
+    /// The broker's TLS certificate is signed by no CA this program trusts.
     #[error(
         "the TLS handshake with RabbitMQ at {address} failed ({reason}); if the broker's \
          certificate is signed by a private CA, give that CA's PEM file"
     )]
-    Tls { address: String, reason: String },
+    UntrustedCertificate { address: String, reason: String },
+    /// TLS with the broker failed for another reason.
+    #[error("the TLS handshake with RabbitMQ at {address} failed ({reason}); {advice}")]
+    Tls {
+        address: String,
+        reason: String,
+        advice: &'static str,
+    },
     /// RabbitMQ's management API cannot be reached or used.
     #[error(
         "cannot use RabbitMQ's management API at {address} ({reason}); enable it with \
@@ -169,7 +176,8 @@ impl Error {
             Error::BrokerUnreachable { .. }
             | Error::BrokerRefused { .. }
             | Error::BadUrl { .. } => Some(Setting::BrokerUrl),
-            Error::CaCert { .. } | Error::Tls { .. } => Some(Setting::CaCert),
+            Error::CaCert { .. } | Error::UntrustedCertificate { .. } => Some(Setting::CaCert),
+            Error::Tls { .. } => Some(Setting::BrokerUrl),
             Error::AccessRefused(_) | Error::ManagementRefused { .. } => Some(Setting::BrokerUrl),
             Error::Management { .. } => Some(Setting::ManagementUrl),
             Error::StoreOpen { .. } => Some(Setting::Database),

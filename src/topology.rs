@@ -53,7 +53,8 @@ pub const SENDER_HEADER: &str = "x-ytnotify-sender";
 pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
 const INBOX_PREFIX: &str = "ytnotify.inbox.";
-const REPLY_PREFIX: &str = "ytnotify.reply.";
+/// What every reply queue's name begins with.
+pub const REPLY_PREFIX: &str = "ytnotify.reply.";
 
 /// The exchange a client publishes to for a request queue.
 pub fn request_exchange(queue: &str) -> &'static str {

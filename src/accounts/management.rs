@@ -10,11 +10,20 @@ use serde_json::{Value, json};
 use super::{Account, Permissions};
 use crate::{
     broker_url::BrokerUrl,
+    topology,
     error::{Error, Result},
 };
 
 /// How long one call to the management API may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most replies a reply queue keeps waiting; a client takes each at once.
+const MAX_WAITING_REPLIES: u32 = 1_000;
+/// A reply queue that no client has used for an hour is deleted (a client's
+/// own is exclusive, and goes with its connection anyway).
+const UNUSED_REPLY_QUEUE_MS: u64 = 3_600_000;
+/// The most dead letters kept for inspection; past it the oldest go.
+const MAX_DEAD_LETTERS: u32 = 100_000;
 
 /// The most connections and channels an account may hold at once: a client
 /// needs one connection and a few channels; a runaway script is stopped
@@ -57,17 +66,29 @@ pub struct Management {
 impl Management {
     /// A client for `config`; nothing is sent yet.
     pub fn new(config: &ManagementConfig) -> Result<Management> {
-        let unusable = |reason: String| Error::Management {
-            address: config.url.clone(),
-            reason,
+        // Whatever stands before an `@` may be credentials: never shown.
+        let shown = match config.url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => config.url.clone(),
+        };
+        let unusable = |reason: &str| Error::Management {
+            address: shown.clone(),
+            reason: reason.to_owned(),
         };
         let base = Url::parse(&config.url)
-            .map_err(|err| unusable(format!("not a URL: {err}")))
-            .and_then(|url| match url.scheme() {
-                "http" | "https" => Ok(url),
-                other => Err(unusable(format!(
-                    "{other}:// is not HTTP: write it as http://host:15672"
-                ))),
+            .map_err(|err| unusable(&format!("not a URL: {err}")))
+            .and_then(|url| {
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(unusable(
+                        "it holds credentials: give them in the broker's URL instead",
+                    ));
+                }
+                match url.scheme() {
+                    "http" | "https" => Ok(url),
+                    other => Err(unusable(&format!(
+                        "{other}:// is not HTTP: write it as http://host:15672"
+                    ))),
+                }
             })?;
         install_crypto_provider();
         let mut http = reqwest::Client::builder().timeout(CALL_TIMEOUT);
@@ -83,7 +104,7 @@ impl Management {
                 })?;
             http = http.add_root_certificate(certificate);
         }
-        let http = http.build().map_err(|err| unusable(err.to_string()))?;
+        let http = http.build().map_err(|err| unusable(&err.to_string()))?;
         Ok(Management {
             http,
             base,
@@ -111,6 +132,7 @@ impl Management {
         if self.get(&["users", &login]).await?.is_some() {
             return Err(Error::AccountExists(login));
         }
+        self.bound_what_accounts_fill().await?;
         let password = uuid::Uuid::new_v4().simple().to_string();
         self.put(
             &["users", &login],
@@ -148,6 +170,35 @@ impl Management {
         Ok(password)
     }
 
+    /// Bounds, with operator policies (which RabbitMQ combines with any
+    /// other policy, the stricter value winning), the queues that a client
+    /// account can fill: its reply queues, which it may declare itself
+    /// (durable, without end), and the dead letters its refused requests
+    /// become. Idempotent.
+    async fn bound_what_accounts_fill(&self) -> Result<()> {
+        let reply_queues = json!({
+            "pattern": format!("^{}", super::escape(topology::REPLY_PREFIX)),
+            "apply-to": "queues",
+            "definition": { "max-length": MAX_WAITING_REPLIES, "expires": UNUSED_REPLY_QUEUE_MS },
+        });
+        self.put(
+            &["operator-policies", &self.vhost, "ytnotify-reply-queues"],
+            reply_queues,
+        )
+        .await?;
+        let dead_letters = json!({
+            "pattern": format!("^{}$", super::escape(topology::DEAD_LETTERS)),
+            "apply-to": "queues",
+            "definition": { "max-length": MAX_DEAD_LETTERS },
+        });
+        self.put(
+            &["operator-policies", &self.vhost, "ytnotify-dead-letters"],
+            dead_letters,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Removes `account` and closes its connections on this vhost, so that
     /// it stops at once. Returns how many connections were closed.
     pub async fn remove(&self, account: &Account) -> Result<usize> {
@@ -169,9 +220,13 @@ impl Management {
             });
         }
         self.call(Method::DELETE, &["users", &login], None).await?;
+        // The account is gone; closing its connections is a courtesy that
+        // a failed listing does not undo.
         let connections = self
             .get(&["vhosts", &self.vhost, "connections"])
-            .await?
+            .await
+            .ok()
+            .flatten()
             .unwrap_or_default();
         let mut closed = 0;
         for connection in connections.as_array().into_iter().flatten() {

@@ -161,7 +161,7 @@ impl fmt::Display for Account {
 
 /// `text` as a regular expression that matches it alone: every character
 /// but letters and digits escaped (names hold `.`, `-` and `_`).
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() * 2);
     for c in text.chars() {
         if !c.is_ascii_alphanumeric() {

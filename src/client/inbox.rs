@@ -109,9 +109,9 @@ impl Inbox {
     }
 
     /// The next notification not yet seen in this session. Duplicates, and
-    /// messages that are not valid notifications (anyone on the broker can
-    /// publish into an inbox), are acknowledged and skipped. Fails only when
-    /// the connection is closed.
+    /// messages that are not valid notifications (in open mode anyone on the
+    /// broker can publish into an inbox), are acknowledged and skipped. Fails
+    /// only when the connection is closed.
     pub async fn next(&mut self) -> Result<Received> {
         loop {
             let delivery = self.feed.next().await?;

@@ -116,8 +116,14 @@ impl YoutubeServer {
         let unrecorded = &unrecorded;
         let prepare = async move {
             while let Some(batch) = next_batch(feed, stopped).await? {
-                let batch = self.prepare(queue, publisher, batch, unrecorded).await?;
-                if prepared.send(batch).await.is_err() {
+                let batch = reported(
+                    queue,
+                    "storing it and setting its effects going",
+                    self.prepare(queue, publisher, batch, unrecorded),
+                )
+                .await?;
+                let handed = reported(queue, "the batch before it", prepared.send(batch)).await;
+                if handed.is_err() {
                     break;
                 }
             }
@@ -232,7 +238,7 @@ impl YoutubeServer {
             notifications,
             started,
         } = batch;
-        let failed_users = bindings.done().await?;
+        let failed_users = reported(queue, "its bindings", bindings.done()).await?;
         let mut failures: HashMap<usize, Failure> = HashMap::new();
         for (index, request) in applied.iter().enumerate() {
             if let Some(failure) = request.users.iter().find_map(|user| failed_users.get(user)) {
@@ -245,7 +251,7 @@ impl YoutubeServer {
             let mut outcome = Ok(());
             for (video, index, notification) in notifications {
                 settled.push(video);
-                match notification.confirmed().await {
+                match reported(queue, "a notification's confirm", notification.confirmed()).await {
                     Ok(()) => sent.push(video),
                     Err(err @ (Error::Nacked(_) | Error::Unroutable(_))) => {
                         failures.insert(
@@ -333,7 +339,7 @@ impl YoutubeServer {
             settle.push((delivery, action));
         }
         for answer in answers {
-            match answer.confirmed().await {
+            match reported(queue, "a reply's confirm", answer.confirmed()).await {
                 Err(Error::Broker(err)) => return Err(Error::Broker(err)),
                 Err(err) => {
                     tracing::warn!(%err, "could not send a reply; the request is applied all the same")
@@ -359,8 +365,8 @@ impl YoutubeServer {
                 }
                 Settle::Ack => last_ack = Some(delivery),
                 Settle::DeadLetter(reason) => {
-                    self.dead_letter(publisher, queue, &delivery, reason)
-                        .await?
+                    let moving = self.dead_letter(publisher, queue, &delivery, reason);
+                    reported(queue, "a dead letter's confirm", moving).await?
                 }
                 Settle::Retry(attempt) => self.retry_later(delivery, attempt),
             }
@@ -445,15 +451,9 @@ impl YoutubeServer {
         if let Some(correlation) = delivery.properties.correlation_id() {
             properties = properties.with_correlation_id(correlation.clone());
         }
-        let sent = broker::publish(
-            channel,
-            "",
-            reply_to.as_str(),
-            false,
-            &protocol::encode(&reply.clone().fitted()),
-            properties,
-        )
-        .await?;
+        let body = protocol::encode(&reply.clone().fitted());
+        let sending = broker::publish(channel, "", reply_to.as_str(), false, &body, properties);
+        let sent = reported(reply_to.as_str(), "sending a reply to it", sending).await?;
         Ok(Some(sent))
     }
 
@@ -517,6 +517,26 @@ impl YoutubeServer {
             reason,
         });
         Ok(())
+    }
+}
+
+/// How long a batch may wait on one step before the log says so.
+const SLOW_STEP: Duration = Duration::from_secs(10);
+
+/// Awaits one step of a batch; past [`SLOW_STEP`], and every [`SLOW_STEP`]
+/// after, says at WARN level what the batch waits for, so that a wait that
+/// never ends shows in the log with its cause. Nothing is cancelled.
+async fn reported<T>(queue: &str, what: &str, step: impl Future<Output = T>) -> T {
+    let mut step = std::pin::pin!(step);
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(SLOW_STEP, &mut step).await {
+            Ok(done) => return done,
+            Err(_) => {
+                waited += SLOW_STEP;
+                tracing::warn!(queue, "a batch has waited {waited:?} for {what}");
+            }
+        }
     }
 }
 

@@ -300,6 +300,13 @@ async fn the_three_programs_work_over_amqps_with_a_private_ca() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("cannot use the CA certificate"), "{stderr}");
+    // amqps:// to the plain AMQP port: one line that says which port to use.
+    let plain = node.url.replacen("amqp://", "amqps://", 1);
+    let (code, _, stderr) =
+        output_of(tls_command(USER, dir.path(), &plain, ca_cert, &["login", "alice"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.contains("the broker's TLS port"), "{stderr}");
     let _ = watch.kill().await;
     let _ = server.kill().await;
 }
