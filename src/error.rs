@@ -91,6 +91,12 @@ pub enum Error {
          them: start youtube_server on this vhost first"
     )]
     NotSetUp { address: String },
+    /// A request queue is missing and this account may not declare it.
+    #[error(
+        "{0} is missing on the broker, and this account may not declare it: youtube_server \
+         declares it when it starts (start it, or ask whoever runs it)"
+    )]
+    QueueMissing(String),
     /// The broker refused an operation that the account may not do.
     #[error(
         "RabbitMQ refused access ({0}): the broker's URL logs in with an account that may not do \

@@ -76,6 +76,7 @@ pub fn load(account: &Account) -> Result<Option<SavedAccount>> {
             });
         }
     };
+    warn_if_others_can_read(&path);
     toml::from_str(&text)
         .map(Some)
         .map_err(|err| Error::SavedAccount {
@@ -86,6 +87,26 @@ pub fn load(account: &Account) -> Result<Option<SavedAccount>> {
                 err.message()
             ),
         })
+}
+
+/// An account file holds a password: one that others can read is said so,
+/// as ssh does for a private key (it is still used).
+fn warn_if_others_can_read(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path)
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "{} holds a password and others can read it: run chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 #[cfg(unix)]

@@ -374,7 +374,7 @@ async fn publish_surely(
                     return Err(Error::Unroutable(target));
                 }
                 tracing::warn!("{queue} is missing on the broker; declaring it again");
-                topology::declare(&channel).await?;
+                declare_again(&channel, queue).await?;
             }
             // The request exchange itself was deleted.
             Err(Error::Broker(err)) if broker::is_not_found(&err) => {
@@ -386,7 +386,7 @@ async fn publish_surely(
                 tracing::warn!(
                     "the exchange for {queue} is missing on the broker; declaring it again"
                 );
-                topology::declare(&channel).await?;
+                declare_again(&channel, queue).await?;
             }
             Err(Error::Broker(err)) => {
                 failures += 1;
@@ -397,6 +397,18 @@ async fn publish_surely(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Declares the topology again, for a request queue or exchange that
+/// someone deleted. An account that may not declare it (secure mode) says so.
+async fn declare_again(channel: &Channel, queue: &str) -> Result<()> {
+    topology::declare(channel).await.map_err(|err| {
+        if broker::is_access_refused(&err) {
+            Error::QueueMissing(queue.to_owned())
+        } else {
+            Error::Broker(err)
+        }
+    })
 }
 
 /// After the reply queue is declared again, sends every request still

@@ -141,6 +141,17 @@ impl Link {
     /// out. `name` labels the connection in `rabbitmqctl list_connections`
     /// and in log lines.
     pub async fn connect(endpoint: &broker::Endpoint, name: &str) -> Result<Link> {
+        if endpoint.ca_cert.is_some()
+            && endpoint
+                .url
+                .parse::<BrokerUrl>()
+                .is_ok_and(|url| !url.is_tls())
+        {
+            tracing::warn!(
+                "{name}: the CA certificate is not used: the broker's URL is amqp://, so the \
+                 connection is not encrypted (amqps:// encrypts it)"
+            );
+        }
         let mut cuts = 0;
         let connection = loop {
             match open(endpoint, name).await {
