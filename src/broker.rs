@@ -255,13 +255,17 @@ fn tls_error(address: String, io: &std::io::Error) -> Error {
         )) => return Error::UntrustedCertificate { address, reason },
         Some(Rustls::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        )) => "the broker's certificate is for another host name: use the name it was issued for in the URL",
+        )) => {
+            "the broker's certificate is for another host name: use the name it was issued for in the URL"
+        }
         Some(Rustls::InvalidCertificate(
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. },
-        )) => "the broker's certificate has expired or is not valid yet: renew it, or check this machine's clock",
+        )) => {
+            "the broker's certificate has expired or is not valid yet: renew it, or check this machine's clock"
+        }
         Some(Rustls::InvalidMessage(_)) => {
             "the port may not speak TLS: amqps:// needs the broker's TLS port (5671 unless configured otherwise)"
         }

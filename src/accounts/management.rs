@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::{Account, Permissions};
 use crate::{
     broker_url::BrokerUrl,
-    topology,
     error::{Error, Result},
+    topology,
 };
 
 /// How long one call to the management API may take.

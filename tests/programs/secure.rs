@@ -82,6 +82,25 @@ async fn accounts_are_added_saved_listed_and_removed_and_each_acts_as_itself_onl
     }
     let bob_url = add_account(&vhost, &Account::user(&bob)).await;
     let tom_url = add_account(&vhost, &Account::youtuber(&tom)).await;
+    // What the broker holds: the account's limits, and bounds on the
+    // queues that accounts can fill.
+    let ctl = |args: &[&str]| {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let limits = ctl(&["-q", "list_user_limits", "--user", &format!("user.{bob}")]);
+    assert!(
+        limits.contains("\"max-connections\":16") && limits.contains("\"max-channels\":64"),
+        "{limits}"
+    );
+    let policies = ctl(&["-q", "list_operator_policies", "--vhost", &vhost.name]);
+    assert!(
+        policies.contains("ytnotify-reply-queues") && policies.contains("ytnotify-dead-letters"),
+        "{policies}"
+    );
     let again = run(SERVER, &vhost, &["account", "add", "user", &bob]).await;
     assert_one_line_error(&again, 1, "exists already");
 
@@ -302,8 +321,14 @@ async fn the_three_programs_work_over_amqps_with_a_private_ca() {
     assert!(stderr.contains("cannot use the CA certificate"), "{stderr}");
     // amqps:// to the plain AMQP port: one line that says which port to use.
     let plain = node.url.replacen("amqp://", "amqps://", 1);
-    let (code, _, stderr) =
-        output_of(tls_command(USER, dir.path(), &plain, ca_cert, &["login", "alice"])).await;
+    let (code, _, stderr) = output_of(tls_command(
+        USER,
+        dir.path(),
+        &plain,
+        ca_cert,
+        &["login", "alice"],
+    ))
+    .await;
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("the broker's TLS port"), "{stderr}");
