@@ -205,6 +205,9 @@ impl YoutubeServer {
     /// active server has in flight.
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
         let store = Store::open(&config.db_path)?.with_inbox_bound(config.inbox_bound);
+        let link = Link::connect(&config.broker, "youtube_server").await?;
+        // The first line of the log, once there is something to run: a
+        // server that cannot start says only why.
         tracing::info!(
             broker = %config.broker.redacted(),
             database = %store.path().display(),
@@ -215,7 +218,6 @@ impl YoutubeServer {
         if !config.secure {
             tracing::warn!("{OPEN_MODE_WARNING}");
         }
-        let link = Link::connect(&config.broker, "youtube_server").await?;
         let publisher = SessionChannel::new(&link, true);
         let (_, channel) = publisher.get().await?;
         let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
