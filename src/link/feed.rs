@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 const WATCHDOG: Duration = Duration::from_secs(1);
 /// How often an idle feed that watches its queue looks at it.
 const QUEUE_CHECK: Duration = Duration::from_secs(5);
+/// How long setting a consumer up may take before the log says so.
+const SLOW_OPENING: Duration = Duration::from_secs(10);
 /// How long closing a feed waits for a consumer being set up.
 const WAIT_FOR_OPENING: Duration = Duration::from_secs(10);
 
@@ -238,7 +240,21 @@ impl Feed {
                 self.opening = Some((session, opening));
             }
             let (_, opening) = self.opening.as_mut().expect("set just above");
-            let opened = opening.await;
+            // A consumer that takes this long to set up is said so (the
+            // broker may not answer a declaration), and waited for still.
+            let mut waited = Duration::ZERO;
+            let opened = loop {
+                match tokio::time::timeout(SLOW_OPENING, &mut *opening).await {
+                    Ok(opened) => break opened,
+                    Err(_) => {
+                        waited += SLOW_OPENING;
+                        tracing::warn!(
+                            "{}: setting the consumer up has taken {waited:?} so far",
+                            self.label
+                        );
+                    }
+                }
+            };
             let (session, _) = self.opening.take().expect("set just above");
             let opened = opened.unwrap_or_else(|join| {
                 Err(Error::Stopped(format!(
