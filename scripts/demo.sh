@@ -20,7 +20,8 @@ for arg in "$@"; do
     case $arg in
         --secure) SECURE=1 ;;
         -h | --help)
-            sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            # The comment at the top of this file, without its '#'.
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
             exit 0
             ;;
         *)
