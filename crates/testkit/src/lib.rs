@@ -181,6 +181,27 @@ impl TestVhost {
         url.with_login(&account.login(), &password).to_string()
     }
 
+    /// `rabbitmqctl list_consumers` of this vhost (queue, channel, tag, and
+    /// whether active), for a failure message.
+    pub fn consumers(&self) -> String {
+        Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_consumers",
+                "-p",
+                &self.name,
+                "queue_name",
+                "channel_pid",
+                "consumer_tag",
+                "active",
+                "activity_status",
+                "prefetch_count",
+            ])
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_else(|err| format!("rabbitmqctl list_consumers: {err}"))
+    }
+
     /// Deletes `account` with the vhost: for an account that a program added.
     pub fn remove_at_end(&self, account: &Account) {
         self.accounts
