@@ -106,8 +106,6 @@ impl Waiters {
 /// its replies.
 pub struct Client {
     link: Link,
-    /// The broker login the requests come from, sent as their `user_id`.
-    login: String,
     publisher: Arc<SessionChannel>,
     reply_queue: String,
     waiters: Arc<Mutex<Waiters>>,
@@ -206,7 +204,6 @@ impl Client {
         });
         Ok(Client {
             link,
-            login,
             publisher,
             reply_queue,
             waiters,
@@ -291,7 +288,7 @@ impl Client {
 
     fn sender(&self) -> Sender<'_> {
         Sender {
-            login: &self.login,
+            login: self.link.login(),
             reply_queue: Some(&self.reply_queue),
         }
     }

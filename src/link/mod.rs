@@ -141,12 +141,8 @@ impl Link {
     /// out. `name` labels the connection in `rabbitmqctl list_connections`
     /// and in log lines.
     pub async fn connect(endpoint: &broker::Endpoint, name: &str) -> Result<Link> {
-        if endpoint.ca_cert.is_some()
-            && endpoint
-                .url
-                .parse::<BrokerUrl>()
-                .is_ok_and(|url| !url.is_tls())
-        {
+        let url: BrokerUrl = endpoint.url.parse()?;
+        if endpoint.ca_cert.is_some() && !url.is_tls() {
             tracing::warn!(
                 "{name}: the CA certificate is not used: the broker's URL is amqp://, so the \
                  connection is not encrypted (amqps:// encrypts it)"
@@ -171,10 +167,7 @@ impl Link {
         };
         let shared = Arc::new(Shared {
             endpoint: endpoint.clone(),
-            login: endpoint
-                .url
-                .parse::<BrokerUrl>()
-                .map(|url| url.user().to_owned())?,
+            login: url.user().to_owned(),
             name: name.to_owned(),
             session: watch::channel(Some(session.clone())).0,
             state: watch::channel(LinkState::Connected).0,

@@ -290,18 +290,22 @@ pub fn require_broker() {
     let url = broker_url(&base_url());
     let (host, port) = url.host_port();
     let host_port = format!("{host}:{port}");
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-        });
     assert!(
-        reachable,
+        answers(&host_port),
         "no RabbitMQ at {host_port} (CI={}): run the tests with scripts/test.sh, which starts one, \
          or start it with `sudo rabbitmq-server -detached`",
         std::env::var("CI").unwrap_or_default()
     );
+}
+
+/// Whether something accepts a TCP connection at `host:port` within 2 s.
+fn answers(host_port: &str) -> bool {
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        })
 }
 
 /// Fails fast, with the command to run, when RabbitMQ's management API (which
@@ -310,14 +314,8 @@ pub fn require_management() {
     let url = broker_url(&base_url());
     let (host, _) = url.host_port();
     let address = format!("{host}:15672");
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-        });
     assert!(
-        reachable,
+        answers(&address),
         "RabbitMQ's management API does not answer at {address}: run the tests with \
          scripts/test.sh, which enables it, or run `sudo rabbitmq-plugins enable rabbitmq_management`"
     );
