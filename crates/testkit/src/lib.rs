@@ -181,25 +181,70 @@ impl TestVhost {
         url.with_login(&account.login(), &password).to_string()
     }
 
-    /// `rabbitmqctl list_consumers` of this vhost (queue, channel, tag, and
-    /// whether active), for a failure message.
+    /// What the broker lists of this vhost's consumers (queue, channel, tag,
+    /// whether active), channels, queues and connections, for a failure
+    /// message.
     pub fn consumers(&self) -> String {
-        Command::new("rabbitmqctl")
-            .args([
-                "-q",
+        // Channels and connections cannot be listed by vhost: every line of
+        // those is kept only if it names this vhost.
+        let list = |what: &str, by_vhost: bool, columns: &[&str]| {
+            let mut args = vec!["-q", what];
+            if by_vhost {
+                args.extend(["-p", &self.name]);
+            } else {
+                args.push("vhost");
+            }
+            args.extend_from_slice(columns);
+            let listed = match Command::new("rabbitmqctl").args(&args).output() {
+                Ok(output) => String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter(|line| by_vhost || line.starts_with(&format!("{}\t", self.name)))
+                    .map(|line| format!("{line}\n"))
+                    .collect(),
+                Err(err) => format!("{err}\n"),
+            };
+            format!("rabbitmqctl {what}:\n{listed}")
+        };
+        [
+            list(
                 "list_consumers",
-                "-p",
-                &self.name,
-                "queue_name",
-                "channel_pid",
-                "consumer_tag",
-                "active",
-                "activity_status",
-                "prefetch_count",
-            ])
-            .output()
-            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap_or_else(|err| format!("rabbitmqctl list_consumers: {err}"))
+                true,
+                &[
+                    "queue_name",
+                    "channel_pid",
+                    "consumer_tag",
+                    "active",
+                    "activity_status",
+                    "prefetch_count",
+                ],
+            ),
+            list(
+                "list_channels",
+                false,
+                &[
+                    "pid",
+                    "connection",
+                    "number",
+                    "consumer_count",
+                    "messages_unacknowledged",
+                    "prefetch_count",
+                ],
+            ),
+            list(
+                "list_queues",
+                true,
+                &[
+                    "name",
+                    "pid",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                    "consumers",
+                    "state",
+                ],
+            ),
+            list("list_connections", false, &["pid", "name", "state"]),
+        ]
+        .concat()
     }
 
     /// Deletes `account` with the vhost: for an account that a program added.
