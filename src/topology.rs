@@ -49,6 +49,11 @@ pub const REASON_HEADER: &str = "x-ytnotify-reason";
 /// Header on a dead-lettered message naming the account that sent it (its
 /// `user_id`, checked by RabbitMQ when it was sent).
 pub const SENDER_HEADER: &str = "x-ytnotify-sender";
+/// Header of a probe: an empty message that a server's consumer publishes to
+/// its own request queue, while idle, to see that the broker still feeds it
+/// (`link::QueueWatch`). A server takes every probe off the queue, its own and
+/// other servers', and does nothing else with it.
+pub const PROBE_HEADER: &str = "x-ytnotify-probe";
 /// Header on a dead-lettered message naming the queue it came from.
 pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
@@ -158,6 +163,27 @@ fn request_queue_arguments() -> FieldTable {
 /// program calls it after connecting, so they can start in any order without a
 /// message ever being published to a queue that does not exist yet.
 pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
+    declare_with(channel, &[USER_REQUESTS, YOUTUBER_REQUESTS]).await
+}
+
+/// [`declare`] with, of the two request queues, only `queue` if it is one:
+/// what a server's consumer of `queue` declares when it sets itself up
+/// again.
+///
+/// RabbitMQ 3.10 can leave a consumer registered on a queue yet never fed,
+/// and never cancelled, when the queue is declared at the moment it is
+/// deleted (`ARCHITECTURE.md`). A consumer whose queue was deleted must not
+/// declare its neighbour's queue, which may be being deleted too.
+pub async fn declare_for_consumer(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    let request_queues: &[&str] = match queue {
+        USER_REQUESTS => &[USER_REQUESTS],
+        YOUTUBER_REQUESTS => &[YOUTUBER_REQUESTS],
+        _ => &[],
+    };
+    declare_with(channel, request_queues).await
+}
+
+async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             DEAD_LETTER_EXCHANGE.into(),
@@ -178,7 +204,7 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
             FieldTable::default(),
         )
         .await?;
-    for queue in [USER_REQUESTS, YOUTUBER_REQUESTS] {
+    for &queue in request_queues {
         channel
             .queue_declare(queue.into(), durable_queue(), request_queue_arguments())
             .await?;

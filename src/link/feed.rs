@@ -7,16 +7,17 @@ use futures_lite::StreamExt;
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{BasicCancelOptions, BasicNackOptions},
+    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
 };
 
-use super::{Link, MAX_BACKOFF, Session, WAIT_FOR_BROKER, pauses};
+use super::{
+    Link, MAX_BACKOFF, Session, WAIT_FOR_BROKER, pauses,
+    queue_watch::{Lost, QueueWatch},
+};
 use crate::error::{Error, Result};
 
 /// How often a feed checks that its channel is still open.
 const WATCHDOG: Duration = Duration::from_secs(1);
-/// How often an idle feed that watches its queue looks at it.
-const QUEUE_CHECK: Duration = Duration::from_secs(5);
 /// How long setting a consumer up may take before the log says so.
 const SLOW_OPENING: Duration = Duration::from_secs(10);
 /// How long closing a feed waits for a consumer being set up.
@@ -64,8 +65,25 @@ pub struct Feed {
     opening: Option<(Session, tokio::task::JoinHandle<Result<Opened>>)>,
     /// Failed attempts to set the consumer up since the last success.
     failures: u32,
-    /// The queue looked at while idle, and when it was last.
-    watched: Option<(String, tokio::time::Instant)>,
+    /// The watch on the queue while idle, for a feed that must never leave
+    /// it unread.
+    watch: Option<QueueWatch>,
+    /// A probe taken by [`Feed::try_next`], acknowledged before the next
+    /// delivery is handed out (acknowledgements with `multiple` that come
+    /// after must not cover it first).
+    probe_to_ack: Option<Delivery>,
+    /// Whether the next "consuming again" is worth saying: not after a
+    /// standby's quiet reset.
+    quiet: bool,
+}
+
+/// What a consumer's next item turned out to be.
+enum Item {
+    Delivery(Delivery),
+    /// A probe (see [`QueueWatch`]): acknowledged, never handed out.
+    Probe(Delivery),
+    /// Nothing for the caller: a stale delivery, or the consumer was lost.
+    Nothing,
 }
 
 impl Feed {
@@ -89,7 +107,9 @@ impl Feed {
             lost_generation: 0,
             opening: None,
             failures: 0,
-            watched: None,
+            watch: None,
+            probe_to_ack: None,
+            quiet: false,
         })
     }
 
@@ -99,6 +119,9 @@ impl Feed {
     /// again) are skipped. Fails only once the link is closed.
     pub async fn next(&mut self) -> Result<Delivery> {
         loop {
+            if let Some(probe) = self.probe_to_ack.take() {
+                let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+            }
             if self.live.is_none() {
                 self.reopen().await?;
             }
@@ -114,55 +137,56 @@ impl Feed {
                             "the connection was lost"
                         };
                         self.lose(why);
-                    } else if self.queue_unconsumed().await {
-                        self.lose("the broker lists no consumer on its queue");
+                    } else if let Some(lost) = self.look_at_queue().await {
+                        self.lose_watched(lost);
                     }
                     continue;
                 }
             };
-            if let Some(delivery) = self.accept(item) {
-                return Ok(delivery);
+            match self.accept(item) {
+                Item::Delivery(delivery) => return Ok(delivery),
+                Item::Probe(probe) => {
+                    let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+                }
+                Item::Nothing => {}
             }
         }
     }
 
     /// Watches `queue` too: while the consumer is idle, the feed looks every
-    /// `QUEUE_CHECK` (5 s) whether the broker still lists a consumer on it, and
-    /// sets its own up again if not. This catches a consumer that the broker
-    /// dropped without the cancel reaching the client (a queue deleted while
-    /// it was being declared again, say); a feed whose queue must never go
-    /// unread (the server's) uses it.
+    /// few seconds whether the broker still lists a consumer on it and still
+    /// feeds this one (a probe through the queue), and sets its own up again
+    /// if not. This catches a consumer that the broker dropped, or kept but
+    /// stopped feeding, without a cancel reaching the client (see
+    /// [`QueueWatch`]); a feed whose queue must never go unread (the
+    /// server's) uses it.
     pub fn watching(mut self, queue: impl Into<String>) -> Feed {
-        self.watched = Some((queue.into(), tokio::time::Instant::now()));
+        self.watch = Some(QueueWatch::new(queue.into()));
         self
     }
 
-    /// Whether the watched queue has no consumer at all (so not this one).
-    /// Looked at on a channel of its own: a queue that is missing closes it.
-    async fn queue_unconsumed(&mut self) -> bool {
-        let Some((queue, last)) = self.watched.as_mut() else {
-            return false;
+    /// The queue watch's verdict, if it is time for a look.
+    async fn look_at_queue(&mut self) -> Option<Lost> {
+        let (Some(watch), Some(live)) = (self.watch.as_mut(), self.live.as_ref()) else {
+            return None;
         };
-        if last.elapsed() < QUEUE_CHECK {
-            return false;
+        if !watch.due() {
+            return None;
         }
-        *last = tokio::time::Instant::now();
-        let Some(live) = self.live.as_ref() else {
-            return false;
-        };
-        let look = async {
-            let channel = live.session.connection().create_channel().await?;
-            let seen = crate::topology::inspect(&channel, queue).await;
-            if seen.is_ok() {
-                let _ = channel.close(200, "looked".into()).await;
-            }
-            seen
-        };
-        match tokio::time::timeout(WAIT_FOR_BROKER, look).await {
-            Ok(Ok((_, consumers))) => consumers == 0,
-            // Gone: the consumer went with it.
-            Ok(Err(err)) => crate::broker::is_not_found(&err),
-            Err(_) => false,
+        watch.look(live.session.connection()).await
+    }
+
+    fn lose_watched(&mut self, lost: Lost) {
+        if lost.sure {
+            self.lose(&lost.why);
+        } else {
+            tracing::debug!(
+                "{}: {}; setting the consumer up again",
+                self.label,
+                lost.why
+            );
+            self.quiet = true;
+            self.lose_quietly();
         }
     }
 
@@ -170,26 +194,43 @@ impl Feed {
     /// is none now (or the consumer was just lost: [`Feed::next`] takes over).
     pub fn try_next(&mut self) -> Option<Delivery> {
         use futures::FutureExt;
+        if self.probe_to_ack.is_some() {
+            return None;
+        }
         let live = self.live.as_mut()?;
         let item = live.consumer.next().now_or_never()?;
-        self.accept(item)
+        match self.accept(item) {
+            Item::Delivery(delivery) => Some(delivery),
+            Item::Probe(probe) => {
+                self.probe_to_ack = Some(probe);
+                None
+            }
+            Item::Nothing => None,
+        }
     }
 
-    fn accept(&mut self, item: Option<lapin::Result<Delivery>>) -> Option<Delivery> {
+    fn accept(&mut self, item: Option<lapin::Result<Delivery>>) -> Item {
         match item {
             Some(Ok(delivery)) => {
                 // Delivered on a channel whose session has ended: its
                 // acknowledgement cannot reach the broker, which delivers it
                 // again.
                 if delivery.acker.poisoned() {
-                    return None;
+                    return Item::Nothing;
                 }
-                Some(delivery)
+                if let Some(watch) = self.watch.as_mut() {
+                    if let Some(token) = QueueWatch::probe_token(&delivery) {
+                        watch.probe_back(&token);
+                        return Item::Probe(delivery);
+                    }
+                    watch.handed_out(&delivery);
+                }
+                Item::Delivery(delivery)
             }
             Some(Err(err)) => {
                 let why = format!("the consumer failed: {err}");
                 self.lose(&why);
-                None
+                Item::Nothing
             }
             None => {
                 let alive = self
@@ -202,7 +243,7 @@ impl Feed {
                     "the connection was lost"
                 };
                 self.lose(why);
-                None
+                Item::Nothing
             }
         }
     }
@@ -215,12 +256,28 @@ impl Feed {
     }
 
     fn lose(&mut self, why: &str) {
-        let Some(live) = self.live.take() else { return };
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
         if live.session.is_alive() {
             tracing::warn!("{}: {why}; setting the consumer up again", self.label);
         } else {
             tracing::debug!("{}: {why}", self.label);
             self.lost_generation = live.session.generation;
+        }
+        self.lose_quietly();
+    }
+
+    fn lose_quietly(&mut self) {
+        let Some(live) = self.live.take() else { return };
+        if !live.session.is_alive() {
+            self.lost_generation = live.session.generation;
+        }
+        // A probe from this consumer's channel cannot be acknowledged on
+        // another: the broker puts it back with the rest.
+        self.probe_to_ack = None;
+        if let Some(watch) = self.watch.as_mut() {
+            watch.restart();
         }
         tokio::spawn(release(live));
     }
@@ -264,11 +321,18 @@ impl Feed {
             match opened {
                 Ok(opened) => {
                     self.failures = 0;
-                    tracing::info!(
-                        "{}: consuming again (session {})",
-                        self.label,
-                        session.generation
-                    );
+                    if std::mem::take(&mut self.quiet) {
+                        tracing::debug!("{}: consuming again", self.label);
+                    } else {
+                        tracing::info!(
+                            "{}: consuming again (session {})",
+                            self.label,
+                            session.generation
+                        );
+                    }
+                    if let Some(watch) = self.watch.as_mut() {
+                        watch.restart();
+                    }
                     self.live = Some(Live {
                         session,
                         channel: opened.channel,
@@ -320,9 +384,17 @@ impl Feed {
     /// After [`Feed::cancel`], the next delivery that was already on its
     /// way; `None` once the consumer has ended.
     pub async fn drain(&mut self) -> Option<Delivery> {
+        if let Some(probe) = self.probe_to_ack.take() {
+            let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+        }
         let live = self.live.as_mut()?;
         loop {
             match live.consumer.next().await {
+                Some(Ok(probe))
+                    if self.watch.is_some() && QueueWatch::probe_token(&probe).is_some() =>
+                {
+                    let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+                }
                 Some(Ok(delivery)) if !delivery.acker.poisoned() => return Some(delivery),
                 Some(Ok(_stale)) => {}
                 Some(Err(_)) | None => {

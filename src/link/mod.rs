@@ -31,6 +31,7 @@ use lapin::Connection;
 use tokio::sync::watch;
 
 mod feed;
+mod queue_watch;
 mod session_channel;
 pub use feed::{Feed, Opened, Opener, Opening};
 pub use session_channel::SessionChannel;

@@ -375,7 +375,7 @@ async fn next_batch(
 
 /// A consumer of one of the server's queues: on each session, a channel
 /// with `prefetch`, the topology declared again (someone may have deleted
-/// the queue), and the consumer.
+/// the queue; the other request queue is left alone), and the consumer.
 async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<Feed> {
     let opener = Box::new(move |session: Session| {
         Box::pin(async move {
@@ -383,7 +383,7 @@ async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<
             channel
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
-            topology::declare(&channel).await?;
+            topology::declare_for_consumer(&channel, queue).await?;
             let consumer = channel
                 .basic_consume(
                     queue.into(),

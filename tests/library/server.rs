@@ -1037,10 +1037,10 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
             .await
             .unwrap();
     }
-    // Under heavy load (the fault loop, four tests at once) the login below
-    // was, in 2 of about 25 runs, not answered within 10 s, with no cancel
-    // seen by the server; RELIABILITY.md lists it as not understood yet. What must hold is that
-    // both queues are consumed again without anyone restarting anything.
+    // What must hold is that both queues are consumed again without anyone
+    // restarting anything. The server's consumer of one queue declares that
+    // queue alone: declaring the other while it is deleted can leave a
+    // consumer the broker never feeds (see the next test).
     let patient = Client::connect(
         &ClientConfig {
             broker: ytnotify::broker::Endpoint::new(&vhost.url),
@@ -1072,6 +1072,93 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
         );
     }
     assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 2);
+    server.stop().await;
+}
+
+/// RabbitMQ 3.10 sometimes keeps a consumer registered, and never cancelled,
+/// when its queue is deleted while another connection declares it: the
+/// consumer is listed on the queue declared again, takes its messages as
+/// unacknowledged, and delivers none of them (`ARCHITECTURE.md`). A server
+/// left with such a consumer answers no one. This test makes the broker do
+/// it, and checks that the server notices and consumes again on its own.
+// Two worker threads: rabbitmqctl blocks the thread that runs it, and the
+// server runs in this test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_keeps_but_never_feeds_is_set_up_again() {
+    ytnotify_testkit::logs();
+    let vhost = TestVhost::new("ghost-consumer");
+    let server = vhost.start_server().await;
+    let (_deleting, deleter) = raw_channel(&vhost).await;
+    let (declaring, _) = raw_channel(&vhost).await;
+    let queue = topology::USER_REQUESTS;
+    let server_consumer = || async {
+        let waiting = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let [channel] = vhost.consumer_channels(queue).as_slice() {
+                    return channel.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        waiting.await.unwrap_or_else(|_| {
+            panic!(
+                "the server does not consume {queue} alone; the broker's consumers:\n{}",
+                vhost.consumers()
+            )
+        })
+    };
+    // About one try in ten leaves such a consumer here; 60 tries all
+    // missing it would happen about once in 300 runs, on a broker that has
+    // the fault at all.
+    let mut kept = None;
+    for attempt in 0..60 {
+        let before = server_consumer().await;
+        eprintln!("attempt {attempt}: the server consumes on {before}");
+        let declare = async {
+            let channel = declaring.create_channel().await.unwrap();
+            let until = tokio::time::Instant::now() + Duration::from_millis(50);
+            while tokio::time::Instant::now() < until {
+                if topology::declare(&channel).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let delete = async {
+            deleter
+                .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        };
+        tokio::join!(declare, delete);
+        // A consumer the broker cancelled is gone from the list at once; one
+        // still listed on the same channel is the one it kept.
+        if vhost.consumer_channels(queue).contains(&before) {
+            kept = Some(before);
+            break;
+        }
+    }
+    let Some(kept) = kept else {
+        panic!("the broker cancelled the consumer every time: this test cannot show anything here");
+    };
+    // A login now goes to the consumer the broker kept; the server must find
+    // out and take it again.
+    let patient = Client::connect(
+        &ClientConfig {
+            broker: ytnotify::broker::Endpoint::new(&vhost.url),
+            timeout: Duration::from_secs(30),
+        },
+        "patient",
+    )
+    .await
+    .unwrap();
+    let answered = user::login(&patient, "alice").await;
+    assert!(
+        answered.is_ok(),
+        "the login is answered: {answered:?}; the broker's consumers:\n{}",
+        vhost.consumers()
+    );
+    let now = server_consumer().await;
+    assert_ne!(now, kept, "the server consumes on a new channel");
     server.stop().await;
 }
 
@@ -1267,20 +1354,30 @@ async fn a_full_inbox_drops_the_oldest_and_the_user_is_told_at_the_next_login() 
             .unwrap();
     }
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 3);
-    // The server counts the drops as they come; a login takes the count.
-    let notice = within("the drops to be counted", async {
-        loop {
+    // The server counts the drops as they come, and a login takes the count
+    // so far: a login between two drops is told of the first, the next login
+    // of the second. Every drop is told once in all.
+    let told = within("the drops to be counted and told", async {
+        let mut told = 0;
+        while told < 2 {
             if let Some(notice) = user::login(&client, "alice").await.unwrap() {
-                return notice;
+                let expected = [
+                    "1 notification for alice was dropped while alice was away: the inbox keeps only the latest 3",
+                    "2 notifications for alice were dropped while alice was away: the inbox keeps only the latest 3",
+                ];
+                let count = expected
+                    .iter()
+                    .position(|text| *text == notice)
+                    .unwrap_or_else(|| panic!("unexpected notice: {notice}"));
+                told += count + 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        told
     })
     .await;
-    assert_eq!(
-        notice,
-        "2 notifications for alice were dropped while alice was away: the inbox keeps only the latest 3"
-    );
+    assert_eq!(told, 2, "each drop told once");
     assert_eq!(
         user::login(&client, "alice").await.unwrap(),
         None,

@@ -247,6 +247,29 @@ impl TestVhost {
         .concat()
     }
 
+    /// The channel (its Erlang pid) of each consumer the broker lists on
+    /// `queue` in this vhost.
+    pub fn consumer_channels(&self, queue: &str) -> Vec<String> {
+        let output = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_consumers",
+                "-p",
+                &self.name,
+                "queue_name",
+                "channel_pid",
+                "--no-table-headers",
+            ])
+            .output()
+            .unwrap_or_else(|err| panic!("rabbitmqctl list_consumers: {err}"));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .filter(|(name, _)| *name == queue)
+            .map(|(_, channel)| channel.to_owned())
+            .collect()
+    }
+
     /// Deletes `account` with the vhost: for an account that a program added.
     pub fn remove_at_end(&self, account: &Account) {
         self.accounts
