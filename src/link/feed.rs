@@ -10,10 +10,7 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
 };
 
-use super::{
-    Link, MAX_BACKOFF, Session, WAIT_FOR_BROKER, pauses,
-    queue_watch::{Lost, QueueWatch},
-};
+use super::{Link, MAX_BACKOFF, Session, WAIT_FOR_BROKER, pauses, queue_watch::QueueWatch};
 use crate::error::{Error, Result};
 
 /// How often a feed checks that its channel is still open.
@@ -72,9 +69,6 @@ pub struct Feed {
     /// delivery is handed out (acknowledgements with `multiple` that come
     /// after must not cover it first).
     probe_to_ack: Option<Delivery>,
-    /// Whether the next "consuming again" is worth saying: not after a
-    /// standby's quiet reset.
-    quiet: bool,
 }
 
 /// What a consumer's next item turned out to be.
@@ -109,7 +103,6 @@ impl Feed {
             failures: 0,
             watch: None,
             probe_to_ack: None,
-            quiet: false,
         })
     }
 
@@ -137,8 +130,8 @@ impl Feed {
                             "the connection was lost"
                         };
                         self.lose(why);
-                    } else if let Some(lost) = self.look_at_queue().await {
-                        self.lose_watched(lost);
+                    } else if let Some(why) = self.look_at_queue().await {
+                        self.lose(&why);
                     }
                     continue;
                 }
@@ -165,8 +158,9 @@ impl Feed {
         self
     }
 
-    /// The queue watch's verdict, if it is time for a look.
-    async fn look_at_queue(&mut self) -> Option<Lost> {
+    /// The queue watch's verdict, if it is time for a look: why the
+    /// consumer must be set up again, if it must.
+    async fn look_at_queue(&mut self) -> Option<String> {
         let (Some(watch), Some(live)) = (self.watch.as_mut(), self.live.as_ref()) else {
             return None;
         };
@@ -174,20 +168,6 @@ impl Feed {
             return None;
         }
         watch.look(live.session.connection()).await
-    }
-
-    fn lose_watched(&mut self, lost: Lost) {
-        if lost.sure {
-            self.lose(&lost.why);
-        } else {
-            tracing::debug!(
-                "{}: {}; setting the consumer up again",
-                self.label,
-                lost.why
-            );
-            self.quiet = true;
-            self.lose_quietly();
-        }
     }
 
     /// A delivery that has already arrived, without waiting; `None` if there
@@ -220,7 +200,7 @@ impl Feed {
                 }
                 if let Some(watch) = self.watch.as_mut() {
                     if let Some(token) = QueueWatch::probe_token(&delivery) {
-                        watch.probe_back(&token);
+                        watch.probe_back(token);
                         return Item::Probe(delivery);
                     }
                     watch.handed_out(&delivery);
@@ -256,21 +236,11 @@ impl Feed {
     }
 
     fn lose(&mut self, why: &str) {
-        let Some(live) = self.live.as_ref() else {
-            return;
-        };
+        let Some(live) = self.live.take() else { return };
         if live.session.is_alive() {
             tracing::warn!("{}: {why}; setting the consumer up again", self.label);
         } else {
             tracing::debug!("{}: {why}", self.label);
-            self.lost_generation = live.session.generation;
-        }
-        self.lose_quietly();
-    }
-
-    fn lose_quietly(&mut self) {
-        let Some(live) = self.live.take() else { return };
-        if !live.session.is_alive() {
             self.lost_generation = live.session.generation;
         }
         // A probe from this consumer's channel cannot be acknowledged on
@@ -321,15 +291,11 @@ impl Feed {
             match opened {
                 Ok(opened) => {
                     self.failures = 0;
-                    if std::mem::take(&mut self.quiet) {
-                        tracing::debug!("{}: consuming again", self.label);
-                    } else {
-                        tracing::info!(
-                            "{}: consuming again (session {})",
-                            self.label,
-                            session.generation
-                        );
-                    }
+                    tracing::info!(
+                        "{}: consuming again (session {})",
+                        self.label,
+                        session.generation
+                    );
                     if let Some(watch) = self.watch.as_mut() {
                         watch.restart();
                     }

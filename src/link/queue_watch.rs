@@ -2,20 +2,23 @@
 //! queue unread (the server's) finds out, while idle, that its consumer is
 //! gone or dead although no cancel came.
 //!
-//! Two looks, on a channel of their own, every [`QUEUE_CHECK`] of idleness:
+//! A look, on a channel of its own, every [`QUEUE_CHECK`] of idleness:
 //!
 //! - the broker lists no consumer on the queue, or the queue is gone: the
 //!   consumer went without its cancel reaching the client;
 //! - the broker lists one, but a probe (an empty message with the
-//!   [`PROBE_HEADER`]) published to the queue does not come back within
-//!   [`PROBE_WAIT`]: the broker holds a consumer on this channel that it never
+//!   [`PROBE_HEADER`]) published to the queue is not delivered within
+//!   [`PROBE_WAIT`]: the broker keeps a consumer on this channel that it never
 //!   feeds. RabbitMQ 3.10 does this when a queue is declared at the moment it
 //!   is deleted (`ARCHITECTURE.md`); closing the channel ends it.
 //!
-//! A probe that does not come back while the broker lists other consumers
-//! may have gone to one of them (a hot standby waits its turn): the feed
-//! sets its consumer up again all the same, which costs a standby nothing,
-//! and says so only at DEBUG level.
+//! Under single active consumer a hot standby is fed nothing until it takes
+//! over, and its probes would go to the active server. So a consumer sends
+//! probes only if the broker has fed it since it was set up, or if it is the
+//! only consumer listed; a consumer that may be a standby is watched for a
+//! missing consumer only. A probe is judged only if the number of consumers
+//! is the same as when it was sent (a hand-over meanwhile may have sent it
+//! elsewhere); otherwise another is sent.
 
 use std::time::Duration;
 
@@ -31,26 +34,29 @@ use super::WAIT_FOR_BROKER;
 use crate::topology::{self, PROBE_HEADER};
 
 /// How long a feed is idle between two looks at its queue.
-pub(super) const QUEUE_CHECK: Duration = Duration::from_secs(5);
+const QUEUE_CHECK: Duration = Duration::from_secs(5);
 /// How long a probe may take to come back before the consumer is held dead.
 const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// Past this many deliveries remembered, the settled ones are forgotten.
 const PRUNE_AT: usize = 512;
 
-/// Why a watched consumer must be set up again.
-pub(super) struct Lost {
-    pub why: String,
-    /// Whether the consumer is surely lost (said at WARN level), or a hot
-    /// standby's that merely waits (said at DEBUG level).
-    pub sure: bool,
+/// A probe on its way.
+struct Probe {
+    token: String,
+    sent: Instant,
+    /// How many consumers the broker listed when it was sent.
+    consumers: u32,
 }
 
 /// The watch a [`Feed`](super::Feed) keeps on its queue.
 pub(super) struct QueueWatch {
     queue: String,
     last_look: Instant,
-    /// The probe sent and not back yet: its token and when it was sent.
-    probe: Option<(String, Instant)>,
+    probe: Option<Probe>,
+    /// Whether the broker has delivered anything to the live consumer: one
+    /// that it never fed, beside other consumers, may be a hot standby, and
+    /// is not probed.
+    fed: bool,
     /// Deliveries handed out by the live consumer and perhaps not settled:
     /// a feed whose owner holds some is not idle (its prefetch may be used
     /// up), and is not probed.
@@ -65,20 +71,23 @@ impl QueueWatch {
             queue,
             last_look: Instant::now(),
             probe: None,
+            fed: false,
             handed: Vec::new(),
             can_probe: true,
         }
     }
 
-    /// A new consumer: nothing handed out, no probe on its way to it.
+    /// A new consumer: nothing delivered to it, no probe on its way to it.
     pub(super) fn restart(&mut self) {
         self.handed.clear();
         self.probe = None;
+        self.fed = false;
         self.last_look = Instant::now();
     }
 
     /// Remembers a delivery handed to the feed's owner.
     pub(super) fn handed_out(&mut self, delivery: &Delivery) {
+        self.fed = true;
         if self.handed.len() >= PRUNE_AT {
             self.outstanding();
         }
@@ -86,9 +95,10 @@ impl QueueWatch {
             .push((delivery.delivery_tag, delivery.acker.clone()));
     }
 
-    /// How many deliveries handed out may not be settled yet. An
-    /// acknowledgement with `multiple` settles every delivery before it
-    /// too, so everything up to the last settled one counts as settled.
+    /// How many deliveries handed out may not be settled yet. The server
+    /// acknowledges a batch with `multiple`, which settles every delivery
+    /// before the one acknowledged, so everything up to the last settled one
+    /// counts as settled.
     fn outstanding(&mut self) -> usize {
         let settled_up_to = self
             .handed
@@ -102,21 +112,27 @@ impl QueueWatch {
         self.handed.len()
     }
 
-    /// The token of a probe (anyone's), if `delivery` is one.
-    pub(super) fn probe_token(delivery: &Delivery) -> Option<String> {
+    /// The token of a probe (anyone's), if `delivery` is one: the header,
+    /// an empty body and no address for a reply. A request that carries the
+    /// header is still a request.
+    pub(super) fn probe_token(delivery: &Delivery) -> Option<&str> {
+        if !delivery.data.is_empty() || delivery.properties.reply_to().is_some() {
+            return None;
+        }
         let headers = delivery.properties.headers().as_ref()?;
         match headers.inner().get(PROBE_HEADER)? {
-            AMQPValue::LongString(token) => Some(token.to_string()),
-            _ => Some(String::new()),
+            AMQPValue::LongString(token) => std::str::from_utf8(token.as_bytes()).ok(),
+            _ => None,
         }
     }
 
-    /// A probe came back: if it is this feed's, the consumer is alive.
+    /// A probe came back: the broker feeds this consumer.
     pub(super) fn probe_back(&mut self, token: &str) {
+        self.fed = true;
         if self
             .probe
             .as_ref()
-            .is_some_and(|(sent, _)| sent.as_str() == token)
+            .is_some_and(|probe| probe.token == token)
         {
             self.probe = None;
         }
@@ -133,9 +149,9 @@ impl QueueWatch {
     }
 
     /// Looks at the queue on a channel of its own (a missing queue closes
-    /// it); sends a probe when none is out. `Some` if the consumer must be
-    /// set up again.
-    pub(super) async fn look(&mut self, connection: &Connection) -> Option<Lost> {
+    /// it), and sends a probe when none is out. `Some` says why the consumer
+    /// must be set up again.
+    pub(super) async fn look(&mut self, connection: &Connection) -> Option<String> {
         self.last_look = Instant::now();
         if self.outstanding() > 0 {
             return None;
@@ -151,41 +167,29 @@ impl QueueWatch {
             Ok(Ok((_, consumers))) => consumers,
             // Gone: the consumer went with it.
             Ok(Err(err)) if crate::broker::is_not_found(&err) => {
-                return Some(Lost {
-                    why: "its queue is gone".into(),
-                    sure: true,
-                });
+                return Some("its queue is gone".into());
             }
             _ => return None,
         };
-        let verdict = if consumers == 0 {
-            Some(Lost {
-                why: "the broker lists no consumer on its queue".into(),
-                sure: true,
-            })
-        } else if let Some((_, sent)) = &self.probe {
-            if sent.elapsed() < PROBE_WAIT {
+        let verdict = match self.probe.take() {
+            _ if consumers == 0 => Some("the broker lists no consumer on its queue".into()),
+            Some(probe) if probe.sent.elapsed() < PROBE_WAIT => {
+                self.probe = Some(probe);
                 None
-            } else if consumers == 1 {
-                Some(Lost {
-                    why: format!(
-                        "a probe sent to its queue {:.1} s ago has not reached it: the broker \
-                         lists a consumer that it does not feed",
-                        sent.elapsed().as_secs_f64()
-                    ),
-                    sure: true,
-                })
-            } else {
-                Some(Lost {
-                    why: "its probe went to another consumer of the queue (a hot standby waits \
-                          its turn)"
-                        .into(),
-                    sure: false,
-                })
             }
-        } else {
-            self.send_probe(&channel).await;
-            None
+            Some(probe) if probe.consumers == consumers => Some(format!(
+                "a probe sent through its queue {:.1} s ago was not delivered: the broker \
+                 keeps a consumer on this channel that it does not feed",
+                probe.sent.elapsed().as_secs_f64()
+            )),
+            // The consumers changed since (a hand-over may have sent the
+            // probe elsewhere): judge another.
+            _ => {
+                if self.fed || consumers == 1 {
+                    self.send_probe(&channel, consumers).await;
+                }
+                None
+            }
         };
         let _ = tokio::time::timeout(WAIT_FOR_BROKER, channel.close(200, "looked".into())).await;
         verdict
@@ -195,7 +199,7 @@ impl QueueWatch {
     /// the default exchange, and waits for the broker's confirm (an account
     /// that may not publish there is refused, and the looks go on without
     /// probes).
-    async fn send_probe(&mut self, channel: &lapin::Channel) {
+    async fn send_probe(&mut self, channel: &lapin::Channel, consumers: u32) {
         if !self.can_probe {
             return;
         }
@@ -221,7 +225,13 @@ impl QueueWatch {
                 .await
         };
         match tokio::time::timeout(WAIT_FOR_BROKER, publishing).await {
-            Ok(Ok(Confirmation::Ack(_))) => self.probe = Some((token, Instant::now())),
+            Ok(Ok(Confirmation::Ack(_))) => {
+                self.probe = Some(Probe {
+                    token,
+                    sent: Instant::now(),
+                    consumers,
+                });
+            }
             Ok(Err(err)) if crate::broker::is_access_refused(&err) => {
                 tracing::info!(
                     queue = %self.queue,
