@@ -113,7 +113,7 @@ impl Feed {
     pub async fn next(&mut self) -> Result<Delivery> {
         loop {
             if let Some(probe) = self.probe_to_ack.take() {
-                let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+                ack_probe(&probe).await;
             }
             if self.live.is_none() {
                 self.reopen().await?;
@@ -138,9 +138,7 @@ impl Feed {
             };
             match self.accept(item) {
                 Item::Delivery(delivery) => return Ok(delivery),
-                Item::Probe(probe) => {
-                    let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
-                }
+                Item::Probe(probe) => ack_probe(&probe).await,
                 Item::Nothing => {}
             }
         }
@@ -246,9 +244,6 @@ impl Feed {
         // A probe from this consumer's channel cannot be acknowledged on
         // another: the broker puts it back with the rest.
         self.probe_to_ack = None;
-        if let Some(watch) = self.watch.as_mut() {
-            watch.restart();
-        }
         tokio::spawn(release(live));
     }
 
@@ -351,7 +346,7 @@ impl Feed {
     /// way; `None` once the consumer has ended.
     pub async fn drain(&mut self) -> Option<Delivery> {
         if let Some(probe) = self.probe_to_ack.take() {
-            let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+            ack_probe(&probe).await;
         }
         let live = self.live.as_mut()?;
         loop {
@@ -359,7 +354,7 @@ impl Feed {
                 Some(Ok(probe))
                     if self.watch.is_some() && QueueWatch::probe_token(&probe).is_some() =>
                 {
-                    let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
+                    ack_probe(&probe).await;
                 }
                 Some(Ok(delivery)) if !delivery.acker.poisoned() => return Some(delivery),
                 Some(Ok(_stale)) => {}
@@ -390,6 +385,11 @@ impl Feed {
             .await;
         }
     }
+}
+
+/// Takes a probe off the queue; a probe is never handed out.
+async fn ack_probe(probe: &Delivery) {
+    let _ = crate::broker::ack(&probe.acker, BasicAckOptions::default()).await;
 }
 
 /// Ends a consumer: closes its channel if it owns it (the broker then puts

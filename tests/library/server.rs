@@ -1023,6 +1023,20 @@ async fn a_request_that_keeps_failing_is_refused_after_five_attempts_and_others_
     server.stop().await;
 }
 
+/// A client that waits up to `timeout` for each reply: for a server that
+/// must first find out that its consumer is gone.
+async fn patient_client(vhost: &TestVhost, timeout: Duration) -> Client {
+    Client::connect(
+        &ClientConfig {
+            broker: ytnotify::broker::Endpoint::new(&vhost.url),
+            timeout,
+        },
+        "patient",
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_again() {
     ytnotify_testkit::logs();
@@ -1041,15 +1055,7 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
     // restarting anything. The server's consumer of one queue declares that
     // queue alone: declaring the other while it is deleted can leave a
     // consumer the broker never feeds (see the next test).
-    let patient = Client::connect(
-        &ClientConfig {
-            broker: ytnotify::broker::Endpoint::new(&vhost.url),
-            timeout: Duration::from_secs(45),
-        },
-        "patient",
-    )
-    .await
-    .unwrap();
+    let patient = patient_client(&vhost, Duration::from_secs(45)).await;
     let after = async {
         // The client that saw its queue vanish declares it again itself.
         publish_video(&client, "bob", "After").await?;
@@ -1152,15 +1158,7 @@ async fn a_consumer_the_broker_keeps_but_never_feeds_is_set_up_again() {
     }
     // A login now goes to the consumer the broker kept; the server must find
     // out and take it again.
-    let patient = Client::connect(
-        &ClientConfig {
-            broker: ytnotify::broker::Endpoint::new(&vhost.url),
-            timeout: Duration::from_secs(30),
-        },
-        "patient",
-    )
-    .await
-    .unwrap();
+    let patient = patient_client(&vhost, Duration::from_secs(30)).await;
     let answered = user::login(&patient, "alice").await;
     assert!(
         answered.is_ok(),
