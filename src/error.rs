@@ -128,12 +128,12 @@ pub enum Error {
         "no queue took the message for {0}; run any ytnotify program once to declare the queues"
     )]
     Unroutable(String),
-    /// Another session already reads this user's notifications.
+    /// The user's history does not exist and the server did not declare it.
     #[error(
-        "{0} is already receiving notifications in another session; close that one first \
-         (each notification is shown in one session only)"
+        "{0} has no history on the broker and youtube_server did not declare one within 10 s; \
+         start youtube_server (of this version: older ones do not keep histories), then try again"
     )]
-    AlreadyWatching(String),
+    NoHistory(String),
     /// The user's inbox does not exist and the server did not declare it.
     #[error(
         "{0} has no inbox on the broker and youtube_server did not declare one within 10 s; \

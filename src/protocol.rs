@@ -36,8 +36,15 @@ pub const MAX_REPLY_TEXT_CHARS: usize = 2_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    /// A user logs in; the server adds the user the first time.
-    Login { user: String },
+    /// A user logs in; the server adds the user the first time, and declares
+    /// the user's inbox. `history`: a live session (`user watch`, a browser
+    /// tab) asks for the user's history too, which only such users have.
+    Login {
+        user: String,
+        /// Absent on the wire means `false` (older clients).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        history: bool,
+    },
     /// A user subscribes to (`subscribe: true`) or unsubscribes from a YouTuber.
     #[serde(rename = "subscription")]
     ChangeSubscription {
@@ -56,7 +63,7 @@ impl Request {
     /// Checks every name the request carries.
     pub fn validate(&self) -> Result<(), InvalidName> {
         match self {
-            Request::Login { user } | Request::ListSubscriptions { user } => {
+            Request::Login { user, .. } | Request::ListSubscriptions { user } => {
                 names::check_user(user)
             }
             Request::ChangeSubscription { user, youtuber, .. } => {
@@ -67,6 +74,14 @@ impl Request {
                 names::check_youtuber(youtuber)?;
                 names::check_video(video)
             }
+        }
+    }
+
+    /// A login without history: what every client but a live session sends.
+    pub fn login(user: impl Into<String>) -> Request {
+        Request::Login {
+            user: user.into(),
+            history: false,
         }
     }
 
@@ -386,15 +401,13 @@ mod tests {
     use super::*;
 
     fn login(user: &str) -> RequestEnvelope {
-        RequestEnvelope::new(Request::Login { user: user.into() })
+        RequestEnvelope::new(Request::login(user))
     }
 
     #[test]
     fn requests_round_trip() {
         let requests = [
-            Request::Login {
-                user: "alice".into(),
-            },
+            Request::login("alice"),
             Request::ChangeSubscription {
                 user: "alice".into(),
                 youtuber: "bob".into(),
@@ -476,9 +489,7 @@ mod tests {
         let envelope = decode_request(body).unwrap();
         assert_eq!(
             envelope.request,
-            Request::Login {
-                user: "alice".into()
-            }
+            Request::login("alice")
         );
     }
 
@@ -627,9 +638,7 @@ mod tests {
     #[test]
     fn every_refusal_the_server_writes_passes_the_clients_check() {
         for request in [
-            Request::Login {
-                user: "x".repeat(MAX_MESSAGE_BYTES),
-            },
+            Request::login("x".repeat(MAX_MESSAGE_BYTES)),
             Request::Upload {
                 youtuber: "bob".into(),
                 video: "\u{10ffff}".repeat(MAX_MESSAGE_BYTES / 4),

@@ -2,9 +2,13 @@
 //! every program calls after connecting.
 //!
 //! ```text
-//! user ──► ytnotify.requests.user ──► ytnotify.user_requests ─────┐                       ┌─► ytnotify.inbox.alice ─► user alice
-//!                                                                  ├─► youtube_server ──► ytnotify.notifications ─┤   (bound with key "bob")
-//! youtuber ─► ytnotify.requests.youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber) └─► ytnotify.inbox.carol ─► …
+//! user ──► ytnotify.requests.user ──► ytnotify.user_requests ─────┐
+//!                                                                  ├─► youtube_server ──► ytnotify.notifications
+//! youtuber ─► ytnotify.requests.youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber)
+//!
+//!                        ┌─(key "bob")─► ytnotify.user.alice ─┬─► ytnotify.inbox.alice    (durable queue: what no session has shown yet)
+//! ytnotify.notifications ┤               (fanout, per user)   └─► ytnotify.history.alice  (stream: every notification, kept a while)
+//!                        └─(key "bob")─► ytnotify.user.carol ─► …
 //! ```
 //!
 //! Clients publish requests to an exchange of their own kind, never to the
@@ -12,14 +16,20 @@
 //! queue (see [`crate::accounts`]). The server answers on each client's
 //! reply queue, `ytnotify.reply.<account>.<random>`.
 //!
-//! A subscription is a binding: the user's inbox is bound to the notifications
-//! exchange with the YouTuber's name as routing key, so one publish per upload
-//! reaches every subscriber and RabbitMQ does the fan-out. Everything is
-//! durable; every message is persistent.
+//! A subscription is a binding: the user's exchange is bound to the
+//! notifications exchange with the YouTuber's name as routing key, so one
+//! publish per upload reaches every subscriber and RabbitMQ does the fan-out.
+//! The user's exchange copies each notification into the user's durable
+//! inbox, and into the user's history, a stream that every live session of
+//! the user (`user watch`, a browser tab through `gateway`) reads from its
+//! own position. Everything is durable; every message is persistent.
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -58,6 +68,17 @@ pub const PROBE_HEADER: &str = "x-ytnotify-probe";
 pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
 const INBOX_PREFIX: &str = "ytnotify.inbox.";
+const USER_EXCHANGE_PREFIX: &str = "ytnotify.user.";
+const HISTORY_PREFIX: &str = "ytnotify.history.";
+/// The most a user's history keeps, in bytes: about 4,000 notifications.
+/// The oldest segment goes when it is full.
+pub const HISTORY_MAX_BYTES: i64 = 1_000_000;
+/// The size of one segment of a history. Small, since retention drops whole
+/// segments only, never the one being written.
+const HISTORY_SEGMENT_BYTES: i64 = 200_000;
+/// How long a history keeps a notification at most.
+pub const HISTORY_MAX_AGE: &str = "7D";
+
 /// What every reply queue's name begins with.
 pub const REPLY_PREFIX: &str = "ytnotify.reply.";
 
@@ -126,6 +147,19 @@ pub fn inbox(user: &str) -> String {
 /// The user an inbox queue belongs to, if the name is an inbox's.
 pub fn inbox_owner(queue: &str) -> Option<&str> {
     queue.strip_prefix(INBOX_PREFIX)
+}
+
+/// The fanout exchange of a user: bound to the notifications exchange once
+/// per subscription, it feeds the user's inbox and history.
+pub fn user_exchange(user: &str) -> String {
+    format!("{USER_EXCHANGE_PREFIX}{user}")
+}
+
+/// The history of a user: a stream that keeps every notification for a
+/// while ([`HISTORY_MAX_BYTES`], [`HISTORY_MAX_AGE`]), which each live
+/// session reads from its own position.
+pub fn history(user: &str) -> String {
+    format!("{HISTORY_PREFIX}{user}")
 }
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -298,6 +332,7 @@ pub async fn declare_inbox(
     user: &str,
     bound: Option<u32>,
 ) -> Result<(u32, u32), lapin::Error> {
+    declare_user_exchange(channel, user).await?;
     let queue = channel
         .queue_declare(
             inbox(user).as_str().into(),
@@ -305,7 +340,66 @@ pub async fn declare_inbox(
             inbox_arguments(user, bound),
         )
         .await?;
+    channel
+        .queue_bind(
+            inbox(user).as_str().into(),
+            user_exchange(user).as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok((queue.message_count(), queue.consumer_count()))
+}
+
+async fn declare_user_exchange(channel: &Channel, user: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            user_exchange(user).as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares a user's history, and binds it to the user's exchange: what the
+/// server does at a login that asks for it (a live session's). Idempotent.
+///
+/// A stream costs the broker two file descriptors and some memory for as
+/// long as it exists, so only users who read their notifications live have
+/// one. Its retention drops whole segments, hence the small segment size.
+pub async fn declare_history(channel: &Channel, user: &str) -> Result<(), lapin::Error> {
+    declare_user_exchange(channel, user).await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        ShortString::from("x-max-length-bytes"),
+        AMQPValue::LongLongInt(HISTORY_MAX_BYTES),
+    );
+    arguments.insert(
+        ShortString::from("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(HISTORY_SEGMENT_BYTES),
+    );
+    arguments.insert(
+        ShortString::from("x-max-age"),
+        AMQPValue::LongString(HISTORY_MAX_AGE.into()),
+    );
+    channel
+        .queue_declare(history(user).as_str().into(), durable_queue(), arguments)
+        .await?;
+    channel
+        .queue_bind(
+            history(user).as_str().into(),
+            user_exchange(user).as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 fn inbox_arguments(user: &str, bound: Option<u32>) -> FieldTable {
@@ -348,26 +442,52 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<(u32, u32), lapin
     Ok((queue.message_count(), queue.consumer_count()))
 }
 
-/// Makes `user` receive `youtuber`'s uploads: binds the inbox with the
-/// YouTuber's name as routing key. Binding twice is harmless.
+/// Makes `user` receive `youtuber`'s uploads: binds the user's exchange
+/// (declared first: someone may have deleted it; the user's next login binds
+/// it to the inbox again) with the YouTuber's name as routing key. Binding
+/// twice is harmless.
 pub async fn bind_subscription(
     channel: &Channel,
     user: &str,
     youtuber: &str,
 ) -> Result<(), lapin::Error> {
+    declare_user_exchange(channel, user).await?;
     channel
-        .queue_bind(
-            inbox(user).as_str().into(),
+        .exchange_bind(
+            user_exchange(user).as_str().into(),
             NOTIFICATIONS.into(),
             youtuber.into(),
-            QueueBindOptions::default(),
+            ExchangeBindOptions::default(),
             FieldTable::default(),
         )
         .await
 }
 
-/// Stops `user` receiving `youtuber`'s uploads. Unbinding a missing binding is harmless.
+/// Stops `user` receiving `youtuber`'s uploads, through the user's exchange
+/// and through a binding of the older layout that a server could not move
+/// (see [`unbind_inbox_directly`]). Unbinding a missing binding is harmless.
 pub async fn unbind_subscription(
+    channel: &Channel,
+    user: &str,
+    youtuber: &str,
+) -> Result<(), lapin::Error> {
+    declare_user_exchange(channel, user).await?;
+    channel
+        .exchange_unbind(
+            user_exchange(user).as_str().into(),
+            NOTIFICATIONS.into(),
+            youtuber.into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    unbind_inbox_directly(channel, user, youtuber).await
+}
+
+/// Removes the binding an older version made for a subscription: the inbox
+/// bound straight to the notifications exchange. What the server does once,
+/// for every subscription, when it moves a database to per-user exchanges.
+pub async fn unbind_inbox_directly(
     channel: &Channel,
     user: &str,
     youtuber: &str,
@@ -391,6 +511,14 @@ mod tests {
         assert_eq!(inbox("alice"), "ytnotify.inbox.alice");
         assert_eq!(inbox_owner(&inbox("alice")), Some("alice"));
         assert_eq!(inbox_owner(USER_REQUESTS), None);
+    }
+
+    #[test]
+    fn each_user_has_an_exchange_and_a_history() {
+        assert_eq!(user_exchange("alice"), "ytnotify.user.alice");
+        assert_eq!(history("alice"), "ytnotify.history.alice");
+        let longest = "a".repeat(crate::names::MAX_NAME_CHARS);
+        assert!(history(&longest).len() <= 255);
     }
 
     #[test]

@@ -251,7 +251,7 @@ fn any_uuid() -> impl Strategy<Value = Uuid> {
 /// A request whose names all pass validation.
 fn valid_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        valid_name().prop_map(|user| Request::Login { user }),
+        (valid_name(), any::<bool>()).prop_map(|(user, history)| Request::Login { user, history }),
         (valid_name(), valid_name(), any::<bool>()).prop_map(|(user, youtuber, subscribe)| {
             Request::ChangeSubscription {
                 user,
@@ -350,7 +350,7 @@ fn any_string() -> impl Strategy<Value = String> {
 /// A request with any strings in it, valid or not.
 fn any_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        any_text().prop_map(|user| Request::Login { user }),
+        any_text().prop_map(|user| Request::login(user)),
         (any_text(), any_text(), any::<bool>()).prop_map(|(user, youtuber, subscribe)| {
             Request::ChangeSubscription {
                 user,
@@ -870,7 +870,7 @@ fn check_name_error(
 /// order user, YouTuber, video.
 fn expected_validation(request: &Request) -> Result<(), InvalidName> {
     match request {
-        Request::Login { user } | Request::ListSubscriptions { user } => names::check_user(user),
+        Request::Login { user, .. } | Request::ListSubscriptions { user } => names::check_user(user),
         Request::ChangeSubscription { user, youtuber, .. } => {
             names::check_user(user).and_then(|()| names::check_youtuber(youtuber))
         }
@@ -882,7 +882,7 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
 
 fn reference_request_ok(request: &Request) -> bool {
     match request {
-        Request::Login { user } | Request::ListSubscriptions { user } => reference_name_ok(user),
+        Request::Login { user, .. } | Request::ListSubscriptions { user } => reference_name_ok(user),
         Request::ChangeSubscription { user, youtuber, .. } => {
             reference_name_ok(user) && reference_name_ok(youtuber)
         }
@@ -894,7 +894,7 @@ fn reference_request_ok(request: &Request) -> bool {
 
 fn candidate_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        candidate_name().prop_map(|user| Request::Login { user }),
+        candidate_name().prop_map(|user| Request::login(user)),
         (candidate_name(), candidate_name(), any::<bool>()).prop_map(
             |(user, youtuber, subscribe)| Request::ChangeSubscription {
                 user,

@@ -7,7 +7,7 @@
 //!
 //! | account            | configure              | write (publish)                | read (consume, purge)            |
 //! |--------------------|------------------------|--------------------------------|----------------------------------|
-//! | `user.alice`       | her own reply queues   | the user request exchange      | her reply queues and her inbox   |
+//! | `user.alice`       | her own reply queues   | the user request exchange      | her reply queues, inbox, history |
 //! | `youtuber.TomScott`| his own reply queues   | the YouTuber request exchange  | his reply queues                 |
 //!
 //! Nothing else: not the default exchange (which reaches every queue), not
@@ -109,7 +109,7 @@ impl Account {
     /// the YouTuber's.
     pub fn for_request(request: &Request) -> Account {
         match request {
-            Request::Login { user }
+            Request::Login { user, .. }
             | Request::ListSubscriptions { user }
             | Request::ChangeSubscription { user, .. } => Account::user(user),
             Request::Upload { youtuber, .. } => Account::youtuber(youtuber),
@@ -142,7 +142,11 @@ impl Account {
             Role::User => Permissions {
                 configure: format!("^{replies}$"),
                 write: format!("^{}$", escape(topology::USER_REQUESTS_EXCHANGE)),
-                read: format!("^({replies}|{})$", escape(&topology::inbox(&self.name))),
+                read: format!(
+                    "^({replies}|{}|{})$",
+                    escape(&topology::inbox(&self.name)),
+                    escape(&topology::history(&self.name))
+                ),
             },
             Role::Youtuber => Permissions {
                 configure: format!("^{replies}$"),
@@ -241,9 +245,7 @@ mod tests {
 
     #[test]
     fn only_the_named_account_may_send_a_request() {
-        let login = Request::Login {
-            user: "alice".into(),
-        };
+        let login = Request::login("alice");
         let mine = topology::reply_queue("user.alice");
         assert_eq!(
             check_sender(&login, Some("user.alice"), Some(&mine)),

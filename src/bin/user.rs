@@ -10,7 +10,7 @@ use ytnotify::{
     accounts::Account,
     cli::{self, ClientArgs},
     client::{
-        Client, inbox,
+        Client, notifications,
         user::{self, SubscriptionChange},
     },
     names,
@@ -210,7 +210,7 @@ async fn watch(
         writeln!(stdout, "{notification}")?;
         stdout.flush()
     };
-    inbox::receive_notifications(client.link(), name, show, shutdown).await?;
+    notifications::receive_notifications(client.link(), name, show, shutdown).await?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
-//! The user's durable inbox, read: first the notifications that waited while
-//! the user was away, then live ones.
+//! The user's durable inbox, read: the notifications that no session of the
+//! user has shown yet. A live session reads it beside the user's history
+//! (see `notifications.rs`).
 
 use std::{
     collections::HashSet,
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -53,6 +53,11 @@ impl Received {
         broker::ack(&self.acker, BasicAckOptions::default()).await?;
         Ok(())
     }
+
+    /// The notification, and what acknowledges it.
+    pub(super) fn into_parts(self) -> (Notification, Acker) {
+        (self.notification, self.acker)
+    }
 }
 
 impl Inbox {
@@ -73,19 +78,18 @@ impl Inbox {
                 Box::pin(async move {
                     let (channel, count) = open_existing_inbox(&session, &login, &user).await?;
                     waiting.store(count, Ordering::Relaxed);
-                    // Exclusive: two sessions would split the notifications.
+                    // Not exclusive: each live session of the user reads the
+                    // inbox beside the others, and all of them read the
+                    // history (see `Notifications`).
                     let consumer = channel
                         .basic_consume(
                             topology::inbox(&user).as_str().into(),
                             format!("user:{user}:{}", Uuid::new_v4()).as_str().into(),
-                            BasicConsumeOptions {
-                                exclusive: true,
-                                ..BasicConsumeOptions::default()
-                            },
+                            BasicConsumeOptions::default(),
                             FieldTable::default(),
                         )
                         .await
-                        .map_err(|err| refused_as_watching(err, &user))?;
+                        .map_err(refused)?;
                     Ok(Opened {
                         channel,
                         consumer,
@@ -165,7 +169,7 @@ async fn open_existing_inbox(session: &Session, login: &str, user: &str) -> Resu
                     tracing::info!(
                         "{user} has no inbox on the broker; logging in to have it declared"
                     );
-                    request_login(session, login, user).await?;
+                    request_login(session, login, user, false).await?;
                     asked = true;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -180,11 +184,17 @@ async fn open_existing_inbox(session: &Session, login: &str, user: &str) -> Resu
 const INBOX_WAIT: Duration = Duration::from_secs(10);
 
 /// Publishes a login for `user` without waiting for the reply: the server
-/// declares the inbox and binds it.
-async fn request_login(session: &Session, login: &str, user: &str) -> Result<()> {
+/// declares the inbox and binds it, and declares the history if `history`.
+pub(super) async fn request_login(
+    session: &Session,
+    login: &str,
+    user: &str,
+    history: bool,
+) -> Result<()> {
     let channel = broker::confirming_channel(session.connection()).await?;
     let envelope = RequestEnvelope::new(Request::Login {
         user: user.to_owned(),
+        history,
     });
     let sender = Sender {
         login,
@@ -206,52 +216,11 @@ async fn request_login(session: &Session, login: &str, user: &str) -> Result<()>
     sent
 }
 
-/// A refused consume: the inbox is read by another session (RabbitMQ says
-/// "in exclusive use"), or the account may not read it.
-fn refused_as_watching(err: lapin::Error, user: &str) -> Error {
-    if !broker::is_access_refused(&err) {
-        return Error::Broker(err);
-    }
-    let reason = broker::amqp_reason(&err);
-    if reason.contains("exclusive use") {
-        Error::AlreadyWatching(user.to_owned())
+/// A refused consume: the account may not read the inbox.
+fn refused(err: lapin::Error) -> Error {
+    if broker::is_access_refused(&err) {
+        Error::AccessRefused(broker::amqp_reason(&err))
     } else {
-        Error::AccessRefused(reason)
+        Error::Broker(err)
     }
-}
-
-/// Shows every notification of `user` with `show` — those that waited while
-/// the user was away first, then live ones — until `shutdown` resolves.
-/// Each is acknowledged only after `show` returns `Ok`.
-pub async fn receive_notifications<F>(
-    link: &Link,
-    user: &str,
-    mut show: F,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()>
-where
-    F: FnMut(&Notification) -> std::io::Result<()>,
-{
-    let mut inbox = Inbox::open(link, user).await?;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let received = tokio::select! {
-            () = &mut shutdown => break,
-            received = inbox.next() => received?,
-        };
-        if let Err(err) = show(&received.notification) {
-            // Unacknowledged, the notification stays in the inbox for next time.
-            tracing::warn!(%err, "could not show a notification; it stays in the inbox");
-            break;
-        }
-        if let Err(err) = received.ack().await {
-            // Shown but not acknowledged: it comes again after the
-            // reconnection, and this session skips it as already seen.
-            tracing::debug!(%err, "could not acknowledge a notification");
-        }
-    }
-    // Unacknowledged notifications go back to the inbox whether or not the
-    // close reaches the broker.
-    inbox.close().await;
-    Ok(())
 }

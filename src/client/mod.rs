@@ -3,11 +3,15 @@
 //! - [`Client`] (in `request.rs`): a request sent with a confirm, its reply
 //!   matched by correlation id, requests in flight sent again after a loss.
 //! - [`user`]: log in, change and list subscriptions.
-//! - [`inbox`]: read a user's durable inbox, the notifications that waited
-//!   first.
+//! - [`notifications`]: a live session's notifications, each once: what
+//!   waited in the user's durable inbox ([`inbox`]), then every new one from
+//!   the user's history ([`history`]), which each session reads from its own
+//!   position.
 //! - [`youtuber`]: upload a video.
 
+pub mod history;
 pub mod inbox;
+pub mod notifications;
 mod request;
 pub mod user;
 pub mod youtuber;

@@ -34,9 +34,7 @@ impl SubscriptionChange {
 /// Logs `user` in, adding them the first time. Returns the server's notice, if any.
 pub async fn login(client: &Client, user: &str) -> Result<Option<String>> {
     let reply = client
-        .call(Request::Login {
-            user: user.to_owned(),
-        })
+        .call(Request::login(user))
         .await?;
     into_notice(reply)
 }
@@ -61,9 +59,7 @@ pub async fn login_and_update(
     change: Option<&SubscriptionChange>,
 ) -> Result<Vec<String>> {
     let login = client
-        .send(Request::Login {
-            user: user.to_owned(),
-        })
+        .send(Request::login(user))
         .await?;
     let update = match change {
         Some(change) => Some(client.send(subscription_request(user, change)).await?),

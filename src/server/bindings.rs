@@ -1,9 +1,10 @@
 //! Keeps the broker's inboxes and bindings in step with the database.
 //!
-//! A subscription is a binding of the user's inbox to the notifications
+//! A subscription is a binding of the user's exchange to the notifications
 //! exchange, keyed by the YouTuber. After each batch of requests is stored,
-//! the server declares the inboxes that may be missing, then binds or unbinds
-//! each (user, YouTuber) pair the batch touched, according to its final state.
+//! the server declares the inboxes (with the users' exchanges) and histories
+//! that may be missing, then binds or unbinds each (user, YouTuber) pair the
+//! batch touched, according to its final state.
 //!
 //! The work is spread by user over [`LANES`] lanes, each a task with its own
 //! channel that carries its share of one batch after another, pipelined: the
@@ -63,12 +64,17 @@ struct Job {
     done: oneshot::Sender<Result<Failures>>,
 }
 
-/// The inboxes to declare and the pairs to bind or unbind on one lane.
+/// The inboxes and histories to declare and the pairs to bind or unbind on
+/// one lane.
 #[derive(Default)]
 struct Work {
     inboxes: Vec<InboxSpec>,
+    /// Users whose history must exist.
+    histories: Vec<String>,
     /// (user, YouTuber, subscribed)
     pairs: Vec<(String, String, bool)>,
+    /// (user, YouTuber): inbox bindings of the older layout to remove.
+    direct: Vec<(String, String)>,
 }
 
 /// A batch's declarations and bindings, under way.
@@ -102,9 +108,13 @@ impl Bindings {
                 Effect::Inbox {
                     inbox,
                     subscriptions,
+                    history,
                 } => {
                     let lane = work.entry(lane_of(&inbox.user)).or_default();
                     lane.inboxes.push(inbox.clone());
+                    if *history {
+                        lane.histories.push(inbox.user.clone());
+                    }
                     for youtuber in subscriptions {
                         pairs.insert((&inbox.user, youtuber), true);
                     }
@@ -130,11 +140,37 @@ impl Bindings {
             lane.pairs
                 .push((user.to_owned(), youtuber.to_owned(), subscribed));
         }
+        self.hand_out(work)
+    }
+
+    /// Moves subscriptions bound in the older layout (each inbox bound
+    /// straight to the notifications exchange) to the users' exchanges:
+    /// declares each inbox with its exchange, binds the exchange for each
+    /// subscription, and only then removes the direct binding, so that no
+    /// upload meanwhile is missed (one may reach an inbox twice; clients
+    /// de-duplicate by id).
+    pub(crate) fn move_to_user_exchanges(&self, users: Vec<(InboxSpec, Vec<String>)>) -> Pending {
+        let mut work: HashMap<usize, Work> = HashMap::new();
+        for (inbox, subscriptions) in users {
+            let lane = work.entry(lane_of(&inbox.user)).or_default();
+            for youtuber in subscriptions {
+                lane.pairs
+                    .push((inbox.user.clone(), youtuber.clone(), true));
+                lane.direct.push((inbox.user.clone(), youtuber));
+            }
+            lane.inboxes.push(inbox);
+        }
+        self.hand_out(work)
+    }
+
+    fn hand_out(&self, work: HashMap<usize, Work>) -> Pending {
         let pending = work
             .into_iter()
             .map(|(lane, mut work)| {
                 work.inboxes.sort_unstable_by(|a, b| a.user.cmp(&b.user));
                 work.inboxes.dedup_by(|a, b| a.user == b.user);
+                work.histories.sort_unstable();
+                work.histories.dedup();
                 let (done, finished) = oneshot::channel();
                 // A lane ends only when `Bindings` is dropped; then `finished`
                 // reports it.
@@ -212,7 +248,7 @@ async fn lane_channel(
 
 impl Work {
     fn size(&self) -> usize {
-        self.inboxes.len() + self.pairs.len()
+        self.inboxes.len() + self.histories.len() + self.pairs.len() + self.direct.len()
     }
 
     /// Carries the work out, pipelined; if the broker refuses part of it,
@@ -261,12 +297,26 @@ impl Work {
             });
             parts[at].inboxes.push(inbox.clone());
         }
+        for user in &self.histories {
+            let at = *index.entry(user).or_insert_with(|| {
+                parts.push(Work::default());
+                parts.len() - 1
+            });
+            parts[at].histories.push(user.clone());
+        }
         for pair in &self.pairs {
             let at = *index.entry(&pair.0).or_insert_with(|| {
                 parts.push(Work::default());
                 parts.len() - 1
             });
             parts[at].pairs.push(pair.clone());
+        }
+        for pair in &self.direct {
+            let at = *index.entry(&pair.0).or_insert_with(|| {
+                parts.push(Work::default());
+                parts.len() - 1
+            });
+            parts[at].direct.push(pair.clone());
         }
         parts
     }
@@ -275,16 +325,25 @@ impl Work {
         self.inboxes
             .first()
             .map(|inbox| inbox.user.as_str())
+            .or_else(|| self.histories.first().map(String::as_str))
             .or_else(|| self.pairs.first().map(|pair| pair.0.as_str()))
+            .or_else(|| self.direct.first().map(|pair| pair.0.as_str()))
             .unwrap_or_default()
     }
 
-    /// Declares the inboxes, then binds and unbinds, pipelined on `channel`.
+    /// Declares the inboxes and histories, then binds and unbinds, pipelined
+    /// on `channel`.
     async fn run(&self, channel: &Channel) -> Result<(), lapin::Error> {
         futures::future::try_join_all(
             self.inboxes
                 .iter()
                 .map(|inbox| topology::declare_inbox(channel, &inbox.user, inbox.bound)),
+        )
+        .await?;
+        futures::future::try_join_all(
+            self.histories
+                .iter()
+                .map(|user| topology::declare_history(channel, user)),
         )
         .await?;
         futures::future::try_join_all(self.pairs.iter().map(
@@ -296,6 +355,12 @@ impl Work {
                 }
             },
         ))
+        .await?;
+        futures::future::try_join_all(
+            self.direct
+                .iter()
+                .map(|(user, youtuber)| topology::unbind_inbox_directly(channel, user, youtuber)),
+        )
         .await?;
         Ok(())
     }

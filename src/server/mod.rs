@@ -244,6 +244,7 @@ impl YoutubeServer {
             outbox_flushed: AtomicBool::new(false),
             held: std::sync::Arc::new(AtomicUsize::new(0)),
         };
+        server.move_to_user_exchanges().await?;
         if active_servers == 0 {
             server.flush_outbox().await?;
         } else {

@@ -678,7 +678,7 @@ fn event_of(request: &Request, reply: &Applied<Reply>) -> Option<Event> {
         return None;
     };
     Some(match request.clone() {
-        Request::Login { user } => Event::LoggedIn { user },
+        Request::Login { user, .. } => Event::LoggedIn { user },
         Request::ChangeSubscription {
             user,
             youtuber,

@@ -17,6 +17,39 @@ use crate::{
 };
 
 impl YoutubeServer {
+    /// Moves a database's subscriptions from the older broker layout (each
+    /// inbox bound straight to the notifications exchange) to the users'
+    /// exchanges, once: what a server of this version does at its first
+    /// start on an older database, before it applies any request.
+    pub(super) async fn move_to_user_exchanges(&self) -> Result<()> {
+        if self.store.broker_layout().await? >= store::BROKER_LAYOUT {
+            return Ok(());
+        }
+        let users = self.store.every_inbox().await?;
+        if users.is_empty() {
+            return self.store.set_broker_layout(store::BROKER_LAYOUT).await;
+        }
+        let subscriptions: usize = users.iter().map(|(_, youtubers)| youtubers.len()).sum();
+        tracing::info!(
+            users = users.len(),
+            subscriptions,
+            "binding every subscription through its user's exchange (a database of an older version)"
+        );
+        let failures = self.bindings.move_to_user_exchanges(users).done().await?;
+        if let Some((user, failure)) = failures.iter().next() {
+            // Left in the older layout, the user still receives every upload;
+            // the next start tries again.
+            tracing::warn!(
+                user,
+                reason = failure.reason,
+                failed = failures.len(),
+                "some users' subscriptions could not be moved; they are tried again at the next start"
+            );
+            return Ok(());
+        }
+        self.store.set_broker_layout(store::BROKER_LAYOUT).await
+    }
+
     /// Sends, and records as sent, every notification that a crash left
     /// unsent, oldest first.
     pub(super) async fn flush_outbox(&self) -> Result<()> {

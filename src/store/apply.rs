@@ -97,10 +97,11 @@ fn apply_one(
     if let Some((reply, video_id)) = replayed {
         let effect = match request {
             // No user: the first attempt was refused, and left nothing to repair.
-            Request::Login { user } => match inbox_of(tx, &user)? {
+            Request::Login { user, history } => match inbox_of(tx, &user)? {
                 Some(inbox) => Effect::Inbox {
                     subscriptions: subscriptions_of(tx, &user)?,
                     inbox,
+                    history,
                 },
                 None => Effect::None,
             },
@@ -126,7 +127,7 @@ fn apply_one(
         });
     }
     let (reply, effect, video_id) = match request {
-        Request::Login { user } => {
+        Request::Login { user, history } => {
             add_user(tx, &user, now, inbox_bound)?;
             let (inbox, dropped) = user_inbox(tx, &user)?;
             let notice = (dropped > 0).then(|| dropped_notice(&inbox, dropped));
@@ -137,6 +138,7 @@ fn apply_one(
             let effect = Effect::Inbox {
                 subscriptions: subscriptions_of(tx, &user)?,
                 inbox,
+                history,
             };
             (Reply::Done { notice }, effect, None)
         }

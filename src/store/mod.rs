@@ -24,7 +24,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::{
@@ -112,11 +112,13 @@ pub struct InboxSpec {
 pub enum Effect {
     /// Nothing.
     None,
-    /// The user's inbox must exist and be bound to each YouTuber the user
-    /// follows (a login: it also repairs an inbox lost on the broker's side).
+    /// The user's inbox and exchange must exist, the exchange be bound to
+    /// each YouTuber the user follows (a login: it also repairs what was
+    /// lost on the broker's side), and, if `history`, the user's history too.
     Inbox {
         inbox: InboxSpec,
         subscriptions: Vec<String>,
+        history: bool,
     },
     /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
     /// `declare`: the inbox may not exist yet (this request added the user, or
@@ -139,6 +141,11 @@ pub struct Decision {
     pub reply: Applied<Reply>,
     pub effect: Effect,
 }
+
+/// The broker layout this version binds subscriptions in: each user's
+/// exchange bound to the notifications exchange, feeding the inbox and the
+/// history (see `topology`).
+pub const BROKER_LAYOUT: u32 = 2;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -242,9 +249,7 @@ impl Store {
 
     /// Adds the user the first time, and records the login.
     pub async fn login(&self, request_id: Uuid, user: &str) -> Result<Applied<Reply>> {
-        let request = Request::Login {
-            user: user.to_owned(),
-        };
+        let request = Request::login(user);
         Ok(self.apply_single(request_id, request).await?.reply)
     }
 
@@ -390,6 +395,62 @@ impl Store {
             )?;
             let videos = statement.query_map([], video_from_row)?;
             videos.collect()
+        })
+        .await
+    }
+
+    /// The broker layout the subscriptions were last bound in: 1 (the
+    /// inbox bound straight to the notifications exchange) until the server
+    /// has moved them to [`BROKER_LAYOUT`] and said so with
+    /// [`Store::set_broker_layout`].
+    pub async fn broker_layout(&self) -> Result<u32> {
+        self.with(|connection| {
+            connection
+                .query_row(
+                    "SELECT value FROM settings WHERE key = 'broker_layout'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map(|layout| layout.unwrap_or(1))
+        })
+        .await
+    }
+
+    /// Records that the subscriptions are bound in `layout`.
+    pub async fn set_broker_layout(&self, layout: u32) -> Result<()> {
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT INTO settings (key, value) VALUES ('broker_layout', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [layout],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every user's inbox and subscriptions, in name order: what the broker
+    /// must hold for the database.
+    pub async fn every_inbox(&self) -> Result<Vec<(InboxSpec, Vec<String>)>> {
+        self.with(|connection| {
+            let mut statement =
+                connection.prepare("SELECT name, inbox_bound FROM users ORDER BY name")?;
+            let inboxes = statement
+                .query_map([], |row| {
+                    Ok(InboxSpec {
+                        user: row.get(0)?,
+                        bound: row.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            inboxes
+                .into_iter()
+                .map(|inbox| {
+                    let subscriptions = subscriptions_of(connection, &inbox.user)?;
+                    Ok((inbox, subscriptions))
+                })
+                .collect()
         })
         .await
     }

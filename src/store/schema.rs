@@ -42,6 +42,12 @@ CREATE TABLE IF NOT EXISTS applied_requests (
     applied_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS applied_requests_by_time ON applied_requests(applied_at_ms);
+-- Facts about the database as a whole, such as the broker layout its
+-- subscriptions were last bound in.
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 ";
 
 /// Columns added to `users` after its first version, for older databases.

@@ -206,7 +206,7 @@ fn execute(store: &Store, sql: &str) {
 }
 
 fn login(user: &str) -> Request {
-    Request::Login { user: user.into() }
+    Request::login(user)
 }
 
 fn subscribe(user: &str, youtuber: &str) -> Request {
@@ -256,6 +256,7 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
         Effect::Inbox {
             inbox: inbox("alice", None),
             subscriptions: vec!["bob".into()],
+            history: false,
         }
     );
     let carol = store
@@ -267,6 +268,7 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
         Effect::Inbox {
             inbox: inbox("carol", Some(500)),
             subscriptions: vec![],
+            history: false,
         }
     );
     let indexed: bool = store
@@ -340,6 +342,7 @@ async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
             Effect::Inbox {
                 inbox: inbox("alice", Some(100)),
                 subscriptions: vec!["bob".into()],
+                history: false,
             },
             // A replay declares the inbox again, as first declared.
             Effect::Binding {

@@ -914,15 +914,11 @@ async fn an_inbox_declared_first_by_another_client_is_refused_with_the_fix_and_o
         .unwrap();
     let client = vhost.client("test").await;
     let victim = client
-        .send(Request::Login {
-            user: "victim".into(),
-        })
+        .send(Request::login("victim"))
         .await
         .unwrap();
     let other = client
-        .send(Request::Login {
-            user: "alice".into(),
-        })
+        .send(Request::login("alice"))
         .await
         .unwrap();
     within("alice's login, behind victim's", client.wait(other))

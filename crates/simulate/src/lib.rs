@@ -418,9 +418,7 @@ impl Simulation<'_> {
             for user in (lane as u32..s.users).step_by(clients.len()) {
                 let follows = &self.plan.subscriptions[user as usize];
                 if follows.is_empty() {
-                    requests.push(Request::Login {
-                        user: user_name(user),
-                    });
+                    requests.push(Request::login(user_name(user)));
                 }
                 for &youtuber in follows {
                     requests.push(Request::ChangeSubscription {

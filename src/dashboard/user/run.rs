@@ -1,4 +1,4 @@
-//! The event loop: keys from the terminal, notifications from the inbox task,
+//! The event loop: keys from the terminal, notifications from the session task,
 //! answers from the server and changes of the broker link, each handed to
 //! `update`; the commands it returns run as tasks.
 
@@ -14,7 +14,7 @@ use super::{Command, Msg, Outcome, UserDashboard};
 use crate::{
     client::{
         Client,
-        inbox::{Inbox, Received},
+        notifications::{Notifications, Received},
         user,
     },
     dashboard::{
@@ -27,7 +27,7 @@ use crate::{
 
 /// From the broker task to the event loop.
 enum Delivered {
-    Received(Received, bool),
+    Received(Received),
     Ended(String),
 }
 
@@ -39,9 +39,9 @@ pub async fn run(
     greeting: Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    // Open the inbox before taking the screen, so that an error (another
-    // session already open) prints as a plain line.
-    let mut inbox = Inbox::open(client.link(), user).await?;
+    // Open the session before taking the screen, so that an error (an
+    // account that may not read the inbox) prints as a plain line.
+    let mut notifications = Notifications::open(client.link(), user, None).await?;
     let client = Arc::new(client);
     let mut app = UserDashboard::new(user, widgets::local_offset());
     if let Some(greeting) = greeting {
@@ -49,20 +49,13 @@ pub async fn run(
     }
 
     let (delivered, mut deliveries) = mpsc::channel::<Delivered>(4096);
-    let away = inbox.waiting_at_open();
     let reader = tokio::spawn(async move {
-        let mut count = 0u32;
         loop {
-            // The inbox rides out every loss by itself; it fails only once
+            // The session rides out every loss by itself; it fails only once
             // the connection is closed.
-            match inbox.next().await {
+            match notifications.next().await {
                 Ok(received) => {
-                    count += 1;
-                    if delivered
-                        .send(Delivered::Received(received, count <= away))
-                        .await
-                        .is_err()
-                    {
+                    if delivered.send(Delivered::Received(received)).await.is_err() {
                         break;
                     }
                 }
@@ -72,7 +65,7 @@ pub async fn run(
                 }
             }
         }
-        inbox.close().await;
+        notifications.close().await;
     });
 
     let (replies, mut answers) = mpsc::unbounded_channel::<Msg>();
@@ -114,7 +107,8 @@ pub async fn run(
                 let mut taken = 0;
                 while let Some(delivery) = next {
                     match delivery {
-                        Delivered::Received(received, away) => {
+                        Delivered::Received(received) => {
+                            let away = received.away;
                             app.update(Msg::Notification { notification: received.notification.clone(), away });
                             unacked.push(received);
                         }

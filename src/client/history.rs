@@ -1,0 +1,487 @@
+//! A user's history, read: the stream of every notification the user's
+//! exchange received, kept for a while (`topology::history`), read from a
+//! position of the reader's choosing.
+//!
+//! A position is a [`Cursor`]: the offset of the last notification read
+//! (with its id, to tell a history deleted and declared again from the
+//! same one), or, before the first, the time the reader started. Offsets
+//! grow but are not consecutive, so a reader that comes back attaches at its
+//! own last offset and checks that the first delivery is that notification:
+//! anything else means that what followed it may be gone.
+
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use uuid::Uuid;
+
+use super::inbox::request_login;
+use crate::{
+    broker,
+    error::{Error, Result},
+    link::{Feed, Link, Opened, Opening, Session},
+    protocol::{self, Notification},
+    topology,
+};
+
+/// How many notifications the broker may push ahead of the reader. Stream
+/// consumers need a prefetch: acknowledgements are their credit.
+const HISTORY_PREFETCH: u16 = 200;
+
+/// How far before its start a reader attached by time looks: a stream is
+/// found by time at the granularity of its chunks, and of seconds.
+const TIME_MARGIN_MS: i64 = 2_000;
+
+/// How long a reader that comes back waits for the notification at its
+/// offset before it looks whether the history still reaches that far.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the header of the history is read, to find where it ends.
+const TAIL_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a reader waits for the server to declare a missing history.
+const HISTORY_WAIT: Duration = Duration::from_secs(10);
+
+/// A position in a user's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// After the notification `id`, at `offset`.
+    Offset { offset: u64, id: Uuid },
+    /// After what the server stored before `ms` (milliseconds since the Unix
+    /// epoch): a reader's position before it has read anything.
+    Time { ms: i64 },
+}
+
+impl Cursor {
+    /// The position of a reader starting now.
+    pub fn now() -> Cursor {
+        Cursor::Time {
+            ms: crate::store::now_ms(),
+        }
+    }
+}
+
+/// `o<offset>.<id>` or `t<ms>`: what a gateway sends as an event's id.
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cursor::Offset { offset, id } => write!(f, "o{offset}.{}", id.simple()),
+            Cursor::Time { ms } => write!(f, "t{ms}"),
+        }
+    }
+}
+
+/// A position that is not one this crate writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a position in a history; give the id of the last event received \
+     (o<offset>.<id> or t<milliseconds>), or none to start now"
+)]
+pub struct InvalidCursor(pub String);
+
+impl FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(text: &str) -> Result<Cursor, InvalidCursor> {
+        let invalid = || InvalidCursor(text.chars().take(100).collect());
+        if let Some(ms) = text.strip_prefix('t') {
+            let ms = ms.parse::<i64>().map_err(|_| invalid())?;
+            return if ms >= 0 {
+                Ok(Cursor::Time { ms })
+            } else {
+                Err(invalid())
+            };
+        }
+        let (offset, id) = text
+            .strip_prefix('o')
+            .and_then(|rest| rest.split_once('.'))
+            .ok_or_else(invalid)?;
+        if id.len() != 32 || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        Ok(Cursor::Offset {
+            offset: offset.parse().map_err(|_| invalid())?,
+            id: Uuid::try_parse(id).map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// What reading the history turned up.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// A notification after the position: the position is now `cursor`.
+    Notification {
+        notification: Notification,
+        cursor: Cursor,
+    },
+    /// Nothing to show (the notification the reader resumed at, something
+    /// older than a reader attached by time wants, a message that is not a
+    /// notification), but the position moved to `cursor`.
+    Moved(Cursor),
+    /// What followed the position is no longer all kept (trimmed by the
+    /// history's retention, or the history was deleted and declared again):
+    /// the entries after this are all that is left.
+    Gap,
+}
+
+/// Where the consumer attaches, and what it must check or skip first.
+#[derive(Debug, Clone, Copy)]
+enum Attach {
+    /// At this offset, which must hold notification `id`.
+    Offset(u64, Uuid),
+    /// At this time, skipping what the server stored before it.
+    Time(i64),
+    /// At the start of what is kept.
+    First,
+}
+
+/// What the opener and the reader share.
+struct State {
+    attach: Attach,
+    /// The notification the consumer must deliver first, if it attached at
+    /// an offset and has not delivered anything yet.
+    verify: Option<(u64, Uuid)>,
+    /// The highest offset read: a consumer attached again may deliver it
+    /// once more.
+    last_offset: Option<u64>,
+    /// What the server stored before this is older than the reader wants.
+    floor_ms: Option<i64>,
+}
+
+/// A user's history, read from a position. Rides out every loss of the
+/// connection or of the consumer (see [`Feed`]): a consumer set up again
+/// attaches at the last position read.
+pub(crate) struct History {
+    feed: Feed,
+    user: String,
+    state: Arc<Mutex<State>>,
+    ahead: std::collections::VecDeque<Entry>,
+}
+
+impl History {
+    /// Opens `user`'s history after `from`. A missing history is asked for
+    /// with a login that asks for it; the server declares and binds it.
+    pub(crate) async fn open(link: &Link, user: &str, from: Cursor) -> Result<History> {
+        let (start, floor_ms) = match from {
+            Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None),
+            Cursor::Time { ms } => (Attach::Time(ms), Some(ms)),
+        };
+        let state = Arc::new(Mutex::new(State {
+            attach: start,
+            verify: None,
+            last_offset: None,
+            floor_ms,
+        }));
+        let opener = {
+            let (user, state, login) = (
+                user.to_owned(),
+                Arc::clone(&state),
+                link.login().to_owned(),
+            );
+            Box::new(move |session: Session| {
+                let (user, state, login) = (user.clone(), Arc::clone(&state), login.clone());
+                Box::pin(async move { attach_consumer(&session, &login, &user, &state).await }) as Opening
+            })
+        };
+        let feed = Feed::open(link, format!("{user}'s history"), opener).await?;
+        let mut history = History {
+            feed,
+            user: user.to_owned(),
+            state,
+            ahead: std::collections::VecDeque::new(),
+        };
+        if let Cursor::Offset { offset, .. } = from {
+            history.check_resumed(link, offset).await?;
+        }
+        Ok(history)
+    }
+
+    /// After attaching at `offset`: the broker delivers it at once if it is
+    /// kept, or the first offset kept after it. If nothing comes, either the
+    /// broker is slow or the history no longer reaches that far (it was
+    /// deleted and declared again): the end of the history tells which.
+    async fn check_resumed(&mut self, link: &Link, offset: u64) -> Result<()> {
+        if let Ok(entry) = tokio::time::timeout(RESUME_WAIT, self.read()).await {
+            self.ahead.push_back(entry?);
+            return Ok(());
+        }
+        let tail = last_offset(link, &self.user).await?;
+        if tail.is_some_and(|tail| tail >= offset) {
+            // Kept, and on its way.
+            return Ok(());
+        }
+        tracing::info!(
+            user = self.user,
+            offset,
+            "the history ends before the position asked for; reading it from its start"
+        );
+        {
+            let mut state = self.state.lock().expect("never held across a panic");
+            state.attach = Attach::First;
+            state.verify = None;
+        }
+        self.feed.reset("the position asked for is past the end of the history");
+        self.ahead.push_back(Entry::Gap);
+        Ok(())
+    }
+
+    /// Whether everything after the position it was opened from is still
+    /// kept: the first entry is not a gap, which it then takes away.
+    pub(crate) fn resumed_whole(&mut self) -> bool {
+        if matches!(self.ahead.front(), Some(Entry::Gap)) {
+            self.ahead.pop_front();
+            return false;
+        }
+        true
+    }
+
+    /// The next entry. Fails only when the connection is closed.
+    pub(crate) async fn next(&mut self) -> Result<Entry> {
+        match self.ahead.pop_front() {
+            Some(entry) => Ok(entry),
+            None => self.read().await,
+        }
+    }
+
+    async fn read(&mut self) -> Result<Entry> {
+        loop {
+            let delivery = self.feed.next().await?;
+            // A stream's acknowledgements are its consumer's credit, and a
+            // stream refuses a reject (it closes the connection): every
+            // delivery is acknowledged, whatever it holds.
+            let _ = broker::ack(&delivery.acker, BasicAckOptions::default()).await;
+            let Some(offset) = stream_offset(&delivery) else {
+                continue;
+            };
+            let notification = protocol::decode_notification(&delivery.data)
+                .ok()
+                .filter(|notification| notification.validate().is_ok());
+            let mut state = self.state.lock().expect("never held across a panic");
+            if let Some((expected, id)) = state.verify.take() {
+                let same = offset == expected
+                    && notification.as_ref().is_some_and(|n| n.id() == id);
+                if same {
+                    state.last_offset = Some(offset);
+                    return Ok(Entry::Moved(Cursor::Offset { offset, id }));
+                }
+                if offset >= expected {
+                    // What followed the position is gone, in part or all.
+                    let entry = state.entry(offset, notification);
+                    self.ahead.push_back(entry);
+                    return Ok(Entry::Gap);
+                }
+            }
+            if state.last_offset.is_some_and(|last| offset <= last) {
+                continue;
+            }
+            return Ok(state.entry(offset, notification));
+        }
+    }
+
+    /// Stops reading.
+    pub(crate) async fn close(self) {
+        self.feed.close().await;
+    }
+}
+
+impl State {
+    /// What a delivery at `offset` is to the reader; the position moves to it.
+    fn entry(&mut self, offset: u64, notification: Option<Notification>) -> Entry {
+        self.last_offset = Some(offset);
+        let Some(notification) = notification else {
+            // Not the server's (anyone may publish into a user's exchange in
+            // open mode): nothing to show, and the next attachment is by time.
+            tracing::warn!(offset, "skipping a message in a history that is not a notification");
+            return Entry::Moved(self.cursor_after_skip());
+        };
+        let id = notification.id();
+        self.attach = Attach::Offset(offset, id);
+        let cursor = Cursor::Offset { offset, id };
+        let old = self.floor_ms.is_some_and(|floor| uploaded_at(&notification) < floor);
+        if old {
+            Entry::Moved(cursor)
+        } else {
+            Entry::Notification {
+                notification,
+                cursor,
+            }
+        }
+    }
+
+    /// The position after a message that is not a notification: the last
+    /// notification's, kept as the place to attach again.
+    fn cursor_after_skip(&self) -> Cursor {
+        match self.attach {
+            Attach::Offset(offset, id) => Cursor::Offset { offset, id },
+            Attach::Time(ms) => Cursor::Time { ms },
+            Attach::First => Cursor::Time { ms: 0 },
+        }
+    }
+}
+
+fn uploaded_at(notification: &Notification) -> i64 {
+    match notification {
+        Notification::VideoUploaded { uploaded_at_ms, .. } => *uploaded_at_ms,
+    }
+}
+
+/// The offset the broker gives each delivery from a stream.
+fn stream_offset(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(offset) => u64::try_from(*offset).ok(),
+        AMQPValue::LongInt(offset) => u64::try_from(*offset).ok(),
+        AMQPValue::LongUInt(offset) => Some(u64::from(*offset)),
+        _ => None,
+    }
+}
+
+/// Sets a consumer up on the history, at the position the reader has reached.
+async fn attach_consumer(
+    session: &Session,
+    login: &str,
+    user: &str,
+    state: &Mutex<State>,
+) -> Result<Opened> {
+    let channel = existing_history(session, login, user).await?;
+    let attach = {
+        let mut state = state.lock().expect("never held across a panic");
+        state.verify = match state.attach {
+            Attach::Offset(offset, id) => Some((offset, id)),
+            _ => None,
+        };
+        state.attach
+    };
+    let start = match attach {
+        Attach::Offset(offset, _) => AMQPValue::LongLongInt(offset as i64),
+        Attach::Time(ms) => AMQPValue::Timestamp(((ms - TIME_MARGIN_MS).max(0) / 1000) as u64),
+        Attach::First => AMQPValue::LongString("first".into()),
+    };
+    let consumer = consume_from(&channel, user, start).await?;
+    Ok(Opened {
+        channel,
+        consumer,
+        owns_channel: true,
+    })
+}
+
+async fn consume_from(
+    channel: &Channel,
+    user: &str,
+    start: AMQPValue,
+) -> Result<lapin::Consumer> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-stream-offset"), start);
+    channel
+        .basic_consume(
+            topology::history(user).as_str().into(),
+            format!("history:{user}:{}", Uuid::new_v4().simple())
+                .as_str()
+                .into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .map_err(|err| match broker::is_access_refused(&err) {
+            true => Error::AccessRefused(broker::amqp_reason(&err)),
+            false => Error::Broker(err),
+        })
+}
+
+/// A channel with the history's QoS, once the history exists. A missing
+/// history is asked for with a login, and looked for again for a few
+/// seconds.
+async fn existing_history(session: &Session, login: &str, user: &str) -> Result<Channel> {
+    let mut asked = false;
+    let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+    loop {
+        let channel = session.connection().create_channel().await?;
+        channel
+            .basic_qos(HISTORY_PREFETCH, BasicQosOptions::default())
+            .await?;
+        match topology::inspect(&channel, &topology::history(user)).await {
+            Ok(_) => return Ok(channel),
+            Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
+                if !asked {
+                    tracing::info!("{user} has no history on the broker; logging in to have it declared");
+                    request_login(session, login, user, true).await?;
+                    asked = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) if broker::is_not_found(&err) => {
+                return Err(Error::NoHistory(user.to_owned()));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// The offset of the last notification kept in `user`'s history, if any:
+/// the broker delivers the last chunk to a consumer attached at "last".
+async fn last_offset(link: &Link, user: &str) -> Result<Option<u64>> {
+    let session = link.session().await?;
+    let channel = session.connection().create_channel().await?;
+    channel
+        .basic_qos(HISTORY_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume_from(&channel, user, AMQPValue::LongString("last".into())).await?;
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + TAIL_WAIT;
+    use futures_lite::StreamExt;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
+        let _ = broker::ack(&delivery.acker, BasicAckOptions::default()).await;
+        last = last.max(stream_offset(&delivery));
+    }
+    let _ = channel.close(200, "looked".into()).await;
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let id = Uuid::new_v4();
+        for cursor in [
+            Cursor::Offset { offset: 0, id },
+            Cursor::Offset {
+                offset: u64::MAX,
+                id,
+            },
+            Cursor::Time { ms: 1_700_000_000_000 },
+        ] {
+            assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        }
+    }
+
+    #[test]
+    fn a_cursor_not_written_here_is_refused_with_what_to_give() {
+        for text in [
+            "",
+            "o",
+            "o12",
+            "o12.",
+            "o-1.00000000000000000000000000000000",
+            "o1.0000000000000000000000000000000g",
+            "o1.00000000-0000-0000-0000-000000000000",
+            "t",
+            "t-5",
+            "x12",
+            "o99999999999999999999999.00000000000000000000000000000000",
+        ] {
+            let err = text.parse::<Cursor>().unwrap_err();
+            assert!(err.to_string().contains("not a position"), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Every notification of a user, once each, for a live session (`user`,
+//! `user watch`, a browser tab through `gateway`): what waited in the inbox
+//! while no session was open, and every notification from the moment the
+//! session starts, read from the user's history.
+//!
+//! Several sessions of one user may be open at once, on any machine. Each
+//! reads the history from its own position, so each shows every new
+//! notification; they share the inbox, whose copy of a notification leaves
+//! it once any session has shown that notification. What arrived while no
+//! session was open is in the inbox alone, and is shown by the session that
+//! takes it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lapin::{Acker, options::BasicAckOptions};
+use tokio::{sync::mpsc, task::JoinHandle};
+use uuid::Uuid;
+
+use super::{
+    history::{Cursor, Entry, History},
+    inbox::{self, Inbox},
+};
+use crate::{
+    broker,
+    error::{Error, Result},
+    link::Link,
+    names,
+    protocol::Notification,
+    store::now_ms,
+};
+
+/// How many entries of each source wait to be taken.
+const AHEAD: usize = 64;
+
+/// How long closing waits for each source to close.
+const CLOSING: Duration = Duration::from_secs(5);
+
+/// A user's notifications, read for a live session.
+pub struct Notifications {
+    history: Source<Entry>,
+    inbox: Source<inbox::Received>,
+    ledger: Acks,
+    opened_at_ms: i64,
+    recovered: bool,
+    position: Cursor,
+}
+
+/// A notification handed out, not yet acknowledged.
+pub struct Received {
+    pub notification: Notification,
+    /// Stored by the server before the session started: it waited in the
+    /// inbox, or in the history for a session that came back.
+    pub away: bool,
+    /// The session's position in the history after this notification, if it
+    /// came from the history; `None` for one taken from the inbox.
+    pub cursor: Option<Cursor>,
+    acks: Acks,
+}
+
+impl Received {
+    /// Says the notification has been shown: its copy in the inbox, now or
+    /// when it arrives, leaves the inbox.
+    pub async fn ack(self) -> Result<()> {
+        self.acks.shown(self.notification.id()).await
+    }
+}
+
+/// What a session reads next.
+pub enum Update {
+    /// A notification the session has not handed out before.
+    Notification(Received),
+    /// Nothing to show, but the position in the history moved (past a
+    /// notification already handed out from the inbox, say).
+    Moved(Cursor),
+    /// The history no longer holds everything after the session's position:
+    /// some notifications may be missing before the next ones.
+    Gap,
+}
+
+/// Says which notifications a session has shown; cheap to clone, usable
+/// from any task.
+#[derive(Clone, Default)]
+pub struct Acks(Arc<Mutex<Ledger>>);
+
+#[derive(Default)]
+struct Ledger {
+    handed_out: HashSet<Uuid>,
+    shown: HashSet<Uuid>,
+    /// Copies from the inbox not yet acknowledged, by notification.
+    unacked: HashMap<Uuid, Vec<Acker>>,
+}
+
+impl Acks {
+    /// Says that the notification `id` has been shown. Its copies in the
+    /// inbox that this session holds leave the inbox now, those that come
+    /// later at once.
+    pub async fn shown(&self, id: Uuid) -> Result<()> {
+        let ackers = {
+            let mut ledger = self.0.lock().expect("never held across a panic");
+            ledger.shown.insert(id);
+            ledger.unacked.remove(&id).unwrap_or_default()
+        };
+        for acker in ackers {
+            broker::ack(&acker, BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A reader run as a task, so that waiting on both at once loses nothing.
+struct Source<T> {
+    entries: mpsc::Receiver<Result<T>>,
+    task: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Notifications {
+    /// Opens a session for `user` after `from` (a position this session's
+    /// user was given before), or from now.
+    pub async fn open(link: &Link, user: &str, from: Option<Cursor>) -> Result<Notifications> {
+        names::check_user(user)?;
+        let opened_at_ms = now_ms();
+        let position = from.unwrap_or(Cursor::Time { ms: opened_at_ms });
+        // The history first: whatever the server stores after it is
+        // attached is read from it; what came before waits in the inbox.
+        let mut history = History::open(link, user, position).await?;
+        let recovered = history.resumed_whole();
+        let inbox = Inbox::open(link, user).await?;
+        let history = Source::spawn(history, next_entry, close_history);
+        let inbox = Source::spawn(inbox, next_in_inbox, close_inbox);
+        Ok(Notifications {
+            history,
+            inbox,
+            ledger: Acks::default(),
+            opened_at_ms,
+            recovered,
+            position,
+        })
+    }
+
+    /// Whether everything after the position the session was opened from is
+    /// still kept (always, for a session opened from now).
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// The session's position in the history: what a session opened from it
+    /// later would start after.
+    pub fn position(&self) -> Cursor {
+        self.position
+    }
+
+    /// What says that notifications have been shown, from any task.
+    pub fn acks(&self) -> Acks {
+        self.ledger.clone()
+    }
+
+    /// The next notification not yet handed out in this session. Fails only
+    /// when the connection is closed.
+    pub async fn next(&mut self) -> Result<Received> {
+        loop {
+            if let Update::Notification(received) = self.next_update().await? {
+                return Ok(received);
+            }
+        }
+    }
+
+    /// The next update: a notification, or a move of the position.
+    pub async fn next_update(&mut self) -> Result<Update> {
+        loop {
+            tokio::select! {
+                entry = self.history.entries.recv() => {
+                    let entry = entry.unwrap_or_else(|| Err(closed()))?;
+                    if let Some(update) = self.from_history(entry) {
+                        return Ok(update);
+                    }
+                }
+                received = self.inbox.entries.recv() => {
+                    let received = received.unwrap_or_else(|| Err(closed()))?;
+                    if let Some(update) = self.from_inbox(received).await? {
+                        return Ok(update);
+                    }
+                }
+            }
+        }
+    }
+
+    fn from_history(&mut self, entry: Entry) -> Option<Update> {
+        match entry {
+            Entry::Gap => Some(Update::Gap),
+            Entry::Moved(cursor) => {
+                self.position = cursor;
+                Some(Update::Moved(cursor))
+            }
+            Entry::Notification {
+                notification,
+                cursor,
+            } => {
+                self.position = cursor;
+                let first = self.hand_out(notification.id());
+                Some(match first {
+                    true => Update::Notification(self.received(notification, Some(cursor))),
+                    false => Update::Moved(cursor),
+                })
+            }
+        }
+    }
+
+    async fn from_inbox(&mut self, received: inbox::Received) -> Result<Option<Update>> {
+        let (notification, acker) = received.into_parts();
+        let id = notification.id();
+        let shown = {
+            let mut ledger = self.ledger.0.lock().expect("never held across a panic");
+            let shown = ledger.shown.contains(&id);
+            if !shown {
+                ledger.unacked.entry(id).or_default().push(acker.clone());
+            }
+            shown
+        };
+        if shown {
+            broker::ack(&acker, BasicAckOptions::default()).await?;
+            return Ok(None);
+        }
+        Ok(self
+            .hand_out(id)
+            .then(|| Update::Notification(self.received(notification, None))))
+    }
+
+    /// Records `id` as handed out; whether it was not before.
+    fn hand_out(&self, id: Uuid) -> bool {
+        let mut ledger = self.ledger.0.lock().expect("never held across a panic");
+        ledger.handed_out.insert(id)
+    }
+
+    fn received(&self, notification: Notification, cursor: Option<Cursor>) -> Received {
+        let away = match &notification {
+            Notification::VideoUploaded { uploaded_at_ms, .. } => {
+                *uploaded_at_ms < self.opened_at_ms
+            }
+        };
+        Received {
+            notification,
+            away,
+            cursor,
+            acks: self.ledger.clone(),
+        }
+    }
+
+    /// Ends the session; what it did not acknowledge stays in the inbox.
+    pub async fn close(self) {
+        tokio::join!(self.history.close(), self.inbox.close());
+    }
+}
+
+fn closed() -> Error {
+    Error::Stopped("the session's reader stopped".into())
+}
+
+type Boxed<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn next_entry(history: &mut History) -> Boxed<'_, Result<Entry>> {
+    Box::pin(history.next())
+}
+
+fn close_history(history: History) -> Boxed<'static, ()> {
+    Box::pin(history.close())
+}
+
+fn next_in_inbox(inbox: &mut Inbox) -> Boxed<'_, Result<inbox::Received>> {
+    Box::pin(inbox.next())
+}
+
+fn close_inbox(inbox: Inbox) -> Boxed<'static, ()> {
+    Box::pin(inbox.close())
+}
+
+impl<T: Send + 'static> Source<T> {
+    /// Runs `reader` in a task that passes on what `next` reads, until it
+    /// fails or the source is closed, then runs `close`.
+    fn spawn<R: Send + 'static>(
+        mut reader: R,
+        next: for<'a> fn(&'a mut R) -> Boxed<'a, Result<T>>,
+        close: fn(R) -> Boxed<'static, ()>,
+    ) -> Source<T> {
+        let (sender, entries) = mpsc::channel(AHEAD);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    _ = stopped.changed() => break,
+                    entry = next(&mut reader) => entry,
+                };
+                let failed = entry.is_err();
+                if sender.send(entry).await.is_err() || failed {
+                    break;
+                }
+            }
+            close(reader).await;
+        });
+        Source {
+            entries,
+            task,
+            stop,
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.stop.send(true);
+        drop(self.entries);
+        let _ = tokio::time::timeout(CLOSING, self.task).await;
+    }
+}
+
+/// Shows every notification of `user` with `show` — those that waited while
+/// the user was away first, then live ones — until `shutdown` resolves.
+/// Each is acknowledged only after `show` returns `Ok`.
+pub async fn receive_notifications<F>(
+    link: &Link,
+    user: &str,
+    mut show: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    F: FnMut(&Notification) -> std::io::Result<()>,
+{
+    let mut notifications = Notifications::open(link, user, None).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let received = tokio::select! {
+            () = &mut shutdown => break,
+            received = notifications.next() => received?,
+        };
+        if let Err(err) = show(&received.notification) {
+            // Unacknowledged, the notification stays in the inbox for next time.
+            tracing::warn!(%err, "could not show a notification; it stays in the inbox");
+            break;
+        }
+        if let Err(err) = received.ack().await {
+            // Shown but not acknowledged: it comes again after the
+            // reconnection, and this session skips it as already seen.
+            tracing::debug!(%err, "could not acknowledge a notification");
+        }
+    }
+    // Unacknowledged notifications go back to the inbox whether or not the
+    // close reaches the broker.
+    notifications.close().await;
+    Ok(())
+}
