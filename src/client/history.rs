@@ -123,10 +123,13 @@ pub(crate) enum Entry {
         notification: Notification,
         cursor: Cursor,
     },
-    /// Nothing to show (the notification the reader resumed at, something
-    /// older than a reader attached by time wants, a message that is not a
-    /// notification), but the position moved to `cursor`.
+    /// Nothing to show (something older than a reader attached by time
+    /// wants, a message that is not a notification), but the position moved
+    /// to `cursor`.
     Moved(Cursor),
+    /// The notification at the position the reader resumed from, which it
+    /// has already: the position is confirmed.
+    Resumed { cursor: Cursor, id: Uuid },
     /// What followed the position is no longer all kept (trimmed by the
     /// history's retention, or the history was deleted and declared again):
     /// the entries after this are all that is left.
@@ -155,6 +158,9 @@ struct State {
     last_offset: Option<u64>,
     /// What the server stored before this is older than the reader wants.
     floor_ms: Option<i64>,
+    /// From which upload time on the reader gets every notification from
+    /// the history, once known.
+    live_from_ms: Option<i64>,
 }
 
 /// A user's history, read from a position. Rides out every loss of the
@@ -180,6 +186,7 @@ impl History {
             verify: None,
             last_offset: None,
             floor_ms,
+            live_from_ms: floor_ms,
         }));
         let opener = {
             let (user, state, login) = (
@@ -228,10 +235,22 @@ impl History {
             let mut state = self.state.lock().expect("never held across a panic");
             state.attach = Attach::First;
             state.verify = None;
+            state.live_from_ms = None;
         }
         self.feed.reset("the position asked for is past the end of the history");
         self.ahead.push_back(Entry::Gap);
         Ok(())
+    }
+
+    /// The upload time from which this reader gets every notification from
+    /// the history: its start, for a reader attached by time; that of the
+    /// notification it resumed at (or the first one kept, after a gap); or
+    /// `None` if unknown (a history declared again, read from its start).
+    pub(crate) fn live_from_ms(&self) -> Option<i64> {
+        self.state
+            .lock()
+            .expect("never held across a panic")
+            .live_from_ms
     }
 
     /// Whether everything after the position it was opened from is still
@@ -271,10 +290,15 @@ impl History {
                     && notification.as_ref().is_some_and(|n| n.id() == id);
                 if same {
                     state.last_offset = Some(offset);
-                    return Ok(Entry::Moved(Cursor::Offset { offset, id }));
+                    state.live_from_ms = notification.as_ref().map(uploaded_at);
+                    return Ok(Entry::Resumed {
+                        cursor: Cursor::Offset { offset, id },
+                        id,
+                    });
                 }
                 if offset >= expected {
                     // What followed the position is gone, in part or all.
+                    state.live_from_ms = notification.as_ref().map(uploaded_at);
                     let entry = state.entry(offset, notification);
                     self.ahead.push_back(entry);
                     return Ok(Entry::Gap);

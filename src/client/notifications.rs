@@ -46,6 +46,9 @@ pub struct Notifications {
     inbox: Source<inbox::Received>,
     ledger: Acks,
     opened_at_ms: i64,
+    /// Every notification uploaded from then on comes from the history: a
+    /// copy of one from the inbox waits for it (see [`Notifications::from_inbox`]).
+    live_from_ms: Option<i64>,
     recovered: bool,
     position: Cursor,
 }
@@ -95,20 +98,35 @@ struct Ledger {
     unacked: HashMap<Uuid, Vec<Acker>>,
 }
 
+impl Ledger {
+    /// Records that `id` was shown; returns the copies from the inbox to
+    /// acknowledge now.
+    fn show(&mut self, id: Uuid) -> Vec<Acker> {
+        self.shown.insert(id);
+        self.unacked.remove(&id).unwrap_or_default()
+    }
+}
+
 impl Acks {
     /// Says that the notification `id` has been shown. Its copies in the
     /// inbox that this session holds leave the inbox now, those that come
     /// later at once.
     pub async fn shown(&self, id: Uuid) -> Result<()> {
-        let ackers = {
-            let mut ledger = self.0.lock().expect("never held across a panic");
-            ledger.shown.insert(id);
-            ledger.unacked.remove(&id).unwrap_or_default()
-        };
-        for acker in ackers {
-            broker::ack(&acker, BasicAckOptions::default()).await?;
-        }
-        Ok(())
+        let ackers = self.0.lock().expect("never held across a panic").show(id);
+        acknowledge(ackers).await
+    }
+}
+
+async fn acknowledge(ackers: Vec<Acker>) -> Result<()> {
+    for acker in ackers {
+        broker::ack(&acker, BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+
+impl Acks {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.0.lock().expect("never held across a panic")
     }
 }
 
@@ -130,6 +148,7 @@ impl Notifications {
         // attached is read from it; what came before waits in the inbox.
         let mut history = History::open(link, user, position).await?;
         let recovered = history.resumed_whole();
+        let live_from_ms = history.live_from_ms();
         let inbox = Inbox::open(link, user).await?;
         let history = Source::spawn(history, next_entry, close_history);
         let inbox = Source::spawn(inbox, next_in_inbox, close_inbox);
@@ -138,6 +157,7 @@ impl Notifications {
             inbox,
             ledger: Acks::default(),
             opened_at_ms,
+            live_from_ms,
             recovered,
             position,
         })
@@ -176,7 +196,7 @@ impl Notifications {
             tokio::select! {
                 entry = self.history.entries.recv() => {
                     let entry = entry.unwrap_or_else(|| Err(closed()))?;
-                    if let Some(update) = self.from_history(entry) {
+                    if let Some(update) = self.from_history(entry).await? {
                         return Ok(update);
                     }
                 }
@@ -190,32 +210,44 @@ impl Notifications {
         }
     }
 
-    fn from_history(&mut self, entry: Entry) -> Option<Update> {
-        match entry {
-            Entry::Gap => Some(Update::Gap),
+    async fn from_history(&mut self, entry: Entry) -> Result<Option<Update>> {
+        Ok(Some(match entry {
+            Entry::Gap => Update::Gap,
             Entry::Moved(cursor) => {
                 self.position = cursor;
-                Some(Update::Moved(cursor))
+                Update::Moved(cursor)
+            }
+            Entry::Resumed { cursor, id } => {
+                // The client had it before it came back: shown, so its copy
+                // in the inbox may go.
+                self.position = cursor;
+                let ackers = self.ledger.ledger().show(id);
+                acknowledge(ackers).await?;
+                Update::Moved(cursor)
             }
             Entry::Notification {
                 notification,
                 cursor,
             } => {
                 self.position = cursor;
-                let first = self.hand_out(notification.id());
-                Some(match first {
+                match self.hand_out(notification.id()) {
                     true => Update::Notification(self.received(notification, Some(cursor))),
                     false => Update::Moved(cursor),
-                })
+                }
             }
-        }
+        }))
     }
 
+    /// A copy from the inbox. One of a notification the history brings
+    /// (uploaded since [`Notifications::live_from_ms`]) waits for it: the
+    /// client gets each notification with its position whenever it can, so
+    /// that a client that comes back after it is not sent it again. Either
+    /// way the copy leaves the inbox once the notification is shown.
     async fn from_inbox(&mut self, received: inbox::Received) -> Result<Option<Update>> {
         let (notification, acker) = received.into_parts();
         let id = notification.id();
         let shown = {
-            let mut ledger = self.ledger.0.lock().expect("never held across a panic");
+            let mut ledger = self.ledger.ledger();
             let shown = ledger.shown.contains(&id);
             if !shown {
                 ledger.unacked.entry(id).or_default().push(acker.clone());
@@ -223,7 +255,13 @@ impl Notifications {
             shown
         };
         if shown {
-            broker::ack(&acker, BasicAckOptions::default()).await?;
+            acknowledge(vec![acker]).await?;
+            return Ok(None);
+        }
+        let from_history = self
+            .live_from_ms
+            .is_some_and(|live_from| uploaded_at(&notification) >= live_from);
+        if from_history {
             return Ok(None);
         }
         Ok(self
@@ -233,16 +271,11 @@ impl Notifications {
 
     /// Records `id` as handed out; whether it was not before.
     fn hand_out(&self, id: Uuid) -> bool {
-        let mut ledger = self.ledger.0.lock().expect("never held across a panic");
-        ledger.handed_out.insert(id)
+        self.ledger.ledger().handed_out.insert(id)
     }
 
     fn received(&self, notification: Notification, cursor: Option<Cursor>) -> Received {
-        let away = match &notification {
-            Notification::VideoUploaded { uploaded_at_ms, .. } => {
-                *uploaded_at_ms < self.opened_at_ms
-            }
-        };
+        let away = uploaded_at(&notification) < self.opened_at_ms;
         Received {
             notification,
             away,
@@ -254,6 +287,12 @@ impl Notifications {
     /// Ends the session; what it did not acknowledge stays in the inbox.
     pub async fn close(self) {
         tokio::join!(self.history.close(), self.inbox.close());
+    }
+}
+
+fn uploaded_at(notification: &Notification) -> i64 {
+    match notification {
+        Notification::VideoUploaded { uploaded_at_ms, .. } => *uploaded_at_ms,
     }
 }
 

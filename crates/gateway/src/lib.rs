@@ -1,0 +1,171 @@
+//! `gateway`: a user's notifications in the browser.
+//!
+//! A gateway serves a web page, a JSON API that sends the user's requests to
+//! `youtube_server` like the `user` program does, and each user's
+//! notifications as Server-Sent Events or over a WebSocket. It keeps no
+//! state but its connections: every notification comes from RabbitMQ, from
+//! the user's inbox and history (`ytnotify::client::notifications`), so any
+//! number of gateways can run side by side, and a browser can come back to
+//! any of them, after the position it had reached, without a gap.
+//!
+//! - `api.rs`: the JSON API (log in, subscriptions, acknowledgements) and
+//!   its errors.
+//! - `live.rs`: the event streams, SSE and WebSocket, over one pump per
+//!   connection.
+//! - `assets.rs`: the page, its script and its style sheet, built in.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, routing::get};
+use tokio::sync::watch;
+use uuid::Uuid;
+use ytnotify::{
+    client::{Client, ClientConfig, notifications::Acks},
+    error::Result,
+};
+
+mod api;
+mod assets;
+mod live;
+
+/// Where a gateway listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// How a gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The address to serve on.
+    pub listen: SocketAddr,
+    /// The broker, and how long to wait for the server's replies.
+    pub client: ClientConfig,
+    /// How often an idle event stream carries a keep-alive.
+    pub keep_alive: Duration,
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct Gateway(Arc<Shared>);
+
+struct Shared {
+    client: Client,
+    /// The address the gateway serves on, as browsers see it in `hello`.
+    serving: String,
+    /// The open event streams, by connection id, with their user: where
+    /// acknowledgements go.
+    connections: Mutex<HashMap<Uuid, (String, Acks)>>,
+    /// Turns true when the gateway stops: every stream ends.
+    stopping: watch::Receiver<bool>,
+    keep_alive: Duration,
+}
+
+/// A gateway bound to its address, ready to serve.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    stop: watch::Sender<bool>,
+}
+
+impl Bound {
+    /// Connects to RabbitMQ and binds the address: what can fail at start
+    /// fails here, before anything is served.
+    pub async fn bind(config: GatewayConfig) -> Result<Bound> {
+        let client = Client::connect(&config.client, "gateway").await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|err| {
+                ytnotify::error::Error::Stopped(format!(
+                    "cannot listen on {}: {err}; give another address with --listen",
+                    config.listen
+                ))
+            })?;
+        let serving = listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |addr| addr.to_string());
+        let (stop, stopping) = watch::channel(false);
+        let gateway = Gateway(Arc::new(Shared {
+            client,
+            serving,
+            connections: Mutex::new(HashMap::new()),
+            stopping,
+            keep_alive: config.keep_alive,
+        }));
+        Ok(Bound {
+            listener,
+            gateway,
+            stop,
+        })
+    }
+
+    /// The address served on (the port the system chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then ends every event stream (the
+    /// browsers reconnect, to this gateway when it is back or to another)
+    /// and closes the connection to RabbitMQ.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let Bound {
+            listener,
+            gateway,
+            stop,
+        } = self;
+        tracing::info!(
+            "gateway serving on http://{} (broker {})",
+            gateway.0.serving,
+            gateway.0.client.link().login()
+        );
+        let app = router(gateway.clone());
+        let stopping = async move {
+            shutdown.await;
+            tracing::info!("gateway stopping: ending every event stream");
+            let _ = stop.send(true);
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await;
+        // Every stream has ended and closed its session; the client last.
+        let Ok(shared) = Arc::try_unwrap(gateway.0) else {
+            return served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()));
+        };
+        shared.client.close().await?;
+        served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()))
+    }
+}
+
+/// Runs a gateway until `shutdown` resolves.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    Bound::bind(config).await?.serve(shutdown).await
+}
+
+fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/style.css", get(assets::style))
+        .route("/healthz", get(api::health))
+        .route("/api/config", get(api::config))
+        .route("/api/session", axum::routing::post(api::session))
+        .route(
+            "/api/users/{name}/subscriptions",
+            get(api::subscriptions).post(api::subscribe),
+        )
+        .route(
+            "/api/users/{name}/subscriptions/{youtuber}",
+            axum::routing::delete(api::unsubscribe),
+        )
+        .route("/api/users/{name}/ack", axum::routing::post(api::ack))
+        .route("/api/users/{name}/events", get(live::events))
+        .route("/api/users/{name}/ws", get(live::websocket))
+        .fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .with_state(gateway)
+}
