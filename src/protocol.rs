@@ -487,10 +487,7 @@ mod tests {
     fn unknown_fields_are_ignored_for_forward_compatibility() {
         let body = br#"{"v":1,"id":"00000000-0000-0000-0000-000000000000","type":"login","user":"alice","device":"phone"}"#;
         let envelope = decode_request(body).unwrap();
-        assert_eq!(
-            envelope.request,
-            Request::login("alice")
-        );
+        assert_eq!(envelope.request, Request::login("alice"));
     }
 
     #[test]

@@ -870,7 +870,9 @@ fn check_name_error(
 /// order user, YouTuber, video.
 fn expected_validation(request: &Request) -> Result<(), InvalidName> {
     match request {
-        Request::Login { user, .. } | Request::ListSubscriptions { user } => names::check_user(user),
+        Request::Login { user, .. } | Request::ListSubscriptions { user } => {
+            names::check_user(user)
+        }
         Request::ChangeSubscription { user, youtuber, .. } => {
             names::check_user(user).and_then(|()| names::check_youtuber(youtuber))
         }
@@ -882,7 +884,9 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
 
 fn reference_request_ok(request: &Request) -> bool {
     match request {
-        Request::Login { user, .. } | Request::ListSubscriptions { user } => reference_name_ok(user),
+        Request::Login { user, .. } | Request::ListSubscriptions { user } => {
+            reference_name_ok(user)
+        }
         Request::ChangeSubscription { user, youtuber, .. } => {
             reference_name_ok(user) && reference_name_ok(youtuber)
         }

@@ -189,14 +189,12 @@ impl History {
             live_from_ms: floor_ms,
         }));
         let opener = {
-            let (user, state, login) = (
-                user.to_owned(),
-                Arc::clone(&state),
-                link.login().to_owned(),
-            );
+            let (user, state, login) =
+                (user.to_owned(), Arc::clone(&state), link.login().to_owned());
             Box::new(move |session: Session| {
                 let (user, state, login) = (user.clone(), Arc::clone(&state), login.clone());
-                Box::pin(async move { attach_consumer(&session, &login, &user, &state).await }) as Opening
+                Box::pin(async move { attach_consumer(&session, &login, &user, &state).await })
+                    as Opening
             })
         };
         let feed = Feed::open(link, format!("{user}'s history"), opener).await?;
@@ -217,9 +215,8 @@ impl History {
     /// broker is slow or the history no longer reaches that far (it was
     /// deleted and declared again): the end of the history tells which.
     async fn check_resumed(&mut self, link: &Link, offset: u64) -> Result<()> {
-        if let Ok(entry) = tokio::time::timeout(RESUME_WAIT, self.read()).await {
-            self.ahead.push_back(entry?);
-            return Ok(());
+        if let Ok(read) = tokio::time::timeout(RESUME_WAIT, self.read()).await {
+            return read;
         }
         let tail = last_offset(link, &self.user).await?;
         if tail.is_some_and(|tail| tail >= offset) {
@@ -237,7 +234,8 @@ impl History {
             state.verify = None;
             state.live_from_ms = None;
         }
-        self.feed.reset("the position asked for is past the end of the history");
+        self.feed
+            .reset("the position asked for is past the end of the history");
         self.ahead.push_back(Entry::Gap);
         Ok(())
     }
@@ -265,13 +263,17 @@ impl History {
 
     /// The next entry. Fails only when the connection is closed.
     pub(crate) async fn next(&mut self) -> Result<Entry> {
-        match self.ahead.pop_front() {
-            Some(entry) => Ok(entry),
-            None => self.read().await,
+        loop {
+            if let Some(entry) = self.ahead.pop_front() {
+                return Ok(entry);
+            }
+            self.read().await?;
         }
     }
 
-    async fn read(&mut self) -> Result<Entry> {
+    /// Reads deliveries until one makes an entry (or two: a gap, and what
+    /// follows it), and puts it in `ahead`.
+    async fn read(&mut self) -> Result<()> {
         loop {
             let delivery = self.feed.next().await?;
             // A stream's acknowledgements are its consumer's credit, and a
@@ -286,28 +288,32 @@ impl History {
                 .filter(|notification| notification.validate().is_ok());
             let mut state = self.state.lock().expect("never held across a panic");
             if let Some((expected, id)) = state.verify.take() {
-                let same = offset == expected
-                    && notification.as_ref().is_some_and(|n| n.id() == id);
+                let same =
+                    offset == expected && notification.as_ref().is_some_and(|n| n.id() == id);
                 if same {
                     state.last_offset = Some(offset);
                     state.live_from_ms = notification.as_ref().map(uploaded_at);
-                    return Ok(Entry::Resumed {
+                    self.ahead.push_back(Entry::Resumed {
                         cursor: Cursor::Offset { offset, id },
                         id,
                     });
+                    return Ok(());
                 }
                 if offset >= expected {
                     // What followed the position is gone, in part or all.
                     state.live_from_ms = notification.as_ref().map(uploaded_at);
+                    self.ahead.push_back(Entry::Gap);
                     let entry = state.entry(offset, notification);
                     self.ahead.push_back(entry);
-                    return Ok(Entry::Gap);
+                    return Ok(());
                 }
             }
             if state.last_offset.is_some_and(|last| offset <= last) {
                 continue;
             }
-            return Ok(state.entry(offset, notification));
+            let entry = state.entry(offset, notification);
+            self.ahead.push_back(entry);
+            return Ok(());
         }
     }
 
@@ -324,13 +330,18 @@ impl State {
         let Some(notification) = notification else {
             // Not the server's (anyone may publish into a user's exchange in
             // open mode): nothing to show, and the next attachment is by time.
-            tracing::warn!(offset, "skipping a message in a history that is not a notification");
+            tracing::debug!(
+                offset,
+                "skipping a message in a history that is not a notification"
+            );
             return Entry::Moved(self.cursor_after_skip());
         };
         let id = notification.id();
         self.attach = Attach::Offset(offset, id);
         let cursor = Cursor::Offset { offset, id };
-        let old = self.floor_ms.is_some_and(|floor| uploaded_at(&notification) < floor);
+        let old = self
+            .floor_ms
+            .is_some_and(|floor| uploaded_at(&notification) < floor);
         if old {
             Entry::Moved(cursor)
         } else {
@@ -398,11 +409,7 @@ async fn attach_consumer(
     })
 }
 
-async fn consume_from(
-    channel: &Channel,
-    user: &str,
-    start: AMQPValue,
-) -> Result<lapin::Consumer> {
+async fn consume_from(channel: &Channel, user: &str, start: AMQPValue) -> Result<lapin::Consumer> {
     let mut arguments = FieldTable::default();
     arguments.insert(ShortString::from("x-stream-offset"), start);
     channel
@@ -436,7 +443,9 @@ async fn existing_history(session: &Session, login: &str, user: &str) -> Result<
             Ok(_) => return Ok(channel),
             Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
                 if !asked {
-                    tracing::info!("{user} has no history on the broker; logging in to have it declared");
+                    tracing::info!(
+                        "{user} has no history on the broker; logging in to have it declared"
+                    );
                     request_login(session, login, user, true).await?;
                     asked = true;
                 }
@@ -483,7 +492,9 @@ mod tests {
                 offset: u64::MAX,
                 id,
             },
-            Cursor::Time { ms: 1_700_000_000_000 },
+            Cursor::Time {
+                ms: 1_700_000_000_000,
+            },
         ] {
             assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
         }

@@ -51,6 +51,9 @@ pub struct Notifications {
     live_from_ms: Option<i64>,
     recovered: bool,
     position: Cursor,
+    /// Whether a notification from the history counts as shown once handed
+    /// out (see [`Notifications::resumable`]).
+    shown_when_positioned: bool,
 }
 
 /// A notification handed out, not yet acknowledged.
@@ -160,7 +163,18 @@ impl Notifications {
             live_from_ms,
             recovered,
             position,
+            shown_when_positioned: false,
         })
+    }
+
+    /// For a client that keeps its position and comes back after it (a
+    /// browser, through `gateway`): a notification handed out with a
+    /// position leaves the inbox at once, since the history keeps it for
+    /// such a client. One from the inbox alone (it waited there, older than
+    /// the session) still leaves only once [`Acks::shown`] says so.
+    pub fn resumable(mut self) -> Notifications {
+        self.shown_when_positioned = true;
+        self
     }
 
     /// Whether everything after the position the session was opened from is
@@ -230,10 +244,15 @@ impl Notifications {
                 cursor,
             } => {
                 self.position = cursor;
-                match self.hand_out(notification.id()) {
-                    true => Update::Notification(self.received(notification, Some(cursor))),
-                    false => Update::Moved(cursor),
+                let id = notification.id();
+                if !self.hand_out(id) {
+                    return Ok(Some(Update::Moved(cursor)));
                 }
+                if self.shown_when_positioned {
+                    let ackers = self.ledger.ledger().show(id);
+                    acknowledge(ackers).await?;
+                }
+                Update::Notification(self.received(notification, Some(cursor)))
             }
         }))
     }

@@ -33,9 +33,7 @@ impl SubscriptionChange {
 
 /// Logs `user` in, adding them the first time. Returns the server's notice, if any.
 pub async fn login(client: &Client, user: &str) -> Result<Option<String>> {
-    let reply = client
-        .call(Request::login(user))
-        .await?;
+    let reply = client.call(Request::login(user)).await?;
     into_notice(reply)
 }
 
@@ -58,9 +56,7 @@ pub async fn login_and_update(
     user: &str,
     change: Option<&SubscriptionChange>,
 ) -> Result<Vec<String>> {
-    let login = client
-        .send(Request::login(user))
-        .await?;
+    let login = client.send(Request::login(user)).await?;
     let update = match change {
         Some(change) => Some(client.send(subscription_request(user, change)).await?),
         None => None,

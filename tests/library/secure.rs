@@ -389,9 +389,7 @@ async fn a_forged_sender_never_reaches_the_server_and_an_unsigned_request_is_ref
         ..
     } = class("secure-forged").await;
     let connection = raw_connection(&alice_url).await;
-    let login_as = |user: &str| {
-        protocol::encode(&RequestEnvelope::new(Request::login(user)))
-    };
+    let login_as = |user: &str| protocol::encode(&RequestEnvelope::new(Request::login(user)));
 
     // Her connection claiming to be bob's account: the broker refuses it.
     let channel = confirming(&connection).await;

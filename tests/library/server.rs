@@ -913,14 +913,8 @@ async fn an_inbox_declared_first_by_another_client_is_refused_with_the_fix_and_o
         .await
         .unwrap();
     let client = vhost.client("test").await;
-    let victim = client
-        .send(Request::login("victim"))
-        .await
-        .unwrap();
-    let other = client
-        .send(Request::login("alice"))
-        .await
-        .unwrap();
+    let victim = client.send(Request::login("victim")).await.unwrap();
+    let other = client.send(Request::login("alice")).await.unwrap();
     within("alice's login, behind victim's", client.wait(other))
         .await
         .expect("alice is served");

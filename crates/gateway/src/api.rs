@@ -64,7 +64,10 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         ApiError::new(
             rejection.status(),
-            format!("the request body is not what this call takes: {}", rejection.body_text()),
+            format!(
+                "the request body is not what this call takes: {}",
+                rejection.body_text()
+            ),
         )
     }
 }
@@ -73,7 +76,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// A user name from a path, checked.
 pub(crate) fn user_name(name: &str) -> ApiResult<&str> {
-    names::check_user(name).map_err(|invalid| ApiError::new(StatusCode::BAD_REQUEST, invalid.to_string()))?;
+    names::check_user(name)
+        .map_err(|invalid| ApiError::new(StatusCode::BAD_REQUEST, invalid.to_string()))?;
     Ok(name)
 }
 
@@ -87,7 +91,12 @@ pub(crate) async fn not_found() -> ApiError {
 /// `GET /healthz`: 200 while connected to RabbitMQ, 503 otherwise.
 pub(crate) async fn health(State(gateway): State<Gateway>) -> Response {
     let state = gateway.0.client.state().borrow().clone();
-    let connections = gateway.0.connections.lock().expect("never held across a panic").len();
+    let connections = gateway
+        .0
+        .connections
+        .lock()
+        .expect("never held across a panic")
+        .len();
     let body = json!({ "broker": state.to_string(), "connections": connections });
     match state {
         LinkState::Connected => (StatusCode::OK, Json(body)).into_response(),
@@ -116,7 +125,10 @@ pub(crate) async fn session(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Json(login) = body?;
     let name = user_name(&login.user)?;
-    let notices: Vec<String> = user::login(&gateway.0.client, name).await?.into_iter().collect();
+    let notices: Vec<String> = user::login(&gateway.0.client, name)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Json(json!({ "user": name, "notices": notices })))
 }
 

@@ -20,7 +20,10 @@ pub(crate) async fn index() -> impl IntoResponse {
 
 pub(crate) async fn script() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), NO_CACHE],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            NO_CACHE,
+        ],
         SCRIPT,
     )
 }

@@ -142,7 +142,10 @@ impl Bound {
 }
 
 /// Runs a gateway until `shutdown` resolves.
-pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     Bound::bind(config).await?.serve(shutdown).await
 }
 

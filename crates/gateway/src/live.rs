@@ -19,7 +19,10 @@ use std::convert::Infallible;
 use axum::{
     extract::{
         Path, Query, State,
-        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code},
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     http::{HeaderMap, StatusCode},
     response::{
@@ -166,7 +169,9 @@ impl Live {
         let user = user_name(name)?;
         let from = resume_cursor(headers, query)?;
         check_user_exists(&gateway, user).await?;
-        let notifications = Notifications::open(gateway.0.client.link(), user, from).await?;
+        let notifications = Notifications::open(gateway.0.client.link(), user, from)
+            .await?
+            .resumable();
         let connection = Uuid::new_v4();
         gateway
             .0
@@ -329,12 +334,28 @@ enum ClientMessage {
 /// `GET /api/users/{name}/ws`: the notifications over a WebSocket, as JSON
 /// text messages; the client acknowledges with `{"type":"ack","ids":[...]}`.
 pub(crate) async fn websocket(
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     Query(query): Query<Resume>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The request is checked first, so that a wrong name says so even to a
+    // client that is not a WebSocket.
+    user_name(&name)?;
+    resume_cursor(&headers, &query)?;
+    check_user_exists(&gateway, &name).await?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!(
+                "{} ({}); this address takes a WebSocket, /api/users/{name}/events takes \
+                 Server-Sent Events",
+                "not a WebSocket request",
+                rejection.body_text()
+            ),
+        )
+    })?;
     let live = Live::open(gateway, &name, &headers, &query).await?;
     Ok(upgrade
         .max_message_size(MAX_WS_MESSAGE_BYTES)
