@@ -168,6 +168,13 @@ pub fn is_not_found(err: &lapin::Error) -> bool {
     )
 }
 
+/// Whether the broker said that a queue exists but cannot be used now: its
+/// home node is down, or (RabbitMQ 3.10, a stream declared just before the
+/// broker crashed) its replica never came back (`ARCHITECTURE.md`).
+pub fn is_unavailable(err: &lapin::Error) -> bool {
+    is_not_found(err) && amqp_reason(err).contains("is down or inaccessible")
+}
+
 /// Whether the broker refused an operation that the account may not do.
 pub fn is_access_refused(err: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};

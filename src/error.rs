@@ -134,6 +134,12 @@ pub enum Error {
          start youtube_server (of this version: older ones do not keep histories), then try again"
     )]
     NoHistory(String),
+    /// The user's history exists but the broker cannot serve it now.
+    #[error(
+        "{user}'s history cannot be read now ({reason}); notifications come from the inbox alone \
+         until it can"
+    )]
+    HistoryUnavailable { user: String, reason: String },
     /// The user's inbox does not exist and the server did not declare it.
     #[error(
         "{0} has no inbox on the broker and youtube_server did not declare one within 10 s; \

@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(permissions.write, r"^ytnotify\.requests\.user$");
         assert_eq!(
             permissions.read,
-            r"^(ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}|ytnotify\.inbox\.a\.b)$"
+            r"^(ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}|ytnotify\.inbox\.a\.b|ytnotify\.history\.a\.b)$"
         );
         let youtuber = Account::youtuber("TomScott").permissions();
         assert_eq!(youtuber.write, r"^ytnotify\.requests\.youtuber$");

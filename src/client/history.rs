@@ -441,6 +441,12 @@ async fn existing_history(session: &Session, login: &str, user: &str) -> Result<
             .await?;
         match topology::inspect(&channel, &topology::history(user)).await {
             Ok(_) => return Ok(channel),
+            Err(err) if broker::is_unavailable(&err) => {
+                return Err(Error::HistoryUnavailable {
+                    user: user.to_owned(),
+                    reason: broker::amqp_reason(&err),
+                });
+            }
             Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
                 if !asked {
                     tracing::info!(

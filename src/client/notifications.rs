@@ -11,14 +11,14 @@
 //! takes it.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use lapin::{Acker, options::BasicAckOptions};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use uuid::Uuid;
 
 use super::{
@@ -40,9 +40,19 @@ const AHEAD: usize = 64;
 /// How long closing waits for each source to close.
 const CLOSING: Duration = Duration::from_secs(5);
 
+/// How long a copy from the inbox waits for the history to bring the same
+/// notification before it is handed out without a position (the history is
+/// slow, or the broker cannot serve it).
+const HOLD: Duration = Duration::from_secs(3);
+
 /// A user's notifications, read for a live session.
 pub struct Notifications {
-    history: Source<Entry>,
+    /// `None` while the broker cannot serve the user's history: the inbox
+    /// alone then.
+    history: Option<Source<Entry>>,
+    /// Copies from the inbox waiting for the history to bring the same
+    /// notification with its position, each until a deadline.
+    held: VecDeque<(Instant, Notification)>,
     inbox: Source<inbox::Received>,
     ledger: Acks,
     opened_at_ms: i64,
@@ -127,6 +137,15 @@ async fn acknowledge(ackers: Vec<Acker>) -> Result<()> {
     Ok(())
 }
 
+/// Acknowledges copies of notifications already shown. A failure means the
+/// connection is gone: the broker delivers the copies again, and the
+/// session recognises them.
+async fn acknowledge_quietly(ackers: Vec<Acker>) {
+    if let Err(err) = acknowledge(ackers).await {
+        tracing::debug!(%err, "could not acknowledge a copy already shown");
+    }
+}
+
 impl Acks {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.0.lock().expect("never held across a panic")
@@ -149,14 +168,26 @@ impl Notifications {
         let position = from.unwrap_or(Cursor::Time { ms: opened_at_ms });
         // The history first: whatever the server stores after it is
         // attached is read from it; what came before waits in the inbox.
-        let mut history = History::open(link, user, position).await?;
-        let recovered = history.resumed_whole();
-        let live_from_ms = history.live_from_ms();
+        let (history, recovered, live_from_ms) = match History::open(link, user, position).await {
+            Ok(mut history) => {
+                let recovered = history.resumed_whole();
+                let live_from_ms = history.live_from_ms();
+                let history = Source::spawn(history, next_entry, close_history);
+                (Some(history), recovered, live_from_ms)
+            }
+            Err(err @ (Error::NoHistory(_) | Error::HistoryUnavailable { .. })) => {
+                tracing::warn!(
+                    "{err}: with another session of {user} open, this one may miss what that one shows"
+                );
+                (None, from.is_none(), None)
+            }
+            Err(err) => return Err(err),
+        };
         let inbox = Inbox::open(link, user).await?;
-        let history = Source::spawn(history, next_entry, close_history);
         let inbox = Source::spawn(inbox, next_in_inbox, close_inbox);
         Ok(Notifications {
             history,
+            held: VecDeque::new(),
             inbox,
             ledger: Acks::default(),
             opened_at_ms,
@@ -207,8 +238,20 @@ impl Notifications {
     /// The next update: a notification, or a move of the position.
     pub async fn next_update(&mut self) -> Result<Update> {
         loop {
+            let history = async {
+                match self.history.as_mut() {
+                    Some(history) => history.entries.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let held_until = self.held.front().map(|(deadline, _)| *deadline);
             tokio::select! {
-                entry = self.history.entries.recv() => {
+                () = tokio::time::sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() => {
+                    if let Some(update) = self.release_held() {
+                        return Ok(update);
+                    }
+                }
+                entry = history => {
                     let entry = entry.unwrap_or_else(|| Err(closed()))?;
                     if let Some(update) = self.from_history(entry).await? {
                         return Ok(update);
@@ -236,7 +279,7 @@ impl Notifications {
                 // in the inbox may go.
                 self.position = cursor;
                 let ackers = self.ledger.ledger().show(id);
-                acknowledge(ackers).await?;
+                acknowledge_quietly(ackers).await;
                 Update::Moved(cursor)
             }
             Entry::Notification {
@@ -250,7 +293,7 @@ impl Notifications {
                 }
                 if self.shown_when_positioned {
                     let ackers = self.ledger.ledger().show(id);
-                    acknowledge(ackers).await?;
+                    acknowledge_quietly(ackers).await;
                 }
                 Update::Notification(self.received(notification, Some(cursor)))
             }
@@ -274,18 +317,31 @@ impl Notifications {
             shown
         };
         if shown {
-            acknowledge(vec![acker]).await?;
+            acknowledge_quietly(vec![acker]).await;
             return Ok(None);
         }
-        let from_history = self
-            .live_from_ms
-            .is_some_and(|live_from| uploaded_at(&notification) >= live_from);
+        let from_history = self.history.is_some()
+            && self
+                .live_from_ms
+                .is_some_and(|live_from| uploaded_at(&notification) >= live_from);
         if from_history {
+            self.held.push_back((Instant::now() + HOLD, notification));
             return Ok(None);
         }
         Ok(self
             .hand_out(id)
             .then(|| Update::Notification(self.received(notification, None))))
+    }
+
+    /// The oldest copy held for the history, past its deadline: handed out
+    /// without a position, unless the history brought it meanwhile.
+    fn release_held(&mut self) -> Option<Update> {
+        let (_, notification) = self.held.pop_front()?;
+        if !self.hand_out(notification.id()) {
+            return None;
+        }
+        tracing::debug!(id = %notification.id(), "the history did not bring a notification in time; showing the inbox's copy");
+        Some(Update::Notification(self.received(notification, None)))
     }
 
     /// Records `id` as handed out; whether it was not before.
@@ -305,7 +361,12 @@ impl Notifications {
 
     /// Ends the session; what it did not acknowledge stays in the inbox.
     pub async fn close(self) {
-        tokio::join!(self.history.close(), self.inbox.close());
+        let history = async {
+            if let Some(history) = self.history {
+                history.close().await;
+            }
+        };
+        tokio::join!(history, self.inbox.close());
     }
 }
 

@@ -31,9 +31,10 @@ impl SubscriptionChange {
     }
 }
 
-/// Logs `user` in, adding them the first time. Returns the server's notice, if any.
+/// Logs `user` in, adding them the first time, and has the user's history kept
+/// (the user reads notifications live). Returns the server's notice, if any.
 pub async fn login(client: &Client, user: &str) -> Result<Option<String>> {
-    let reply = client.call(Request::login(user)).await?;
+    let reply = client.call(live_login(user)).await?;
     into_notice(reply)
 }
 
@@ -56,7 +57,7 @@ pub async fn login_and_update(
     user: &str,
     change: Option<&SubscriptionChange>,
 ) -> Result<Vec<String>> {
-    let login = client.send(Request::login(user)).await?;
+    let login = client.send(live_login(user)).await?;
     let update = match change {
         Some(change) => Some(client.send(subscription_request(user, change)).await?),
         None => None,
@@ -79,6 +80,15 @@ pub async fn subscriptions(client: &Client, user: &str) -> Result<Vec<String>> {
     {
         Reply::Subscriptions { youtubers } => Ok(youtubers),
         other => Err(Error::UnexpectedReply(format!("{other:?}"))),
+    }
+}
+
+/// A login of someone who reads notifications as they come: it asks the
+/// server for the user's history too (see `client::notifications`).
+fn live_login(user: &str) -> Request {
+    Request::Login {
+        user: user.to_owned(),
+        history: true,
     }
 }
 

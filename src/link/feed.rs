@@ -310,11 +310,19 @@ impl Feed {
                 Err(err) => {
                     let pause = pauses().nth(self.failures as usize).unwrap_or(MAX_BACKOFF);
                     self.failures += 1;
-                    tracing::warn!(
-                        "{}: cannot consume yet ({err}); trying again in {:.1} s",
-                        self.label,
-                        pause.as_secs_f64()
-                    );
+                    // Said at the 1st, 2nd, 4th, 8th... failure: a queue the
+                    // broker cannot serve for long does not flood the log.
+                    if self.failures.is_power_of_two() {
+                        tracing::warn!(
+                            "{}: cannot consume yet ({err}); trying again in {:.1} s \
+                             (failure {})",
+                            self.label,
+                            pause.as_secs_f64(),
+                            self.failures
+                        );
+                    } else {
+                        tracing::debug!(%err, failures = self.failures, "{}: cannot consume yet", self.label);
+                    }
                     tokio::time::sleep(pause).await;
                 }
             }

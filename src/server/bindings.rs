@@ -331,19 +331,13 @@ impl Work {
             .unwrap_or_default()
     }
 
-    /// Declares the inboxes and histories, then binds and unbinds, pipelined
-    /// on `channel`.
+    /// Declares the inboxes, binds and unbinds, pipelined on `channel`,
+    /// then declares the histories.
     async fn run(&self, channel: &Channel) -> Result<(), lapin::Error> {
         futures::future::try_join_all(
             self.inboxes
                 .iter()
                 .map(|inbox| topology::declare_inbox(channel, &inbox.user, inbox.bound)),
-        )
-        .await?;
-        futures::future::try_join_all(
-            self.histories
-                .iter()
-                .map(|user| topology::declare_history(channel, user)),
         )
         .await?;
         futures::future::try_join_all(self.pairs.iter().map(
@@ -362,6 +356,16 @@ impl Work {
                 .map(|(user, youtuber)| topology::unbind_inbox_directly(channel, user, youtuber)),
         )
         .await?;
+        // Last, and never a failure of the request: a user without a
+        // history still gets every notification (from the inbox), and the
+        // next live session asks for it again. An error here closes the
+        // channel after everything else is done; the lane opens another.
+        for user in &self.histories {
+            if let Err(err) = topology::declare_history(channel, user).await {
+                tracing::warn!(%err, user, "could not declare a history; the user's sessions read the inbox alone");
+                break;
+            }
+        }
         Ok(())
     }
 }
@@ -425,20 +429,25 @@ mod tests {
             |user: &str, youtuber: &str, on: bool| (user.to_owned(), youtuber.to_owned(), on);
         let work = Work {
             inboxes: vec![spec("bob"), spec("alice")],
+            histories: vec!["dave".to_owned(), "alice".to_owned()],
             pairs: vec![
                 pair("alice", "x", true),
                 pair("carol", "y", false),
                 pair("alice", "z", false),
             ],
+            direct: vec![("erin".to_owned(), "x".to_owned())],
         };
         let parts = work.by_user();
         let users: Vec<&str> = parts.iter().map(Work::user).collect();
-        assert_eq!(users, ["bob", "alice", "carol"]);
+        assert_eq!(users, ["bob", "alice", "dave", "carol", "erin"]);
         assert_eq!(parts[1].inboxes, [spec("alice")]);
+        assert_eq!(parts[1].histories, ["alice"]);
         assert_eq!(
             parts[1].pairs,
             [pair("alice", "x", true), pair("alice", "z", false)]
         );
         assert!(parts[0].pairs.is_empty());
+        assert_eq!(parts[4].direct, [("erin".to_owned(), "x".to_owned())]);
+        assert_eq!(parts.iter().map(Work::size).sum::<usize>(), work.size());
     }
 }

@@ -73,7 +73,7 @@ impl Watcher {
         let (stop, stopped) = oneshot::channel::<()>();
         let user = user.to_owned();
         let task = tokio::spawn(async move {
-            ytnotify::client::inbox::receive_notifications(
+            ytnotify::client::notifications::receive_notifications(
                 client.link(),
                 &user,
                 |n| {

@@ -16,6 +16,7 @@ use ytnotify::{
     client::{
         Client, ClientConfig,
         inbox::Inbox,
+        notifications::Notifications,
         user::{self, SubscriptionChange},
         youtuber::publish_video,
     },
@@ -642,7 +643,7 @@ async fn receive_notifications_streams_until_shutdown() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let connection_client = vhost.client("watcher").await;
     let watcher = tokio::spawn(async move {
-        ytnotify::client::inbox::receive_notifications(
+        ytnotify::client::notifications::receive_notifications(
             connection_client.link(),
             "alice",
             |n| {
@@ -722,25 +723,46 @@ async fn many_subscribers_each_get_every_upload_exactly_once() {
 }
 
 #[tokio::test]
-async fn a_second_session_of_the_same_user_is_refused_rather_than_splitting_notifications() {
-    let vhost = TestVhost::new("exclusive");
+async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
+    let vhost = TestVhost::new("two-sessions");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    let first = Inbox::open(client.link(), "alice").await.unwrap();
+    user::login_and_update(&client, "alice", Some(&SubscriptionChange::subscribe("bob")))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "While away").await.unwrap();
     let other = vhost.client("other").await;
-    let err = Inbox::open(other.link(), "alice").await.err().unwrap();
-    assert!(
-        matches!(err, Error::AlreadyWatching(ref user) if user == "alice"),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .starts_with("alice is already receiving notifications in another session")
-    );
-    // Once the first session ends, a new one may start.
+    let mut first = within("a session", Notifications::open(client.link(), "alice", None))
+        .await
+        .unwrap();
+    let away = within("what waited", first.next()).await.unwrap();
+    assert!(away.away && away.cursor.is_none(), "from the inbox");
+    assert_eq!(title(&away.notification), "While away");
+    away.ack().await.unwrap();
+    let mut second = within("a session", Notifications::open(other.link(), "alice", None))
+        .await
+        .unwrap();
+    for n in 0..10 {
+        publish_video(&client, "bob", &format!("Live {n}")).await.unwrap();
+    }
+    for session in [&mut first, &mut second] {
+        for n in 0..10 {
+            let received = within("a notification", session.next()).await.unwrap();
+            assert_eq!(title(&received.notification), format!("Live {n}"));
+            assert!(!received.away && received.cursor.is_some(), "from the history");
+            received.ack().await.unwrap();
+        }
+    }
     first.close().await;
-    let again = Inbox::open(other.link(), "alice").await.unwrap();
-    again.close().await;
+    second.close().await;
+    // Shown, so gone from the inbox: a new session starts with nothing.
+    let mut third = within("a session", Notifications::open(other.link(), "alice", None))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "After").await.unwrap();
+    let received = within("a notification", third.next()).await.unwrap();
+    assert_eq!(title(&received.notification), "After");
+    third.close().await;
     server.stop().await;
 }
 
