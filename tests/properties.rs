@@ -350,7 +350,7 @@ fn any_string() -> impl Strategy<Value = String> {
 /// A request with any strings in it, valid or not.
 fn any_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        any_text().prop_map(|user| Request::login(user)),
+        any_text().prop_map(Request::login),
         (any_text(), any_text(), any::<bool>()).prop_map(|(user, youtuber, subscribe)| {
             Request::ChangeSubscription {
                 user,
@@ -898,7 +898,7 @@ fn reference_request_ok(request: &Request) -> bool {
 
 fn candidate_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        candidate_name().prop_map(|user| Request::login(user)),
+        candidate_name().prop_map(Request::login),
         (candidate_name(), candidate_name(), any::<bool>()).prop_map(
             |(user, youtuber, subscribe)| Request::ChangeSubscription {
                 user,

@@ -57,7 +57,7 @@ pub struct Notifications {
     ledger: Acks,
     opened_at_ms: i64,
     /// Every notification uploaded from then on comes from the history: a
-    /// copy of one from the inbox waits for it (see [`Notifications::from_inbox`]).
+    /// copy of one from the inbox waits for it (see [`Notifications::take_from_inbox`]).
     live_from_ms: Option<i64>,
     recovered: bool,
     position: Cursor,
@@ -253,13 +253,13 @@ impl Notifications {
                 }
                 entry = history => {
                     let entry = entry.unwrap_or_else(|| Err(closed()))?;
-                    if let Some(update) = self.from_history(entry).await? {
+                    if let Some(update) = self.take_from_history(entry).await? {
                         return Ok(update);
                     }
                 }
                 received = self.inbox.entries.recv() => {
                     let received = received.unwrap_or_else(|| Err(closed()))?;
-                    if let Some(update) = self.from_inbox(received).await? {
+                    if let Some(update) = self.take_from_inbox(received).await? {
                         return Ok(update);
                     }
                 }
@@ -267,7 +267,7 @@ impl Notifications {
         }
     }
 
-    async fn from_history(&mut self, entry: Entry) -> Result<Option<Update>> {
+    async fn take_from_history(&mut self, entry: Entry) -> Result<Option<Update>> {
         Ok(Some(match entry {
             Entry::Gap => Update::Gap,
             Entry::Moved(cursor) => {
@@ -305,7 +305,7 @@ impl Notifications {
     /// client gets each notification with its position whenever it can, so
     /// that a client that comes back after it is not sent it again. Either
     /// way the copy leaves the inbox once the notification is shown.
-    async fn from_inbox(&mut self, received: inbox::Received) -> Result<Option<Update>> {
+    async fn take_from_inbox(&mut self, received: inbox::Received) -> Result<Option<Update>> {
         let (notification, acker) = received.into_parts();
         let id = notification.id();
         let shown = {

@@ -582,3 +582,54 @@ fn only_errors_of_the_whole_database_fail_a_batch() {
         )
     ));
 }
+
+#[tokio::test]
+async fn a_login_that_asks_for_the_history_says_so_even_when_replayed() {
+    let (store, _dir) = temp_store();
+    let id = Uuid::new_v4();
+    let live = Request::Login {
+        user: "alice".into(),
+        history: true,
+    };
+    for _ in 0..2 {
+        let decided = store.apply(vec![(id, live.clone())]).await.unwrap();
+        assert!(
+            matches!(decided[0].effect, Effect::Inbox { history: true, .. }),
+            "{:?}",
+            decided[0].effect
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_records_its_broker_layout_and_lists_every_inbox() {
+    let (store, _dir) = temp_store();
+    assert_eq!(
+        store.broker_layout().await.unwrap(),
+        1,
+        "unknown: the older layout"
+    );
+    store
+        .apply(vec![
+            (Uuid::new_v4(), subscribe("carol", "bob")),
+            (Uuid::new_v4(), login("alice")),
+            (Uuid::new_v4(), subscribe("carol", "amy")),
+        ])
+        .await
+        .unwrap();
+    let every = store.every_inbox().await.unwrap();
+    let users: Vec<(&str, &[String])> = every
+        .iter()
+        .map(|(inbox, youtubers)| (inbox.user.as_str(), youtubers.as_slice()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            ("alice", &[][..]),
+            ("carol", &["amy".to_owned(), "bob".to_owned()][..])
+        ]
+    );
+    store.set_broker_layout(BROKER_LAYOUT).await.unwrap();
+    store.set_broker_layout(BROKER_LAYOUT).await.unwrap();
+    assert_eq!(store.broker_layout().await.unwrap(), BROKER_LAYOUT);
+}

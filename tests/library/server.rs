@@ -590,6 +590,91 @@ async fn state_survives_a_server_restart() {
 }
 
 #[tokio::test]
+async fn subscriptions_bound_by_an_older_version_are_moved_to_user_exchanges_once() {
+    let vhost = TestVhost::new("layout");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    log_in_following(&client, "alice", "bob").await;
+    log_in_following(&client, "carol", "bob").await;
+    server.stop().await;
+
+    // What an older server left: no user exchanges, each inbox bound straight
+    // to the notifications exchange, and a database that says so.
+    let (connection, channel) = raw_channel(&vhost).await;
+    for user in ["alice", "carol"] {
+        channel
+            .exchange_delete(
+                topology::user_exchange(user).as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                topology::inbox(user).as_str().into(),
+                topology::NOTIFICATIONS.into(),
+                "bob".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let store = store::Store::open(&vhost.server_config().db_path).unwrap();
+    store.set_broker_layout(1).await.unwrap();
+
+    let server = vhost.start_server().await;
+    assert_eq!(store.broker_layout().await.unwrap(), store::BROKER_LAYOUT);
+    let bindings = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_bindings",
+            "-p",
+            &vhost.name,
+            "--no-table-headers",
+        ])
+        .args(["source_name", "destination_name", "routing_key"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let bindings = String::from_utf8_lossy(&bindings.stdout);
+    for user in ["alice", "carol"] {
+        let bound = |source: &str, destination: &str, key: &str| {
+            bindings
+                .lines()
+                .any(|line| line.split('\t').eq([source, destination, key]))
+        };
+        let (exchange, inbox) = (topology::user_exchange(user), topology::inbox(user));
+        assert!(
+            bound(topology::NOTIFICATIONS, &exchange, "bob"),
+            "{bindings}"
+        );
+        assert!(bound(&exchange, &inbox, ""), "{bindings}");
+        assert!(!bound(topology::NOTIFICATIONS, &inbox, "bob"), "{bindings}");
+    }
+    publish_video(&client, "bob", "Through the user exchange")
+        .await
+        .unwrap();
+    // Once each: the old binding is gone, the new one in place.
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 1);
+    assert_eq!(depth(&channel, &topology::inbox("carol")).await, 1);
+    user::update_subscription(&client, "alice", &SubscriptionChange::unsubscribe("bob"))
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "After alice left")
+        .await
+        .unwrap();
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 1);
+    assert_eq!(depth(&channel, &topology::inbox("carol")).await, 2);
+    let mut inbox = Inbox::open(client.link(), "carol").await.unwrap();
+    for expected in ["Through the user exchange", "After alice left"] {
+        assert_eq!(title(&next_notification(&mut inbox).await), expected);
+    }
+    inbox.close().await;
+    server.stop().await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
 async fn a_notification_left_unsent_by_a_crash_is_sent_at_startup() {
     let vhost = TestVhost::new("outbox");
     let server = vhost.start_server().await;
@@ -727,38 +812,56 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
     let vhost = TestVhost::new("two-sessions");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    user::login_and_update(&client, "alice", Some(&SubscriptionChange::subscribe("bob")))
-        .await
-        .unwrap();
+    user::login_and_update(
+        &client,
+        "alice",
+        Some(&SubscriptionChange::subscribe("bob")),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "While away").await.unwrap();
     let other = vhost.client("other").await;
-    let mut first = within("a session", Notifications::open(client.link(), "alice", None))
-        .await
-        .unwrap();
+    let mut first = within(
+        "a session",
+        Notifications::open(client.link(), "alice", None),
+    )
+    .await
+    .unwrap();
     let away = within("what waited", first.next()).await.unwrap();
     assert!(away.away && away.cursor.is_none(), "from the inbox");
     assert_eq!(title(&away.notification), "While away");
     away.ack().await.unwrap();
-    let mut second = within("a session", Notifications::open(other.link(), "alice", None))
-        .await
-        .unwrap();
+    let mut second = within(
+        "a session",
+        Notifications::open(other.link(), "alice", None),
+    )
+    .await
+    .unwrap();
     for n in 0..10 {
-        publish_video(&client, "bob", &format!("Live {n}")).await.unwrap();
+        publish_video(&client, "bob", &format!("Live {n}"))
+            .await
+            .unwrap();
     }
     for session in [&mut first, &mut second] {
         for n in 0..10 {
             let received = within("a notification", session.next()).await.unwrap();
             assert_eq!(title(&received.notification), format!("Live {n}"));
-            assert!(!received.away && received.cursor.is_some(), "from the history");
+            assert!(
+                !received.away && received.cursor.is_some(),
+                "from the history"
+            );
             received.ack().await.unwrap();
         }
     }
     first.close().await;
     second.close().await;
     // Shown, so gone from the inbox: a new session starts with nothing.
-    let mut third = within("a session", Notifications::open(other.link(), "alice", None))
-        .await
-        .unwrap();
+    let mut third = within(
+        "a session",
+        Notifications::open(other.link(), "alice", None),
+    )
+    .await
+    .unwrap();
     publish_video(&client, "bob", "After").await.unwrap();
     let received = within("a notification", third.next()).await.unwrap();
     assert_eq!(title(&received.notification), "After");

@@ -396,7 +396,7 @@ async fn reconnects_in_a_burst(transport: Transport) {
         let event = events.notification().await;
         received.push(video(&event).to_owned());
         // Go away and come back every 17 notifications, wherever the burst is.
-        if received.len() % 17 == 0 {
+        if received.len().is_multiple_of(17) {
             let position = events.last_id.clone().expect("a position");
             drop(events);
             events = Events::connect(&gateway, transport, "alice", Some(&position)).await;
