@@ -13,11 +13,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/broker.sh
 source scripts/lib/broker.sh
+# shellcheck source=scripts/lib/browser.sh
+source scripts/lib/browser.sh
 
 rust_toolchain_check || exit 1
 ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 # The secure-mode tests add accounts through the management API.
 ensure_management "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
+# The gateway's page is tested in a real headless Chromium.
+ensure_browser || exit 1
 
 if ! command -v rabbitmqctl >/dev/null 2>&1; then
     if ctl=$(broker_tool rabbitmqctl); then

@@ -2,67 +2,20 @@
 //! a server in-process: what waited, live notifications, a reconnect after
 //! the last event id, several gateways, bad input.
 
-use std::{collections::HashSet, net::SocketAddr, pin::Pin, time::Duration};
+use std::{collections::HashSet, pin::Pin, time::Duration};
 
 use eventsource_stream::Eventsource;
 use futures::{SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message};
 use ytnotify::{
-    client::{
-        Client,
-        notifications::Notifications,
-        user::{self, SubscriptionChange},
-        youtuber::publish_video,
-    },
+    client::{Client, notifications::Notifications, youtuber::publish_video},
     topology,
 };
-use ytnotify_gateway::{Bound, GatewayConfig};
 use ytnotify_testkit::{TestVhost, within};
 
-/// A gateway in-process, on a port of its own.
-struct TestGateway {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestGateway {
-    async fn start(vhost: &TestVhost) -> TestGateway {
-        let config = GatewayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            client: vhost.client_config(),
-            keep_alive: Duration::from_secs(15),
-        };
-        let bound = within("a gateway to start", Bound::bind(config))
-            .await
-            .expect("gateway starts");
-        let addr = bound.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .serve(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("gateway serves");
-        });
-        TestGateway {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().expect("started in-process").send(());
-        within("the gateway to stop", self.task).await.unwrap();
-    }
-}
+mod common;
+use common::{TestGateway, follow, free_port, http, spawn_gateway, wait_healthy};
 
 /// A client's view of one stream, SSE or WebSocket: events as JSON, with
 /// the last position seen.
@@ -201,14 +154,6 @@ fn video(event: &Value) -> &str {
     event["video"].as_str().expect("a video")
 }
 
-/// Logs `user` in and subscribes to `youtuber`.
-async fn follow(client: &Client, user: &str, youtuber: &str) {
-    user::login(client, user).await.unwrap();
-    user::update_subscription(client, user, &SubscriptionChange::subscribe(youtuber))
-        .await
-        .unwrap();
-}
-
 /// The messages in `user`'s inbox, delivered or not.
 fn inbox_size(vhost: &TestVhost, user: &str) -> u64 {
     let listing = std::process::Command::new("rabbitmqctl")
@@ -274,12 +219,6 @@ async fn first_offset(client: &Client, user: &str) -> u64 {
     };
     channel.close(200, "looked".into()).await.unwrap();
     offset
-}
-
-/// An HTTP client (with the TLS provider the workspace builds rustls with).
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
 }
 
 async fn what_waited_is_shown_then_acknowledged_and_a_reconnect_resumes(transport: Transport) {
@@ -425,51 +364,6 @@ async fn an_sse_reconnect_in_the_middle_of_a_burst_loses_nothing_and_repeats_not
 #[tokio::test]
 async fn a_websocket_reconnect_in_the_middle_of_a_burst_loses_nothing_and_repeats_nothing() {
     reconnects_in_a_burst(Transport::WebSocket).await;
-}
-
-/// A `gateway` program on `port`.
-fn spawn_gateway(vhost: &TestVhost, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--amqp-url",
-            &vhost.url,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the gateway program starts")
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until the gateway on `port` answers `/healthz`.
-async fn wait_healthy(port: u16) -> TestGateway {
-    let gateway = TestGateway {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        stop: None,
-        task: tokio::spawn(async {}),
-    };
-    within("the gateway to be healthy", async {
-        loop {
-            if let Ok(response) = http().get(gateway.url("/healthz")).send().await
-                && response.status() == 200
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    gateway
 }
 
 #[tokio::test]
