@@ -91,13 +91,19 @@ pub(crate) async fn not_found() -> ApiError {
 /// `GET /healthz`: 200 while connected to RabbitMQ, 503 otherwise.
 pub(crate) async fn health(State(gateway): State<Gateway>) -> Response {
     let state = gateway.0.client.state().borrow().clone();
-    let connections = gateway
+    let streams = gateway
         .0
         .connections
         .lock()
         .expect("never held across a panic")
         .len();
-    let body = json!({ "broker": state.to_string(), "connections": connections });
+    // The pool's connections, and the one that sends requests.
+    let connections = gateway.0.pool.connections().await + 1;
+    let body = json!({
+        "broker": state.to_string(),
+        "streams": streams,
+        "broker_connections": connections,
+    });
     match state {
         LinkState::Connected => (StatusCode::OK, Json(body)).into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),

@@ -33,6 +33,9 @@ use ytnotify::{
 mod api;
 mod assets;
 mod live;
+mod pool;
+
+pub use pool::STREAMS_PER_CONNECTION;
 
 /// Where a gateway listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -46,6 +49,20 @@ pub struct GatewayConfig {
     pub client: ClientConfig,
     /// How often an idle event stream carries a keep-alive.
     pub keep_alive: Duration,
+    /// Event streams per connection to RabbitMQ at most.
+    pub streams_per_connection: usize,
+}
+
+impl GatewayConfig {
+    /// A gateway on `listen` with the defaults.
+    pub fn new(listen: SocketAddr, client: ClientConfig) -> GatewayConfig {
+        GatewayConfig {
+            listen,
+            client,
+            keep_alive: Duration::from_secs(15),
+            streams_per_connection: STREAMS_PER_CONNECTION,
+        }
+    }
 }
 
 /// What every request handler shares.
@@ -54,6 +71,8 @@ struct Gateway(Arc<Shared>);
 
 struct Shared {
     client: Client,
+    /// The connections the event streams read on.
+    pool: pool::Pool,
     /// The address the gateway serves on, as browsers see it in `hello`.
     serving: String,
     /// The open event streams, by connection id, with their user: where
@@ -89,6 +108,7 @@ impl Bound {
             .map_or_else(|_| config.listen.to_string(), |addr| addr.to_string());
         let (stop, stopping) = watch::channel(false);
         let gateway = Gateway(Arc::new(Shared {
+            pool: pool::Pool::new(config.client.broker.clone(), config.streams_per_connection),
             client,
             serving,
             connections: Mutex::new(HashMap::new()),
@@ -136,6 +156,7 @@ impl Bound {
         let Ok(shared) = Arc::try_unwrap(gateway.0) else {
             return served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()));
         };
+        shared.pool.close().await;
         shared.client.close().await?;
         served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()))
     }

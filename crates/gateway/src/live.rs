@@ -152,6 +152,8 @@ struct Live {
     gateway: Gateway,
     connection: Uuid,
     notifications: Notifications,
+    /// Its place on one of the gateway's connections.
+    _lease: crate::pool::Lease,
     /// The first event, ready before the stream starts.
     hello: Option<LiveEvent>,
     ended: bool,
@@ -169,7 +171,8 @@ impl Live {
         let user = user_name(name)?;
         let from = resume_cursor(headers, query)?;
         check_user_exists(&gateway, user).await?;
-        let notifications = Notifications::open(gateway.0.client.link(), user, from)
+        let lease = gateway.0.pool.lease().await?;
+        let notifications = Notifications::open(lease.link(), user, from)
             .await?
             .resumable();
         let connection = Uuid::new_v4();
@@ -190,6 +193,7 @@ impl Live {
             gateway,
             connection,
             notifications,
+            _lease: lease,
             hello: Some(hello),
             ended: false,
         })

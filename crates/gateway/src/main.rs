@@ -34,13 +34,13 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = ytnotify::client::ClientConfig {
+        broker: cli.broker.endpoint(),
+        timeout: cli.timeout,
+    };
     let config = GatewayConfig {
-        listen: cli.listen,
-        client: ytnotify::client::ClientConfig {
-            broker: cli.broker.endpoint(),
-            timeout: cli.timeout,
-        },
         keep_alive: cli.keep_alive,
+        ..GatewayConfig::new(cli.listen, client)
     };
     ytnotify_gateway::run(config, cli::shutdown_signal()).await?;
     Ok(())

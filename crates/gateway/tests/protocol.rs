@@ -645,3 +645,44 @@ async fn bad_input_gets_one_clear_line_and_the_gateway_keeps_serving() {
     client.close().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn streams_spread_over_connections_and_each_gets_every_notification() {
+    let vhost = TestVhost::new("gateway-pool");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    follow(&client, "alice", "mkbhd").await;
+    let gateway = TestGateway::start_with(&vhost, 4).await;
+    let mut tabs = Vec::new();
+    for n in 0..10 {
+        let transport = if n % 2 == 0 {
+            Transport::Sse
+        } else {
+            Transport::WebSocket
+        };
+        let mut events = Events::connect(&gateway, transport, "alice", None).await;
+        events.hello().await;
+        tabs.push(events);
+    }
+    let health: Value = http()
+        .get(gateway.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["streams"], 10, "{health}");
+    // 10 streams, 4 on each connection, and the one that sends requests.
+    assert_eq!(health["broker_connections"], 4, "{health}");
+    publish_video(&client, "mkbhd", "For ten tabs")
+        .await
+        .unwrap();
+    for tab in &mut tabs {
+        assert_eq!(video(&tab.notification().await), "For ten tabs");
+    }
+    drop(tabs);
+    gateway.stop().await;
+    client.close().await.unwrap();
+    server.stop().await;
+}

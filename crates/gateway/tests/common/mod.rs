@@ -21,10 +21,15 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(vhost: &TestVhost) -> TestGateway {
+        TestGateway::start_with(vhost, ytnotify_gateway::STREAMS_PER_CONNECTION).await
+    }
+
+    /// A gateway that opens a connection to RabbitMQ per
+    /// `streams_per_connection` event streams.
+    pub async fn start_with(vhost: &TestVhost, streams_per_connection: usize) -> TestGateway {
         let config = GatewayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            client: vhost.client_config(),
-            keep_alive: Duration::from_secs(15),
+            streams_per_connection,
+            ..GatewayConfig::new("127.0.0.1:0".parse().unwrap(), vhost.client_config())
         };
         let bound = within("a gateway to start", Bound::bind(config))
             .await
