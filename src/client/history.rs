@@ -24,7 +24,7 @@ use lapin::{
 };
 use uuid::Uuid;
 
-use super::inbox::request_login;
+use super::inbox::{UserQueue, existing_queue};
 use crate::{
     broker,
     error::{Error, Result},
@@ -47,9 +47,6 @@ const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the header of the history is read, to find where it ends.
 const TAIL_WAIT: Duration = Duration::from_secs(3);
-
-/// How long a reader waits for the server to declare a missing history.
-const HISTORY_WAIT: Duration = Duration::from_secs(10);
 
 /// A position in a user's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,7 +384,8 @@ async fn attach_consumer(
     user: &str,
     state: &Mutex<State>,
 ) -> Result<Opened> {
-    let channel = existing_history(session, login, user).await?;
+    let (channel, _) =
+        existing_queue(session, login, user, UserQueue::History, HISTORY_PREFETCH).await?;
     let attach = {
         let mut state = state.lock().expect("never held across a panic");
         state.verify = match state.attach {
@@ -426,43 +424,6 @@ async fn consume_from(channel: &Channel, user: &str, start: AMQPValue) -> Result
             true => Error::AccessRefused(broker::amqp_reason(&err)),
             false => Error::Broker(err),
         })
-}
-
-/// A channel with the history's QoS, once the history exists. A missing
-/// history is asked for with a login, and looked for again for a few
-/// seconds.
-async fn existing_history(session: &Session, login: &str, user: &str) -> Result<Channel> {
-    let mut asked = false;
-    let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
-    loop {
-        let channel = session.connection().create_channel().await?;
-        channel
-            .basic_qos(HISTORY_PREFETCH, BasicQosOptions::default())
-            .await?;
-        match topology::inspect(&channel, &topology::history(user)).await {
-            Ok(_) => return Ok(channel),
-            Err(err) if broker::is_unavailable(&err) => {
-                return Err(Error::HistoryUnavailable {
-                    user: user.to_owned(),
-                    reason: broker::amqp_reason(&err),
-                });
-            }
-            Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
-                if !asked {
-                    tracing::info!(
-                        "{user} has no history on the broker; logging in to have it declared"
-                    );
-                    request_login(session, login, user, true).await?;
-                    asked = true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(err) if broker::is_not_found(&err) => {
-                return Err(Error::NoHistory(user.to_owned()));
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
 }
 
 /// The offset of the last notification kept in `user`'s history, if any:

@@ -76,7 +76,9 @@ impl Inbox {
             Box::new(move |session: Session| {
                 let (user, waiting, login) = (user.clone(), Arc::clone(&waiting), login.clone());
                 Box::pin(async move {
-                    let (channel, count) = open_existing_inbox(&session, &login, &user).await?;
+                    let (channel, count) =
+                        existing_queue(&session, &login, &user, UserQueue::Inbox, INBOX_PREFETCH)
+                            .await?;
                     waiting.store(count, Ordering::Relaxed);
                     // Not exclusive: each live session of the user reads the
                     // inbox beside the others, and all of them read the
@@ -150,42 +152,78 @@ impl Inbox {
     }
 }
 
-/// A channel with the inbox's QoS, once the inbox exists: declared
-/// passively, so that its arguments stay the server's. A missing inbox is
-/// asked for with a login (the server declares it and binds it to the
-/// user's subscriptions), and looked for again for a few seconds.
-async fn open_existing_inbox(session: &Session, login: &str, user: &str) -> Result<(Channel, u32)> {
+/// A queue of a user's that a session reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UserQueue {
+    Inbox,
+    History,
+}
+
+impl UserQueue {
+    fn name(self, user: &str) -> String {
+        match self {
+            UserQueue::Inbox => topology::inbox(user),
+            UserQueue::History => topology::history(user),
+        }
+    }
+
+    fn missing(self, user: &str) -> Error {
+        match self {
+            UserQueue::Inbox => Error::NoInbox(user.to_owned()),
+            UserQueue::History => Error::NoHistory(user.to_owned()),
+        }
+    }
+}
+
+/// A channel with `prefetch`, once the user's `queue` exists, and how many
+/// messages wait in it: declared passively, so that its arguments stay the
+/// server's. A missing queue is asked for with a login (the server declares
+/// it, and binds it), and looked for again for a few seconds. A history the
+/// broker cannot serve now is said so at once.
+pub(super) async fn existing_queue(
+    session: &Session,
+    login: &str,
+    user: &str,
+    queue: UserQueue,
+    prefetch: u16,
+) -> Result<(Channel, u32)> {
     let mut asked = false;
-    let deadline = tokio::time::Instant::now() + INBOX_WAIT;
+    let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+    let name = queue.name(user);
     loop {
         let channel = session.connection().create_channel().await?;
         channel
-            .basic_qos(INBOX_PREFETCH, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        match topology::inspect(&channel, &topology::inbox(user)).await {
+        match topology::inspect(&channel, &name).await {
             Ok((waiting, _)) => return Ok((channel, waiting)),
+            Err(err) if queue == UserQueue::History && broker::is_unavailable(&err) => {
+                return Err(Error::HistoryUnavailable {
+                    user: user.to_owned(),
+                    reason: broker::amqp_reason(&err),
+                });
+            }
             Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
                 if !asked {
-                    tracing::info!(
-                        "{user} has no inbox on the broker; logging in to have it declared"
-                    );
-                    request_login(session, login, user, false).await?;
+                    tracing::info!("{name} does not exist; logging {user} in to have it declared");
+                    request_login(session, login, user, queue == UserQueue::History).await?;
                     asked = true;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(err) if broker::is_not_found(&err) => return Err(Error::NoInbox(user.to_owned())),
+            Err(err) if broker::is_not_found(&err) => return Err(queue.missing(user)),
             Err(err) => return Err(err.into()),
         }
     }
 }
 
-/// How long a client waits for the server to declare a missing inbox.
-const INBOX_WAIT: Duration = Duration::from_secs(10);
+/// How long a client waits for the server to declare a missing inbox or
+/// history.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Publishes a login for `user` without waiting for the reply: the server
 /// declares the inbox and binds it, and declares the history if `history`.
-pub(super) async fn request_login(
+async fn request_login(
     session: &Session,
     login: &str,
     user: &str,
