@@ -223,12 +223,7 @@ const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Publishes a login for `user` without waiting for the reply: the server
 /// declares the inbox and binds it, and declares the history if `history`.
-async fn request_login(
-    session: &Session,
-    login: &str,
-    user: &str,
-    history: bool,
-) -> Result<()> {
+async fn request_login(session: &Session, login: &str, user: &str, history: bool) -> Result<()> {
     let channel = broker::confirming_channel(session.connection()).await?;
     let envelope = RequestEnvelope::new(Request::Login {
         user: user.to_owned(),

@@ -241,6 +241,10 @@ function startSession(user, notices) {
 }
 
 function handleLogout() {
+  // In secure mode the gateway holds a connection for the login: end it.
+  if (state.mode === "secure") {
+    fetch("/api/session", { method: "DELETE" }).catch((err) => console.warn("logout", err));
+  }
   closeEvents();
   state.user = null;
   state.connectionId = null;

@@ -6,7 +6,7 @@
 use axum::{
     Json,
     extract::{Path, State, rejection::JsonRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use ytnotify::{
     names,
 };
 
-use crate::Gateway;
+use crate::{Gateway, sessions};
 
 /// The largest request body taken: a page's acknowledgement of a few
 /// hundred notifications fits many times over.
@@ -111,40 +111,75 @@ pub(crate) async fn health(State(gateway): State<Gateway>) -> Response {
 }
 
 /// `GET /api/config`: what the page needs to know before a login.
-pub(crate) async fn config() -> Json<serde_json::Value> {
-    Json(json!({ "mode": "open" }))
+pub(crate) async fn config(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
+    let mode = if gateway.0.secure { "secure" } else { "open" };
+    Json(json!({ "mode": mode }))
 }
 
 #[derive(Deserialize)]
 pub(crate) struct Login {
     user: String,
     #[serde(default)]
-    #[allow(dead_code)]
     password: Option<String>,
 }
 
 /// `POST /api/session`: logs the user in through the server (adding the
-/// user the first time), with the server's notices.
+/// user the first time), with the server's notices. In secure mode, with
+/// the password of the user's account; the answer sets the login's cookie.
 pub(crate) async fn session(
     State(gateway): State<Gateway>,
     body: Result<Json<Login>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let Json(login) = body?;
     let name = user_name(&login.user)?;
-    let notices: Vec<String> = user::login(&gateway.0.client, name)
+    if !gateway.0.secure {
+        let notices: Vec<String> = user::login(&gateway.0.client, name)
+            .await?
+            .into_iter()
+            .collect();
+        return Ok(Json(json!({ "user": name, "notices": notices })).into_response());
+    }
+    let Some(password) = login.password.filter(|password| !password.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "this gateway is in secure mode: give the password of the user's account",
+        ));
+    };
+    let (token, account) = gateway
+        .0
+        .logins
+        .log_in(&gateway.0.client_config, name, &password)
+        .await?;
+    let notices: Vec<String> = user::login(&account.client, name)
         .await?
         .into_iter()
         .collect();
-    Ok(Json(json!({ "user": name, "notices": notices })))
+    Ok((
+        [(axum::http::header::SET_COOKIE, sessions::cookie(&token))],
+        Json(json!({ "user": name, "notices": notices })),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/session`: ends a secure-mode login (its connection closes).
+pub(crate) async fn log_out(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    gateway.0.logins.log_out(&headers).await;
+    (
+        StatusCode::NO_CONTENT,
+        [(axum::http::header::SET_COOKIE, sessions::expired_cookie())],
+    )
+        .into_response()
 }
 
 /// `GET /api/users/{name}/subscriptions`.
 pub(crate) async fn subscriptions(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = user_name(&name)?;
-    let youtubers = user::subscriptions(&gateway.0.client, name).await?;
+    let caller = gateway.caller(&headers, name)?;
+    let youtubers = user::subscriptions(gateway.client(&caller), name).await?;
     Ok(Json(json!({ "youtubers": youtubers })))
 }
 
@@ -157,29 +192,45 @@ pub(crate) struct Subscribe {
 pub(crate) async fn subscribe(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<Subscribe>, JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Json(Subscribe { youtuber }) = body?;
-    change(&gateway, &name, SubscriptionChange::subscribe(youtuber)).await
+    change(
+        &gateway,
+        &headers,
+        &name,
+        SubscriptionChange::subscribe(youtuber),
+    )
+    .await
 }
 
 /// `DELETE /api/users/{name}/subscriptions/{youtuber}`.
 pub(crate) async fn unsubscribe(
     State(gateway): State<Gateway>,
     Path((name, youtuber)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    change(&gateway, &name, SubscriptionChange::unsubscribe(youtuber)).await
+    change(
+        &gateway,
+        &headers,
+        &name,
+        SubscriptionChange::unsubscribe(youtuber),
+    )
+    .await
 }
 
 async fn change(
     gateway: &Gateway,
+    headers: &HeaderMap,
     name: &str,
     change: SubscriptionChange,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = user_name(name)?;
     names::check_youtuber(&change.youtuber)
         .map_err(|invalid| ApiError::new(StatusCode::BAD_REQUEST, invalid.to_string()))?;
-    let notices: Vec<String> = user::update_subscription(&gateway.0.client, name, &change)
+    let caller = gateway.caller(headers, name)?;
+    let notices: Vec<String> = user::update_subscription(gateway.client(&caller), name, &change)
         .await?
         .into_iter()
         .collect();
@@ -198,9 +249,11 @@ pub(crate) struct Ack {
 pub(crate) async fn ack(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<Ack>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     user_name(&name)?;
+    gateway.caller(&headers, &name)?;
     let Json(Ack { connection, ids }) = body?;
     let acks = gateway
         .0

@@ -34,6 +34,7 @@ mod api;
 mod assets;
 mod live;
 mod pool;
+mod sessions;
 
 pub use pool::STREAMS_PER_CONNECTION;
 
@@ -51,6 +52,9 @@ pub struct GatewayConfig {
     pub keep_alive: Duration,
     /// Event streams per connection to RabbitMQ at most.
     pub streams_per_connection: usize,
+    /// Secure mode: each user logs in with the password of the user's
+    /// account, and the gateway acts for the user through that account only.
+    pub secure: bool,
 }
 
 impl GatewayConfig {
@@ -61,6 +65,7 @@ impl GatewayConfig {
             client,
             keep_alive: Duration::from_secs(15),
             streams_per_connection: STREAMS_PER_CONNECTION,
+            secure: false,
         }
     }
 }
@@ -70,7 +75,13 @@ impl GatewayConfig {
 struct Gateway(Arc<Shared>);
 
 struct Shared {
+    /// The gateway's own connection: every request of open mode; in secure
+    /// mode, `/healthz` only.
     client: Client,
+    /// How a secure-mode login connects.
+    client_config: ClientConfig,
+    secure: bool,
+    logins: sessions::Logins,
     /// The connections the event streams read on.
     pool: pool::Pool,
     /// The address the gateway serves on, as browsers see it in `hello`.
@@ -81,6 +92,51 @@ struct Shared {
     /// Turns true when the gateway stops: every stream ends.
     stopping: watch::Receiver<bool>,
     keep_alive: Duration,
+}
+
+/// Who a request acts as.
+#[derive(Clone)]
+enum Caller {
+    /// Open mode: the gateway acts for anyone, on its own connections.
+    Anyone,
+    /// Secure mode: through this user's account.
+    Account(Arc<sessions::Login>),
+}
+
+impl Gateway {
+    /// Who a request for `user` acts as: in secure mode, the login its
+    /// cookie names, which must be `user`'s.
+    fn caller(&self, headers: &axum::http::HeaderMap, user: &str) -> Result<Caller, api::ApiError> {
+        use axum::http::StatusCode;
+        if !self.0.secure {
+            return Ok(Caller::Anyone);
+        }
+        let Some(login) = self.0.logins.find(headers) else {
+            return Err(api::ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "log in first: this gateway is in secure mode (on the page, or POST /api/session \
+                 with the user's account password)",
+            ));
+        };
+        if login.user != user {
+            return Err(api::ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this browser is logged in as {}; log in as {user} to act for {user}",
+                    login.user
+                ),
+            ));
+        }
+        Ok(Caller::Account(login))
+    }
+
+    /// The client that sends `caller`'s requests.
+    fn client<'a>(&'a self, caller: &'a Caller) -> &'a Client {
+        match caller {
+            Caller::Anyone => &self.0.client,
+            Caller::Account(login) => &login.client,
+        }
+    }
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -110,6 +166,9 @@ impl Bound {
         let gateway = Gateway(Arc::new(Shared {
             pool: pool::Pool::new(config.client.broker.clone(), config.streams_per_connection),
             client,
+            client_config: config.client.clone(),
+            secure: config.secure,
+            logins: sessions::Logins::default(),
             serving,
             connections: Mutex::new(HashMap::new()),
             stopping,
@@ -139,8 +198,9 @@ impl Bound {
             stop,
         } = self;
         tracing::info!(
-            "gateway serving on http://{} (broker {})",
+            "gateway serving on http://{} in {} mode (broker account {})",
             gateway.0.serving,
+            if gateway.0.secure { "secure" } else { "open" },
             gateway.0.client.link().login()
         );
         let app = router(gateway.clone());
@@ -157,6 +217,7 @@ impl Bound {
             return served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()));
         };
         shared.pool.close().await;
+        shared.logins.close().await;
         shared.client.close().await?;
         served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()))
     }
@@ -177,7 +238,10 @@ fn router(gateway: Gateway) -> Router {
         .route("/style.css", get(assets::style))
         .route("/healthz", get(api::health))
         .route("/api/config", get(api::config))
-        .route("/api/session", axum::routing::post(api::session))
+        .route(
+            "/api/session",
+            axum::routing::post(api::session).delete(api::log_out),
+        )
         .route(
             "/api/users/{name}/subscriptions",
             get(api::subscriptions).post(api::subscribe),

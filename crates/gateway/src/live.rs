@@ -147,13 +147,20 @@ fn resume_cursor(headers: &HeaderMap, query: &Resume) -> Result<Option<Cursor>, 
         .transpose()
 }
 
+/// What a stream reads on, kept for as long as it is open.
+enum On {
+    Pool(crate::pool::Lease),
+    Account(crate::Caller),
+}
+
 /// An open session, read as events.
 struct Live {
     gateway: Gateway,
     connection: Uuid,
     notifications: Notifications,
-    /// Its place on one of the gateway's connections.
-    _lease: crate::pool::Lease,
+    /// Its place on one of the gateway's connections (open mode), or the
+    /// account's login it reads through (secure mode).
+    _on: On,
     /// The first event, ready before the stream starts.
     hello: Option<LiveEvent>,
     ended: bool,
@@ -170,11 +177,17 @@ impl Live {
     ) -> Result<Live, ApiError> {
         let user = user_name(name)?;
         let from = resume_cursor(headers, query)?;
-        check_user_exists(&gateway, user).await?;
-        let lease = gateway.0.pool.lease().await?;
-        let notifications = Notifications::open(lease.link(), user, from)
-            .await?
-            .resumable();
+        let caller = gateway.caller(headers, user)?;
+        check_user_exists(gateway.client(&caller).link(), user).await?;
+        let on = match caller {
+            crate::Caller::Anyone => On::Pool(gateway.0.pool.lease().await?),
+            account => On::Account(account),
+        };
+        let link = match &on {
+            On::Pool(lease) => lease.link(),
+            On::Account(caller) => gateway.client(caller).link(),
+        };
+        let notifications = Notifications::open(link, user, from).await?.resumable();
         let connection = Uuid::new_v4();
         gateway
             .0
@@ -193,7 +206,7 @@ impl Live {
             gateway,
             connection,
             notifications,
-            _lease: lease,
+            _on: on,
             hello: Some(hello),
             ended: false,
         })
@@ -271,8 +284,8 @@ impl Live {
 
 /// A user who never logged in has no inbox: a stream for that name is a
 /// mistake (a typo, say), not a request to add the user.
-async fn check_user_exists(gateway: &Gateway, user: &str) -> Result<(), ApiError> {
-    let session = gateway.0.client.link().session().await?;
+async fn check_user_exists(link: &ytnotify::link::Link, user: &str) -> Result<(), ApiError> {
+    let session = link.session().await?;
     let channel = session
         .connection()
         .create_channel()
@@ -348,7 +361,8 @@ pub(crate) async fn websocket(
     // client that is not a WebSocket.
     user_name(&name)?;
     resume_cursor(&headers, &query)?;
-    check_user_exists(&gateway, &name).await?;
+    let caller = gateway.caller(&headers, &name)?;
+    check_user_exists(gateway.client(&caller).link(), &name).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::new(
             rejection.status(),

@@ -21,6 +21,9 @@ struct Cli {
     /// How long to wait for youtube_server's answer (10s, 500ms, 1m)
     #[arg(long, env = "YT_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     timeout: Duration,
+    /// Each user logs in with the password of the user's account (youtube_server account add), and the gateway acts for the user through that account only
+    #[arg(long, env = "YT_SECURE")]
+    secure: bool,
     /// How often an idle event stream carries a keep-alive (for proxies that close silent connections)
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     keep_alive: Duration,
@@ -40,6 +43,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = GatewayConfig {
         keep_alive: cli.keep_alive,
+        secure: cli.secure,
         ..GatewayConfig::new(cli.listen, client)
     };
     ytnotify_gateway::run(config, cli::shutdown_signal()).await?;
