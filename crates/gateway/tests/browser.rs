@@ -299,3 +299,115 @@ async fn the_page_shows_catch_up_live_uploads_and_subscriptions_on_two_gateways_
     client.close().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn in_secure_mode_the_page_logs_in_with_the_accounts_password() {
+    let vhost = TestVhost::new("browser-secure");
+    let server = ytnotify_testkit::TestServer::start(vhost.secure_server_config()).await;
+    let (alice, creator) = (
+        ytnotify_testkit::unique("alice"),
+        ytnotify_testkit::unique("creator"),
+    );
+    let alice_url = vhost
+        .add_account(&ytnotify::accounts::Account::user(&alice))
+        .await;
+    let creator_url = vhost
+        .add_account(&ytnotify::accounts::Account::youtuber(&creator))
+        .await;
+    let password = alice_url
+        .parse::<ytnotify::broker_url::BrokerUrl>()
+        .unwrap()
+        .password()
+        .to_owned();
+    let port = free_port();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--amqp-url",
+            &vhost.url,
+            "--secure",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(port).await;
+    let driver = Driver::start().await;
+    let tab = &driver.browser;
+    tab.goto(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+
+    // A wrong password is refused with the broker's word for it.
+    let name = within(
+        "the login form",
+        tab.wait().for_element(Locator::Css("#login-name")),
+    )
+    .await
+    .unwrap();
+    name.send_keys(&alice).await.unwrap();
+    let field = within(
+        "the password field",
+        tab.wait().for_element(Locator::Css(
+            "#login-password-row:not([hidden]) #login-password",
+        )),
+    )
+    .await
+    .unwrap();
+    field.send_keys("not the password").await.unwrap();
+    tab.find(Locator::Css("#login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(
+        tab,
+        "#login-error",
+        &format!("RabbitMQ refused the login of user.{alice}"),
+    )
+    .await;
+
+    // The right one: her page, her subscription, her notification.
+    field.clear().await.unwrap();
+    field.send_keys(&password).await.unwrap();
+    tab.find(Locator::Css("#login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(tab, "#whoami", &alice).await;
+    wait_for_text(tab, "#connection", "Live").await;
+    let subscribe = tab.find(Locator::Css("#subscribe-name")).await.unwrap();
+    subscribe.send_keys(&creator).await.unwrap();
+    tab.find(Locator::Css("#subscribe-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(
+        tab,
+        &format!("#subscriptions li[data-youtuber='{creator}']"),
+        &creator,
+    )
+    .await;
+    let as_creator = vhost.client_as(&creator_url, "creator").await;
+    publish_video(&as_creator, &creator, "For her eyes")
+        .await
+        .unwrap();
+    wait_for_text(
+        tab,
+        "#feed li.notification",
+        &format!("{creator} uploaded For her eyes"),
+    )
+    .await;
+
+    driver.stop().await;
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    as_creator.close().await.unwrap();
+    server.stop().await;
+}
