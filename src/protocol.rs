@@ -241,6 +241,13 @@ impl Notification {
         }
     }
 
+    /// When the server stored the upload, in milliseconds since the Unix epoch.
+    pub fn uploaded_at_ms(&self) -> i64 {
+        match self {
+            Notification::VideoUploaded { uploaded_at_ms, .. } => *uploaded_at_ms,
+        }
+    }
+
     /// Checks the names a notification carries, as the server checked them
     /// before sending: one that fails was not written by the server.
     pub fn validate(&self) -> Result<(), InvalidName> {

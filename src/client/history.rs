@@ -105,8 +105,13 @@ impl FromStr for Cursor {
         if id.len() != 32 || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid());
         }
+        // Stream offsets are signed 64-bit numbers on the wire.
+        let offset: u64 = offset.parse().map_err(|_| invalid())?;
+        if i64::try_from(offset).is_err() {
+            return Err(invalid());
+        }
         Ok(Cursor::Offset {
-            offset: offset.parse().map_err(|_| invalid())?,
+            offset,
             id: Uuid::try_parse(id).map_err(|_| invalid())?,
         })
     }
@@ -174,9 +179,12 @@ impl History {
     /// Opens `user`'s history after `from`. A missing history is asked for
     /// with a login that asks for it; the server declares and binds it.
     pub(crate) async fn open(link: &Link, user: &str, from: Cursor) -> Result<History> {
+        // A reader attached by time takes what the server stored from a
+        // little before it: the server's clock and this one may differ. What
+        // the inbox also brings is shown once (see `Notifications`).
         let (start, floor_ms) = match from {
             Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None),
-            Cursor::Time { ms } => (Attach::Time(ms), Some(ms)),
+            Cursor::Time { ms } => (Attach::Time(ms), Some(ms - TIME_MARGIN_MS)),
         };
         let state = Arc::new(Mutex::new(State {
             attach: start,
@@ -276,7 +284,12 @@ impl History {
             // A stream's acknowledgements are its consumer's credit, and a
             // stream refuses a reject (it closes the connection): every
             // delivery is acknowledged, whatever it holds.
-            let _ = broker::ack(&delivery.acker, BasicAckOptions::default()).await;
+            // Spawned: nothing is awaited once a delivery is taken, so that
+            // a caller's timeout or `select!` never loses one.
+            let acker = delivery.acker.clone();
+            tokio::spawn(async move {
+                let _ = broker::ack(&acker, BasicAckOptions::default()).await;
+            });
             let Some(offset) = stream_offset(&delivery) else {
                 continue;
             };
@@ -289,16 +302,18 @@ impl History {
                     offset == expected && notification.as_ref().is_some_and(|n| n.id() == id);
                 if same {
                     state.last_offset = Some(offset);
-                    state.live_from_ms = notification.as_ref().map(uploaded_at);
+                    state.live_from_ms = notification.as_ref().map(Notification::uploaded_at_ms);
                     self.ahead.push_back(Entry::Resumed {
                         cursor: Cursor::Offset { offset, id },
                         id,
                     });
                     return Ok(());
                 }
-                if offset >= expected {
-                    // What followed the position is gone, in part or all.
-                    state.live_from_ms = notification.as_ref().map(uploaded_at);
+                {
+                    // What followed the position is gone, in part or all
+                    // (a broker that delivered from before it would be
+                    // wrong too: say so rather than guess).
+                    state.live_from_ms = notification.as_ref().map(Notification::uploaded_at_ms);
                     self.ahead.push_back(Entry::Gap);
                     let entry = state.entry(offset, notification);
                     self.ahead.push_back(entry);
@@ -338,7 +353,7 @@ impl State {
         let cursor = Cursor::Offset { offset, id };
         let old = self
             .floor_ms
-            .is_some_and(|floor| uploaded_at(&notification) < floor);
+            .is_some_and(|floor| notification.uploaded_at_ms() < floor);
         if old {
             Entry::Moved(cursor)
         } else {
@@ -357,12 +372,6 @@ impl State {
             Attach::Time(ms) => Cursor::Time { ms },
             Attach::First => Cursor::Time { ms: 0 },
         }
-    }
-}
-
-fn uploaded_at(notification: &Notification) -> i64 {
-    match notification {
-        Notification::VideoUploaded { uploaded_at_ms, .. } => *uploaded_at_ms,
     }
 }
 
@@ -456,7 +465,7 @@ mod tests {
         for cursor in [
             Cursor::Offset { offset: 0, id },
             Cursor::Offset {
-                offset: u64::MAX,
+                offset: i64::MAX as u64,
                 id,
             },
             Cursor::Time {
@@ -481,6 +490,7 @@ mod tests {
             "t-5",
             "x12",
             "o99999999999999999999999.00000000000000000000000000000000",
+            "o18446744073709551615.00000000000000000000000000000000",
         ] {
             let err = text.parse::<Cursor>().unwrap_err();
             assert!(err.to_string().contains("not a position"), "{text}: {err}");

@@ -120,6 +120,21 @@ impl Inbox {
     /// only when the connection is closed.
     pub async fn next(&mut self) -> Result<Received> {
         loop {
+            let received = self.next_copy().await?;
+            if !self.seen.insert(received.notification.id()) {
+                tracing::debug!(id = %received.notification.id(), "skipping a duplicate notification");
+                let _ = broker::ack(&received.acker, BasicAckOptions::default()).await;
+                continue;
+            }
+            return Ok(received);
+        }
+    }
+
+    /// The next valid notification, duplicates included: for a reader that
+    /// knows better than this inbox whether a copy was shown (a session
+    /// that reads ahead, or waits for a browser's word). Cancel-safe.
+    pub(super) async fn next_copy(&mut self) -> Result<Received> {
+        loop {
             let delivery = self.feed.next().await?;
             let notification = match protocol::decode_notification(&delivery.data) {
                 Ok(notification) => notification,
@@ -131,11 +146,6 @@ impl Inbox {
             };
             if let Err(invalid) = notification.validate() {
                 tracing::warn!(%invalid, "skipping a notification that breaks the naming rules");
-                let _ = broker::ack(&delivery, BasicAckOptions::default()).await;
-                continue;
-            }
-            if !self.seen.insert(notification.id()) {
-                tracing::debug!(id = %notification.id(), "skipping a duplicate notification");
                 let _ = broker::ack(&delivery, BasicAckOptions::default()).await;
                 continue;
             }

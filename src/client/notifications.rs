@@ -105,8 +105,8 @@ pub struct Acks(Arc<Mutex<Ledger>>);
 
 #[derive(Default)]
 struct Ledger {
-    handed_out: HashSet<Uuid>,
-    shown: HashSet<Uuid>,
+    handed_out: Recent,
+    shown: Recent,
     /// Copies from the inbox not yet acknowledged, by notification.
     unacked: HashMap<Uuid, Vec<Acker>>,
 }
@@ -123,9 +123,16 @@ impl Ledger {
 impl Acks {
     /// Says that the notification `id` has been shown. Its copies in the
     /// inbox that this session holds leave the inbox now, those that come
-    /// later at once.
+    /// later at once. An id this session has not handed out is ignored: a
+    /// client cannot make a copy leave the inbox before it has it.
     pub async fn shown(&self, id: Uuid) -> Result<()> {
-        let ackers = self.0.lock().expect("never held across a panic").show(id);
+        let ackers = {
+            let mut ledger = self.0.lock().expect("never held across a panic");
+            if !ledger.handed_out.contains(&id) {
+                return Ok(());
+            }
+            ledger.show(id)
+        };
         acknowledge(ackers).await
     }
 }
@@ -149,6 +156,38 @@ async fn acknowledge_quietly(ackers: Vec<Acker>) {
 impl Acks {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.0.lock().expect("never held across a panic")
+    }
+}
+
+/// How many ids a session remembers as handed out, and as shown: a copy
+/// comes again within seconds (the other source, a redelivery), so the
+/// latest ones are enough, and a session that runs for months stays small.
+const REMEMBERED: usize = 10_000;
+
+/// The latest ids, at most [`REMEMBERED`].
+#[derive(Default)]
+struct Recent {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+impl Recent {
+    /// Adds `id`; whether it was not there.
+    fn insert(&mut self, id: Uuid) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        true
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.ids.contains(id)
     }
 }
 
@@ -178,6 +217,16 @@ impl Notifications {
             Err(err @ (Error::NoHistory(_) | Error::HistoryUnavailable { .. })) => {
                 tracing::warn!(
                     "{err}: with another session of {user} open, this one may miss what that one shows"
+                );
+                (None, from.is_none(), None)
+            }
+            Err(Error::AccessRefused(reason)) => {
+                // An account added by an older youtube_server may read its
+                // inbox but not its history.
+                tracing::warn!(
+                    "{user} may not read the history ({reason}); notifications come from the inbox \
+                     alone. An account added before histories existed lacks the permission: \
+                     remove it and add it again (youtube_server account remove/add {user})"
                 );
                 (None, from.is_none(), None)
             }
@@ -236,6 +285,10 @@ impl Notifications {
     }
 
     /// The next update: a notification, or a move of the position.
+    ///
+    /// Cancel-safe, as `select!` needs: nothing is awaited once an entry is
+    /// taken (acknowledgements are spawned), so dropping this future loses
+    /// nothing.
     pub async fn next_update(&mut self) -> Result<Update> {
         loop {
             let history = async {
@@ -279,7 +332,7 @@ impl Notifications {
                 // in the inbox may go.
                 self.position = cursor;
                 let ackers = self.ledger.ledger().show(id);
-                acknowledge_quietly(ackers).await;
+                tokio::spawn(acknowledge_quietly(ackers));
                 Update::Moved(cursor)
             }
             Entry::Notification {
@@ -293,7 +346,7 @@ impl Notifications {
                 }
                 if self.shown_when_positioned {
                     let ackers = self.ledger.ledger().show(id);
-                    acknowledge_quietly(ackers).await;
+                    tokio::spawn(acknowledge_quietly(ackers));
                 }
                 Update::Notification(self.received(notification, Some(cursor)))
             }
@@ -317,13 +370,13 @@ impl Notifications {
             shown
         };
         if shown {
-            acknowledge_quietly(vec![acker]).await;
+            tokio::spawn(acknowledge_quietly(vec![acker]));
             return Ok(None);
         }
         let from_history = self.history.is_some()
             && self
                 .live_from_ms
-                .is_some_and(|live_from| uploaded_at(&notification) >= live_from);
+                .is_some_and(|live_from| notification.uploaded_at_ms() >= live_from);
         if from_history {
             self.held.push_back((Instant::now() + HOLD, notification));
             return Ok(None);
@@ -350,7 +403,7 @@ impl Notifications {
     }
 
     fn received(&self, notification: Notification, cursor: Option<Cursor>) -> Received {
-        let away = uploaded_at(&notification) < self.opened_at_ms;
+        let away = notification.uploaded_at_ms() < self.opened_at_ms;
         Received {
             notification,
             away,
@@ -370,12 +423,6 @@ impl Notifications {
     }
 }
 
-fn uploaded_at(notification: &Notification) -> i64 {
-    match notification {
-        Notification::VideoUploaded { uploaded_at_ms, .. } => *uploaded_at_ms,
-    }
-}
-
 fn closed() -> Error {
     Error::Stopped("the session's reader stopped".into())
 }
@@ -391,7 +438,7 @@ fn close_history(history: History) -> Boxed<'static, ()> {
 }
 
 fn next_in_inbox(inbox: &mut Inbox) -> Boxed<'_, Result<inbox::Received>> {
-    Box::pin(inbox.next())
+    Box::pin(inbox.next_copy())
 }
 
 fn close_inbox(inbox: Inbox) -> Boxed<'static, ()> {

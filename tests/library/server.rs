@@ -870,6 +870,42 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
 }
 
 #[tokio::test]
+async fn a_notification_taken_but_not_shown_stays_in_the_inbox_through_a_reconnection() {
+    let vhost = TestVhost::new("unshown");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    log_in_following(&client, "alice", "bob").await;
+    publish_video(&client, "bob", "Not shown yet")
+        .await
+        .unwrap();
+    // Older than what a session takes from the history: the inbox alone has it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let reader = vhost.client("reader").await;
+    let mut session = within(
+        "a session",
+        Notifications::open(reader.link(), "alice", None),
+    )
+    .await
+    .unwrap();
+    let received = within("what waited", session.next()).await.unwrap();
+    assert_eq!(title(&received.notification), "Not shown yet");
+    // The connection breaks before it is shown; the broker delivers the copy
+    // again, and the session must not take that for "shown".
+    vhost.cut_connections();
+    reconnected(&reader).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session.close().await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    within("the copy back in the inbox", async {
+        while depth(&channel, &topology::inbox("alice")).await != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_server_is_a_hot_standby_that_takes_over() {
     let vhost = TestVhost::new("standby");
     let mut active = vhost.start_server().await;

@@ -163,7 +163,7 @@ pub(crate) async fn session(
 
 /// `DELETE /api/session`: ends a secure-mode login (its connection closes).
 pub(crate) async fn log_out(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
-    gateway.0.logins.log_out(&headers).await;
+    gateway.0.logins.log_out(&headers);
     (
         StatusCode::NO_CONTENT,
         [(axum::http::header::SET_COOKIE, sessions::expired_cookie())],

@@ -204,24 +204,37 @@ impl Bound {
             gateway.0.client.link().login()
         );
         let app = router(gateway.clone());
+        let mut stopped = stop.subscribe();
         let stopping = async move {
             shutdown.await;
             tracing::info!("gateway stopping: ending every event stream");
             let _ = stop.send(true);
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping)
-            .await;
-        // Every stream has ended and closed its session; the client last.
-        let Ok(shared) = Arc::try_unwrap(gateway.0) else {
-            return served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()));
+        let serving = axum::serve(listener, app).with_graceful_shutdown(stopping);
+        // A client that reads nothing can hold its stream open: past the
+        // grace period the gateway stops anyway.
+        let grace = async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        shared.pool.close().await;
-        shared.logins.close().await;
-        shared.client.close().await?;
-        served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string()))
+        let served = tokio::select! {
+            served = serving => served.map_err(|err| ytnotify::error::Error::Stopped(err.to_string())),
+            () = grace => {
+                tracing::warn!(
+                    "some event streams did not end within {SHUTDOWN_GRACE:?} (clients that read nothing); stopping anyway"
+                );
+                Ok(())
+            }
+        };
+        gateway.0.pool.close().await;
+        gateway.0.logins.close();
+        gateway.0.client.link().close().await;
+        served
     }
 }
+
+/// How long a stopping gateway waits for its event streams to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a gateway until `shutdown` resolves.
 pub async fn run(

@@ -320,6 +320,7 @@ pub(crate) async fn events(
     let (sender, events) = mpsc::channel::<LiveEvent>(PENDING_EVENTS);
     // The pump ends when the client goes (the stream, and its receiver, are
     // dropped), when the session fails, or when the gateway stops.
+    let mut stopping = live.gateway.0.stopping.clone();
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -327,8 +328,11 @@ pub(crate) async fn events(
                 event = live.next_event() => event,
             };
             let Some(event) = event else { break };
-            if sender.send(event).await.is_err() {
-                break;
+            // A client that reads nothing fills the channel: the pump waits
+            // for it, but not past the gateway's stop.
+            tokio::select! {
+                sent = sender.send(event) => if sent.is_err() { break },
+                _ = stopping.wait_for(|stop| *stop) => break,
             }
         }
         live.close().await;

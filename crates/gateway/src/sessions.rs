@@ -8,9 +8,11 @@
 //!
 //! A login is a connection: the browser holds a random token in an HttpOnly
 //! cookie, and the gateway the account's connection under that token, until
-//! the user logs out or the gateway stops. A browser that moves to another
-//! gateway logs in there again; nothing is lost meanwhile (its position in
-//! the history is the browser's).
+//! the user logs out or the gateway stops. Every login of one user on a
+//! gateway (tabs, devices) shares one connection, so that logins never use
+//! up the account's connections (16, `youtube_server account add`). A
+//! browser that moves to another gateway logs in there again; nothing is
+//! lost meanwhile (its position in the history is the browser's).
 
 use std::{
     collections::HashMap,
@@ -34,13 +36,31 @@ pub(crate) const COOKIE: &str = "ytnotify_session";
 /// One user's login: the account's own connection.
 pub(crate) struct Login {
     pub(crate) user: String,
+    /// What a later login must give to share this connection.
+    password: String,
     pub(crate) client: Client,
 }
 
-/// The logins of secure mode, by token.
+impl Drop for Login {
+    /// The last token and stream are gone: the connection closes.
+    fn drop(&mut self) {
+        let link = self.client.link().clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { link.close().await });
+        }
+    }
+}
+
+/// The logins of secure mode, by token, and each user's connection.
 #[derive(Default)]
 pub(crate) struct Logins {
-    by_token: Mutex<HashMap<String, Arc<Login>>>,
+    inner: Mutex<Tables>,
+}
+
+#[derive(Default)]
+struct Tables {
+    by_token: HashMap<String, Arc<Login>>,
+    by_user: HashMap<String, Arc<Login>>,
 }
 
 impl Logins {
@@ -52,84 +72,93 @@ impl Logins {
         user: &str,
         password: &str,
     ) -> Result<(String, Arc<Login>), ApiError> {
-        let account = Account::user(user).login();
-        let url: BrokerUrl = config.broker.url.parse().map_err(ApiError::from)?;
-        let endpoint = Endpoint {
-            url: url.with_login(&account, password).to_string(),
-            ca_cert: config.broker.ca_cert.clone(),
-        };
-        let client_config = ClientConfig {
-            broker: endpoint,
-            timeout: config.timeout,
-        };
-        let client = match Client::connect(&client_config, &format!("gateway for {user}")).await {
-            Ok(client) => client,
-            Err(Error::BrokerRefused { reason, .. }) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    format!(
-                        "RabbitMQ refused the login of {account} ({reason}); check the password \
-                         (`youtube_server account add {user}` gave it, in the account's URL)"
-                    ),
-                ));
-            }
-            Err(err) => return Err(err.into()),
+        let shared = self
+            .tables()
+            .by_user
+            .get(user)
+            .filter(|login| login.password == password)
+            .cloned();
+        let login = match shared {
+            Some(login) => login,
+            None => Arc::new(Login {
+                user: user.to_owned(),
+                password: password.to_owned(),
+                client: connect(config, user, password).await?,
+            }),
         };
         let token = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let login = Arc::new(Login {
-            user: user.to_owned(),
-            client,
-        });
-        self.by_token
-            .lock()
-            .expect("never held across a panic")
-            .insert(token.clone(), Arc::clone(&login));
+        let mut tables = self.tables();
+        tables.by_token.insert(token.clone(), Arc::clone(&login));
+        tables.by_user.insert(user.to_owned(), Arc::clone(&login));
         Ok((token, login))
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.inner.lock().expect("never held across a panic")
     }
 
     /// The login a request's cookie names, if any.
     pub(crate) fn find(&self, headers: &HeaderMap) -> Option<Arc<Login>> {
         let token = token(headers)?;
-        self.by_token
-            .lock()
-            .expect("never held across a panic")
-            .get(token)
-            .cloned()
+        self.tables().by_token.get(token).cloned()
     }
 
     /// Ends the login a request's cookie names; its connection closes once
-    /// its last stream has ended.
-    pub(crate) async fn log_out(&self, headers: &HeaderMap) {
+    /// no other login of the user and no stream uses it.
+    pub(crate) fn log_out(&self, headers: &HeaderMap) {
         let Some(token) = token(headers) else { return };
-        let login = self
+        let mut tables = self.tables();
+        let Some(login) = tables.by_token.remove(token) else {
+            return;
+        };
+        let in_use = tables
             .by_token
-            .lock()
-            .expect("never held across a panic")
-            .remove(token);
-        if let Some(login) = login.and_then(|login| Arc::try_unwrap(login).ok()) {
-            let _ = login.client.close().await;
+            .values()
+            .any(|other| Arc::ptr_eq(other, &login));
+        if !in_use
+            && tables
+                .by_user
+                .get(&login.user)
+                .is_some_and(|current| Arc::ptr_eq(current, &login))
+        {
+            tables.by_user.remove(&login.user);
         }
     }
 
-    /// Closes every login's connection (the gateway is stopping, its
-    /// streams have ended).
-    pub(crate) async fn close(&self) {
-        let logins: Vec<Arc<Login>> = self
-            .by_token
-            .lock()
-            .expect("never held across a panic")
-            .drain()
-            .map(|(_, login)| login)
-            .collect();
-        for login in logins {
-            if let Ok(login) = Arc::try_unwrap(login) {
-                let _ = login.client.close().await;
-            }
-        }
+    /// Forgets every login (the gateway is stopping, its streams have
+    /// ended): their connections close.
+    pub(crate) fn close(&self) {
+        let mut tables = self.tables();
+        tables.by_token.clear();
+        tables.by_user.clear();
+    }
+}
+
+/// Connects as `user`'s account, which checks the password.
+async fn connect(config: &ClientConfig, user: &str, password: &str) -> Result<Client, ApiError> {
+    let account = Account::user(user).login();
+    let url: BrokerUrl = config.broker.url.parse().map_err(ApiError::from)?;
+    let client_config = ClientConfig {
+        broker: Endpoint {
+            url: url.with_login(&account, password).to_string(),
+            ca_cert: config.broker.ca_cert.clone(),
+        },
+        timeout: config.timeout,
+    };
+    match Client::connect(&client_config, &format!("gateway for {user}")).await {
+        Ok(client) => Ok(client),
+        Err(Error::BrokerRefused { reason, .. }) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "RabbitMQ refused the login of {account} ({reason}); check the password \
+                 (`youtube_server account add {user}` gave it, in the account's URL)"
+            ),
+        )),
+        Err(err) => Err(err.into()),
     }
 }
 
