@@ -7,6 +7,13 @@
 //! …); the first `sse_clients` read Server-Sent Events, the others a
 //! WebSocket. Client `c` is served by gateway `(c + c / users) % gateways`:
 //! consecutive clients alternate, and so do the clients of one user.
+//!
+//! Clients stay connected from before the first upload to the end of the
+//! run. Churn and offline users are allowed: each client expects exactly
+//! what its user's inbox expects in [`crate::check`] (a user going offline
+//! closes only the simulator's AMQP reading, not the browsers), restricted
+//! to uploads sent after the client had its `hello`; pairs left out there
+//! for a change in flight are left out here too.
 
 use std::{
     collections::{HashMap, HashSet},
