@@ -13,14 +13,24 @@
 //!    closing their inbox for a while; then waiting until every expected
 //!    notification has arrived, or the drain timeout;
 //! 4. the [`check`]: expected (user, upload) pairs against what arrived;
+//!    with [`browser`] clients, the same per client of each user, and their
+//!    figures beside the receivers';
 //! 5. the [`ceiling`]: the server stopped, the same queues and bindings driven
 //!    with plain lapin, and the ratio ours / ceiling.
 //!
 //! Latency is measured with one clock, the simulator's: from the moment an
 //! upload is sent to the moment a user's consumer has it (titles carry the
 //! upload's sequence number).
+//!
+//! Browser clients (`sse_clients`, `ws_clients`) connect through `gateway`
+//! processes started for the run, after set-up and before the uploads. Their
+//! users log in with a history, so that every client of a user sees every
+//! notification; the receivers then read those users' notifications from a
+//! queue of their own bound beside the inbox ([`receiver::tap`]), since the
+//! gateways' sessions consume the inbox.
 
 pub mod bench;
+pub mod browser;
 pub mod ceiling;
 pub mod check;
 pub mod harness;
@@ -32,6 +42,7 @@ pub mod scenario;
 
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -43,11 +54,14 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
 
+use browser::{Browsers, Gateways};
 use check::{ChangeRecord, Expectations, UploadRecord};
 use harness::{ScratchDir, Server, ServerMode, Usage, Vhost};
 use receiver::{Receivers, Tally, title};
-use report::{Ceiling, Latency, Ratios, Report, Run, ServerUsage, Setup};
-pub use scenario::{PRESETS, Scenario, Spread};
+use report::{
+    BrowserRatios, Ceiling, GatewayUsage, Latency, Ratios, Report, Run, ServerUsage, Setup,
+};
+pub use scenario::{PRESETS, Scenario, Spread, WsAcks};
 use scenario::{Plan, user_name, youtuber_name};
 use ytnotify::{
     client::{Client, ClientConfig},
@@ -89,6 +103,9 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Measure the ceiling too.
     pub ceiling: bool,
+    /// The `gateway` program for browser clients; `None`: the one beside
+    /// this executable.
+    pub gateway_bin: Option<PathBuf>,
 }
 
 impl Options {
@@ -101,6 +118,7 @@ impl Options {
             progress: false,
             request_timeout: Duration::from_secs(120),
             ceiling: true,
+            gateway_bin: None,
         }
     }
 }
@@ -108,6 +126,12 @@ impl Options {
 /// Runs a scenario from start to report. See the module documentation for the steps.
 pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimError> {
     scenario.validate().map_err(SimError::Scenario)?;
+    // Found before anything starts, so that a missing program costs nothing.
+    let gateway = if scenario.browser_clients() > 0 {
+        Some(browser::find_gateway(options.gateway_bin.as_deref())?)
+    } else {
+        None
+    };
     let plan = scenario.plan();
     let mut vhost = if options.fresh_vhost && options.server != ServerMode::External {
         Vhost::fresh(&options.amqp_url)?
@@ -132,6 +156,8 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         plan: &plan,
         url: &vhost.url,
         options,
+        scratch: &scratch.0,
+        gateway: gateway.as_deref(),
     }
     .run(&mut server)
     .await;
@@ -161,6 +187,8 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
             plan: &plan,
             url: &vhost.url,
             options,
+            scratch: &scratch.0,
+            gateway: None,
         }
         .ceiling(&plan_changes)
         .await?;
@@ -174,6 +202,10 @@ struct Simulation<'a> {
     plan: &'a Plan,
     url: &'a str,
     options: &'a Options,
+    /// Where the gateways log.
+    scratch: &'a Path,
+    /// The `gateway` program, when the scenario has browser clients.
+    gateway: Option<&'a Path>,
 }
 
 /// Send and answer times of a batch of requests: 0 = not yet, else nanoseconds + 1.
@@ -271,6 +303,92 @@ fn deliveries(tally: &Tally, uploads: u32) -> Deliveries {
     }
 }
 
+/// The gateways and browser clients of a run, with the gateways' usage at
+/// each step.
+struct Browsing {
+    gateways: Gateways,
+    browsers: Browsers,
+    /// Gateway addresses, kept once the gateways have stopped.
+    addresses: Vec<String>,
+    before: Vec<Option<Usage>>,
+    connected: Vec<Option<Usage>>,
+    drained: Vec<Option<Usage>>,
+    connected_at: std::time::Instant,
+    drained_at: std::time::Instant,
+}
+
+/// The browser clients' figures, beside the AMQP receivers' (`run`).
+fn browser_report(
+    s: &Scenario,
+    b: &Browsing,
+    run: &Run,
+    tally: &Tally,
+    expectations: &Expectations,
+    left_in_inboxes: Option<u64>,
+) -> report::Browsers {
+    let first_sent = (0..s.uploads).filter_map(|seq| tally.sent(seq)).min();
+    let received = b.browsers.received();
+    let browser_span = first_sent.map(|first| b.browsers.last_delivery().saturating_sub(first));
+    let amqp_span = first_sent.map(|first| tally.last_delivery().saturating_sub(first));
+    let (latency, sse_latency, ws_latency) = b.browsers.latency();
+    let ratio = |ours: f64, theirs: f64| (ours > 0.0 && theirs > 0.0).then(|| ours / theirs);
+    let deliveries_per_s = browser_span.map_or(0.0, |span| per_second(received, span));
+    let ratios = BrowserRatios {
+        deliveries_per_s: ratio(deliveries_per_s, run.deliveries_per_s),
+        completion: browser_span
+            .zip(amqp_span)
+            .and_then(|(ours, theirs)| ratio(ours as f64, theirs as f64)),
+        latency_p50: ratio(latency.p50, run.latency_ms.p50),
+        latency_p99: ratio(latency.p99, run.latency_ms.p99),
+        latency_max: ratio(latency.max, run.latency_ms.max),
+    };
+    let per_gateway = b.browsers.connected_per_gateway(b.addresses.len());
+    let run_wall = b.drained_at.duration_since(b.connected_at).as_secs_f64();
+    let gateways = b
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(k, address)| {
+            let (before, connected, drained) = (b.before[k], b.connected[k], b.drained[k]);
+            let clients = per_gateway[k];
+            let cpu_run = connected
+                .zip(drained)
+                .map(|(a, z)| z.cpu_seconds - a.cpu_seconds);
+            GatewayUsage {
+                address: address.clone(),
+                clients,
+                rss_mb_before: before.map(|u| u.rss_mb),
+                rss_mb_connected: connected.map(|u| u.rss_mb),
+                kb_per_connection: before
+                    .zip(connected)
+                    .filter(|_| clients > 0)
+                    .map(|(a, z)| (z.rss_mb - a.rss_mb) * 1024.0 / clients as f64),
+                peak_rss_mb: drained.map(|u| u.peak_rss_mb),
+                cpu_seconds_connecting: before
+                    .zip(connected)
+                    .map(|(a, z)| z.cpu_seconds - a.cpu_seconds),
+                cpu_seconds_run: cpu_run,
+                cpu_cores: cpu_run.map(|cpu| cpu / run_wall.max(1e-9)),
+            }
+        })
+        .collect();
+    report::Browsers {
+        sse_clients: s.sse_clients,
+        ws_clients: s.ws_clients,
+        connected: b.browsers.connected(),
+        connect_seconds: b.browsers.connect_seconds,
+        deliveries: received,
+        deliveries_per_s,
+        latency_ms: latency,
+        sse_latency_ms: sse_latency,
+        ws_latency_ms: ws_latency,
+        check: b.browsers.check(expectations, &b.addresses),
+        ratios,
+        gateways,
+        left_in_inboxes,
+    }
+}
+
 /// Waits until every expected pair has arrived, or the timeout.
 async fn drain(tally: &Tally, expected: &[(u32, u32)], timeout: Duration, bar: &ProgressBar) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -319,9 +437,28 @@ impl Simulation<'_> {
         let after_setup = server.usage();
 
         let tally = Tally::new(s.uploads);
-        let receivers =
-            Arc::new(Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "run").await?);
+        let tapped = s.browser_users();
+        if tapped > 0 {
+            let channel = clients[0]
+                .link()
+                .session()
+                .await?
+                .connection()
+                .create_channel()
+                .await?;
+            receiver::declare_taps(&channel, tapped).await?;
+            let _ = channel.close(200, "taps declared".into()).await;
+        }
+        let receivers = Arc::new(
+            Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "run")
+                .await?
+                .reading_taps(tapped),
+        );
         receivers.open_all((0..s.users).collect(), true).await?;
+        let mut browsing = match self.gateway {
+            Some(exe) => Some(self.start_browsers(exe, &tally).await?),
+            None => None,
+        };
         let before_run = server.usage();
         let run_started = tally.now();
         let requests = bar(
@@ -342,15 +479,28 @@ impl Simulation<'_> {
         let expectations = check::expectations(&self.plan.subscriptions, &uploads, &changes);
         let draining = bar(self.options, "drain", 0);
         drain(&tally, &expectations.expected, s.drain_timeout, &draining).await;
+        if let Some(browsing) = &mut browsing {
+            let draining = bar(self.options, "browsers", 0);
+            browsing
+                .browsers
+                .drain(&expectations, s.drain_timeout, &draining)
+                .await;
+            browsing.drained = browsing.gateways.usage();
+            browsing.drained_at = std::time::Instant::now();
+        }
         let after_run = server.usage();
         Arc::clone(&receivers).shut().await?;
+        let browsing = match browsing {
+            Some(browsing) => Some(self.stop_browsers(browsing, &clients[0]).await),
+            None => None,
+        };
         for client in clients {
             if let Ok(client) = Arc::try_unwrap(client) {
                 let _ = client.close().await;
             }
         }
 
-        let report = self.report(
+        let mut report = self.report(
             started_at,
             setup,
             &tally,
@@ -360,7 +510,86 @@ impl Simulation<'_> {
             &expectations,
             [after_setup, before_run, after_run],
         );
+        if let Some((browsing, left)) = browsing {
+            report.browsers = Some(browser_report(
+                s,
+                &browsing,
+                &report.run,
+                &tally,
+                &expectations,
+                left,
+            ));
+        }
         Ok((report, changes))
+    }
+
+    /// Starts the gateways and connects every browser client, measuring the
+    /// gateways' memory before and after.
+    async fn start_browsers(&self, exe: &Path, tally: &Arc<Tally>) -> Result<Browsing, SimError> {
+        let s = self.scenario;
+        let gateways = Gateways::start(exe, s.gateway_count(), self.url, self.scratch).await?;
+        let before = gateways.usage();
+        let browsers = Browsers::connect(s, &gateways, Arc::clone(tally)).await;
+        let connected = gateways.usage();
+        let connected_at = std::time::Instant::now();
+        Ok(Browsing {
+            addresses: gateways.addresses(),
+            gateways,
+            browsers,
+            before,
+            drained: connected.clone(),
+            connected,
+            connected_at,
+            drained_at: connected_at,
+        })
+    }
+
+    /// Closes the clients and stops the gateways; then counts what their
+    /// users' inboxes still hold (shown, never acknowledged) and empties
+    /// them and the taps, so that the ceiling starts from empty queues.
+    async fn stop_browsers(
+        &self,
+        mut browsing: Browsing,
+        client: &Client,
+    ) -> (Browsing, Option<u64>) {
+        browsing.browsers.stop().await;
+        std::mem::replace(&mut browsing.gateways, Gateways::none())
+            .stop()
+            .await;
+        let users = self.scenario.browser_users();
+        let left = async {
+            let channel = client
+                .link()
+                .session()
+                .await?
+                .connection()
+                .create_channel()
+                .await?;
+            let mut left = 0;
+            for user in 0..users {
+                let inbox = topology::inbox(&scenario::user_name(user));
+                let (messages, _) = topology::inspect(&channel, &inbox).await?;
+                left += u64::from(messages);
+                channel
+                    .queue_purge(
+                        inbox.as_str().into(),
+                        lapin::options::QueuePurgeOptions::default(),
+                    )
+                    .await?;
+            }
+            receiver::delete_taps(&channel, users).await?;
+            let _ = channel.close(200, "inboxes counted".into()).await;
+            Ok::<u64, SimError>(left)
+        }
+        .await;
+        let left = match left {
+            Ok(left) => Some(left),
+            Err(err) => {
+                tracing::warn!(%err, "could not count what the browser users' inboxes hold");
+                None
+            }
+        };
+        (browsing, left)
     }
 
     /// Waits until a server consumes both request queues.
@@ -399,15 +628,24 @@ impl Simulation<'_> {
         }
     }
 
-    /// Logs every user in (those without subscriptions) and makes every
-    /// subscription, through the server, pipelined on all clients.
+    /// Logs every user in (those without subscriptions, and those with
+    /// browser clients, with a history) and makes every subscription,
+    /// through the server, pipelined on all clients.
     async fn setup(&self, clients: &[Arc<Client>]) -> Result<Setup, SimError> {
         let s = self.scenario;
+        let browsing = s.browser_users();
         let total: u64 = self
             .plan
             .subscriptions
             .iter()
-            .map(|follows| follows.len().max(1) as u64)
+            .enumerate()
+            .map(|(user, follows)| {
+                if (user as u32) < browsing {
+                    follows.len() as u64 + 1
+                } else {
+                    follows.len().max(1) as u64
+                }
+            })
             .sum();
         let progress = bar(self.options, "set-up", total);
         let window = Arc::new(Semaphore::new(s.setup_window as usize));
@@ -417,7 +655,14 @@ impl Simulation<'_> {
             let mut requests = Vec::new();
             for user in (lane as u32..s.users).step_by(clients.len()) {
                 let follows = &self.plan.subscriptions[user as usize];
-                if follows.is_empty() {
+                if user < browsing {
+                    // A history, so that each of the user's browser
+                    // clients reads every notification from its own position.
+                    requests.push(Request::Login {
+                        user: user_name(user),
+                        history: true,
+                    });
+                } else if follows.is_empty() {
                     requests.push(Request::login(user_name(user)));
                 }
                 for &youtuber in follows {
@@ -719,6 +964,7 @@ impl Simulation<'_> {
                 latency_p99: None,
                 changes_per_s: None,
             },
+            browsers: None,
         }
     }
 

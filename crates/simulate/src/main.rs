@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ytnotify::cli::{self, BrokerArgs};
 use ytnotify_simulate::{
-    self as simulate, Options, PRESETS, Scenario, Spread, bench,
+    self as simulate, Options, PRESETS, Scenario, Spread, WsAcks, bench,
     harness::ServerMode,
     proxy::{CutEvery, Proxy, ProxyConfig},
     report::Report,
@@ -104,6 +104,23 @@ struct RunArgs {
     /// Seed of every random choice: the same seed, the same run
     #[arg(long)]
     seed: Option<u64>,
+    /// Browser-like clients reading Server-Sent Events through gateways
+    /// (user i gets clients i, i + users, ...)
+    #[arg(long, value_name = "N")]
+    sse_clients: Option<u32>,
+    /// Browser-like clients on a WebSocket through gateways
+    #[arg(long, value_name = "N")]
+    ws_clients: Option<u32>,
+    /// gateway processes started for the browser clients [default: 2]
+    #[arg(long, value_name = "K")]
+    gateways: Option<u32>,
+    /// How WebSocket clients acknowledge: socket (an ack message) or http
+    /// (POST /api/users/<name>/ack, as SSE clients do)
+    #[arg(long, value_name = "HOW")]
+    ws_acks: Option<WsAcks>,
+    /// The gateway program to start [default: the one beside this program]
+    #[arg(long, env = "YT_GATEWAY_BIN", value_name = "PATH")]
+    gateway_bin: Option<PathBuf>,
     /// Drive a youtube_server already running on the URL's vhost
     #[arg(long, conflicts_with_all = ["in_process", "server_bin"])]
     external_server: bool,
@@ -216,7 +233,11 @@ impl RunArgs {
             clients,
             receivers,
             drain_timeout,
-            seed
+            seed,
+            sse_clients,
+            ws_clients,
+            gateways,
+            ws_acks
         );
         if let Some(duration) = self.duration {
             scenario
@@ -242,6 +263,7 @@ impl RunArgs {
         options.keep_vhost = self.keep_vhost;
         options.progress = !self.quiet;
         options.ceiling = !self.no_ceiling;
+        options.gateway_bin = self.gateway_bin.clone();
         if let Some(timeout) = self.request_timeout {
             options.request_timeout = timeout;
         }
@@ -271,6 +293,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             report.check.lost,
             report.check.duplicates,
             report.check.unexpected
+        );
+    }
+    if let Some(browsers) = report.browsers.as_ref().filter(|b| !b.check.ok) {
+        let c = &browsers.check;
+        bail!(
+            "the browser clients' check failed: {} lost, {} duplicates, {} unexpected, {} never connected",
+            c.lost,
+            c.duplicates,
+            c.unexpected,
+            c.not_connected
         );
     }
     Ok(())

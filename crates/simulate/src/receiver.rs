@@ -39,6 +39,55 @@ const PREFETCH: u16 = 100;
 /// Channels per receiving connection.
 const CHANNELS_PER_CONNECTION: u32 = 4;
 
+/// A queue of the simulator's own, bound to `user`'s exchange beside the
+/// inbox and the history: the broker copies every notification of the user
+/// into it too. The receivers read it instead of the inbox for users who
+/// have browser clients, whose gateway sessions consume the inbox (two
+/// consumers on one queue would split its messages between them).
+pub fn tap(user: &str) -> String {
+    format!("simulate.tap.{user}")
+}
+
+/// Declares and binds the taps of users `0..users` (their exchanges exist:
+/// set-up logged every user in).
+pub async fn declare_taps(channel: &Channel, users: u32) -> Result<(), SimError> {
+    for user in 0..users {
+        let name = user_name(user);
+        let queue = tap(&name);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology::user_exchange(&name).as_str().into(),
+                "".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the taps of users `0..users`, so that nothing piles up in them
+/// after the run.
+pub async fn delete_taps(channel: &Channel, users: u32) -> Result<(), SimError> {
+    for user in 0..users {
+        channel
+            .queue_delete(
+                tap(&user_name(user)).as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Upload titles carry their sequence number: `v<seq>`.
 pub fn title(seq: u32) -> String {
     format!("v{seq}")
@@ -74,7 +123,7 @@ pub struct Counts {
     pub redelivered: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 minutes at 3 significant figures; the bounds are valid constants.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
@@ -237,6 +286,8 @@ pub struct Receivers {
     readings: Mutex<HashMap<u32, Reading>>,
     tally: Arc<Tally>,
     label: &'static str,
+    /// Users below this number are read from their [`tap`], not their inbox.
+    tapped: u32,
 }
 
 impl Receivers {
@@ -268,7 +319,14 @@ impl Receivers {
             readings: Mutex::new(HashMap::new()),
             tally,
             label,
+            tapped: 0,
         })
+    }
+
+    /// Reads users `0..users` from their [`tap`] (declared already) instead of their inbox.
+    pub fn reading_taps(mut self, users: u32) -> Receivers {
+        self.tapped = users;
+        self
     }
 
     /// Starts consuming `user`'s inbox (which the server declared at login),
@@ -277,11 +335,16 @@ impl Receivers {
         let index = user as usize % self.channels.len();
         let (link, shared) = &self.channels[index];
         let name = user_name(user);
+        let queue = if user < self.tapped {
+            tap(&name)
+        } else {
+            topology::inbox(&name)
+        };
         let label = self.label;
         let opener = {
-            let (shared, name) = (Arc::clone(shared), name.clone());
+            let (shared, name, queue) = (Arc::clone(shared), name.clone(), queue.clone());
             Box::new(move |session: Session| {
-                let (shared, name) = (Arc::clone(&shared), name.clone());
+                let (shared, name, queue) = (Arc::clone(&shared), name.clone(), queue.clone());
                 Box::pin(async move {
                     // Nothing here may fail with a channel error, which would
                     // close the channel under every other inbox on it: the
@@ -293,7 +356,7 @@ impl Receivers {
                     let tag = format!("simulate-{label}:{name}:{}", uuid::Uuid::new_v4().simple());
                     let consumer = channel
                         .basic_consume(
-                            topology::inbox(&name).as_str().into(),
+                            queue.as_str().into(),
                             tag.as_str().into(),
                             BasicConsumeOptions::default(),
                             FieldTable::default(),

@@ -20,6 +20,9 @@ pub struct Report {
     pub server: ServerUsage,
     pub ceiling: Ceiling,
     pub ratios: Ratios,
+    /// Browser-like clients through gateways, when the scenario has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browsers: Option<Browsers>,
 }
 
 /// Creating users and subscriptions through the server, before the measured run.
@@ -134,6 +137,97 @@ impl Ratios {
                 .and_then(|(ours, raw)| ratio(ours, raw)),
         }
     }
+}
+
+/// The browser-like clients of a run: what they received through the
+/// gateways, beside the AMQP receivers of the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Browsers {
+    pub sse_clients: u32,
+    pub ws_clients: u32,
+    /// Clients that had their `hello`.
+    pub connected: u64,
+    /// From the first stream asked for to the last `hello`.
+    pub connect_seconds: f64,
+    /// Notifications received, all clients together (every copy on the wire).
+    pub deliveries: u64,
+    /// From the first upload sent to the last notification a client received.
+    pub deliveries_per_s: f64,
+    /// Upload sent to a client having it (first copies only).
+    pub latency_ms: Latency,
+    pub sse_latency_ms: Latency,
+    pub ws_latency_ms: Latency,
+    pub check: BrowserCheck,
+    pub ratios: BrowserRatios,
+    pub gateways: Vec<GatewayUsage>,
+    /// Notifications still in the inboxes of the clients' users once the
+    /// gateways stopped: shown but never acknowledged.
+    pub left_in_inboxes: Option<u64>,
+}
+
+/// The browser clients' check: per client, the uploads its user's inbox
+/// must receive (sent after the client connected) against what it received.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrowserCheck {
+    pub clients: u64,
+    /// Clients that never had their `hello`.
+    pub not_connected: u64,
+    /// Connected clients that received everything they expected.
+    pub complete: u64,
+    /// Clients whose stream ended before the run did.
+    pub ended_early: u64,
+    /// (client, upload) pairs expected, received at least once, never received.
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// Copies of a notification id beyond the first, on one client's stream.
+    pub duplicates: u64,
+    /// Uploads a client received that its user was not subscribed to.
+    pub unexpected: u64,
+    /// (client, upload) pairs left out: a change was in flight during the upload.
+    pub ambiguous: u64,
+    /// Notifications whose id or title could not be read.
+    pub unreadable: u64,
+    /// Acknowledgements the gateway refused or did not answer.
+    pub ack_failures: u64,
+    /// The first clients that lost, repeated or failed anything, and why.
+    pub problems: Vec<String>,
+    /// Every client connected; no loss, no duplicate, nothing unexpected.
+    pub ok: bool,
+}
+
+/// Browser / AMQP, in the same run. For latency, 1 is the AMQP path's own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrowserRatios {
+    /// Deliveries per second: above 1 when the browser clients are more
+    /// than the users (each client gets its user's every notification).
+    pub deliveries_per_s: Option<f64>,
+    /// Time from the first upload to the last delivery: above 1 means the
+    /// browsers finished later.
+    pub completion: Option<f64>,
+    pub latency_p50: Option<f64>,
+    pub latency_p99: Option<f64>,
+    pub latency_max: Option<f64>,
+}
+
+/// One gateway's use of the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayUsage {
+    pub address: String,
+    /// Clients connected to it.
+    pub clients: u64,
+    /// Resident memory right before the clients connected, and once all had.
+    pub rss_mb_before: Option<f64>,
+    pub rss_mb_connected: Option<f64>,
+    /// (connected − before) / clients.
+    pub kb_per_connection: Option<f64>,
+    /// Peak resident memory (VmHWM) at the end of the run.
+    pub peak_rss_mb: Option<f64>,
+    /// CPU seconds while the clients connected, and during the uploads and drain.
+    pub cpu_seconds_connecting: Option<f64>,
+    pub cpu_seconds_run: Option<f64>,
+    /// Cores busy on average during the uploads and drain.
+    pub cpu_cores: Option<f64>,
 }
 
 /// A latency distribution, in milliseconds.
@@ -340,7 +434,101 @@ impl fmt::Display for Report {
             ratio(q.latency_p99),
             ratio(q.changes_per_s)
         );
+        if let Some(b) = &self.browsers {
+            b.render(&mut out);
+        }
         f.write_str(&out)
+    }
+}
+
+impl Browsers {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "browsers    {} SSE + {} WebSocket clients on {} gateways, {} connected in {:.1} s",
+            thousands(u64::from(self.sse_clients)),
+            thousands(u64::from(self.ws_clients)),
+            self.gateways.len(),
+            thousands(self.connected),
+            self.connect_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  deliveries {}, {} notifications/s",
+            thousands(self.deliveries),
+            rate(self.deliveries_per_s)
+        );
+        let _ = writeln!(out, "  latency    {}", self.latency_ms);
+        let _ = writeln!(out, "    SSE      {}", self.sse_latency_ms);
+        let _ = writeln!(out, "    WebSocket {}", self.ws_latency_ms);
+        let c = &self.check;
+        let _ = writeln!(
+            out,
+            "  check      {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected; {} of {} clients complete{}{}{}",
+            if c.ok { "OK" } else { "FAILED" },
+            thousands(c.expected),
+            thousands(c.received),
+            thousands(c.lost),
+            thousands(c.duplicates),
+            thousands(c.unexpected),
+            thousands(c.complete),
+            thousands(c.clients),
+            if c.not_connected > 0 {
+                format!(", {} never connected", thousands(c.not_connected))
+            } else {
+                String::new()
+            },
+            if c.ended_early > 0 {
+                format!(", {} streams ended early", thousands(c.ended_early))
+            } else {
+                String::new()
+            },
+            if c.ack_failures > 0 {
+                format!(", {} acknowledgements failed", thousands(c.ack_failures))
+            } else {
+                String::new()
+            }
+        );
+        for problem in &c.problems {
+            let _ = writeln!(out, "    {problem}");
+        }
+        if let Some(left) = self.left_in_inboxes {
+            let _ = writeln!(
+                out,
+                "  inboxes    {} notifications left unacknowledged",
+                thousands(left)
+            );
+        }
+        let q = &self.ratios;
+        let _ = writeln!(
+            out,
+            "  browser/AMQP deliveries/s {}, completion time {}, latency p50 {}, p99 {}, max {}",
+            ratio(q.deliveries_per_s),
+            ratio(q.completion),
+            ratio(q.latency_p50),
+            ratio(q.latency_p99),
+            ratio(q.latency_max)
+        );
+        for g in &self.gateways {
+            let _ = writeln!(
+                out,
+                "  gateway {} {} clients: memory {} before, {} connected ({} per connection), peak {}; CPU {} connecting, {} during the run{}",
+                g.address,
+                thousands(g.clients),
+                mb(g.rss_mb_before),
+                mb(g.rss_mb_connected),
+                g.kb_per_connection
+                    .map_or_else(|| "n/a".to_owned(), |kb| format!("{} KB", short(kb))),
+                mb(g.peak_rss_mb),
+                g.cpu_seconds_connecting
+                    .map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2} s")),
+                g.cpu_seconds_run
+                    .map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2} s")),
+                g.cpu_cores
+                    .map(|cores| format!(" ({:.0}% of one core)", cores * 100.0))
+                    .unwrap_or_default()
+            );
+        }
     }
 }
 
@@ -416,6 +604,7 @@ pub(crate) mod tests {
                 cpu_cores: Some(0.32),
             },
             ceiling,
+            browsers: None,
         }
     }
 
@@ -447,6 +636,70 @@ pub(crate) mod tests {
         assert_eq!(value["check"]["lost"], 0);
         assert_eq!(value["run"]["latency_ms"]["p99"], 1.9);
         assert!(value["ratios"]["deliveries_per_s"].as_f64().unwrap() < 1.0);
+    }
+
+    #[test]
+    fn browser_figures_are_rendered_and_read_back() {
+        let mut report = sample();
+        report.browsers = Some(Browsers {
+            sse_clients: 1000,
+            ws_clients: 1000,
+            connected: 2000,
+            connect_seconds: 12.5,
+            deliveries: 60_000,
+            deliveries_per_s: 2400.0,
+            latency_ms: Latency {
+                count: 60_000,
+                p50: 4.2,
+                p90: 8.0,
+                p99: 20.0,
+                max: 61.0,
+            },
+            sse_latency_ms: Latency::default(),
+            ws_latency_ms: Latency::default(),
+            check: BrowserCheck {
+                clients: 2000,
+                complete: 2000,
+                expected: 60_000,
+                received: 60_000,
+                ok: true,
+                ..BrowserCheck::default()
+            },
+            ratios: BrowserRatios {
+                deliveries_per_s: Some(9.9),
+                completion: Some(1.01),
+                latency_p50: Some(5.0),
+                latency_p99: None,
+                latency_max: None,
+            },
+            gateways: vec![GatewayUsage {
+                address: "127.0.0.1:4000".to_owned(),
+                clients: 1000,
+                rss_mb_before: Some(10.0),
+                rss_mb_connected: Some(60.0),
+                kb_per_connection: Some(51.2),
+                peak_rss_mb: Some(70.0),
+                cpu_seconds_connecting: Some(1.5),
+                cpu_seconds_run: Some(6.0),
+                cpu_cores: Some(0.25),
+            }],
+            left_in_inboxes: Some(0),
+        });
+        let text = report.to_string();
+        for expected in [
+            "browsers    1,000 SSE + 1,000 WebSocket clients on 1 gateways, 2,000 connected in 12.5 s",
+            "  check      OK: 60,000 expected, 60,000 received, 0 lost, 0 duplicates, 0 unexpected; 2,000 of 2,000 clients complete",
+            "  browser/AMQP deliveries/s 9.90, completion time 1.01, latency p50 5.00, p99 n/a, max n/a",
+            "  gateway 127.0.0.1:4000 1,000 clients: memory 10.0 MB before, 60.0 MB connected (51.2 KB per connection), peak 70.0 MB; CPU 1.50 s connecting, 6.00 s during the run (25% of one core)",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.browsers.unwrap().check, report.browsers.unwrap().check);
+        // A report without browsers has no such key, and reads back as none.
+        let plain = serde_json::to_value(sample()).unwrap();
+        assert!(plain.get("browsers").is_none());
     }
 
     #[test]

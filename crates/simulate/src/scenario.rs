@@ -51,6 +51,31 @@ impl std::fmt::Display for Spread {
     }
 }
 
+/// How WebSocket clients acknowledge what they received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WsAcks {
+    /// An `ack` message on the WebSocket (the protocol's own way).
+    #[default]
+    Socket,
+    /// `POST /api/users/<name>/ack` naming the connection, as SSE clients do.
+    Http,
+}
+
+impl std::str::FromStr for WsAcks {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<WsAcks, String> {
+        match text {
+            "socket" => Ok(WsAcks::Socket),
+            "http" => Ok(WsAcks::Http),
+            _ => Err(format!(
+                "unknown way to acknowledge {text:?}: use socket or http"
+            )),
+        }
+    }
+}
+
 /// One simulated load. Every field has a default, so a scenario file names
 /// only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +119,17 @@ pub struct Scenario {
     pub drain_timeout: Duration,
     /// Seed of every random choice: the same seed, the same run.
     pub seed: u64,
+    /// Browser-like clients reading Server-Sent Events through `gateway`
+    /// processes; user i gets clients i, i + users, …
+    pub sse_clients: u32,
+    /// Browser-like clients on a WebSocket through the gateways (after the
+    /// SSE clients in that order).
+    pub ws_clients: u32,
+    /// `gateway` processes the browser clients are spread over; 0 means 2
+    /// when there are browser clients.
+    pub gateways: u32,
+    /// How WebSocket clients acknowledge: on the socket, or over HTTP.
+    pub ws_acks: WsAcks,
 }
 
 impl Default for Scenario {
@@ -117,6 +153,10 @@ impl Default for Scenario {
             receivers: 8,
             drain_timeout: Duration::from_secs(30),
             seed: 1,
+            sse_clients: 0,
+            ws_clients: 0,
+            gateways: 0,
+            ws_acks: WsAcks::Socket,
         }
     }
 }
@@ -233,7 +273,32 @@ impl Scenario {
         if self.churn_users > self.users {
             return fail("churn_users exceeds users");
         }
+        if u64::from(self.sse_clients) + u64::from(self.ws_clients) > 1_000_000 {
+            return fail("at most 1,000,000 browser clients");
+        }
+        if self.gateways > 64 {
+            return fail("at most 64 gateways");
+        }
         Ok(())
+    }
+
+    /// Browser-like clients, SSE and WebSocket together.
+    pub fn browser_clients(&self) -> u32 {
+        self.sse_clients.saturating_add(self.ws_clients)
+    }
+
+    /// Users with at least one browser client: the first ones.
+    pub fn browser_users(&self) -> u32 {
+        self.users.min(self.browser_clients())
+    }
+
+    /// Gateways the run starts: none without browser clients, 2 unless told.
+    pub fn gateway_count(&self) -> u32 {
+        match (self.browser_clients(), self.gateways) {
+            (0, _) => 0,
+            (_, 0) => 2,
+            (_, asked) => asked,
+        }
     }
 
     /// Expands the scenario with its seed.
