@@ -179,12 +179,13 @@ impl History {
     /// Opens `user`'s history after `from`. A missing history is asked for
     /// with a login that asks for it; the server declares and binds it.
     pub(crate) async fn open(link: &Link, user: &str, from: Cursor) -> Result<History> {
-        // A reader attached by time takes what the server stored from a
-        // little before it: the server's clock and this one may differ. What
-        // the inbox also brings is shown once (see `Notifications`).
+        // A reader attached by time shows what the server stored from then
+        // on (by the server's clock: the machines' clocks must agree); what
+        // came before is the inbox's, so that a new session does not show
+        // again what another has just shown.
         let (start, floor_ms) = match from {
             Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None),
-            Cursor::Time { ms } => (Attach::Time(ms), Some(ms - TIME_MARGIN_MS)),
+            Cursor::Time { ms } => (Attach::Time(ms), Some(ms)),
         };
         let state = Arc::new(Mutex::new(State {
             attach: start,

@@ -37,6 +37,9 @@ use crate::{
 /// How many entries of each source wait to be taken.
 const AHEAD: usize = 64;
 
+/// How long closing waits for one more copy from the inbox.
+const DRAIN_AT_CLOSE: Duration = Duration::from_millis(50);
+
 /// How long closing waits for each source to close.
 const CLOSING: Duration = Duration::from_secs(5);
 
@@ -413,7 +416,18 @@ impl Notifications {
     }
 
     /// Ends the session; what it did not acknowledge stays in the inbox.
-    pub async fn close(self) {
+    /// Copies that reached the session after their notification was shown
+    /// (and were not taken yet) are acknowledged first, so that the next
+    /// session does not show them again.
+    pub async fn close(mut self) {
+        while let Ok(Some(Ok(received))) =
+            tokio::time::timeout(DRAIN_AT_CLOSE, self.inbox.entries.recv()).await
+        {
+            let (notification, acker) = received.into_parts();
+            if self.ledger.ledger().shown.contains(&notification.id()) {
+                acknowledge_quietly(vec![acker]).await;
+            }
+        }
         let history = async {
             if let Some(history) = self.history {
                 history.close().await;
