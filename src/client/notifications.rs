@@ -67,6 +67,10 @@ pub struct Notifications {
     /// Whether a notification from the history counts as shown once handed
     /// out (see [`Notifications::resumable`]).
     shown_when_positioned: bool,
+    /// Acknowledgements under way, waited for at close: a copy whose
+    /// acknowledgement the closing channel cut would come back to the next
+    /// session as if never shown.
+    acking: Vec<JoinHandle<()>>,
 }
 
 /// A notification handed out, not yet acknowledged.
@@ -247,6 +251,7 @@ impl Notifications {
             recovered,
             position,
             shown_when_positioned: false,
+            acking: Vec::new(),
         })
     }
 
@@ -335,7 +340,7 @@ impl Notifications {
                 // in the inbox may go.
                 self.position = cursor;
                 let ackers = self.ledger.ledger().show(id);
-                tokio::spawn(acknowledge_quietly(ackers));
+                self.acknowledge_later(ackers);
                 Update::Moved(cursor)
             }
             Entry::Notification {
@@ -349,7 +354,7 @@ impl Notifications {
                 }
                 if self.shown_when_positioned {
                     let ackers = self.ledger.ledger().show(id);
-                    tokio::spawn(acknowledge_quietly(ackers));
+                    self.acknowledge_later(ackers);
                 }
                 Update::Notification(self.received(notification, Some(cursor)))
             }
@@ -373,7 +378,7 @@ impl Notifications {
             shown
         };
         if shown {
-            tokio::spawn(acknowledge_quietly(vec![acker]));
+            self.acknowledge_later(vec![acker]);
             return Ok(None);
         }
         let from_history = self.history.is_some()
@@ -398,6 +403,16 @@ impl Notifications {
         }
         tracing::debug!(id = %notification.id(), "the history did not bring a notification in time; showing the inbox's copy");
         Some(Update::Notification(self.received(notification, None)))
+    }
+
+    /// Acknowledges copies in a task of their own (so that nothing is
+    /// awaited once an entry is taken), which `close` waits for.
+    fn acknowledge_later(&mut self, ackers: Vec<Acker>) {
+        if ackers.is_empty() {
+            return;
+        }
+        self.acking.retain(|task| !task.is_finished());
+        self.acking.push(tokio::spawn(acknowledge_quietly(ackers)));
     }
 
     /// Records `id` as handed out; whether it was not before.
@@ -427,6 +442,9 @@ impl Notifications {
             if self.ledger.ledger().shown.contains(&notification.id()) {
                 acknowledge_quietly(vec![acker]).await;
             }
+        }
+        for task in self.acking.drain(..) {
+            let _ = tokio::time::timeout(CLOSING, task).await;
         }
         let history = async {
             if let Some(history) = self.history {
