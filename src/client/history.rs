@@ -48,6 +48,14 @@ const RESUME_WAIT: Duration = Duration::from_secs(5);
 /// How long the header of the history is read, to find where it ends.
 const TAIL_WAIT: Duration = Duration::from_secs(3);
 
+/// How many offsets before its position a reader that comes back reads, to
+/// learn which notifications its client had already: the inbox may still
+/// hold copies of them whose acknowledgement the end of the last session
+/// cut, and those must not be shown again. About 250 KB at most, once per
+/// resume: more than a session ever has in flight (its inbox prefetch and
+/// what the history ran ahead of the inbox).
+const LOOK_BACK: u64 = 1_000;
+
 /// A position in a user's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
@@ -130,8 +138,14 @@ pub(crate) enum Entry {
     /// to `cursor`.
     Moved(Cursor),
     /// The notification at the position the reader resumed from, which it
-    /// has already: the position is confirmed.
-    Resumed { cursor: Cursor, id: Uuid },
+    /// has already: the position is confirmed. `before` holds the
+    /// notifications the history keeps just before it (up to [`LOOK_BACK`]
+    /// offsets), which the reader's client had as well.
+    Resumed {
+        cursor: Cursor,
+        id: Uuid,
+        before: Vec<Uuid>,
+    },
     /// What followed the position is no longer all kept (trimmed by the
     /// history's retention, or the history was deleted and declared again):
     /// the entries after this are all that is left.
@@ -155,6 +169,11 @@ struct State {
     /// The notification the consumer must deliver first, if it attached at
     /// an offset and has not delivered anything yet.
     verify: Option<(u64, Uuid)>,
+    /// While the reader that comes back has not reached its position: the
+    /// notifications read before it, if it attached [`LOOK_BACK`] earlier.
+    /// `None` once the position is confirmed (or missing), and for a
+    /// consumer attached again later, which starts at its last offset.
+    looking_back: Option<Vec<Uuid>>,
     /// The highest offset read: a consumer attached again may deliver it
     /// once more.
     last_offset: Option<u64>,
@@ -183,13 +202,14 @@ impl History {
         // on (by the server's clock: the machines' clocks must agree); what
         // came before is the inbox's, so that a new session does not show
         // again what another has just shown.
-        let (start, floor_ms) = match from {
-            Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None),
-            Cursor::Time { ms } => (Attach::Time(ms), Some(ms)),
+        let (start, floor_ms, looking_back) = match from {
+            Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None, Some(Vec::new())),
+            Cursor::Time { ms } => (Attach::Time(ms), Some(ms), None),
         };
         let state = Arc::new(Mutex::new(State {
             attach: start,
             verify: None,
+            looking_back,
             last_offset: None,
             floor_ms,
             live_from_ms: floor_ms,
@@ -238,6 +258,7 @@ impl History {
             let mut state = self.state.lock().expect("never held across a panic");
             state.attach = Attach::First;
             state.verify = None;
+            state.looking_back = None;
             state.live_from_ms = None;
         }
         self.feed
@@ -265,6 +286,16 @@ impl History {
             return false;
         }
         true
+    }
+
+    /// The notifications just before the position this reader resumed at,
+    /// if it has reached it already (else they come with
+    /// [`Entry::Resumed`]): its client had them.
+    pub(crate) fn take_before_position(&mut self) -> Vec<Uuid> {
+        match self.ahead.front_mut() {
+            Some(Entry::Resumed { before, .. }) => std::mem::take(before),
+            _ => Vec::new(),
+        }
     }
 
     /// The next entry. Fails only when the connection is closed.
@@ -298,7 +329,15 @@ impl History {
                 .ok()
                 .filter(|notification| notification.validate().is_ok());
             let mut state = self.state.lock().expect("never held across a panic");
-            if let Some((expected, id)) = state.verify.take() {
+            if let Some((expected, id)) = state.verify {
+                if offset < expected
+                    && let Some(before) = state.looking_back.as_mut()
+                {
+                    before.extend(notification.as_ref().map(Notification::id));
+                    continue;
+                }
+                state.verify = None;
+                let before = state.looking_back.take().unwrap_or_default();
                 let same =
                     offset == expected && notification.as_ref().is_some_and(|n| n.id() == id);
                 if same {
@@ -307,6 +346,7 @@ impl History {
                     self.ahead.push_back(Entry::Resumed {
                         cursor: Cursor::Offset { offset, id },
                         id,
+                        before,
                     });
                     return Ok(());
                 }
@@ -396,15 +436,23 @@ async fn attach_consumer(
 ) -> Result<Opened> {
     let (channel, _) =
         existing_queue(session, login, user, UserQueue::History, HISTORY_PREFETCH).await?;
-    let attach = {
+    let (attach, look_back) = {
         let mut state = state.lock().expect("never held across a panic");
         state.verify = match state.attach {
             Attach::Offset(offset, id) => Some((offset, id)),
             _ => None,
         };
-        state.attach
+        // Attached again before reaching the position: what was read
+        // before it is read again.
+        if let Some(before) = state.looking_back.as_mut() {
+            before.clear();
+        }
+        (state.attach, state.looking_back.is_some())
     };
     let start = match attach {
+        Attach::Offset(offset, _) if look_back => {
+            AMQPValue::LongLongInt(offset.saturating_sub(LOOK_BACK) as i64)
+        }
         Attach::Offset(offset, _) => AMQPValue::LongLongInt(offset as i64),
         Attach::Time(ms) => AMQPValue::Timestamp(((ms - TIME_MARGIN_MS).max(0) / 1000) as u64),
         Attach::First => AMQPValue::LongString("first".into()),

@@ -164,6 +164,15 @@ impl Acks {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.0.lock().expect("never held across a panic")
     }
+
+    /// Records notifications the client had before this session (it comes
+    /// back after them) as shown; returns the copies from the inbox to
+    /// acknowledge now. Copies that come later are acknowledged at once,
+    /// never handed out.
+    fn had_before(&self, ids: impl IntoIterator<Item = Uuid>) -> Vec<Acker> {
+        let mut ledger = self.ledger();
+        ids.into_iter().flat_map(|id| ledger.show(id)).collect()
+    }
 }
 
 /// How many ids a session remembers as handed out, and as shown: a copy
@@ -211,6 +220,7 @@ impl Notifications {
     pub async fn open(link: &Link, user: &str, from: Option<Cursor>) -> Result<Notifications> {
         names::check_user(user)?;
         let opened_at_ms = now_ms();
+        let ledger = Acks::default();
         let position = from.unwrap_or(Cursor::Time { ms: opened_at_ms });
         // The history first: whatever the server stores after it is
         // attached is read from it; what came before waits in the inbox.
@@ -218,6 +228,9 @@ impl Notifications {
             Ok(mut history) => {
                 let recovered = history.resumed_whole();
                 let live_from_ms = history.live_from_ms();
+                // Before the inbox is read, so that no copy of them is shown.
+                let none_yet = ledger.had_before(history.take_before_position());
+                debug_assert!(none_yet.is_empty(), "the inbox is not read yet");
                 let history = Source::spawn(history, next_entry, close_history);
                 (Some(history), recovered, live_from_ms)
             }
@@ -245,7 +258,7 @@ impl Notifications {
             history,
             held: VecDeque::new(),
             inbox,
-            ledger: Acks::default(),
+            ledger,
             opened_at_ms,
             live_from_ms,
             recovered,
@@ -335,11 +348,11 @@ impl Notifications {
                 self.position = cursor;
                 Update::Moved(cursor)
             }
-            Entry::Resumed { cursor, id } => {
-                // The client had it before it came back: shown, so its copy
-                // in the inbox may go.
+            Entry::Resumed { cursor, id, before } => {
+                // The client had it before it came back, and those before
+                // it: shown, so their copies in the inbox may go.
                 self.position = cursor;
-                let ackers = self.ledger.ledger().show(id);
+                let ackers = self.ledger.had_before(before.into_iter().chain([id]));
                 self.acknowledge_later(ackers);
                 Update::Moved(cursor)
             }

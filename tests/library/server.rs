@@ -15,6 +15,7 @@ use ytnotify::{
     Error, broker,
     client::{
         Client, ClientConfig,
+        history::Cursor,
         inbox::Inbox,
         notifications::Notifications,
         user::{self, SubscriptionChange},
@@ -868,6 +869,65 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
     let received = within("a notification", third.next()).await.unwrap();
     assert_eq!(title(&received.notification), "After");
     third.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_that_comes_back_never_shows_again_what_its_client_had_from_the_history() {
+    let vhost = TestVhost::new("come-back");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    log_in_following(&client, "alice", "bob").await;
+    let start = Cursor::now();
+    for video in ["One", "Two", "Three"] {
+        publish_video(&client, "bob", video).await.unwrap();
+    }
+    // A client reads all three with their positions, and goes before any
+    // copy leaves the inbox: the acknowledgements its going cut.
+    let mut first = within(
+        "a session",
+        Notifications::open(client.link(), "alice", Some(start)),
+    )
+    .await
+    .unwrap();
+    let mut position = None;
+    for video in ["One", "Two", "Three"] {
+        let received = within("a notification", first.next()).await.unwrap();
+        assert_eq!(title(&received.notification), video);
+        position = Some(received.cursor.expect("from the history"));
+    }
+    first.close().await;
+    let (_connection, channel) = raw_channel(&vhost).await;
+    assert_eq!(depth(&channel, &topology::inbox("alice")).await, 3);
+
+    // It comes back after "Three": the inbox's copies of all three are the
+    // client's already, never handed out again, and they leave the inbox.
+    let reader = vhost.client("reader").await;
+    let mut again = within(
+        "a session",
+        Notifications::open(reader.link(), "alice", position),
+    )
+    .await
+    .unwrap()
+    .resumable();
+    assert!(again.recovered());
+    if let Ok(shown) = tokio::time::timeout(Duration::from_secs(1), again.next()).await {
+        panic!(
+            "shown again: {:?}",
+            shown.map(|received| title(&received.notification).to_owned())
+        );
+    }
+    publish_video(&client, "bob", "Four").await.unwrap();
+    let received = within("a notification", again.next()).await.unwrap();
+    assert_eq!(title(&received.notification), "Four");
+    assert!(!received.away && received.cursor.is_some());
+    within("the inbox to empty", async {
+        while depth(&channel, &topology::inbox("alice")).await != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    again.close().await;
     server.stop().await;
 }
 
