@@ -78,6 +78,15 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The plain configuration the library takes, with the broker's URL as
+    /// given (or the default): for what any account may ask.
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig {
+            broker: self.broker.endpoint(),
+            timeout: self.timeout,
+        }
+    }
+
     /// The plain configuration the library takes, to act as `account`.
     pub fn config_for(&self, account: &Account) -> Result<ClientConfig> {
         Ok(ClientConfig {
@@ -85,6 +94,28 @@ impl ClientArgs {
             timeout: self.timeout,
         })
     }
+}
+
+/// Prints a YouTuber's videos (`user videos`, `youtuber stats`) as a table,
+/// or as JSON; a listing cut to the newest says so on stderr.
+pub fn print_videos(channel: &crate::client::user::Channel, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, channel)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    write!(stdout, "{}", channel.table())?;
+    if channel.total > channel.videos.len() as u64 {
+        eprintln!(
+            "note: the newest {} of {}'s {} videos",
+            channel.videos.len(),
+            channel.youtuber,
+            channel.total
+        );
+    }
+    Ok(())
 }
 
 /// Parses `10s`, `500ms`, `1m`, or a bare number of seconds.

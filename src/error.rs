@@ -146,6 +146,12 @@ pub enum Error {
          start youtube_server, then log in with `user login {0}`"
     )]
     NoInbox(String),
+    /// The YouTuber's creator inbox does not exist yet.
+    #[error(
+        "{0} has no creator inbox yet: youtube_server makes it at {0}'s first upload \
+         (youtuber {0} <video>), or at the first like, comment or subscriber after it"
+    )]
+    NoCreatorInbox(String),
     /// The terminal could not be used for a dashboard.
     #[error("cannot use the terminal for the dashboard ({0}); use plain lines instead")]
     Terminal(String),

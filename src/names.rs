@@ -20,6 +20,10 @@ use std::fmt;
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest video title, in characters.
 pub const MAX_VIDEO_CHARS: usize = 100;
+/// Longest comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 500;
+/// Longest reference to a video: a whole id, `3f2a9c1e-…`, 36 characters.
+pub const MAX_VIDEO_REF_CHARS: usize = 36;
 
 /// What a checked string names, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub enum NameKind {
     User,
     Youtuber,
     Video,
+    VideoId,
+    Comment,
 }
 
 impl fmt::Display for NameKind {
@@ -35,6 +41,8 @@ impl fmt::Display for NameKind {
             NameKind::User => "user name",
             NameKind::Youtuber => "YouTuber name",
             NameKind::Video => "video name",
+            NameKind::VideoId => "video id",
+            NameKind::Comment => "comment",
         })
     }
 }
@@ -216,6 +224,63 @@ pub fn check_video(title: &str) -> Result<(), InvalidName> {
     if let Some(bad) = first_unprintable(title) {
         return Err(fail(format!(
             "{bad} is not allowed; use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a reference to a video: its id (`user videos` lists them) or the
+/// start of it, 1–36 lowercase hexadecimal digits and `-`.
+pub fn check_video_ref(reference: &str) -> Result<(), InvalidName> {
+    let fail = |problem: String| InvalidName {
+        kind: NameKind::VideoId,
+        value: reference.to_owned(),
+        problem,
+    };
+    let rule = "give the id `user videos <youtuber>` shows, or its first characters";
+    if reference.is_empty() {
+        return Err(fail(format!("it is empty; {rule}")));
+    }
+    let count = reference.chars().count();
+    if count > MAX_VIDEO_REF_CHARS {
+        return Err(fail(format!(
+            "it has {count} characters, and an id {MAX_VIDEO_REF_CHARS}; {rule}"
+        )));
+    }
+    if let Some((at, bad)) = reference
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f' | '-'))
+    {
+        return Err(fail(format!(
+            "{} at position {} is not in an id (digits, a-f and '-'); {rule}",
+            describe(bad),
+            at + 1
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a comment: 1–500 characters, not only whitespace, none of them a
+/// control or invisible format character (so, one line).
+pub fn check_comment(text: &str) -> Result<(), InvalidName> {
+    let fail = |problem: String| InvalidName {
+        kind: NameKind::Comment,
+        value: text.to_owned(),
+        problem,
+    };
+    if text.trim().is_empty() {
+        return Err(fail("it is empty; write something".to_owned()));
+    }
+    let count = text.chars().count();
+    if count > MAX_COMMENT_CHARS {
+        return Err(fail(format!(
+            "it has {count} characters; use at most {MAX_COMMENT_CHARS}"
+        )));
+    }
+    if let Some(bad) = first_unprintable(text) {
+        return Err(fail(format!(
+            "{bad} is not allowed; write one line of printable characters"
         )));
     }
     Ok(())

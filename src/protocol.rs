@@ -57,6 +57,44 @@ pub enum Request {
     ListSubscriptions { user: String },
     /// A YouTuber uploads a video; the server adds the YouTuber the first time.
     Upload { youtuber: String, video: String },
+    /// A user likes or dislikes a video, or takes either back (`reaction`
+    /// null). `video` is the video's id or the start of it.
+    #[serde(rename = "reaction")]
+    React {
+        user: String,
+        video: String,
+        reaction: Option<Reaction>,
+    },
+    /// A user comments on a video (`video`: its id or the start of it).
+    Comment {
+        user: String,
+        video: String,
+        text: String,
+    },
+    /// Anyone asks for a YouTuber's videos, newest first: what a channel's
+    /// page shows to all.
+    #[serde(rename = "videos")]
+    ListVideos { youtuber: String },
+    /// A YouTuber asks for its subscribers and its videos' counts.
+    Stats { youtuber: String },
+}
+
+/// What a user thinks of a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    Like,
+    Dislike,
+}
+
+impl Reaction {
+    /// `like` or `dislike`, as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reaction::Like => "like",
+            Reaction::Dislike => "dislike",
+        }
+    }
 }
 
 impl Request {
@@ -74,7 +112,27 @@ impl Request {
                 names::check_youtuber(youtuber)?;
                 names::check_video(video)
             }
+            Request::React { user, video, .. } => {
+                names::check_user(user)?;
+                names::check_video_ref(video)
+            }
+            Request::Comment { user, video, text } => {
+                names::check_user(user)?;
+                names::check_video_ref(video)?;
+                names::check_comment(text)
+            }
+            Request::ListVideos { youtuber } | Request::Stats { youtuber } => {
+                names::check_youtuber(youtuber)
+            }
         }
+    }
+
+    /// Whether the request only asks (and is neither stored nor recorded).
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. }
+        )
     }
 
     /// A login without history: what every client but a live session sends.
@@ -92,9 +150,25 @@ impl Request {
             Request::ChangeSubscription { .. } => "subscription",
             Request::ListSubscriptions { .. } => "subscriptions",
             Request::Upload { .. } => "upload",
+            Request::React { .. } => "reaction",
+            Request::Comment { .. } => "comment",
+            Request::ListVideos { .. } => "videos",
+            Request::Stats { .. } => "stats",
         }
     }
 }
+
+/// The type tags of [`Request`], as on the wire.
+const REQUEST_TYPES: [&str; 8] = [
+    "login",
+    "subscription",
+    "subscriptions",
+    "upload",
+    "reaction",
+    "comment",
+    "videos",
+    "stats",
+];
 
 /// A request with the id that makes it idempotent: the server applies each id once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +199,14 @@ pub enum Reply {
     },
     /// The YouTubers a user follows, in name order.
     Subscriptions { youtubers: Vec<String> },
+    /// A YouTuber's subscribers and videos, newest first: the latest
+    /// [`MAX_VIDEOS_LISTED`] of `total`.
+    Videos {
+        youtuber: String,
+        subscribers: u64,
+        total: u64,
+        videos: Vec<VideoStats>,
+    },
     /// The request was refused and changed nothing.
     Refused { reason: String },
 }
@@ -141,7 +223,7 @@ impl Reply {
             Reply::Refused { reason } => Reply::Refused {
                 reason: fit_reply_text(&reason),
             },
-            subscriptions @ Reply::Subscriptions { .. } => subscriptions,
+            listing @ (Reply::Subscriptions { .. } | Reply::Videos { .. }) => listing,
         }
     }
 
@@ -163,6 +245,20 @@ impl Reply {
                     })
                 })
             }
+            Reply::Videos {
+                youtuber, videos, ..
+            } => {
+                names::check_youtuber(youtuber).map_err(|invalid| InvalidReply {
+                    field: "youtuber".to_owned(),
+                    problem: format!("holds an {invalid}"),
+                })?;
+                videos.iter().enumerate().try_for_each(|(index, video)| {
+                    names::check_video(&video.title).map_err(|invalid| InvalidReply {
+                        field: format!("videos[{index}].title"),
+                        problem: format!("holds an {invalid}"),
+                    })
+                })
+            }
         }
     }
 
@@ -171,9 +267,26 @@ impl Reply {
         match self {
             Reply::Done { .. } => "done",
             Reply::Subscriptions { .. } => "subscriptions",
+            Reply::Videos { .. } => "videos",
             Reply::Refused { .. } => "refused",
         }
     }
+}
+
+/// The most videos a [`Reply::Videos`] lists: the newest. A hundred titles
+/// of 100 four-byte characters still fit in a message.
+pub const MAX_VIDEOS_LISTED: usize = 100;
+
+/// A video and what users made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoStats {
+    pub id: Uuid,
+    pub title: String,
+    /// Upload time, in milliseconds since the Unix epoch.
+    pub uploaded_at_ms: i64,
+    pub likes: u64,
+    pub dislikes: u64,
+    pub comments: u64,
 }
 
 /// Makes any text fit to be a reply's `notice` or `reason`: control and
@@ -282,6 +395,113 @@ impl std::fmt::Display for Notification {
     }
 }
 
+/// What a creator's inbox (`topology::creator_inbox`) holds: what users did
+/// about the creator and its videos, several events to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "creator_events")]
+pub struct CreatorEvents {
+    pub youtuber: String,
+    pub events: Vec<CreatorEvent>,
+}
+
+/// One thing a user did that its creator hears of. `id` is the id of the
+/// user's request: the same event always carries the same id, so a creator
+/// shows each once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CreatorEvent {
+    /// A user liked or disliked a video (from nothing, or from the other).
+    Reacted {
+        id: Uuid,
+        user: String,
+        video_id: Uuid,
+        video: String,
+        reaction: Reaction,
+        at_ms: i64,
+    },
+    Commented {
+        id: Uuid,
+        user: String,
+        video_id: Uuid,
+        video: String,
+        text: String,
+        at_ms: i64,
+    },
+    Subscribed {
+        id: Uuid,
+        user: String,
+        at_ms: i64,
+    },
+    Unsubscribed {
+        id: Uuid,
+        user: String,
+        at_ms: i64,
+    },
+}
+
+impl CreatorEvent {
+    /// The id a creator de-duplicates by.
+    pub fn id(&self) -> Uuid {
+        match self {
+            CreatorEvent::Reacted { id, .. }
+            | CreatorEvent::Commented { id, .. }
+            | CreatorEvent::Subscribed { id, .. }
+            | CreatorEvent::Unsubscribed { id, .. } => *id,
+        }
+    }
+
+    /// The user who did it.
+    pub fn user(&self) -> &str {
+        match self {
+            CreatorEvent::Reacted { user, .. }
+            | CreatorEvent::Commented { user, .. }
+            | CreatorEvent::Subscribed { user, .. }
+            | CreatorEvent::Unsubscribed { user, .. } => user,
+        }
+    }
+
+    /// Checks what the event carries, as the server checked it before
+    /// storing: one that fails was not written by the server.
+    pub fn validate(&self) -> Result<(), InvalidName> {
+        names::check_user(self.user())?;
+        match self {
+            CreatorEvent::Reacted { video, .. } => names::check_video(video),
+            CreatorEvent::Commented { video, text, .. } => {
+                names::check_video(video)?;
+                names::check_comment(text)
+            }
+            CreatorEvent::Subscribed { .. } | CreatorEvent::Unsubscribed { .. } => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for CreatorEvent {
+    /// The line a creator sees: `alice liked "Hello"`, `alice commented on
+    /// "Hello": Nice!`, `alice subscribed to you`. Escaped, as notifications are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = names::escape_for_terminal(self.user());
+        match self {
+            CreatorEvent::Reacted {
+                video, reaction, ..
+            } => {
+                let verb = match reaction {
+                    Reaction::Like => "liked",
+                    Reaction::Dislike => "disliked",
+                };
+                write!(f, "{user} {verb} \"{}\"", names::escape_for_terminal(video))
+            }
+            CreatorEvent::Commented { video, text, .. } => write!(
+                f,
+                "{user} commented on \"{}\": {}",
+                names::escape_for_terminal(video),
+                names::escape_for_terminal(text)
+            ),
+            CreatorEvent::Subscribed { .. } => write!(f, "{user} subscribed to you"),
+            CreatorEvent::Unsubscribed { .. } => write!(f, "{user} unsubscribed from you"),
+        }
+    }
+}
+
 /// Why a message could not be decoded. The text is the reason attached to a
 /// dead-lettered message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -381,18 +601,33 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 
 /// Decodes a request sent to the server.
 pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
-    decode(bytes, &["login", "subscription", "subscriptions", "upload"])
+    decode(bytes, &REQUEST_TYPES)
 }
 
 /// Decodes the server's reply, refusing one that fails [`Reply::validate`]:
 /// a client prints what it gets, and the server writes only replies that
 /// pass (see [`fit_reply_text`]).
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
-    let reply: Reply = decode(bytes, &["done", "subscriptions", "refused"])?;
+    let reply: Reply = decode(bytes, &["done", "subscriptions", "videos", "refused"])?;
     match reply.validate() {
         Ok(()) => Ok(reply),
         Err(invalid) => Err(DecodeError::Malformed {
             kind: reply.kind().to_owned(),
+            detail: invalid.to_string(),
+        }),
+    }
+}
+
+/// Decodes what a creator's inbox holds, refusing a message with an event
+/// that fails [`CreatorEvent::validate`].
+pub fn decode_creator_events(bytes: &[u8]) -> Result<CreatorEvents, DecodeError> {
+    let message: CreatorEvents = decode(bytes, &["creator_events"])?;
+    let checked = names::check_youtuber(&message.youtuber)
+        .and_then(|()| message.events.iter().try_for_each(CreatorEvent::validate));
+    match checked {
+        Ok(()) => Ok(message),
+        Err(invalid) => Err(DecodeError::Malformed {
+            kind: "creator_events".to_owned(),
             detail: invalid.to_string(),
         }),
     }

@@ -24,6 +24,7 @@
 //! the user (`user watch`, a browser tab through `gateway`) reads from its
 //! own position. Everything is durable; every message is persistent.
 
+use crate::protocol::Request;
 use lapin::{
     Channel, ExchangeKind,
     options::{
@@ -37,6 +38,10 @@ use lapin::{
 pub const USER_REQUESTS: &str = "ytnotify.user_requests";
 /// Queue of upload requests from YouTubers.
 pub const YOUTUBER_REQUESTS: &str = "ytnotify.youtuber_requests";
+/// Queue of users' likes, dislikes and comments.
+pub const INTERACTIONS: &str = "ytnotify.interactions";
+/// Fanout exchange that users publish their interactions to; it feeds [`INTERACTIONS`].
+pub const INTERACTIONS_EXCHANGE: &str = "ytnotify.requests.interaction";
 /// Fanout exchange that users publish their requests to; it feeds [`USER_REQUESTS`].
 pub const USER_REQUESTS_EXCHANGE: &str = "ytnotify.requests.user";
 /// Fanout exchange that YouTubers publish uploads to; it feeds [`YOUTUBER_REQUESTS`].
@@ -68,6 +73,10 @@ pub const PROBE_HEADER: &str = "x-ytnotify-probe";
 pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
 const INBOX_PREFIX: &str = "ytnotify.inbox.";
+const CREATOR_PREFIX: &str = "ytnotify.creator.";
+/// The most messages a creator's inbox keeps waiting, each holding up to a
+/// batch's events for that creator: past it the oldest is dropped.
+const CREATOR_INBOX_BOUND: i64 = 100_000;
 const USER_EXCHANGE_PREFIX: &str = "ytnotify.user.";
 const HISTORY_PREFIX: &str = "ytnotify.history.";
 /// The most a user's history keeps, in bytes: about 4,000 notifications.
@@ -82,12 +91,29 @@ pub const HISTORY_MAX_AGE: &str = "7D";
 /// What every reply queue's name begins with.
 pub const REPLY_PREFIX: &str = "ytnotify.reply.";
 
+/// The request queues the server consumes.
+pub const REQUEST_QUEUES: [&str; 3] = [USER_REQUESTS, YOUTUBER_REQUESTS, INTERACTIONS];
+
 /// The exchange a client publishes to for a request queue.
 pub fn request_exchange(queue: &str) -> &'static str {
-    if queue == YOUTUBER_REQUESTS {
-        YOUTUBER_REQUESTS_EXCHANGE
-    } else {
-        USER_REQUESTS_EXCHANGE
+    match queue {
+        YOUTUBER_REQUESTS => YOUTUBER_REQUESTS_EXCHANGE,
+        INTERACTIONS => INTERACTIONS_EXCHANGE,
+        _ => USER_REQUESTS_EXCHANGE,
+    }
+}
+
+/// The queue a request travels on: a YouTuber's on the YouTubers' queue,
+/// likes and comments on their own (a viral video's burst never delays a
+/// login), the rest of a user's on the users' queue.
+pub fn queue_for(request: &Request) -> &'static str {
+    match request {
+        Request::Upload { .. } | Request::Stats { .. } => YOUTUBER_REQUESTS,
+        Request::React { .. } | Request::Comment { .. } => INTERACTIONS,
+        Request::Login { .. }
+        | Request::ChangeSubscription { .. }
+        | Request::ListSubscriptions { .. }
+        | Request::ListVideos { .. } => USER_REQUESTS,
     }
 }
 
@@ -162,6 +188,35 @@ pub fn history(user: &str) -> String {
     format!("{HISTORY_PREFIX}{user}")
 }
 
+/// The durable inbox of a creator: what users did about the YouTuber and
+/// its videos (`protocol::CreatorEvents`), read by `youtuber watch`.
+pub fn creator_inbox(youtuber: &str) -> String {
+    format!("{CREATOR_PREFIX}{youtuber}")
+}
+
+/// Declares a creator's inbox, as the server does before it sends to it.
+/// Idempotent with the same arguments; one that exists with other settings
+/// is refused with `PRECONDITION_FAILED`, which closes the channel.
+pub async fn declare_creator_inbox(channel: &Channel, youtuber: &str) -> Result<(), lapin::Error> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(CREATOR_INBOX_BOUND),
+    );
+    arguments.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    channel
+        .queue_declare(
+            creator_inbox(youtuber).as_str().into(),
+            durable_queue(),
+            arguments,
+        )
+        .await?;
+    Ok(())
+}
+
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
@@ -197,7 +252,7 @@ fn request_queue_arguments() -> FieldTable {
 /// program calls it after connecting, so they can start in any order without a
 /// message ever being published to a queue that does not exist yet.
 pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
-    declare_with(channel, &[USER_REQUESTS, YOUTUBER_REQUESTS]).await
+    declare_with(channel, &REQUEST_QUEUES).await
 }
 
 /// [`declare`] with, of the two request queues, only `queue` if it is one:
@@ -212,6 +267,7 @@ pub async fn declare_for_consumer(channel: &Channel, queue: &str) -> Result<(), 
     let request_queues: &[&str] = match queue {
         USER_REQUESTS => &[USER_REQUESTS],
         YOUTUBER_REQUESTS => &[YOUTUBER_REQUESTS],
+        INTERACTIONS => &[INTERACTIONS],
         _ => &[],
     };
     declare_with(channel, request_queues).await
@@ -301,7 +357,7 @@ async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), 
 /// whose account may not declare the topology checks instead (a missing
 /// exchange is an error, and closes the channel).
 pub async fn check_declared(channel: &Channel) -> Result<(), lapin::Error> {
-    for exchange in [USER_REQUESTS_EXCHANGE, YOUTUBER_REQUESTS_EXCHANGE] {
+    for exchange in REQUEST_QUEUES.map(request_exchange) {
         channel
             .exchange_declare(
                 exchange.into(),
@@ -505,6 +561,23 @@ pub async fn unbind_inbox_directly(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_request_has_its_queue_and_exchange() {
+        let like = Request::React {
+            user: "alice".into(),
+            video: "3f".into(),
+            reaction: None,
+        };
+        assert_eq!(queue_for(&like), INTERACTIONS);
+        assert_eq!(request_exchange(INTERACTIONS), INTERACTIONS_EXCHANGE);
+        let stats = Request::Stats {
+            youtuber: "bob".into(),
+        };
+        assert_eq!(queue_for(&stats), YOUTUBER_REQUESTS);
+        assert_eq!(queue_for(&Request::login("alice")), USER_REQUESTS);
+        assert_eq!(creator_inbox("bob"), "ytnotify.creator.bob");
+    }
 
     #[test]
     fn inbox_names_round_trip() {

@@ -21,26 +21,36 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use ytnotify::names::{
-    self, InvalidName, MAX_NAME_CHARS, MAX_VIDEO_CHARS, NameKind, escape_for_terminal,
+    self, InvalidName, MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_VIDEO_CHARS, NameKind,
+    escape_for_terminal,
 };
 use ytnotify::protocol::{
-    self, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reply, Request,
-    RequestEnvelope, decode_notification, decode_reply, decode_request, encode,
+    self, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reaction, Reply,
+    Request, RequestEnvelope, VideoStats, decode_notification, decode_reply, decode_request,
+    encode,
 };
 
 /// Every type tag of the protocol, requests, replies and notifications alike.
-const KNOWN_TYPES: [&str; 7] = [
+const KNOWN_TYPES: [&str; 15] = [
     "login",
     "subscription",
     "subscriptions",
     "upload",
+    "reaction",
+    "comment",
+    "videos",
+    "stats",
     "done",
     "refused",
     "video_uploaded",
+    "creator_events",
+    "reacted",
+    "commented",
+    "subscribed",
 ];
 
 /// Every field name the protocol uses, in any message.
-const KNOWN_FIELDS: [&str; 11] = [
+const KNOWN_FIELDS: [&str; 20] = [
     "v",
     "type",
     "id",
@@ -52,6 +62,15 @@ const KNOWN_FIELDS: [&str; 11] = [
     "youtubers",
     "reason",
     "uploaded_at_ms",
+    "reaction",
+    "text",
+    "videos",
+    "subscribers",
+    "total",
+    "events",
+    "video_id",
+    "at_ms",
+    "likes",
 ];
 
 fn config() -> ProptestConfig {
@@ -262,7 +281,41 @@ fn valid_request() -> impl Strategy<Value = Request> {
         valid_name().prop_map(|user| Request::ListSubscriptions { user }),
         (valid_name(), valid_video())
             .prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
+        (valid_name(), valid_video_ref(), any_reaction()).prop_map(|(user, video, reaction)| {
+            Request::React {
+                user,
+                video,
+                reaction,
+            }
+        }),
+        (valid_name(), valid_video_ref(), valid_comment())
+            .prop_map(|(user, video, text)| Request::Comment { user, video, text }),
+        valid_name().prop_map(|youtuber| Request::ListVideos { youtuber }),
+        valid_name().prop_map(|youtuber| Request::Stats { youtuber }),
     ]
+}
+
+fn any_reaction() -> impl Strategy<Value = Option<Reaction>> {
+    prop::option::of(prop::sample::select(vec![
+        Reaction::Like,
+        Reaction::Dislike,
+    ]))
+}
+
+/// A video's id, or the start of one.
+fn valid_video_ref() -> impl Strategy<Value = String> {
+    (any::<u128>(), 1..=36_usize)
+        .prop_map(|(id, len)| Uuid::from_u128(id).to_string()[..len].to_owned())
+}
+
+/// A comment as a user may write it.
+fn valid_comment() -> impl Strategy<Value = String> {
+    prop::collection::vec(title_char(), 1..=MAX_COMMENT_CHARS).prop_map(|mut chars| {
+        if chars.iter().all(|c| c.is_whitespace()) {
+            chars[0] = 'x';
+        }
+        chars.into_iter().collect::<String>()
+    })
 }
 
 /// Any string at all: the protocol carries names without judging them.
@@ -360,6 +413,20 @@ fn any_request() -> impl Strategy<Value = Request> {
         }),
         any_text().prop_map(|user| Request::ListSubscriptions { user }),
         (any_text(), any_text()).prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
+        (any_text(), any_text(), any_reaction()).prop_map(|(user, video, reaction)| {
+            Request::React {
+                user,
+                video,
+                reaction,
+            }
+        }),
+        (any_text(), any_text(), any_text()).prop_map(|(user, video, text)| Request::Comment {
+            user,
+            video,
+            text
+        }),
+        any_text().prop_map(|youtuber| Request::ListVideos { youtuber }),
+        any_text().prop_map(|youtuber| Request::Stats { youtuber }),
     ]
 }
 
@@ -374,7 +441,31 @@ fn valid_reply() -> impl Strategy<Value = Reply> {
         prop::collection::vec(valid_name(), 0..20)
             .prop_map(|youtubers| Reply::Subscriptions { youtubers }),
         reply_text().prop_map(|reason| Reply::Refused { reason }),
+        (valid_name(), prop::collection::vec(valid_video(), 0..5))
+            .prop_map(|(youtuber, titles)| videos_reply(youtuber, titles)),
     ]
+}
+
+/// A listing of a YouTuber's videos with these titles.
+fn videos_reply(youtuber: String, titles: Vec<String>) -> Reply {
+    let videos: Vec<VideoStats> = titles
+        .into_iter()
+        .enumerate()
+        .map(|(n, title)| VideoStats {
+            id: Uuid::from_u128(n as u128),
+            title,
+            uploaded_at_ms: n as i64,
+            likes: n as u64,
+            dislikes: 0,
+            comments: 1,
+        })
+        .collect();
+    Reply::Videos {
+        youtuber,
+        subscribers: 3,
+        total: videos.len() as u64,
+        videos,
+    }
 }
 
 /// A reply with any strings in it, safe to print or not.
@@ -387,6 +478,8 @@ fn any_reply() -> impl Strategy<Value = Reply> {
         1 => any_text().prop_map(|reason| Reply::Refused { reason }),
         1 => (title_char(), MAX_REPLY_TEXT_CHARS + 1..=MAX_REPLY_TEXT_CHARS + 2)
             .prop_map(|(c, n)| Reply::Refused { reason: c.to_string().repeat(n) }),
+        1 => (any_text(), prop::collection::vec(any_text(), 0..4))
+            .prop_map(|(youtuber, titles)| videos_reply(youtuber, titles)),
     ]
 }
 
@@ -399,6 +492,12 @@ fn reference_reply_ok(reply: &Reply) -> bool {
         Reply::Done { notice } => notice.as_deref().is_none_or(text_ok),
         Reply::Subscriptions { youtubers } => youtubers.iter().all(|n| reference_name_ok(n)),
         Reply::Refused { reason } => text_ok(reason),
+        Reply::Videos {
+            youtuber, videos, ..
+        } => {
+            reference_name_ok(youtuber)
+                && videos.iter().all(|video| reference_video_ok(&video.title))
+        }
     }
 }
 
@@ -548,7 +647,7 @@ fn type_token() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => prop::sample::select(KNOWN_TYPES.to_vec()).prop_map(|t| format!("\"{t}\"")),
         1 => prop::sample::select(vec![
-            "\"Login\"", "\"login \"", "\"like\"", "\"\"", "\"video-uploaded\"", "\"\\u006cogin\"",
+            "\"Login\"", "\"login \"", "\"likes\"", "\"\"", "\"video-uploaded\"", "\"\\u006cogin\"",
             "null", "1", "[\"login\"]", "{\"type\":\"login\"}",
         ])
         .prop_map(str::to_owned),
@@ -879,6 +978,15 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
         Request::Upload { youtuber, video } => {
             names::check_youtuber(youtuber).and_then(|()| names::check_video(video))
         }
+        Request::React { user, video, .. } => {
+            names::check_user(user).and_then(|()| names::check_video_ref(video))
+        }
+        Request::Comment { user, video, text } => names::check_user(user)
+            .and_then(|()| names::check_video_ref(video))
+            .and_then(|()| names::check_comment(text)),
+        Request::ListVideos { youtuber } | Request::Stats { youtuber } => {
+            names::check_youtuber(youtuber)
+        }
     }
 }
 
@@ -893,10 +1001,36 @@ fn reference_request_ok(request: &Request) -> bool {
         Request::Upload { youtuber, video } => {
             reference_name_ok(youtuber) && reference_video_ok(video)
         }
+        Request::React { user, video, .. } => {
+            reference_name_ok(user) && reference_video_ref_ok(video)
+        }
+        Request::Comment { user, video, text } => {
+            reference_name_ok(user) && reference_video_ref_ok(video) && reference_comment_ok(text)
+        }
+        Request::ListVideos { youtuber } | Request::Stats { youtuber } => {
+            reference_name_ok(youtuber)
+        }
     }
 }
 
-fn candidate_request() -> impl Strategy<Value = Request> {
+/// The documented rule for a reference to a video: 1–36 of `0-9`, `a-f`, `-`.
+fn reference_video_ref_ok(reference: &str) -> bool {
+    (1..=36).contains(&reference.len())
+        && reference
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-'))
+}
+
+/// The documented rule for comments: 1–500 characters, no control or
+/// format character, not only whitespace.
+fn reference_comment_ok(text: &str) -> bool {
+    let count = text.chars().count();
+    (1..=500).contains(&count)
+        && !text.chars().any(reference_unprintable)
+        && text.chars().any(|c| !c.is_whitespace())
+}
+
+fn candidate_request() -> BoxedStrategy<Request> {
     prop_oneof![
         candidate_name().prop_map(Request::login),
         (candidate_name(), candidate_name(), any::<bool>()).prop_map(
@@ -909,7 +1043,44 @@ fn candidate_request() -> impl Strategy<Value = Request> {
         candidate_name().prop_map(|user| Request::ListSubscriptions { user }),
         (candidate_name(), candidate_video())
             .prop_map(|(youtuber, video)| Request::Upload { youtuber, video }),
+        (candidate_name(), candidate_video_ref(), any_reaction()).prop_map(
+            |(user, video, reaction)| Request::React {
+                user,
+                video,
+                reaction,
+            }
+        ),
+        (candidate_name(), candidate_video_ref(), candidate_comment())
+            .prop_map(|(user, video, text)| Request::Comment { user, video, text }),
+        candidate_name().prop_map(|youtuber| Request::ListVideos { youtuber }),
+        candidate_name().prop_map(|youtuber| Request::Stats { youtuber }),
     ]
+    .boxed()
+}
+
+/// References to videos, good and nearly good.
+fn candidate_video_ref() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => valid_video_ref(),
+        1 => "[0-9a-fA-G-]{0,38}",
+        1 => candidate_name(),
+    ]
+    .boxed()
+}
+
+/// Comments, good and nearly good.
+fn candidate_comment() -> BoxedStrategy<String> {
+    let around_the_limit = (
+        prop::sample::select(vec!['x', 'é', '🦀', ' ']),
+        498..=502_usize,
+    )
+        .prop_map(|(c, n)| format!("a{}", c.to_string().repeat(n - 1)));
+    prop_oneof![
+        3 => valid_comment(),
+        1 => around_the_limit,
+        2 => candidate_video(),
+    ]
+    .boxed()
 }
 
 // ---------------------------------------------------------------------------
@@ -1225,6 +1396,7 @@ proptest! {
             (encode(&reply), match reply {
                 Reply::Done { .. } => "done",
                 Reply::Subscriptions { .. } => "subscriptions",
+                Reply::Videos { .. } => "videos",
                 Reply::Refused { .. } => "refused",
             }),
             (encode(&notification), "video_uploaded"),

@@ -7,8 +7,8 @@
 //!
 //! | account            | configure              | write (publish)                | read (consume, purge)            |
 //! |--------------------|------------------------|--------------------------------|----------------------------------|
-//! | `user.alice`       | her own reply queues   | the user request exchange      | her reply queues, inbox, history |
-//! | `youtuber.TomScott`| his own reply queues   | the YouTuber request exchange  | his reply queues                 |
+//! | `user.alice`       | her own reply queues   | the user and interaction request exchanges | her reply queues, inbox, history |
+//! | `youtuber.TomScott`| his own reply queues   | the YouTuber request exchange  | his reply queues, creator inbox  |
 //!
 //! Nothing else: not the default exchange (which reaches every queue), not
 //! the notifications exchange, no inbox to declare, no request queue to read.
@@ -106,13 +106,19 @@ impl Account {
     }
 
     /// The account that may send `request`: the user's, or for an upload
-    /// the YouTuber's.
-    pub fn for_request(request: &Request) -> Account {
+    /// the YouTuber's; `None` for a question anyone may ask (a channel's
+    /// videos).
+    pub fn for_request(request: &Request) -> Option<Account> {
         match request {
             Request::Login { user, .. }
             | Request::ListSubscriptions { user }
-            | Request::ChangeSubscription { user, .. } => Account::user(user),
-            Request::Upload { youtuber, .. } => Account::youtuber(youtuber),
+            | Request::ChangeSubscription { user, .. }
+            | Request::React { user, .. }
+            | Request::Comment { user, .. } => Some(Account::user(user)),
+            Request::Upload { youtuber, .. } | Request::Stats { youtuber } => {
+                Some(Account::youtuber(youtuber))
+            }
+            Request::ListVideos { .. } => None,
         }
     }
 
@@ -141,7 +147,11 @@ impl Account {
         match self.role {
             Role::User => Permissions {
                 configure: format!("^{replies}$"),
-                write: format!("^{}$", escape(topology::USER_REQUESTS_EXCHANGE)),
+                write: format!(
+                    "^({}|{})$",
+                    escape(topology::USER_REQUESTS_EXCHANGE),
+                    escape(topology::INTERACTIONS_EXCHANGE)
+                ),
                 read: format!(
                     "^({replies}|{}|{})$",
                     escape(&topology::inbox(&self.name)),
@@ -151,7 +161,10 @@ impl Account {
             Role::Youtuber => Permissions {
                 configure: format!("^{replies}$"),
                 write: format!("^{}$", escape(topology::YOUTUBER_REQUESTS_EXCHANGE)),
-                read: format!("^{replies}$"),
+                read: format!(
+                    "^({replies}|{})$",
+                    escape(&topology::creator_inbox(&self.name))
+                ),
             },
         }
     }
@@ -186,24 +199,29 @@ pub fn check_sender(
     reply_to: Option<&str>,
 ) -> Result<(), String> {
     let account = Account::for_request(request);
-    let login = account.login();
     let Some(sender) = user_id else {
+        let with = match &account {
+            Some(account) => format!("the account {account}"),
+            None => "an account".to_owned(),
+        };
         return Err(format!(
             "the request names no sender (AMQP property user_id); this server is in secure mode: \
-             send it with the account {login}"
+             send it with {with}"
         ));
     };
-    if sender != login {
+    if let Some(account) = &account
+        && sender != account.login()
+    {
         return Err(format!(
-            "the account {sender} may not act as {} {}; log in with the account {login}",
+            "the account {sender} may not act as {} {}; log in with the account {account}",
             account.role, account.name
         ));
     }
     if let Some(reply_to) = reply_to
-        && !topology::is_reply_queue_of(reply_to, &login)
+        && !topology::is_reply_queue_of(reply_to, sender)
     {
         return Err(format!(
-            "replies to {login} go to its own reply queues, not to {reply_to}"
+            "replies to {sender} go to its own reply queues, not to {reply_to}"
         ));
     }
     Ok(())
@@ -233,14 +251,20 @@ mod tests {
             permissions.configure,
             r"^ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}$"
         );
-        assert_eq!(permissions.write, r"^ytnotify\.requests\.user$");
+        assert_eq!(
+            permissions.write,
+            r"^(ytnotify\.requests\.user|ytnotify\.requests\.interaction)$"
+        );
         assert_eq!(
             permissions.read,
             r"^(ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}|ytnotify\.inbox\.a\.b|ytnotify\.history\.a\.b)$"
         );
         let youtuber = Account::youtuber("TomScott").permissions();
         assert_eq!(youtuber.write, r"^ytnotify\.requests\.youtuber$");
-        assert_eq!(youtuber.read, youtuber.configure);
+        assert_eq!(
+            youtuber.read,
+            r"^(ytnotify\.reply\.youtuber\.TomScott\.[0-9a-f]{32}|ytnotify\.creator\.TomScott)$"
+        );
     }
 
     #[test]
@@ -267,5 +291,12 @@ mod tests {
         // A user's account is not the YouTuber's of the same name.
         assert!(check_sender(&upload, Some("user.alice"), None).is_err());
         assert_eq!(check_sender(&upload, Some("youtuber.alice"), None), Ok(()));
+        // Anyone may ask for a channel's videos, with answers to its own queue.
+        let videos = Request::ListVideos {
+            youtuber: "bob".into(),
+        };
+        assert_eq!(check_sender(&videos, Some("user.carol"), None), Ok(()));
+        assert!(check_sender(&videos, None, None).is_err());
+        assert!(check_sender(&videos, Some("user.carol"), Some(&theirs)).is_err());
     }
 }

@@ -14,6 +14,7 @@ use ytnotify::{
         user::{self, SubscriptionChange},
     },
     names,
+    protocol::Reaction,
 };
 
 /// A user of the YouTube simulation.
@@ -67,6 +68,40 @@ enum Command {
     /// Show notifications as they arrive (waiting ones first), until Ctrl-C: a dashboard
     /// in a terminal, plain lines otherwise
     Watch { name: String },
+    /// List a YouTuber's videos, newest first: id, upload time, counts, title
+    Videos {
+        youtuber: String,
+        /// Print JSON (full ids, times in milliseconds since the Unix epoch)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Like a video (taking back a dislike), print SUCCESS and exit
+    Like {
+        name: String,
+        /// The video's id, or its first characters (`user videos <youtuber>` lists them)
+        video: String,
+    },
+    /// Dislike a video (taking back a like), print SUCCESS and exit
+    Dislike {
+        name: String,
+        /// The video's id, or its first characters
+        video: String,
+    },
+    /// Take back a like or a dislike, print SUCCESS and exit
+    Unlike {
+        name: String,
+        /// The video's id, or its first characters
+        video: String,
+    },
+    /// Comment on a video (1-500 characters, one line), print SUCCESS and exit
+    Comment {
+        name: String,
+        /// The video's id, or its first characters
+        video: String,
+        /// The comment: the rest of the words, joined with spaces
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -159,7 +194,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             watch(client, &name, dashboard, shutdown).await
         }
+        Some(Command::Videos { youtuber, json }) => {
+            names::check_youtuber(&youtuber)?;
+            let client = Client::connect(&client_args.config(), "user videos").await?;
+            let channel = user::videos(&client, &youtuber).await?;
+            client.close().await?;
+            cli::print_videos(&channel, json)
+        }
+        Some(Command::Like { name, video }) => {
+            react(&config(&name)?, &name, &video, Some(Reaction::Like)).await
+        }
+        Some(Command::Dislike { name, video }) => {
+            react(&config(&name)?, &name, &video, Some(Reaction::Dislike)).await
+        }
+        Some(Command::Unlike { name, video }) => react(&config(&name)?, &name, &video, None).await,
+        Some(Command::Comment { name, video, text }) => {
+            let text = text.join(" ");
+            let video = video.to_ascii_lowercase();
+            names::check_user(&name)?;
+            names::check_video_ref(&video)?;
+            names::check_comment(&text)?;
+            let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
+            user::comment(&client, &name, &video, &text).await?;
+            println!("SUCCESS");
+            Ok(client.close().await?)
+        }
     }
+}
+
+/// Likes, dislikes or takes back either, and prints SUCCESS.
+async fn react(
+    config: &ytnotify::client::ClientConfig,
+    name: &str,
+    video: &str,
+    reaction: Option<Reaction>,
+) -> anyhow::Result<()> {
+    let video = video.to_ascii_lowercase();
+    names::check_user(name)?;
+    names::check_video_ref(&video)?;
+    let client = Client::connect(config, &format!("user {name}")).await?;
+    if let Some(notice) = user::react(&client, name, &video, reaction).await? {
+        eprintln!("note: {notice}");
+    }
+    println!("SUCCESS");
+    Ok(client.close().await?)
 }
 
 fn check(name: &str, change: Option<&SubscriptionChange>) -> anyhow::Result<()> {

@@ -1,16 +1,27 @@
-//! `youtuber`: uploads a video and prints SUCCESS once the server has it.
+//! `youtuber`: uploads a video and prints SUCCESS once the server has it;
+//! shows what users make of the YouTuber's videos.
 
-use std::process::ExitCode;
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use ytnotify::{
     accounts::Account,
     cli::{self, ClientArgs},
-    client::{Client, youtuber::publish_video},
+    client::{
+        Client,
+        creator::CreatorFeed,
+        youtuber::{publish_video, stats},
+    },
+    names,
 };
 
 /// Upload a video as a YouTuber: `youtuber <name> <video words...>`.
 /// Prints SUCCESS once the server has stored the video and notified every subscriber.
+/// `youtuber watch <name>` shows likes, comments and subscribers as they come.
 #[derive(Debug, Parser)]
 #[command(name = "youtuber", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -34,7 +45,24 @@ enum Command {
         #[arg(required = true)]
         video: Vec<String>,
     },
+    /// Show what users do about the YouTuber as it happens (what came while away first):
+    /// likes, dislikes, comments, subscribers come and gone, until Ctrl-C
+    Watch {
+        /// The YouTuber's name
+        name: String,
+    },
+    /// Print the YouTuber's subscribers, and each video's likes, dislikes and comments
+    Stats {
+        /// The YouTuber's name
+        name: String,
+        /// Print JSON (full ids, times in milliseconds since the Unix epoch)
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// How long a burst of events is gathered before its lines are shown.
+const WINDOW: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -46,6 +74,24 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (name, words) = match cli.command {
         Some(Command::Publish { name, video }) => (name, video),
+        Some(Command::Watch { name }) => return watch(&cli.client, &name).await,
+        Some(Command::Stats { name, json }) => {
+            names::check_youtuber(&name)?;
+            let config = cli.client.config_for(&Account::youtuber(&name))?;
+            let client = Client::connect(&config, &format!("youtuber {name}")).await?;
+            let channel = stats(&client, &name).await?;
+            client.close().await?;
+            if !json {
+                println!(
+                    "{name}: {} subscriber{}, {} video{}",
+                    channel.subscribers,
+                    plural(channel.subscribers),
+                    channel.total,
+                    plural(channel.total)
+                );
+            }
+            return cli::print_videos(&channel, json);
+        }
         None => match cli.name {
             Some(name) if !cli.video.is_empty() => (name, cli.video),
             _ => Cli::command()
@@ -63,6 +109,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&config, &format!("youtuber {name}")).await?;
     publish_video(&client, &name, &video).await?;
     println!("SUCCESS");
+    client.close().await?;
+    Ok(())
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// Prints the creator's feed, a window at a time, until Ctrl-C; each
+/// window's events leave the inbox once printed.
+async fn watch(client: &ClientArgs, name: &str) -> anyhow::Result<()> {
+    names::check_youtuber(name)?;
+    let shutdown = cli::shutdown_signal();
+    let config = client.config_for(&Account::youtuber(name))?;
+    let client = Client::connect(&config, &format!("youtuber {name}")).await?;
+    let mut feed = CreatorFeed::open(client.link(), name).await?;
+    if std::io::stderr().is_terminal() {
+        eprintln!("waiting for likes, comments and subscribers of {name} (Ctrl-C to quit)");
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let window = tokio::select! {
+            () = &mut shutdown => break,
+            window = feed.next_window(WINDOW) => window?,
+        };
+        {
+            let mut stdout = std::io::stdout().lock();
+            for line in &window.lines {
+                writeln!(stdout, "{line}")?;
+            }
+            stdout.flush()?;
+        }
+        window.ack().await?;
+    }
+    feed.close().await;
     client.close().await?;
     Ok(())
 }

@@ -228,10 +228,7 @@ impl Client {
     /// request sent again (the same id makes a copy that did arrive harmless).
     pub async fn send(&self, request: Request) -> Result<PendingReply> {
         request.validate()?;
-        let queue = match request {
-            Request::Upload { .. } => topology::YOUTUBER_REQUESTS,
-            _ => topology::USER_REQUESTS,
-        };
+        let queue = topology::queue_for(&request);
         let envelope = RequestEnvelope::new(request);
         let id = envelope.id.to_string();
         let body = protocol::encode(&envelope);

@@ -1,10 +1,119 @@
-//! The user's requests: log in and change or list subscriptions.
+//! The user's requests: log in, change or list subscriptions, list a
+//! YouTuber's videos, like, dislike and comment.
 
 use crate::{
     client::Client,
     error::{Error, Result},
-    protocol::{Reply, Request},
+    protocol::{Reaction, Reply, Request},
 };
+
+pub use crate::protocol::VideoStats;
+
+/// A YouTuber's subscribers and newest videos (at most
+/// [`MAX_VIDEOS_LISTED`](crate::protocol::MAX_VIDEOS_LISTED) of `total`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Channel {
+    pub youtuber: String,
+    pub subscribers: u64,
+    pub total: u64,
+    pub videos: Vec<VideoStats>,
+}
+
+/// `youtuber`'s videos, newest first, with their ids and counts. Refused for
+/// a YouTuber who has not uploaded any.
+pub async fn videos(client: &Client, youtuber: &str) -> Result<Channel> {
+    let request = Request::ListVideos {
+        youtuber: youtuber.to_owned(),
+    };
+    into_channel(client.call(request).await?)
+}
+
+/// Likes or dislikes a video as `user`, or takes either back (`None`).
+/// `video` is the video's id or the start of it. Returns the server's notice
+/// (the user had done so already, say).
+pub async fn react(
+    client: &Client,
+    user: &str,
+    video: &str,
+    reaction: Option<Reaction>,
+) -> Result<Option<String>> {
+    let request = Request::React {
+        user: user.to_owned(),
+        video: video.to_owned(),
+        reaction,
+    };
+    into_notice(client.call(request).await?)
+}
+
+/// Comments on a video as `user` (`video`: its id or the start of it).
+pub async fn comment(client: &Client, user: &str, video: &str, text: &str) -> Result<()> {
+    let request = Request::Comment {
+        user: user.to_owned(),
+        video: video.to_owned(),
+        text: text.to_owned(),
+    };
+    into_notice(client.call(request).await?).map(|_| ())
+}
+
+impl Channel {
+    /// The videos as a table, one line each, newest first:
+    ///
+    /// ```text
+    /// ID        UPLOADED          LIKES  DISLIKES  COMMENTS  TITLE
+    /// 3f2a9c1e  2026-11-30 11:02      12         1         3  Hello
+    /// ```
+    ///
+    /// The ID column shows the first 8 characters of each id, which the
+    /// commands that take a video accept.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut table =
+            String::from("ID        UPLOADED          LIKES  DISLIKES  COMMENTS  TITLE\n");
+        for video in &self.videos {
+            let id = video.id.to_string();
+            let _ = writeln!(
+                table,
+                "{}  {}  {:>5}  {:>8}  {:>8}  {}",
+                &id[..SHORT_ID],
+                local_time(video.uploaded_at_ms),
+                video.likes,
+                video.dislikes,
+                video.comments,
+                crate::names::escape_for_terminal(&video.title)
+            );
+        }
+        table
+    }
+}
+
+/// How many characters of a video's id tables show.
+pub const SHORT_ID: usize = 8;
+
+/// `2026-11-30 11:02`, in the machine's time zone.
+fn local_time(ms: i64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(time) => time.format("%Y-%m-%d %H:%M").to_string(),
+        None => format!("{ms:>16}"),
+    }
+}
+
+pub(super) fn into_channel(reply: Reply) -> Result<Channel> {
+    match reply {
+        Reply::Videos {
+            youtuber,
+            subscribers,
+            total,
+            videos,
+        } => Ok(Channel {
+            youtuber,
+            subscribers,
+            total,
+            videos,
+        }),
+        other => Err(Error::UnexpectedReply(format!("{other:?}"))),
+    }
+}
 
 /// A subscription change, as the exercise's `s` and `u`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -75,6 +75,14 @@ struct Work {
     pairs: Vec<(String, String, bool)>,
     /// (user, YouTuber): inbox bindings of the older layout to remove.
     direct: Vec<(String, String)>,
+    /// YouTubers whose creator inbox must exist.
+    creators: Vec<String>,
+}
+
+/// The key under which a creator inbox's failure is reported: not a user
+/// name (names hold no space).
+pub(crate) fn creator_key(youtuber: &str) -> String {
+    format!("creator {youtuber}")
 }
 
 /// A batch's declarations and bindings, under way.
@@ -98,12 +106,22 @@ impl Bindings {
 
     /// Sets the effects of a stored batch going: the inboxes of logins and of
     /// new users, then the final state of each pair the batch touched (a
-    /// login touches all of the user's subscriptions). Each lane carries it
-    /// after the batches handed to it before.
+    /// login touches all of the user's subscriptions), and the creator
+    /// inboxes of YouTubers who uploaded or have something to hear of. Each
+    /// lane carries it after the batches handed to it before.
     pub(crate) fn carry_out(&self, outcomes: &[Decision]) -> Pending {
         let mut work: HashMap<usize, Work> = HashMap::new();
         let mut pairs: HashMap<(&str, &str), bool> = HashMap::new();
         for outcome in outcomes {
+            let creator = match (&outcome.effect, &outcome.tell) {
+                (_, Some(note)) => Some(&note.youtuber),
+                (Effect::Notify(video), None) => Some(&video.youtuber),
+                _ => None,
+            };
+            if let Some(youtuber) = creator {
+                let lane = work.entry(lane_of(&creator_key(youtuber))).or_default();
+                lane.creators.push(youtuber.clone());
+            }
             match &outcome.effect {
                 Effect::Inbox {
                     inbox,
@@ -163,6 +181,16 @@ impl Bindings {
         self.hand_out(work)
     }
 
+    /// Declares the creator inboxes of `youtubers`.
+    pub(crate) fn declare_creators(&self, youtubers: impl IntoIterator<Item = String>) -> Pending {
+        let mut work: HashMap<usize, Work> = HashMap::new();
+        for youtuber in youtubers {
+            let lane = work.entry(lane_of(&creator_key(&youtuber))).or_default();
+            lane.creators.push(youtuber);
+        }
+        self.hand_out(work)
+    }
+
     fn hand_out(&self, work: HashMap<usize, Work>) -> Pending {
         let pending = work
             .into_iter()
@@ -171,6 +199,8 @@ impl Bindings {
                 work.inboxes.dedup_by(|a, b| a.user == b.user);
                 work.histories.sort_unstable();
                 work.histories.dedup();
+                work.creators.sort_unstable();
+                work.creators.dedup();
                 let (done, finished) = oneshot::channel();
                 // A lane ends only when `Bindings` is dropped; then `finished`
                 // reports it.
@@ -248,7 +278,11 @@ async fn lane_channel(
 
 impl Work {
     fn size(&self) -> usize {
-        self.inboxes.len() + self.histories.len() + self.pairs.len() + self.direct.len()
+        self.inboxes.len()
+            + self.histories.len()
+            + self.pairs.len()
+            + self.direct.len()
+            + self.creators.len()
     }
 
     /// Carries the work out, pipelined; if the broker refuses part of it,
@@ -272,14 +306,24 @@ impl Work {
         }
         let mut failures = Failures::new();
         for one in self.by_user() {
-            let user = one.user().to_owned();
             let (session, channel) = lane_channel(link, current).await?;
             match one.run(&channel).await {
                 Ok(()) => {}
                 Err(err) if !session.is_alive() => return Err(err.into()),
                 Err(err) => {
-                    tracing::warn!(%err, user, "the broker refused a declaration or binding");
-                    failures.insert(user.clone(), failure(&user, vhost, &err));
+                    let (key, failure) = match one.creators.first() {
+                        Some(youtuber) => (
+                            creator_key(youtuber),
+                            creator_failure(youtuber, vhost, &err),
+                        ),
+                        None => {
+                            let user = one.user().to_owned();
+                            let failure = failure(&user, vhost, &err);
+                            (user, failure)
+                        }
+                    };
+                    tracing::warn!(%err, key, "the broker refused a declaration or binding");
+                    failures.insert(key, failure);
                 }
             }
         }
@@ -318,6 +362,13 @@ impl Work {
             });
             parts[at].direct.push(pair.clone());
         }
+        // Each creator inbox alone: its failure is the creator's, not a user's.
+        for youtuber in &self.creators {
+            parts.push(Work {
+                creators: vec![youtuber.clone()],
+                ..Work::default()
+            });
+        }
         parts
     }
 
@@ -354,6 +405,12 @@ impl Work {
             self.direct
                 .iter()
                 .map(|(user, youtuber)| topology::unbind_inbox_directly(channel, user, youtuber)),
+        )
+        .await?;
+        futures::future::try_join_all(
+            self.creators
+                .iter()
+                .map(|youtuber| topology::declare_creator_inbox(channel, youtuber)),
         )
         .await?;
         // Last, and never a failure of the request: a user without a
@@ -407,6 +464,21 @@ fn failure(user: &str, vhost: &str, err: &lapin::Error) -> Failure {
     }
 }
 
+/// What to log of a creator inbox the broker refused. Nobody's request
+/// fails for it: what the creator is to hear of waits in the database, and
+/// is sent once the inbox can be declared.
+fn creator_failure(youtuber: &str, vhost: &str, err: &lapin::Error) -> Failure {
+    let queue = topology::creator_inbox(youtuber);
+    Failure {
+        reason: format!(
+            "{youtuber}'s creator inbox {queue} cannot be declared ({err}); if it exists with \
+             other settings, an administrator must delete it with `rabbitmqctl delete_queue -p \
+             {vhost} {queue}`: what {youtuber} is to hear of waits in the database until then"
+        ),
+        permanent: true,
+    }
+}
+
 /// The lane of a user: always the same one.
 fn lane_of(user: &str) -> usize {
     use std::hash::{Hash, Hasher};
@@ -436,9 +508,10 @@ mod tests {
                 pair("alice", "z", false),
             ],
             direct: vec![("erin".to_owned(), "x".to_owned())],
+            creators: vec!["alice".to_owned()],
         };
         let parts = work.by_user();
-        let users: Vec<&str> = parts.iter().map(Work::user).collect();
+        let users: Vec<&str> = parts.iter().take(5).map(Work::user).collect();
         assert_eq!(users, ["bob", "alice", "dave", "carol", "erin"]);
         assert_eq!(parts[1].inboxes, [spec("alice")]);
         assert_eq!(parts[1].histories, ["alice"]);
@@ -448,6 +521,9 @@ mod tests {
         );
         assert!(parts[0].pairs.is_empty());
         assert_eq!(parts[4].direct, [("erin".to_owned(), "x".to_owned())]);
+        // A creator's part is apart from the user of the same name.
+        assert_eq!(parts[5].creators, ["alice"]);
+        assert!(parts[5].pairs.is_empty());
         assert_eq!(parts.iter().map(Work::size).sum::<usize>(), work.size());
     }
 }

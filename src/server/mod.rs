@@ -56,6 +56,7 @@ use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 mod bindings;
+mod creators;
 mod pipeline;
 mod upkeep;
 
@@ -68,6 +69,7 @@ use crate::{
     broker_url::BrokerUrl,
     error::Result,
     link::{Feed, Link, LinkState, Opened, Opening, Session, SessionChannel},
+    protocol::Reaction,
     store::{self, Store},
     topology,
 };
@@ -147,11 +149,36 @@ pub fn default_db_path(amqp_url: &str) -> PathBuf {
 /// Something the server did, as it prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    LoggedIn { user: String },
-    Subscribed { user: String, youtuber: String },
-    Unsubscribed { user: String, youtuber: String },
-    Uploaded { youtuber: String, video: String },
-    DeadLettered { queue: String, reason: String },
+    LoggedIn {
+        user: String,
+    },
+    Subscribed {
+        user: String,
+        youtuber: String,
+    },
+    Unsubscribed {
+        user: String,
+        youtuber: String,
+    },
+    Uploaded {
+        youtuber: String,
+        video: String,
+    },
+    Reacted {
+        user: String,
+        youtuber: String,
+        video: String,
+        reaction: Reaction,
+    },
+    Commented {
+        user: String,
+        youtuber: String,
+        video: String,
+    },
+    DeadLettered {
+        queue: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -164,6 +191,23 @@ impl fmt::Display for Event {
                 write!(f, "{user} unsubscribed to {youtuber}")
             }
             Event::Uploaded { youtuber, video } => write!(f, "{youtuber} uploaded {video}"),
+            Event::Reacted {
+                user,
+                youtuber,
+                video,
+                reaction,
+            } => {
+                let verb = match reaction {
+                    Reaction::Like => "liked",
+                    Reaction::Dislike => "disliked",
+                };
+                write!(f, "{user} {verb} \"{video}\" by {youtuber}")
+            }
+            Event::Commented {
+                user,
+                youtuber,
+                video,
+            } => write!(f, "{user} commented on \"{video}\" by {youtuber}"),
             Event::DeadLettered { queue, reason } => {
                 write!(f, "dead-lettered a message from {queue}: {reason}")
             }
@@ -180,6 +224,7 @@ pub struct YoutubeServer {
     config: ServerConfig,
     user_requests: Option<Feed>,
     youtuber_requests: Option<Feed>,
+    interactions: Option<Feed>,
     bindings: Bindings,
     /// How many times each request's effects failed, for those that did.
     attempts: Mutex<HashMap<Uuid, u32>>,
@@ -231,6 +276,7 @@ impl YoutubeServer {
             Some(server_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
         let youtuber_requests =
             Some(server_feed(&link, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
+        let interactions = Some(server_feed(&link, topology::INTERACTIONS, config.prefetch).await?);
         let server = YoutubeServer {
             bindings: Bindings::start(&link, &vhost),
             link,
@@ -240,6 +286,7 @@ impl YoutubeServer {
             config,
             user_requests,
             youtuber_requests,
+            interactions,
             attempts: Mutex::new(HashMap::new()),
             outbox_flushed: AtomicBool::new(false),
             held: std::sync::Arc::new(AtomicUsize::new(0)),
@@ -254,9 +301,10 @@ impl YoutubeServer {
             );
         }
         tracing::info!(
-            "youtube_server ready: consuming {} and {}",
+            "youtube_server ready: consuming {}, {} and {}",
             topology::USER_REQUESTS,
             topology::YOUTUBER_REQUESTS,
+            topology::INTERACTIONS,
         );
         Ok(server)
     }
@@ -281,7 +329,7 @@ impl YoutubeServer {
         &self.store
     }
 
-    /// Consumes both request queues at the same time until `shutdown`
+    /// Consumes the request queues at the same time until `shutdown`
     /// resolves, then finishes the batches in hand, returns the requests
     /// prefetched behind them to their queue at once (so that a hot standby
     /// takes them in order), and closes the connection.
@@ -290,12 +338,15 @@ impl YoutubeServer {
         // `start` always fills both slots and `serve` consumes the server.
         let users = self.user_requests.take().expect("consumer started");
         let youtubers = self.youtuber_requests.take().expect("consumer started");
+        let interactions = self.interactions.take().expect("consumer started");
         let work = async {
             tokio::try_join!(
                 self.consume_requests(topology::USER_REQUESTS, users, stopped.clone()),
                 self.consume_requests(topology::YOUTUBER_REQUESTS, youtubers, stopped.clone()),
+                self.consume_requests(topology::INTERACTIONS, interactions, stopped.clone()),
                 self.count_dropped(stopped.clone()),
                 self.prune_applied(stopped.clone()),
+                self.tell_creators_later(stopped.clone()),
             )
         };
         let mut shutdown = std::pin::pin!(shutdown);

@@ -19,16 +19,16 @@ use uuid::Uuid;
 
 use super::{
     Event, MAX_RETRY_DELAY, YoutubeServer,
-    bindings::{self, Failure},
-    next_batch,
+    bindings::{self, Failure, creator_key},
+    creators, next_batch,
     upkeep::publish_notification,
 };
 use crate::{
     accounts, broker,
     error::{Error, Result},
     link::{Feed, SessionChannel},
-    protocol::{self, Reply, Request, RequestEnvelope},
-    store::{Applied, Effect},
+    protocol::{self, CreatorEvent, Reply, Request, RequestEnvelope},
+    store::{Applied, CreatorNote, Decision, Effect},
     sync::lock,
     topology,
 };
@@ -178,11 +178,18 @@ impl YoutubeServer {
             _ => None,
         });
         for (envelope, outcome) in envelopes.clone().zip(&outcomes) {
-            if let Some(event) = event_of(&envelope.request, &outcome.reply) {
+            if let Some(event) = event_of(&envelope.request, outcome) {
                 self.emit(event);
             }
         }
         let bindings = self.bindings.carry_out(&outcomes);
+        // Sent once the creators' inboxes are declared, in `finish`; not one
+        // that an earlier batch still has in flight (a redelivery's).
+        let tell: Vec<CreatorNote> = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.tell.clone())
+            .filter(|note| lock(unrecorded).insert(note.event.id()))
+            .collect();
         let mut notifications = Vec::new();
         for (index, outcome) in outcomes.iter().enumerate() {
             if let Effect::Notify(video) = &outcome.effect
@@ -207,6 +214,7 @@ impl YoutubeServer {
             applied,
             bindings,
             notifications,
+            tell,
             started,
         })
     }
@@ -236,9 +244,14 @@ impl YoutubeServer {
             applied,
             bindings,
             notifications,
+            tell,
             started,
         } = batch;
         let failed_users = reported(queue, "its bindings", bindings.done()).await?;
+        if !tell.is_empty() {
+            self.tell_creators(queue, publisher, tell, &failed_users, unrecorded)
+                .await?;
+        }
         let mut failures: HashMap<usize, Failure> = HashMap::new();
         for (index, request) in applied.iter().enumerate() {
             if let Some(failure) = request.users.iter().find_map(|user| failed_users.get(user)) {
@@ -383,6 +396,36 @@ impl YoutubeServer {
             "handled a batch"
         );
         Ok(())
+    }
+
+    /// Sends a batch's creator events, but for those whose creator inbox
+    /// could not be declared (they wait in the database), and records them
+    /// as sent. Before the replies: once a user sees SUCCESS, the creator's
+    /// inbox has the event.
+    async fn tell_creators(
+        &self,
+        queue: &str,
+        publisher: &SessionChannel,
+        tell: Vec<CreatorNote>,
+        failed: &bindings::Failures,
+        unrecorded: &Mutex<HashSet<Uuid>>,
+    ) -> Result<()> {
+        let ids: Vec<Uuid> = tell.iter().map(|note| note.event.id()).collect();
+        let ready = tell
+            .into_iter()
+            .filter(|note| !failed.contains_key(&creator_key(&note.youtuber)))
+            .collect();
+        let sent = async {
+            let (_, channel) = publisher.get().await?;
+            let sent = creators::send(&channel, creators::messages(ready)).await?;
+            self.store.mark_told(sent).await
+        };
+        let sent = reported(queue, "its creator events' confirms", sent).await;
+        let mut unrecorded = lock(unrecorded);
+        for id in ids {
+            unrecorded.remove(&id);
+        }
+        sent
     }
 
     /// Counts one more failed attempt of a request, and returns how many.
@@ -598,6 +641,8 @@ struct Prepared {
     /// Each new upload's video id, the index of its request in `applied`,
     /// and its notification, unconfirmed.
     notifications: Vec<(Uuid, usize, broker::Unconfirmed)>,
+    /// What creators are to hear of.
+    tell: Vec<CreatorNote>,
     started: std::time::Instant,
 }
 
@@ -645,10 +690,7 @@ fn triage(queue: &str, delivery: &Delivery, secure: bool) -> Triaged {
         Ok(envelope) => envelope,
         Err(reason) => return Triaged::DeadLetter(reason.to_string()),
     };
-    let expected = match envelope.request {
-        Request::Upload { .. } => topology::YOUTUBER_REQUESTS,
-        _ => topology::USER_REQUESTS,
-    };
+    let expected = topology::queue_for(&envelope.request);
     if queue != expected {
         return Triaged::DeadLetter(format!(
             "{} requests belong on {expected}, not {queue}",
@@ -673,8 +715,8 @@ fn triage(queue: &str, delivery: &Delivery, secure: bool) -> Triaged {
 }
 
 /// The event a request makes, if it was applied now and changed something.
-fn event_of(request: &Request, reply: &Applied<Reply>) -> Option<Event> {
-    let Applied::New(Reply::Done { .. }) = reply else {
+fn event_of(request: &Request, outcome: &Decision) -> Option<Event> {
+    let Applied::New(Reply::Done { .. }) = outcome.reply else {
         return None;
     };
     Some(match request.clone() {
@@ -690,6 +732,31 @@ fn event_of(request: &Request, reply: &Applied<Reply>) -> Option<Event> {
             subscribe: false,
         } => Event::Unsubscribed { user, youtuber },
         Request::Upload { youtuber, video } => Event::Uploaded { youtuber, video },
-        Request::ListSubscriptions { .. } => return None,
+        Request::React { .. } | Request::Comment { .. } => {
+            // A like taken back, or one given already, tells no one.
+            let note = outcome.tell.as_ref()?;
+            match &note.event {
+                CreatorEvent::Reacted {
+                    user,
+                    video,
+                    reaction,
+                    ..
+                } => Event::Reacted {
+                    user: user.clone(),
+                    youtuber: note.youtuber.clone(),
+                    video: video.clone(),
+                    reaction: *reaction,
+                },
+                CreatorEvent::Commented { user, video, .. } => Event::Commented {
+                    user: user.clone(),
+                    youtuber: note.youtuber.clone(),
+                    video: video.clone(),
+                },
+                CreatorEvent::Subscribed { .. } | CreatorEvent::Unsubscribed { .. } => return None,
+            }
+        }
+        Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. } => {
+            return None;
+        }
     })
 }

@@ -4,7 +4,10 @@
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
-use super::{Applied, Decision, Effect, InboxSpec, Video};
+use super::{
+    Applied, Decision, Effect, InboxSpec, Video,
+    interactions::{self, unsent_note},
+};
 use crate::protocol::{Reply, Request};
 
 /// Applies one request in its own savepoint of the batch's transaction, and
@@ -16,7 +19,7 @@ pub(super) fn apply_isolated(
     now: i64,
     inbox_bound: Option<u32>,
 ) -> rusqlite::Result<Decision> {
-    let is_query = matches!(request, Request::ListSubscriptions { .. });
+    let is_query = request.is_query();
     let mut savepoint = tx.savepoint()?;
     let err = match apply_one(&savepoint, request_id, request, now, inbox_bound) {
         Ok(outcome) => {
@@ -48,6 +51,7 @@ pub(super) fn apply_isolated(
     Ok(Decision {
         reply: Applied::New(reply),
         effect: Effect::None,
+        tell: None,
     })
 }
 
@@ -85,16 +89,26 @@ fn apply_one(
     now: i64,
     inbox_bound: Option<u32>,
 ) -> rusqlite::Result<Decision> {
-    if let Request::ListSubscriptions { user } = request {
-        // A query changes nothing and is not recorded.
-        let youtubers = subscriptions_of(tx, &user)?;
+    // A query changes nothing and is not recorded.
+    let answer = match &request {
+        Request::ListSubscriptions { user } => Some(Reply::Subscriptions {
+            youtubers: subscriptions_of(tx, user)?,
+        }),
+        Request::ListVideos { youtuber, .. } => Some(interactions::videos_of(tx, youtuber, true)?),
+        Request::Stats { youtuber } => Some(interactions::videos_of(tx, youtuber, false)?),
+        _ => None,
+    };
+    if let Some(reply) = answer {
         return Ok(Decision {
-            reply: Applied::New(Reply::Subscriptions { youtubers }),
+            reply: Applied::New(reply),
             effect: Effect::None,
+            tell: None,
         });
     }
     let replayed = recorded(tx, request_id)?;
     if let Some((reply, video_id)) = replayed {
+        // What the first attempt was to tell a creator, if it is not sent yet.
+        let tell = unsent_note(tx, request_id)?;
         let effect = match request {
             // No user: the first attempt was refused, and left nothing to repair.
             Request::Login { user, history } => match inbox_of(tx, &user)? {
@@ -119,13 +133,19 @@ fn apply_one(
                 Some(id) => Effect::Notify(video_by_id(tx, &id)?),
                 None => Effect::None,
             },
-            Request::ListSubscriptions { .. } => Effect::None,
+            Request::React { .. }
+            | Request::Comment { .. }
+            | Request::ListSubscriptions { .. }
+            | Request::ListVideos { .. }
+            | Request::Stats { .. } => Effect::None,
         };
         return Ok(Decision {
             reply: Applied::Replayed(reply),
             effect,
+            tell,
         });
     }
+    let mut tell = None;
     let (reply, effect, video_id) = match request {
         Request::Login { user, history } => {
             add_user(tx, &user, now, inbox_bound)?;
@@ -152,11 +172,14 @@ fn apply_one(
             } else {
                 None
             };
-            let reply = if subscribe {
+            let (reply, changed) = if subscribe {
                 subscribe_in(tx, &user, &youtuber, now)?
             } else {
                 unsubscribe_in(tx, &user, &youtuber)?
             };
+            if changed {
+                tell = interactions::subscriber(tx, request_id, &user, &youtuber, subscribe, now)?;
+            }
             let effect = Effect::Binding {
                 // Whether refused or not, the user now follows exactly when
                 // the request asked to.
@@ -176,12 +199,29 @@ fn apply_one(
                 Some(id),
             )
         }
-        Request::ListSubscriptions { .. } => unreachable!("answered above"),
+        Request::React {
+            user,
+            video,
+            reaction,
+        } => {
+            let (reply, note) = interactions::react(tx, request_id, &user, &video, reaction, now)?;
+            tell = note;
+            (reply, Effect::None, None)
+        }
+        Request::Comment { user, video, text } => {
+            let (reply, note) = interactions::comment(tx, request_id, &user, &video, &text, now)?;
+            tell = note;
+            (reply, Effect::None, None)
+        }
+        Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. } => {
+            unreachable!("answered above")
+        }
     };
     record(tx, request_id, &reply, video_id, now)?;
     Ok(Decision {
         reply: Applied::New(reply),
         effect,
+        tell,
     })
 }
 
@@ -248,11 +288,19 @@ pub(super) fn dropped_notice(inbox: &InboxSpec, dropped: u64) -> String {
     format!("{dropped} {notifications} for {user} {were} dropped while {user} was away: {why}")
 }
 
-fn subscribe_in(tx: &Connection, user: &str, youtuber: &str, now: i64) -> rusqlite::Result<Reply> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO subscriptions (user, youtuber, since_ms) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![user, youtuber, now])?;
+/// Subscribes; the reply, and whether the user did not follow before.
+fn subscribe_in(
+    tx: &Connection,
+    user: &str,
+    youtuber: &str,
+    now: i64,
+) -> rusqlite::Result<(Reply, bool)> {
+    let added = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO subscriptions (user, youtuber, since_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![user, youtuber, now])?
+        == 1;
     let known: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1)")?
         .query_row([youtuber], |row| row.get(0))?;
@@ -262,19 +310,19 @@ fn subscribe_in(tx: &Connection, user: &str, youtuber: &str, now: i64) -> rusqli
              {user} will be notified of the first one"
         )
     });
-    Ok(Reply::Done { notice })
+    Ok((Reply::Done { notice }, added))
 }
 
-fn unsubscribe_in(tx: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<Reply> {
+/// Unsubscribes; the reply, and whether the user followed before.
+fn unsubscribe_in(tx: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<(Reply, bool)> {
     let removed = tx
         .prepare_cached("DELETE FROM subscriptions WHERE user = ?1 AND youtuber = ?2")?
         .execute(params![user, youtuber])?;
     Ok(if removed == 1 {
-        Reply::Done { notice: None }
+        (Reply::Done { notice: None }, true)
     } else {
-        Reply::Refused {
-            reason: not_following(tx, user, youtuber)?,
-        }
+        let reason = not_following(tx, user, youtuber)?;
+        (Reply::Refused { reason }, false)
     })
 }
 

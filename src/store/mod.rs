@@ -16,6 +16,7 @@
 //! instead of failing, again and again, every batch it is in.
 
 mod apply;
+mod interactions;
 mod schema;
 
 use std::{
@@ -29,7 +30,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
-    protocol::{Reply, Request},
+    protocol::{CreatorEvent, Reply, Request},
 };
 
 use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
@@ -140,6 +141,18 @@ pub struct Decision {
     /// The reply, and whether the request was applied now or before.
     pub reply: Applied<Reply>,
     pub effect: Effect,
+    /// What a creator is to hear of (a like, a comment, a new subscriber)
+    /// and has not yet: stored, to be sent to the creator's inbox and then
+    /// marked sent ([`Store::mark_told`]).
+    pub tell: Option<CreatorNote>,
+}
+
+/// An event for a creator's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatorNote {
+    /// The creator.
+    pub youtuber: String,
+    pub event: CreatorEvent,
 }
 
 /// The broker layout this version binds subscriptions in: each user's
@@ -320,6 +333,38 @@ impl Store {
         .await
     }
 
+    /// Records that the broker confirmed these creator events (by id) in
+    /// their creators' inboxes.
+    pub async fn mark_told(&self, event_ids: Vec<Uuid>) -> Result<()> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        self.with(move |connection| {
+            let tx = connection.transaction()?;
+            {
+                let mut statement =
+                    tx.prepare_cached("UPDATE creator_events SET sent = 1 WHERE id = ?1")?;
+                for id in event_ids {
+                    statement.execute([id.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Creator events not sent yet that were stored before `before_ms`,
+    /// oldest first, at most `limit`: what a crash or a creator's broken
+    /// inbox left behind.
+    pub async fn creator_events_to_send(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CreatorNote>> {
+        self.with(move |connection| interactions::unsent_notes(connection, before_ms, limit))
+            .await
+    }
+
     /// Adds notifications the broker dropped from full inboxes to each user's
     /// count, reported at the user's next login. Unknown users are ignored.
     pub async fn record_dropped(&self, counts: Vec<(String, u64)>) -> Result<()> {
@@ -366,6 +411,24 @@ impl Store {
                 })
                 .await?;
             pruned += deleted;
+            if deleted < PRUNE_CHUNK {
+                break;
+            }
+        }
+        // The creator events sent by then go with them: a replay of their
+        // request would be applied again anyway.
+        loop {
+            let deleted = self
+                .with(move |connection| {
+                    connection
+                        .prepare_cached(
+                            "DELETE FROM creator_events WHERE rowid IN (
+                                 SELECT rowid FROM creator_events
+                                 WHERE sent = 1 AND created_at_ms < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
+                })
+                .await?;
             if deleted < PRUNE_CHUNK {
                 return Ok(pruned);
             }

@@ -42,6 +42,36 @@ CREATE TABLE IF NOT EXISTS applied_requests (
     applied_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS applied_requests_by_time ON applied_requests(applied_at_ms);
+-- What each user thinks of a video: one row per user and video, at most.
+CREATE TABLE IF NOT EXISTS reactions (
+    video_id TEXT NOT NULL REFERENCES videos(id),
+    user     TEXT NOT NULL,
+    reaction TEXT NOT NULL CHECK (reaction IN ('like', 'dislike')),
+    at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (video_id, user)
+);
+CREATE TABLE IF NOT EXISTS comments (
+    -- The id of the request that made it.
+    id       TEXT PRIMARY KEY,
+    video_id TEXT NOT NULL REFERENCES videos(id),
+    user     TEXT NOT NULL,
+    text     TEXT NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS comments_by_video ON comments(video_id, at_ms);
+-- What creators are to hear of (a like, a comment, a new subscriber): the
+-- outbox of their inboxes, 0 in `sent` until the broker has confirmed it.
+CREATE TABLE IF NOT EXISTS creator_events (
+    -- The id of the request that made it.
+    id            TEXT PRIMARY KEY,
+    youtuber      TEXT NOT NULL,
+    -- The event as sent (protocol::CreatorEvent, JSON).
+    body          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    sent          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS creator_events_to_send ON creator_events(created_at_ms) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS creator_events_by_time ON creator_events(created_at_ms);
 -- Facts about the database as a whole, such as the broker layout its
 -- subscriptions were last bound in.
 CREATE TABLE IF NOT EXISTS settings (

@@ -1,5 +1,6 @@
 use super::apply::{dropped_notice, is_request_error};
 use super::*;
+use crate::protocol::{CreatorEvent, Reaction};
 
 fn temp_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -517,6 +518,7 @@ async fn a_refused_request_is_undone_and_its_refusal_recorded() {
         Decision {
             reply: Applied::New(refusal.clone()),
             effect: Effect::None,
+            tell: None,
         }
     );
     assert!(matches!(outcomes[1].effect, Effect::Notify(_)));
@@ -539,6 +541,7 @@ async fn a_refused_request_is_undone_and_its_refusal_recorded() {
         Decision {
             reply: Applied::Replayed(refusal.clone()),
             effect: Effect::None,
+            tell: None,
         }
     );
     let err = store
@@ -632,4 +635,264 @@ async fn a_database_records_its_broker_layout_and_lists_every_inbox() {
     store.set_broker_layout(BROKER_LAYOUT).await.unwrap();
     store.set_broker_layout(BROKER_LAYOUT).await.unwrap();
     assert_eq!(store.broker_layout().await.unwrap(), BROKER_LAYOUT);
+}
+
+fn react(user: &str, video: &str, reaction: Option<Reaction>) -> Request {
+    Request::React {
+        user: user.into(),
+        video: video.into(),
+        reaction,
+    }
+}
+
+async fn apply_one(store: &Store, id: Uuid, request: Request) -> Decision {
+    store.apply(vec![(id, request)]).await.unwrap().remove(0)
+}
+
+fn reacted(decision: &Decision) -> Option<Reaction> {
+    match decision.tell.as_ref().map(|note| &note.event) {
+        Some(CreatorEvent::Reacted { reaction, .. }) => Some(*reaction),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn likes_change_once_and_tell_the_creator_of_each_change() {
+    let (store, _dir) = temp_store();
+    let video = store
+        .upload(Uuid::new_v4(), "bob", "Hello")
+        .await
+        .unwrap()
+        .into_inner();
+    let prefix = &video.id.to_string()[..6];
+
+    let like = Uuid::new_v4();
+    let first = apply_one(&store, like, react("alice", prefix, Some(Reaction::Like))).await;
+    assert_eq!(first.reply, Applied::New(Reply::Done { notice: None }));
+    assert_eq!(reacted(&first), Some(Reaction::Like));
+    assert_eq!(first.tell.as_ref().unwrap().youtuber, "bob");
+    // A redelivery: the same answer, and the event again while it is unsent.
+    let replayed = apply_one(&store, like, react("alice", prefix, Some(Reaction::Like))).await;
+    assert_eq!(
+        replayed.reply,
+        Applied::Replayed(Reply::Done { notice: None })
+    );
+    assert_eq!(replayed.tell, first.tell);
+    store.mark_told(vec![like]).await.unwrap();
+    let replayed = apply_one(&store, like, react("alice", prefix, Some(Reaction::Like))).await;
+    assert_eq!(replayed.tell, None, "sent: not sent again");
+
+    // The same like sent anew changes nothing and tells no one.
+    let again = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", prefix, Some(Reaction::Like)),
+    )
+    .await;
+    assert_eq!(
+        again.reply,
+        Applied::New(Reply::Done {
+            notice: Some("alice already likes \"Hello\"".into())
+        })
+    );
+    assert_eq!(again.tell, None);
+    // A dislike replaces the like; taking it back tells no one.
+    let dislike = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", prefix, Some(Reaction::Dislike)),
+    )
+    .await;
+    assert_eq!(reacted(&dislike), Some(Reaction::Dislike));
+    let counts = |reply: Reply| match reply {
+        Reply::Videos { videos, .. } => (videos[0].likes, videos[0].dislikes),
+        other => panic!("{other:?}"),
+    };
+    let stats = Request::Stats {
+        youtuber: "bob".into(),
+    };
+    let listed = apply_one(&store, Uuid::new_v4(), stats.clone()).await;
+    assert_eq!(counts(listed.reply.into_inner()), (0, 1));
+    let unlike = apply_one(&store, Uuid::new_v4(), react("alice", prefix, None)).await;
+    assert_eq!(unlike.reply, Applied::New(Reply::Done { notice: None }));
+    assert_eq!(unlike.tell, None);
+    let listed = apply_one(&store, Uuid::new_v4(), stats).await;
+    assert_eq!(counts(listed.reply.into_inner()), (0, 0));
+    // Unsent events older than a moment are there to send later, in order.
+    let unsent = store
+        .creator_events_to_send(now_ms() + 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(unsent.len(), 1, "the dislike; the like was marked sent");
+    assert_eq!(unsent[0].event.id(), dislike.tell.unwrap().event.id());
+}
+
+#[tokio::test]
+async fn a_video_is_named_by_an_unambiguous_start_of_its_id() {
+    let (store, _dir) = temp_store();
+    store.upload(Uuid::new_v4(), "bob", "Hello").await.unwrap();
+    // Two videos whose ids share their first four characters.
+    execute(
+        &store,
+        "INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified) VALUES
+         ('abcd0000-0000-4000-8000-000000000000', 'bob', 'One', 1, 1),
+         ('abcd1111-0000-4000-8000-000000000000', 'bob', 'Two', 2, 1)",
+    );
+    let refusal = |decision: Decision| match decision.reply.into_inner() {
+        Reply::Refused { reason } => reason,
+        other => panic!("{other:?}"),
+    };
+    let ambiguous = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", "abcd", Some(Reaction::Like)),
+    )
+    .await;
+    assert_eq!(ambiguous.tell, None);
+    let reason = refusal(ambiguous);
+    assert!(reason.starts_with("abcd starts the ids of several videos (abcd0000-0000-4000-8000-000000000000 \"One\" by bob, abcd1111"), "{reason}");
+    assert!(reason.ends_with("give more of the id"), "{reason}");
+    let unknown = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", "ffff", Some(Reaction::Like)),
+    )
+    .await;
+    assert!(refusal(unknown).starts_with("no video has an id that starts with ffff"));
+    let comment = Request::Comment {
+        user: "alice".into(),
+        video: "abcd1".into(),
+        text: "Nice!".into(),
+    };
+    let commented = apply_one(&store, Uuid::new_v4(), comment).await;
+    assert_eq!(commented.reply, Applied::New(Reply::Done { notice: None }));
+    match commented.tell.map(|note| note.event) {
+        Some(CreatorEvent::Commented { video, text, .. }) => {
+            assert_eq!((video.as_str(), text.as_str()), ("Two", "Nice!"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The whole id names it too.
+    let whole = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react(
+            "alice",
+            "abcd0000-0000-4000-8000-000000000000",
+            Some(Reaction::Dislike),
+        ),
+    )
+    .await;
+    assert_eq!(reacted(&whole), Some(Reaction::Dislike));
+}
+
+#[tokio::test]
+async fn videos_are_listed_newest_first_with_their_counts() {
+    let (store, _dir) = temp_store();
+    let listing = Request::ListVideos {
+        youtuber: "bob".into(),
+    };
+    let refused = apply_one(&store, Uuid::new_v4(), listing.clone()).await;
+    assert_eq!(
+        refused.reply.into_inner(),
+        Reply::Refused {
+            reason: "bob has not uploaded any video".into()
+        }
+    );
+    for (user, youtuber) in [("alice", "bob"), ("carol", "bob"), ("alice", "dave")] {
+        store
+            .change_subscription(Uuid::new_v4(), user, youtuber, true)
+            .await
+            .unwrap();
+    }
+    let old = store
+        .upload(Uuid::new_v4(), "bob", "Old")
+        .await
+        .unwrap()
+        .into_inner();
+    let new = store
+        .upload(Uuid::new_v4(), "bob", "New")
+        .await
+        .unwrap()
+        .into_inner();
+    for user in ["alice", "carol", "erin"] {
+        apply_one(
+            &store,
+            Uuid::new_v4(),
+            react(user, &new.id.to_string(), Some(Reaction::Like)),
+        )
+        .await;
+    }
+    let comment = Request::Comment {
+        user: "alice".into(),
+        video: old.id.to_string(),
+        text: "First!".into(),
+    };
+    apply_one(&store, Uuid::new_v4(), comment).await;
+    let Reply::Videos {
+        youtuber,
+        subscribers,
+        total,
+        videos,
+    } = apply_one(&store, Uuid::new_v4(), listing)
+        .await
+        .reply
+        .into_inner()
+    else {
+        panic!("a listing");
+    };
+    assert_eq!((youtuber.as_str(), subscribers, total), ("bob", 2, 2));
+    let rows: Vec<(&str, u64, u64, u64)> = videos
+        .iter()
+        .map(|v| (v.title.as_str(), v.likes, v.dislikes, v.comments))
+        .collect();
+    assert_eq!(rows, [("New", 3, 0, 0), ("Old", 0, 0, 1)]);
+    // A YouTuber without videos has stats all the same.
+    let stats = apply_one(
+        &store,
+        Uuid::new_v4(),
+        Request::Stats {
+            youtuber: "dave".into(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        stats.reply.into_inner(),
+        Reply::Videos {
+            subscribers: 1,
+            total: 0,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_creator_hears_of_subscribers_from_its_first_upload_on() {
+    let (store, _dir) = temp_store();
+    let before = store
+        .apply(vec![(Uuid::new_v4(), subscribe("alice", "bob"))])
+        .await
+        .unwrap();
+    assert_eq!(before[0].tell, None, "bob has no feed before uploading");
+    store.upload(Uuid::new_v4(), "bob", "Hello").await.unwrap();
+    let subscribed = apply_one(&store, Uuid::new_v4(), subscribe("carol", "bob")).await;
+    assert!(matches!(
+        subscribed.tell.map(|note| note.event),
+        Some(CreatorEvent::Subscribed { ref user, .. }) if user == "carol"
+    ));
+    // Subscribing again changes nothing, and tells no one.
+    let again = apply_one(&store, Uuid::new_v4(), subscribe("carol", "bob")).await;
+    assert_eq!(again.tell, None);
+    let unsubscribe = Request::ChangeSubscription {
+        user: "carol".into(),
+        youtuber: "bob".into(),
+        subscribe: false,
+    };
+    let gone = apply_one(&store, Uuid::new_v4(), unsubscribe.clone()).await;
+    assert!(matches!(
+        gone.tell.map(|note| note.event),
+        Some(CreatorEvent::Unsubscribed { .. })
+    ));
+    let refused = apply_one(&store, Uuid::new_v4(), unsubscribe).await;
+    assert_eq!(refused.tell, None);
 }

@@ -184,6 +184,7 @@ impl ServerDashboard {
                 Event::Subscribed { .. } => Color::Green,
                 Event::Unsubscribed { .. } => Color::Yellow,
                 Event::Uploaded { .. } => Color::Magenta,
+                Event::Reacted { .. } | Event::Commented { .. } => Color::Cyan,
                 Event::DeadLettered { .. } => Color::Red,
             };
             Line::from(vec![
