@@ -28,7 +28,7 @@ const MESSAGE_BYTES: usize = 32 * 1024;
 
 /// How often the events left unsent are looked for, and how old one must be
 /// (a batch in flight sends its own).
-const TELL_LATER_EVERY: Duration = Duration::from_secs(10);
+const TELL_LATER_EVERY: Duration = Duration::from_secs(5);
 
 /// The most unsent events sent in one round of [`YoutubeServer::tell_creators_later`].
 const TELL_LATER_LIMIT: usize = 4_096;

@@ -15,11 +15,12 @@ use ytnotify::{
     accounts::Account,
     broker,
     client::{
+        creator::CreatorFeed,
         inbox::Inbox,
         user::{self, SubscriptionChange},
-        youtuber::publish_video,
+        youtuber::{self, publish_video},
     },
-    protocol::{self, Notification, Request, RequestEnvelope},
+    protocol::{self, Notification, Reaction, Request, RequestEnvelope},
     server::Event,
     topology,
 };
@@ -207,6 +208,75 @@ async fn an_account_acts_as_its_own_user_and_as_no_one_else() {
         "{events:?}"
     );
     inbox.close().await;
+    as_alice.close().await.unwrap();
+    as_tom.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_likes_as_itself_and_only_the_creator_reads_its_feed() {
+    let Class {
+        vhost,
+        server,
+        alice,
+        alice_url,
+        bob,
+        tom,
+        tom_url,
+        ..
+    } = class("secure-likes").await;
+    let as_tom = vhost.client_as(&tom_url, "tom").await;
+    within("tom's upload", publish_video(&as_tom, &tom, "Hello class"))
+        .await
+        .expect("tom uploads as tom");
+    let as_alice = vhost.client_as(&alice_url, "alice").await;
+    // Anyone may list a channel's videos.
+    let listed = within("tom's videos", user::videos(&as_alice, &tom))
+        .await
+        .expect("alice lists tom's videos");
+    let video = listed.videos[0].id.to_string();
+    within(
+        "her like",
+        user::react(&as_alice, &alice, &video[..8], Some(Reaction::Like)),
+    )
+    .await
+    .expect("alice likes as alice");
+    match user::comment(&as_alice, &bob, &video, "in bob's name").await {
+        Err(Error::Refused(reason)) => assert!(
+            reason.contains(&format!("user.{alice} may not act as user {bob}")),
+            "{reason}"
+        ),
+        other => panic!("alice commenting as bob: {other:?}"),
+    }
+    // Tom's feed: his account reads it, hers may not.
+    let mut feed = within("tom's feed", CreatorFeed::open(as_tom.link(), &tom))
+        .await
+        .expect("tom reads his feed");
+    let window = within("the like", feed.next_window(std::time::Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let lines: Vec<String> = window.lines.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, [format!("{alice} liked \"Hello class\"")]);
+    window.ack().await.unwrap();
+    match CreatorFeed::open(as_alice.link(), &tom).await {
+        Err(Error::AccessRefused(reason)) => {
+            assert!(reason.contains(&topology::creator_inbox(&tom)), "{reason}")
+        }
+        Err(err) => panic!("alice reading tom's feed: {err}"),
+        Ok(_) => panic!("alice reads tom's feed"),
+    }
+    // His counts are his to ask for, through the YouTubers' exchange.
+    let stats = within("tom's stats", youtuber::stats(&as_tom, &tom))
+        .await
+        .expect("tom asks for his stats");
+    assert_eq!(stats.videos[0].likes, 1);
+    match youtuber::stats(&as_alice, &tom).await {
+        Err(Error::AccessRefused(reason)) => {
+            assert!(reason.contains("ytnotify.requests.youtuber"), "{reason}")
+        }
+        other => panic!("alice asking for tom's stats: {other:?}"),
+    }
+    feed.close().await;
     as_alice.close().await.unwrap();
     as_tom.close().await.unwrap();
     server.stop().await;

@@ -15,13 +15,14 @@ use ytnotify::{
     Error, broker,
     client::{
         Client, ClientConfig,
+        creator::CreatorFeed,
         history::Cursor,
         inbox::Inbox,
         notifications::Notifications,
         user::{self, SubscriptionChange},
         youtuber::publish_video,
     },
-    protocol::{self, Notification, Request, RequestEnvelope},
+    protocol::{self, Notification, Reaction, Request, RequestEnvelope},
     server::Event,
     store, topology,
 };
@@ -1088,6 +1089,109 @@ async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
     publish_video(&client, "bob", "From bob").await.unwrap();
     publish_video(&client, "carol", "From carol").await.unwrap();
     assert_eq!(depth(&channel, &topology::inbox("alice")).await, 2);
+    server.stop().await;
+}
+
+/// The lines of the next window of a creator's feed, acknowledged.
+async fn next_lines(feed: &mut CreatorFeed) -> Vec<String> {
+    let window = within("a window of the creator's feed", feed.next_window(Duration::from_millis(200)))
+        .await
+        .expect("the feed is readable");
+    let lines = window.lines.iter().map(ToString::to_string).collect();
+    window.ack().await.expect("acknowledged");
+    lines
+}
+
+#[tokio::test]
+async fn a_like_stored_but_not_sent_before_the_server_stopped_reaches_the_creator_later() {
+    let vhost = TestVhost::new("creator-outbox");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "bob", "Hello").await.unwrap();
+    let video = user::videos(&client, "bob").await.unwrap().videos[0].id;
+    server.stop().await;
+    // The server's first step for a like, and no more: as if it crashed
+    // between its commit and the send.
+    let store = store::Store::open(&vhost.server_config().db_path).unwrap();
+    let like = Request::React {
+        user: "alice".into(),
+        video: video.to_string(),
+        reaction: Some(Reaction::Like),
+    };
+    store.apply(vec![(Uuid::new_v4(), like)]).await.unwrap();
+    drop(store);
+
+    let server = vhost.start_server().await;
+    let mut feed = CreatorFeed::open(client.link(), "bob").await.unwrap();
+    assert_eq!(next_lines(&mut feed).await, ["alice liked \"Hello\""]);
+    feed.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_creator_inbox_squatted_by_another_client_blocks_no_like_and_is_served_once_freed() {
+    let vhost = TestVhost::new("creator-squat");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    // Someone declares bob's creator inbox first, with other settings.
+    let (_connection, channel) = raw_channel(&vhost).await;
+    channel
+        .queue_declare(
+            topology::creator_inbox("bob").as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish_video(&client, "bob", "Hello").await.unwrap();
+    publish_video(&client, "carol", "Other").await.unwrap();
+    let bobs = user::videos(&client, "bob").await.unwrap().videos[0].id.to_string();
+    let carols = user::videos(&client, "carol").await.unwrap().videos[0].id.to_string();
+    // Likes of bob's video are stored and answered all the same; carol's
+    // feed is served meanwhile.
+    within(
+        "a like of bob's video",
+        user::react(&client, "alice", &bobs, Some(Reaction::Like)),
+    )
+    .await
+    .unwrap();
+    within(
+        "a like of carol's video",
+        user::react(&client, "alice", &carols, Some(Reaction::Like)),
+    )
+    .await
+    .unwrap();
+    let mut carols_feed = CreatorFeed::open(client.link(), "carol").await.unwrap();
+    assert_eq!(next_lines(&mut carols_feed).await, ["alice liked \"Other\""]);
+    assert_eq!(depth(&channel, &topology::creator_inbox("bob")).await, 0);
+
+    // Once an administrator deletes the squatted queue, the server declares
+    // bob's inbox and sends what waited.
+    channel
+        .queue_delete(
+            topology::creator_inbox("bob").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut bobs_feed = within("bob's inbox declared again", async {
+        loop {
+            match CreatorFeed::open(client.link(), "bob").await {
+                Ok(feed) => return feed,
+                Err(ytnotify::Error::NoCreatorInbox(_)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(next_lines(&mut bobs_feed).await, ["alice liked \"Hello\""]);
+    bobs_feed.close().await;
+    carols_feed.close().await;
     server.stop().await;
 }
 

@@ -115,7 +115,15 @@ impl Running {
             .expect("the program is still printing")
     }
 
-    async fn expect(&mut self, expected: &str) {
+    /// The next line if one comes within `wait`.
+    pub async fn line_within(&mut self, wait: std::time::Duration) -> Option<String> {
+        tokio::time::timeout(wait, self.stdout.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn expect(&mut self, expected: &str) {
         assert_eq!(self.line().await, expected);
     }
 
@@ -147,7 +155,7 @@ impl Running {
 }
 
 /// Starts `youtube_server` and waits until it consumes (its log says ready).
-async fn start_server(vhost: &TestVhost) -> Running {
+pub(crate) async fn start_server(vhost: &TestVhost) -> Running {
     let server = Running::spawn(SERVER, vhost, &[]);
     // The server declares its queues before consuming; a login proves both.
     let probe = run(USER, vhost, &["login", "probe", "--timeout", "15s"]).await;

@@ -1,8 +1,10 @@
 //! The three programs as a user runs them: the built binaries, their exact
 //! output and exit codes (`cli`), and the user dashboard in a pseudo-terminal
 //! (`dashboard`), against a real RabbitMQ on a vhost per test; secure mode's
-//! accounts and `amqps://` (`secure`).
+//! accounts and `amqps://` (`secure`); likes, comments and the creator's
+//! feed (`interactions`).
 
 mod cli;
 mod dashboard;
+mod interactions;
 mod secure;
