@@ -252,9 +252,12 @@ async fn a_user_likes_as_itself_and_only_the_creator_reads_its_feed() {
     let mut feed = within("tom's feed", CreatorFeed::open(as_tom.link(), &tom))
         .await
         .expect("tom reads his feed");
-    let window = within("the like", feed.next_window(std::time::Duration::from_millis(200)))
-        .await
-        .unwrap();
+    let window = within(
+        "the like",
+        feed.next_window(std::time::Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
     let lines: Vec<String> = window.lines.iter().map(ToString::to_string).collect();
     assert_eq!(lines, [format!("{alice} liked \"Hello class\"")]);
     window.ack().await.unwrap();

@@ -1094,9 +1094,12 @@ async fn an_inbox_deleted_on_the_broker_is_declared_and_bound_again() {
 
 /// The lines of the next window of a creator's feed, acknowledged.
 async fn next_lines(feed: &mut CreatorFeed) -> Vec<String> {
-    let window = within("a window of the creator's feed", feed.next_window(Duration::from_millis(200)))
-        .await
-        .expect("the feed is readable");
+    let window = within(
+        "a window of the creator's feed",
+        feed.next_window(Duration::from_millis(200)),
+    )
+    .await
+    .expect("the feed is readable");
     let lines = window.lines.iter().map(ToString::to_string).collect();
     window.ack().await.expect("acknowledged");
     lines
@@ -1148,8 +1151,12 @@ async fn a_creator_inbox_squatted_by_another_client_blocks_no_like_and_is_served
         .unwrap();
     publish_video(&client, "bob", "Hello").await.unwrap();
     publish_video(&client, "carol", "Other").await.unwrap();
-    let bobs = user::videos(&client, "bob").await.unwrap().videos[0].id.to_string();
-    let carols = user::videos(&client, "carol").await.unwrap().videos[0].id.to_string();
+    let bobs = user::videos(&client, "bob").await.unwrap().videos[0]
+        .id
+        .to_string();
+    let carols = user::videos(&client, "carol").await.unwrap().videos[0]
+        .id
+        .to_string();
     // Likes of bob's video are stored and answered all the same; carol's
     // feed is served meanwhile.
     within(
@@ -1165,7 +1172,10 @@ async fn a_creator_inbox_squatted_by_another_client_blocks_no_like_and_is_served
     .await
     .unwrap();
     let mut carols_feed = CreatorFeed::open(client.link(), "carol").await.unwrap();
-    assert_eq!(next_lines(&mut carols_feed).await, ["alice liked \"Other\""]);
+    assert_eq!(
+        next_lines(&mut carols_feed).await,
+        ["alice liked \"Other\""]
+    );
     assert_eq!(depth(&channel, &topology::creator_inbox("bob")).await, 0);
 
     // Once an administrator deletes the squatted queue, the server declares

@@ -13,9 +13,7 @@ use ytnotify::{
 };
 use ytnotify_testkit::{TestVhost, within};
 
-use crate::cli::{
-    Running, USER, YOUTUBER, assert_one_line_error, run, start_server,
-};
+use crate::cli::{Running, USER, YOUTUBER, assert_one_line_error, run, start_server};
 
 /// The id of `youtuber`'s newest video, from `user videos --json`.
 async fn newest_video(vhost: &TestVhost, youtuber: &str) -> String {
@@ -146,7 +144,9 @@ async fn an_unknown_or_ambiguous_video_and_a_bad_comment_get_one_line_and_exit_1
     assert_one_line_error(
         &output,
         1,
-        &format!("user: youtube_server refused the request: {shared} starts the ids of several videos ("),
+        &format!(
+            "user: youtube_server refused the request: {shared} starts the ids of several videos ("
+        ),
     );
     assert!(output.stderr.trim_end().ends_with("give more of the id"));
 
@@ -165,11 +165,7 @@ async fn an_unknown_or_ambiguous_video_and_a_bad_comment_get_one_line_and_exit_1
     );
     let long = "x".repeat(501);
     let output = run(USER, &vhost, &["comment", "alice", &shared, &long]).await;
-    assert_one_line_error(
-        &output,
-        1,
-        "it has 501 characters; use at most 500",
-    );
+    assert_one_line_error(&output, 1, "it has 501 characters; use at most 500");
     let output = run(USER, &vhost, &["comment", "alice", &shared, "two\nlines"]).await;
     assert_one_line_error(&output, 1, "write one line of printable characters");
     server.interrupt().await;
@@ -288,7 +284,10 @@ async fn a_creator_away_while_a_thousand_users_like_and_comment_sees_it_all_once
     assert_eq!(tally.reactions[&("Viral".to_owned(), "dislike")], 100);
     assert_eq!(tally.comments.len(), comments.len());
     assert!(
-        tally.comments.iter().all(|(text, shown)| comments.contains(text) && *shown == 1),
+        tally
+            .comments
+            .iter()
+            .all(|(text, shown)| comments.contains(text) && *shown == 1),
         "each comment once"
     );
     eprintln!("{expected} events in {lines} lines");
