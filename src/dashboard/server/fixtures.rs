@@ -70,6 +70,17 @@ pub(super) fn sample() -> ServerDashboard {
             youtuber: "mkbhd".into(),
             video: "Unboxing the new phone".into(),
         },
+        Event::Reacted {
+            user: "alice".into(),
+            youtuber: "mkbhd".into(),
+            video: "Unboxing the new phone".into(),
+            reaction: crate::protocol::Reaction::Like,
+        },
+        Event::Commented {
+            user: "alice".into(),
+            youtuber: "mkbhd".into(),
+            video: "Unboxing the new phone".into(),
+        },
         Event::Unsubscribed {
             user: "bob".into(),
             youtuber: "newbie".into(),

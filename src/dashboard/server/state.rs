@@ -13,6 +13,14 @@ const HISTORY: usize = 120;
 /// Events kept for the stream panel.
 const MAX_EVENTS: usize = 1000;
 
+/// What happened in the current second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    notifications: u64,
+    interactions: u64,
+}
+
 /// A user as the dashboard shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {
@@ -69,7 +77,8 @@ pub struct ServerDashboard {
     pub(super) missed: u64,
     pub(super) requests: VecDeque<u64>,
     pub(super) notifications: VecDeque<u64>,
-    this_second: (u64, u64),
+    pub(super) interactions: VecDeque<u64>,
+    this_second: Counts,
     pub(super) focus: Panel,
     pub(super) selected: [usize; 3],
     pub(super) help: bool,
@@ -91,7 +100,8 @@ impl ServerDashboard {
             missed: 0,
             requests: VecDeque::from(vec![0; HISTORY]),
             notifications: VecDeque::from(vec![0; HISTORY]),
-            this_second: (0, 0),
+            interactions: VecDeque::from(vec![0; HISTORY]),
+            this_second: Counts::default(),
             focus: Panel::Events,
             selected: [0; 3],
             help: false,
@@ -120,19 +130,31 @@ impl ServerDashboard {
         rate(&self.notifications)
     }
 
+    /// Likes, dislikes and comments in the last complete second and the
+    /// highest in the history.
+    pub fn interaction_rate(&self) -> (u64, u64) {
+        rate(&self.interactions)
+    }
+
     pub fn update(&mut self, msg: Msg) {
         match msg {
             Msg::Key(key) => self.on_key(key),
             Msg::Event { at_ms, event } => {
-                self.this_second.0 += 1;
-                if let Event::Uploaded { youtuber, .. } = &event {
-                    let subscribers = self
-                        .snapshot
-                        .youtubers
-                        .iter()
-                        .find(|y| &y.name == youtuber)
-                        .map_or(0, |y| y.subscribers.max(0) as u64);
-                    self.this_second.1 += subscribers;
+                self.this_second.requests += 1;
+                match &event {
+                    Event::Uploaded { youtuber, .. } => {
+                        let subscribers = self
+                            .snapshot
+                            .youtubers
+                            .iter()
+                            .find(|y| &y.name == youtuber)
+                            .map_or(0, |y| y.subscribers.max(0) as u64);
+                        self.this_second.notifications += subscribers;
+                    }
+                    Event::Reacted { .. } | Event::Commented { .. } => {
+                        self.this_second.interactions += 1;
+                    }
+                    _ => {}
                 }
                 self.events.push_back((at_ms, event));
                 if self.events.len() > MAX_EVENTS {
@@ -149,9 +171,10 @@ impl ServerDashboard {
                     self.selected[1].min(self.snapshot.youtubers.len().saturating_sub(1));
             }
             Msg::Second => {
-                let (requests, notifications) = std::mem::take(&mut self.this_second);
-                push_rate(&mut self.requests, requests);
-                push_rate(&mut self.notifications, notifications);
+                let counts = std::mem::take(&mut self.this_second);
+                push_rate(&mut self.requests, counts.requests);
+                push_rate(&mut self.notifications, counts.notifications);
+                push_rate(&mut self.interactions, counts.interactions);
             }
         }
     }
@@ -230,12 +253,25 @@ mod tests {
                 },
             });
         }
+        for _ in 0..4 {
+            app.update(Msg::Event {
+                at_ms: T0,
+                event: Event::Reacted {
+                    user: "alice".into(),
+                    youtuber: "veritasium".into(),
+                    video: "x".into(),
+                    reaction: crate::protocol::Reaction::Like,
+                },
+            });
+        }
         app.update(Msg::Second);
-        // Three uploads to two subscribers each.
-        assert_eq!(app.request_rate(), (3, 3));
+        // Three uploads to two subscribers each, and four likes.
+        assert_eq!(app.request_rate(), (7, 7));
         assert_eq!(app.notification_rate(), (6, 6));
+        assert_eq!(app.interaction_rate(), (4, 4));
         app.update(Msg::Second);
-        assert_eq!(app.request_rate(), (0, 3));
+        assert_eq!(app.request_rate(), (0, 7));
+        assert_eq!(app.interaction_rate(), (0, 4));
     }
 
     #[test]

@@ -32,9 +32,12 @@ impl ServerDashboard {
         let [users, youtubers] =
             Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)])
                 .areas(tables);
-        let [requests, notifications] =
-            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-                .areas(rates);
+        let [requests, notifications, interactions] = Layout::horizontal([
+            Constraint::Ratio(1, 3),
+            Constraint::Ratio(1, 3),
+            Constraint::Ratio(1, 3),
+        ])
+        .areas(rates);
 
         frame.render_widget(
             Line::from(vec![
@@ -82,6 +85,16 @@ impl ServerDashboard {
             peak,
             &self.notifications,
             Color::Magenta,
+        );
+        let (now, peak) = self.interaction_rate();
+        render_rate(
+            frame,
+            interactions,
+            "interactions/s",
+            now,
+            peak,
+            &self.interactions,
+            Color::LightGreen,
         );
         frame.render_widget(
             widgets::hints(&[
@@ -184,7 +197,7 @@ impl ServerDashboard {
                 Event::Subscribed { .. } => Color::Green,
                 Event::Unsubscribed { .. } => Color::Yellow,
                 Event::Uploaded { .. } => Color::Magenta,
-                Event::Reacted { .. } | Event::Commented { .. } => Color::Cyan,
+                Event::Reacted { .. } | Event::Commented { .. } => Color::LightGreen,
                 Event::DeadLettered { .. } => Color::Red,
             };
             Line::from(vec![
@@ -254,12 +267,13 @@ fn render_rate(
     history: &VecDeque<u64>,
     color: Color,
 ) {
-    let title = Line::from(format!(" {name} · now {now} · peak {peak} ")).bold_title();
+    let title = Line::from(format!(" {name} ")).bold_title();
+    let figures = Line::from(format!(" now {now} · peak {peak} "));
     let width = area.width.saturating_sub(2) as usize;
     let data: Vec<u64> = history.iter().rev().take(width).rev().copied().collect();
     frame.render_widget(
         Sparkline::default()
-            .block(widgets::panel(title, false))
+            .block(widgets::panel(title, false).title_bottom(figures))
             .data(data)
             .max(peak.max(1))
             .style(Style::new().fg(color)),
