@@ -157,6 +157,23 @@ async fn subscribe_with_keys_see_a_live_upload_and_quit() {
     terminal.wait_for("mkbhd uploaded Live from the test").await;
     terminal.wait_for("1 unread").await;
 
+    // Like the selected (newest) video, and comment on it.
+    terminal.keys("+");
+    terminal.wait_for("liked \"Live from the test\"").await;
+    terminal.wait_for("· liked").await;
+    terminal.keys("c");
+    terminal.wait_for("On \"Live from the test\":").await;
+    terminal.keys("Great upload\r");
+    terminal.wait_for("· commented").await;
+    let stats = ytnotify::client::youtuber::stats(&client, "mkbhd")
+        .await
+        .unwrap();
+    let live = &stats.videos[0];
+    assert_eq!(
+        (live.title.as_str(), live.likes, live.comments),
+        ("Live from the test", 1, 1)
+    );
+
     terminal.keys("q");
     assert_eq!(terminal.exit_code().await, 0);
     terminal.wait_for_the_terminal_back().await;

@@ -1,7 +1,8 @@
 //! `user watch` in a terminal: the user's subscriptions with unread counts, the
 //! notification feed (newest first), and keys to subscribe, unsubscribe, mark
-//! read and filter. Subscription changes go through the server like any other
-//! request; its answer shows in the status line.
+//! read, filter, and like, dislike or comment on the selected video.
+//! Subscription changes and interactions go through the server like any
+//! other request; its answer shows in the status line.
 //!
 //! - `state.rs`: [`UserDashboard`] and the types around it, and
 //!   [`UserDashboard::update`], which handles a [`Msg`] and returns the
@@ -22,5 +23,6 @@ mod fixtures;
 
 pub use run::run;
 pub use state::{
-    Command, FeedItem, Focus, MAX_FEED, Mode, Msg, Outcome, ServerHealth, UserDashboard,
+    Command, FeedItem, Focus, Interaction, MAX_FEED, Mode, Msg, Outcome, ServerHealth,
+    UserDashboard,
 };

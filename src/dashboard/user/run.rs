@@ -10,7 +10,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{Command, Msg, Outcome, UserDashboard};
+use super::{Command, Interaction, Msg, Outcome, UserDashboard};
 use crate::{
     client::{
         Client,
@@ -164,6 +164,31 @@ fn execute(
                     Err(err) => Msg::SubscriptionsFailed(Outcome::from_result(Err(err))),
                 };
                 let _ = replies.send(msg);
+            });
+        }
+        Command::Interact {
+            video_id,
+            video,
+            interaction,
+        } => {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let id = video_id.to_string();
+                let result = match &interaction {
+                    Interaction::React(reaction) => {
+                        user::react(&client, &user, &id, *reaction).await
+                    }
+                    Interaction::Comment(text) => user::comment(&client, &user, &id, text)
+                        .await
+                        .map(|()| None),
+                };
+                let _ = replies.send(Msg::Interacted {
+                    video_id,
+                    video,
+                    interaction,
+                    outcome: Outcome::from_result(result),
+                    elapsed: started.elapsed(),
+                });
             });
         }
         Command::Change(change) => {

@@ -12,7 +12,7 @@ use crate::{
     error::{Error, Result},
     link::LinkState,
     names,
-    protocol::Notification,
+    protocol::{Notification, Reaction},
 };
 
 /// The feed keeps at most this many notifications; the oldest go first.
@@ -28,6 +28,10 @@ pub struct FeedItem {
     /// It arrived while the user was away (it was waiting in the inbox).
     pub away: bool,
     pub read: bool,
+    /// What the user said of it from this dashboard, once the server applied it.
+    pub reaction: Option<Reaction>,
+    /// Comments the user made on it from this dashboard.
+    pub comments: usize,
 }
 
 /// Whether the server answers, as far as the last request tells.
@@ -77,8 +81,22 @@ pub enum Mode {
         error: Option<String>,
     },
     ConfirmUnsubscribe(String),
+    Comment {
+        video_id: Uuid,
+        video: String,
+        input: String,
+        error: Option<String>,
+    },
     Filter,
     Help,
+}
+
+/// What the user did about a video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    /// A like or a dislike, or either taken back (`None`).
+    React(Option<Reaction>),
+    Comment(String),
 }
 
 /// Everything that can happen to the dashboard.
@@ -96,6 +114,13 @@ pub enum Msg {
         outcome: Outcome,
         elapsed: Duration,
     },
+    Interacted {
+        video_id: Uuid,
+        video: String,
+        interaction: Interaction,
+        outcome: Outcome,
+        elapsed: Duration,
+    },
     Link(LinkState),
 }
 
@@ -103,6 +128,11 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Change(SubscriptionChange),
+    Interact {
+        video_id: Uuid,
+        video: String,
+        interaction: Interaction,
+    },
     RefreshSubscriptions,
     Quit,
 }
@@ -248,9 +278,61 @@ impl UserDashboard {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 return self.on_changed(change, outcome, elapsed);
             }
+            Msg::Interacted {
+                video_id,
+                video,
+                interaction,
+                outcome,
+                elapsed,
+            } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.on_interacted(video_id, &video, interaction, outcome, elapsed);
+            }
             Msg::Link(link) => self.link = link,
         }
         Vec::new()
+    }
+
+    fn on_interacted(
+        &mut self,
+        video_id: Uuid,
+        video: &str,
+        interaction: Interaction,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
+        let done = match &interaction {
+            Interaction::React(Some(Reaction::Like)) => format!("liked \"{video}\""),
+            Interaction::React(Some(Reaction::Dislike)) => format!("disliked \"{video}\""),
+            Interaction::React(None) => format!("took back what you said of \"{video}\""),
+            Interaction::Comment(_) => format!("commented on \"{video}\""),
+        };
+        match outcome {
+            Outcome::Applied { notice } => {
+                self.server = ServerHealth::Answered(elapsed);
+                if let Some(item) = self.feed.iter_mut().find(|item| item.id == video_id) {
+                    match interaction {
+                        Interaction::React(reaction) => item.reaction = reaction,
+                        Interaction::Comment(_) => item.comments += 1,
+                    }
+                }
+                match notice {
+                    Some(notice) => self.say(notice),
+                    None => self.say(done),
+                }
+            }
+            Outcome::Refused(reason) => {
+                self.server = ServerHealth::Answered(elapsed);
+                self.complain(format!("refused: {reason}"));
+            }
+            Outcome::Queued => {
+                self.server = ServerHealth::Silent;
+                self.complain(format!(
+                    "youtube_server did not answer; it will have {done} when it runs"
+                ));
+            }
+            Outcome::Failed(error) => self.complain(error),
+        }
     }
 
     fn receive(&mut self, notification: Notification, away: bool) {
@@ -270,6 +352,8 @@ impl UserDashboard {
             uploaded_at_ms,
             away,
             read: false,
+            reaction: None,
+            comments: 0,
         });
         if self.feed.len() > MAX_FEED {
             let excess = self.feed.len() - MAX_FEED;
@@ -370,6 +454,41 @@ impl UserDashboard {
                     }
                 }
             }
+            Mode::Comment {
+                video_id,
+                video,
+                mut input,
+                ..
+            } => match key.code {
+                KeyCode::Esc => {
+                    self.mode = Mode::Normal;
+                    Vec::new()
+                }
+                KeyCode::Enter => self.submit_comment(video_id, video, input),
+                KeyCode::Backspace => {
+                    input.pop();
+                    self.mode = Mode::Comment {
+                        video_id,
+                        video,
+                        input,
+                        error: None,
+                    };
+                    Vec::new()
+                }
+                KeyCode::Char(c) => {
+                    if input.chars().count() < names::MAX_COMMENT_CHARS {
+                        input.push(c);
+                    }
+                    self.mode = Mode::Comment {
+                        video_id,
+                        video,
+                        input,
+                        error: None,
+                    };
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            },
             Mode::Filter => {
                 match key.code {
                     KeyCode::Esc => {
@@ -411,12 +530,72 @@ impl UserDashboard {
         })]
     }
 
+    fn submit_comment(&mut self, video_id: Uuid, video: String, input: String) -> Vec<Command> {
+        let text = input.trim().to_owned();
+        if let Err(invalid) = names::check_comment(&text) {
+            self.mode = Mode::Comment {
+                video_id,
+                video,
+                input,
+                error: Some(invalid.problem),
+            };
+            return Vec::new();
+        }
+        self.mode = Mode::Normal;
+        self.in_flight += 1;
+        self.say(format!("commenting on \"{video}\"…"));
+        vec![Command::Interact {
+            video_id,
+            video,
+            interaction: Interaction::Comment(text),
+        }]
+    }
+
+    /// The notification selected in the feed, if the feed has the focus.
+    fn selected_feed_item(&self) -> Option<&FeedItem> {
+        if self.focus != Focus::Feed {
+            return None;
+        }
+        let visible = self.visible();
+        self.selected_position(&visible).map(|at| visible[at])
+    }
+
+    /// Likes (or dislikes) the selected video, or takes it back if the user
+    /// already did, as YouTube's buttons do.
+    fn react(&mut self, pressed: Reaction) -> Vec<Command> {
+        let Some(item) = self.selected_feed_item() else {
+            self.complain("select a notification first (Tab switches panels)");
+            return Vec::new();
+        };
+        let reaction = (item.reaction != Some(pressed)).then_some(pressed);
+        let (video_id, video) = (item.id, item.video.clone());
+        self.in_flight += 1;
+        vec![Command::Interact {
+            video_id,
+            video,
+            interaction: Interaction::React(reaction),
+        }]
+    }
+
     fn on_normal_key(&mut self, key: KeyEvent) -> Vec<Command> {
         match key.code {
             KeyCode::Char('q') => {
                 self.quit = true;
                 return vec![Command::Quit];
             }
+            KeyCode::Char('+') => return self.react(Reaction::Like),
+            KeyCode::Char('-') => return self.react(Reaction::Dislike),
+            KeyCode::Char('c') => match self.selected_feed_item() {
+                Some(item) => {
+                    self.mode = Mode::Comment {
+                        video_id: item.id,
+                        video: item.video.clone(),
+                        input: String::new(),
+                        error: None,
+                    }
+                }
+                None => self.complain("select a notification first (Tab switches panels)"),
+            },
             KeyCode::Tab
             | KeyCode::BackTab
             | KeyCode::Left
@@ -626,6 +805,82 @@ mod tests {
             screen.contains("refused: alice is not subscribed to carol"),
             "{screen}"
         );
+    }
+
+    #[test]
+    fn plus_likes_the_selected_video_and_again_takes_it_back() {
+        let mut app = sample();
+        let selected = app.visible()[1].clone();
+        let like = app.update(key(KeyCode::Char('+')));
+        assert_eq!(
+            like,
+            [Command::Interact {
+                video_id: selected.id,
+                video: selected.video.clone(),
+                interaction: Interaction::React(Some(Reaction::Like)),
+            }]
+        );
+        app.update(Msg::Interacted {
+            video_id: selected.id,
+            video: selected.video.clone(),
+            interaction: Interaction::React(Some(Reaction::Like)),
+            outcome: Outcome::Applied { notice: None },
+            elapsed: Duration::from_millis(2),
+        });
+        assert_eq!(app.visible()[1].reaction, Some(Reaction::Like));
+        // Pressed again: taken back. Minus instead: a dislike.
+        let again = app.update(key(KeyCode::Char('+')));
+        assert!(matches!(
+            &again[..],
+            [Command::Interact {
+                interaction: Interaction::React(None),
+                ..
+            }]
+        ));
+        let dislike = app.update(key(KeyCode::Char('-')));
+        assert!(matches!(
+            &dislike[..],
+            [Command::Interact {
+                interaction: Interaction::React(Some(Reaction::Dislike)),
+                ..
+            }]
+        ));
+        // From the subscriptions panel there is nothing to like.
+        app.update(key(KeyCode::Tab));
+        assert!(app.update(key(KeyCode::Char('+'))).is_empty());
+    }
+
+    #[test]
+    fn a_comment_is_checked_then_sent_and_a_refusal_shows() {
+        let mut app = sample();
+        let selected = app.visible()[1].clone();
+        app.update(key(KeyCode::Char('c')));
+        assert!(
+            app.update(key(KeyCode::Enter)).is_empty(),
+            "empty: not sent"
+        );
+        assert!(matches!(app.mode(), Mode::Comment { error: Some(_), .. }));
+        typed(&mut app, "Nice one");
+        let sent = app.update(key(KeyCode::Enter));
+        assert_eq!(
+            sent,
+            [Command::Interact {
+                video_id: selected.id,
+                video: selected.video.clone(),
+                interaction: Interaction::Comment("Nice one".into()),
+            }]
+        );
+        assert_eq!(app.mode(), &Mode::Normal);
+        app.update(Msg::Interacted {
+            video_id: selected.id,
+            video: selected.video.clone(),
+            interaction: Interaction::Comment("Nice one".into()),
+            outcome: Outcome::Refused("no video has an id that starts with 00".into()),
+            elapsed: Duration::from_millis(2),
+        });
+        assert_eq!(app.visible()[1].comments, 0);
+        let screen = draw(&app, 100, 10).backend().to_string();
+        assert!(screen.contains("refused: no video has an id"), "{screen}");
     }
 
     #[test]

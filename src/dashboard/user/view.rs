@@ -13,6 +13,7 @@ use super::{FeedItem, Focus, Mode, ServerHealth, UserDashboard};
 use crate::{
     dashboard::widgets::{self, BoldTitle},
     link::LinkState,
+    protocol::Reaction,
 };
 
 impl UserDashboard {
@@ -114,7 +115,12 @@ impl UserDashboard {
                 Style::new().fg(Color::Yellow),
             ));
         }
-        let block = widgets::panel(Line::from(title), focused);
+        let mut block = widgets::panel(Line::from(title), focused);
+        let selected = self.selected_position(&visible).unwrap_or(0);
+        if let Some(item) = visible.get(selected) {
+            // The id that `user like` and `user comment` take.
+            block = block.title_bottom(Line::from(format!(" id {} ", item.id)).dim());
+        }
         if visible.is_empty() {
             let text = if self.feed.is_empty() {
                 "Nothing yet: uploads of the YouTubers you follow appear here as they happen."
@@ -131,7 +137,6 @@ impl UserDashboard {
         }
         let width = area.width.saturating_sub(2) as usize;
         let height = widgets::inner_height(area);
-        let selected = self.selected_position(&visible).unwrap_or(0);
         let first = selected.saturating_sub(height.saturating_sub(1));
         let items: Vec<ListItem> = visible
             .iter()
@@ -154,7 +159,23 @@ impl UserDashboard {
             Style::new().fg(Color::DarkGray),
         );
         let away = if item.away { " while away" } else { "" };
-        let used = 2 + 9 + item.youtuber.chars().count() + " uploaded ".len() + away.len();
+        let said = match item.reaction {
+            Some(Reaction::Like) => Some((" · liked", Color::Green)),
+            Some(Reaction::Dislike) => Some((" · disliked", Color::Red)),
+            None => None,
+        };
+        let commented = match item.comments {
+            0 => String::new(),
+            1 => " · commented".to_owned(),
+            n => format!(" · commented ×{n}"),
+        };
+        let used = 2
+            + 9
+            + item.youtuber.chars().count()
+            + " uploaded ".len()
+            + away.len()
+            + said.map_or(0, |(text, _)| text.chars().count())
+            + commented.chars().count();
         let title = widgets::truncate(&item.video, width.saturating_sub(used));
         let mut text = Style::new();
         if !item.read {
@@ -169,6 +190,12 @@ impl UserDashboard {
         ];
         if item.away {
             spans.push(Span::styled(away, Style::new().fg(Color::Yellow)));
+        }
+        if let Some((text, color)) = said {
+            spans.push(Span::styled(text, Style::new().fg(color)));
+        }
+        if !commented.is_empty() {
+            spans.push(Span::styled(commented, Style::new().fg(Color::Cyan)));
         }
         let mut line = Line::from(spans);
         if selected {
@@ -229,7 +256,8 @@ impl UserDashboard {
             _ => widgets::hints(&[
                 ("s", "subscribe"),
                 ("u", "unsubscribe"),
-                ("⏎", "read"),
+                ("+-", "like"),
+                ("c", "comment"),
                 ("/", "filter"),
                 ("?", "keys"),
                 ("q", "quit"),
@@ -253,6 +281,36 @@ impl UserDashboard {
                 lines.push(Line::from("Enter subscribe · Esc cancel").dim());
                 widgets::popup(frame, "Subscribe", lines, 60);
             }
+            Mode::Comment {
+                video,
+                input,
+                error,
+                ..
+            } => {
+                const WIDTH: usize = 70;
+                // The end of what is typed, as much as fits on the line.
+                let count = input.chars().count();
+                let shown: String = input
+                    .chars()
+                    .skip(count.saturating_sub(WIDTH - 6))
+                    .collect();
+                let mut lines = vec![
+                    Line::from(format!("On \"{}\":", widgets::truncate(video, WIDTH - 10))),
+                    Line::from(vec![Span::raw(shown).bold(), Span::raw("▏")]),
+                ];
+                match error {
+                    Some(error) => lines.push(Line::from(error.clone()).red()),
+                    None => lines.push(
+                        Line::from(format!(
+                            "{count} of {} characters, one line",
+                            crate::names::MAX_COMMENT_CHARS
+                        ))
+                        .dim(),
+                    ),
+                }
+                lines.push(Line::from("Enter send · Esc cancel").dim());
+                widgets::popup(frame, "Comment", lines, WIDTH as u16);
+            }
             Mode::ConfirmUnsubscribe(youtuber) => {
                 let lines = vec![
                     Line::from(format!("Unsubscribe {} from {youtuber}?", self.user)),
@@ -268,6 +326,8 @@ impl UserDashboard {
                     ("a", "mark everything shown read"),
                     ("s", "subscribe to a YouTuber"),
                     ("u", "unsubscribe from the selected YouTuber"),
+                    ("+  -", "like / dislike it (again: take it back)"),
+                    ("c", "comment on the selected video"),
                     ("/", "filter the feed; Esc clears"),
                     ("q  Ctrl-C", "quit"),
                 ]);
@@ -282,7 +342,7 @@ impl UserDashboard {
 mod tests {
     use super::*;
     use crate::dashboard::user::{
-        Msg, Outcome,
+        Interaction, Msg, Outcome,
         fixtures::{draw, key, sample, typed, utc},
     };
     use crossterm::event::KeyCode;
@@ -305,6 +365,27 @@ mod tests {
         let mut app = UserDashboard::new("newcomer", utc());
         app.update(Msg::SubscriptionsFailed(Outcome::Queued));
         insta::assert_snapshot!(draw(&app, 80, 12).backend());
+    }
+
+    #[test]
+    fn snapshot_of_a_liked_and_commented_video_and_the_comment_prompt() {
+        let mut app = sample();
+        let item = app.visible()[1].clone();
+        for interaction in [
+            Interaction::React(Some(Reaction::Like)),
+            Interaction::Comment("Nice!".into()),
+        ] {
+            app.update(Msg::Interacted {
+                video_id: item.id,
+                video: item.video.clone(),
+                interaction,
+                outcome: Outcome::Applied { notice: None },
+                elapsed: std::time::Duration::from_millis(4),
+            });
+        }
+        app.update(key(KeyCode::Char('c')));
+        typed(&mut app, "Great one");
+        insta::assert_snapshot!(draw(&app, 80, 24).backend());
     }
 
     #[test]
