@@ -4,7 +4,6 @@
 use std::{
     io::{IsTerminal, Write},
     process::ExitCode,
-    time::Duration,
 };
 
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
@@ -13,7 +12,7 @@ use ytnotify::{
     cli::{self, ClientArgs},
     client::{
         Client,
-        creator::CreatorFeed,
+        creator::{self, CreatorFeed},
         youtuber::{publish_video, stats},
     },
     names,
@@ -31,6 +30,12 @@ struct Cli {
     name: Option<String>,
     /// The video's name: the rest of the words, joined with spaces
     video: Vec<String>,
+    /// Show the feed in the full-screen dashboard (the default for `watch` in a terminal)
+    #[arg(long, global = true, conflicts_with = "plain")]
+    tui: bool,
+    /// Print the feed as plain lines, even in a terminal
+    #[arg(long, global = true)]
+    plain: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -61,20 +66,36 @@ enum Command {
     },
 }
 
-/// How long a burst of events is gathered before its lines are shown.
-const WINDOW: Duration = Duration::from_millis(500);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing("warn");
+    if dashboard_wanted(&cli) && cfg!(feature = "tui") {
+        cli::init_tracing_to_file("warn", &log_file());
+    } else {
+        cli::init_tracing("warn");
+    }
     cli::exit("youtuber", run(cli))
+}
+
+/// The dashboard is for `watch` when stdout is a terminal, unless `--plain`,
+/// and for `--tui`.
+fn dashboard_wanted(cli: &Cli) -> bool {
+    let watching = matches!(cli.command, Some(Command::Watch { .. }));
+    watching && (cli.tui || (!cli.plain && std::io::stdout().is_terminal()))
+}
+
+fn log_file() -> std::path::PathBuf {
+    #[cfg(feature = "tui")]
+    return ytnotify::dashboard::log_file("youtuber");
+    #[cfg(not(feature = "tui"))]
+    return std::path::PathBuf::new();
 }
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dashboard = dashboard_wanted(&cli);
     let (name, words) = match cli.command {
         Some(Command::Publish { name, video }) => (name, video),
-        Some(Command::Watch { name }) => return watch(&cli.client, &name).await,
+        Some(Command::Watch { name }) => return watch(&cli.client, &name, dashboard).await,
         Some(Command::Stats { name, json }) => {
             names::check_youtuber(&name)?;
             let config = cli.client.config_for(&Account::youtuber(&name))?;
@@ -117,13 +138,23 @@ fn plural(count: u64) -> &'static str {
     if count == 1 { "" } else { "s" }
 }
 
-/// Prints the creator's feed, a window at a time, until Ctrl-C; each
-/// window's events leave the inbox once printed.
-async fn watch(client: &ClientArgs, name: &str) -> anyhow::Result<()> {
+/// Shows the creator's feed until Ctrl-C (or `q` in the dashboard): a
+/// window at a time, each window's events leaving the inbox once shown.
+async fn watch(client: &ClientArgs, name: &str, dashboard: bool) -> anyhow::Result<()> {
     names::check_youtuber(name)?;
+    if dashboard && !cfg!(feature = "tui") {
+        anyhow::bail!(
+            "this youtuber was built without the dashboard (cargo feature `tui`); use --plain"
+        );
+    }
     let shutdown = cli::shutdown_signal();
     let config = client.config_for(&Account::youtuber(name))?;
     let client = Client::connect(&config, &format!("youtuber {name}")).await?;
+    if dashboard {
+        #[cfg(feature = "tui")]
+        ytnotify::dashboard::creator::run(client, name, shutdown).await?;
+        return Ok(());
+    }
     let mut feed = CreatorFeed::open(client.link(), name).await?;
     if std::io::stderr().is_terminal() {
         eprintln!("waiting for likes, comments and subscribers of {name} (Ctrl-C to quit)");
@@ -132,7 +163,7 @@ async fn watch(client: &ClientArgs, name: &str) -> anyhow::Result<()> {
     loop {
         let window = tokio::select! {
             () = &mut shutdown => break,
-            window = feed.next_window(WINDOW) => window?,
+            window = feed.next_window(creator::WINDOW) => window?,
         };
         {
             let mut stdout = std::io::stdout().lock();

@@ -33,6 +33,9 @@ const PREFETCH: u16 = 64;
 /// line: below it, each is its own line.
 pub const GATHER_FROM: usize = 3;
 
+/// How long a burst of events is gathered before its lines are shown.
+pub const WINDOW: Duration = Duration::from_millis(500);
+
 /// How many event ids a feed remembers as shown: a copy comes again within
 /// seconds (a redelivery, a server sending again what it could not record).
 const REMEMBERED: usize = 10_000;

@@ -1,5 +1,6 @@
-//! The user dashboard end to end: the real `user` binary in a pseudo-terminal,
-//! driven by keys, against a real RabbitMQ and an in-process server.
+//! The dashboards end to end: the real `user` and `youtuber` binaries in a
+//! pseudo-terminal, driven by keys, against a real RabbitMQ and an in-process
+//! server.
 #![cfg(feature = "tui")]
 
 use std::{
@@ -9,10 +10,11 @@ use std::{
 };
 
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-use ytnotify::client::youtuber::publish_video;
+use ytnotify::{client::youtuber::publish_video, protocol::Reaction};
 use ytnotify_testkit::TestVhost;
 
 const USER: &str = env!("CARGO_BIN_EXE_user");
+const YOUTUBER: &str = env!("CARGO_BIN_EXE_youtuber");
 /// How often a wait looks at the screen or the process again.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -25,6 +27,10 @@ struct Terminal {
 
 impl Terminal {
     fn spawn(args: &[&str], vhost: &TestVhost) -> Terminal {
+        Terminal::spawn_program(USER, args, vhost)
+    }
+
+    fn spawn_program(program: &str, args: &[&str], vhost: &TestVhost) -> Terminal {
         let pty = native_pty_system()
             .openpty(PtySize {
                 rows: 24,
@@ -33,12 +39,15 @@ impl Terminal {
                 pixel_height: 0,
             })
             .expect("a pseudo-terminal");
-        let mut command = CommandBuilder::new(USER);
+        let mut command = CommandBuilder::new(program);
         command.args(args);
         command.env("AMQP_URL", &vhost.url);
         command.env("TERM", "xterm-256color");
         command.env("HOME", vhost.dir.as_os_str());
-        let child = pty.slave.spawn_command(command).expect("user starts");
+        let child = pty
+            .slave
+            .spawn_command(command)
+            .expect("the program starts");
         drop(pty.slave);
         let screen = Arc::new(Mutex::new(vt100::Parser::new(nonzero(24), nonzero(80), 0)));
         let mut output = pty.master.try_clone_reader().unwrap();
@@ -110,7 +119,7 @@ impl Terminal {
             }
             assert!(
                 started.elapsed() < ytnotify_testkit::WAIT,
-                "user did not exit"
+                "the program did not exit"
             );
             tokio::time::sleep(POLL).await;
         }
@@ -218,4 +227,50 @@ async fn a_burst_that_waited_is_marked_and_acknowledged_once_shown() {
 
 fn nonzero(n: u16) -> std::num::NonZero<u16> {
     std::num::NonZero::new(n).expect("a terminal has rows and columns")
+}
+
+#[tokio::test]
+async fn the_creator_dashboard_shows_counts_and_likes_as_they_come() {
+    let vhost = TestVhost::new("creator-dashboard");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "mkbhd", "Studio tour")
+        .await
+        .unwrap();
+    let video = ytnotify::client::user::videos(&client, "mkbhd")
+        .await
+        .unwrap()
+        .videos[0]
+        .id
+        .to_string();
+
+    let mut terminal = Terminal::spawn_program(YOUTUBER, &["watch", "mkbhd"], &vhost);
+    terminal.wait_for("mkbhd's channel").await;
+    terminal.wait_for("Videos · 1 · 0 subscribers").await;
+    ytnotify::client::user::react(&client, "alice", &video, Some(Reaction::Like))
+        .await
+        .unwrap();
+    terminal.wait_for("alice liked \"Studio tour\"").await;
+    ytnotify::client::user::comment(&client, "carol", &video, "Love the lights")
+        .await
+        .unwrap();
+    terminal
+        .wait_for("carol commented on \"Studio tour\": Love the lights")
+        .await;
+    // The counts follow: one like, one comment.
+    terminal
+        .wait_for("Activity · 2 since you opened this")
+        .await;
+    terminal
+        .wait_until("the counts of the video", |screen| {
+            screen.contents().lines().any(|line| {
+                line.contains("Studio tour")
+                    && line.split_whitespace().rev().take(3).collect::<Vec<_>>() == ["1│", "0", "1"]
+            })
+        })
+        .await;
+    terminal.keys("q");
+    assert_eq!(terminal.exit_code().await, 0);
+    terminal.wait_for_the_terminal_back().await;
+    server.stop().await;
 }
