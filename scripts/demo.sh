@@ -58,7 +58,7 @@ colour_of() {
     [[ -n $C_RESET ]] || return 0
     case $1 in
         server) printf '\e[1;34m' ;;
-        mkbhd) printf '\e[33m' ;;
+        mkbhd | mkbhd-feed) printf '\e[33m' ;;
         veritasium) printf '\e[32m' ;;
         alice) printf '\e[35m' ;;
         bob) printf '\e[36m' ;;
@@ -502,6 +502,25 @@ show_command user carol
 start_background carol label "$BIN/user" carol
 WATCHER_PIDS+=("$STARTED_PID")
 expect_line carol "New Notification: veritasium uploaded The science of rainbows" "$STARTED_PID"
+settle
+pause
+
+step "mkbhd watches what users make of the videos; alice likes one and bob comments"
+show_command youtuber watch mkbhd
+start_background mkbhd-feed label "$BIN/youtuber" watch mkbhd --plain
+WATCHER_PIDS+=("$STARTED_PID")
+MKBHD_FEED_PID=$STARTED_PID
+show_command user videos mkbhd
+run alice "$BIN/user" videos mkbhd --as alice || fail "user videos mkbhd failed"
+# The id of "Studio tour": the first column of its line.
+STUDIO_TOUR=$(awk '/ Studio tour$/ { print $1 }' "$DEMO_DIR/alice.seen" | tail -n 1)
+[[ -n $STUDIO_TOUR ]] || fail "user videos mkbhd did not list Studio tour"
+show_command user like alice "$STUDIO_TOUR"
+run alice "$BIN/user" like alice "$STUDIO_TOUR" || fail "user like alice failed"
+expect_line mkbhd-feed 'alice liked "Studio tour"' "$MKBHD_FEED_PID"
+show_command user comment bob "$STUDIO_TOUR" Great lighting in this one
+run bob "$BIN/user" comment bob "$STUDIO_TOUR" Great lighting in this one || fail "user comment bob failed"
+expect_line mkbhd-feed 'bob commented on "Studio tour": Great lighting in this one' "$MKBHD_FEED_PID"
 settle
 pause
 

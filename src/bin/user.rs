@@ -74,6 +74,9 @@ enum Command {
         /// Print JSON (full ids, times in milliseconds since the Unix epoch)
         #[arg(long)]
         json: bool,
+        /// Ask as this user, with the account saved for the name (secure mode)
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
     },
     /// Like a video (taking back a dislike), print SUCCESS and exit
     Like {
@@ -194,9 +197,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = Client::connect(&config(&name)?, &format!("user {name}")).await?;
             watch(client, &name, dashboard, shutdown).await
         }
-        Some(Command::Videos { youtuber, json }) => {
+        Some(Command::Videos {
+            youtuber,
+            json,
+            as_user,
+        }) => {
             names::check_youtuber(&youtuber)?;
-            let client = Client::connect(&client_args.config(), "user videos").await?;
+            let config = match &as_user {
+                Some(name) => {
+                    names::check_user(name)?;
+                    config(name)?
+                }
+                None => client_args.config(),
+            };
+            let client = Client::connect(&config, "user videos").await?;
             let channel = user::videos(&client, &youtuber).await?;
             client.close().await?;
             cli::print_videos(&channel, json)
