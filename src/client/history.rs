@@ -59,8 +59,16 @@ const LOOK_BACK: u64 = 1_000;
 /// A position in a user's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
-    /// After the notification `id`, at `offset`.
-    Offset { offset: u64, id: Uuid },
+    /// After the notification `id`, at `offset`. `since_ms`: the start of
+    /// the sessions that led there, one coming back after the other; every
+    /// notification stored from then on up to `offset` was handed out with
+    /// a position, so the reader had it. `None` in a position written
+    /// before it was kept.
+    Offset {
+        offset: u64,
+        id: Uuid,
+        since_ms: Option<i64>,
+    },
     /// After what the server stored before `ms` (milliseconds since the Unix
     /// epoch): a reader's position before it has read anything.
     Time { ms: i64 },
@@ -75,11 +83,21 @@ impl Cursor {
     }
 }
 
-/// `o<offset>.<id>` or `t<ms>`: what a gateway sends as an event's id.
+/// `o<offset>.<id>.<since ms>` or `t<ms>`: what a gateway sends as an
+/// event's id.
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cursor::Offset { offset, id } => write!(f, "o{offset}.{}", id.simple()),
+            Cursor::Offset {
+                offset,
+                id,
+                since_ms: Some(since),
+            } => write!(f, "o{offset}.{}.{since}", id.simple()),
+            Cursor::Offset {
+                offset,
+                id,
+                since_ms: None,
+            } => write!(f, "o{offset}.{}", id.simple()),
             Cursor::Time { ms } => write!(f, "t{ms}"),
         }
     }
@@ -89,7 +107,7 @@ impl fmt::Display for Cursor {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?} is not a position in a history; give the id of the last event received \
-     (o<offset>.<id> or t<milliseconds>), or none to start now"
+     (o<offset>.<id>.<milliseconds> or t<milliseconds>), or none to start now"
 )]
 pub struct InvalidCursor(pub String);
 
@@ -106,10 +124,17 @@ impl FromStr for Cursor {
                 Err(invalid())
             };
         }
-        let (offset, id) = text
+        let (offset, rest) = text
             .strip_prefix('o')
             .and_then(|rest| rest.split_once('.'))
             .ok_or_else(invalid)?;
+        let (id, since_ms) = match rest.split_once('.') {
+            Some((id, since)) if !since.is_empty() && since.bytes().all(|b| b.is_ascii_digit()) => {
+                (id, Some(since.parse::<i64>().map_err(|_| invalid())?))
+            }
+            Some(_) => return Err(invalid()),
+            None => (rest, None),
+        };
         if id.len() != 32 || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid());
         }
@@ -121,6 +146,7 @@ impl FromStr for Cursor {
         Ok(Cursor::Offset {
             offset,
             id: Uuid::try_parse(id).map_err(|_| invalid())?,
+            since_ms,
         })
     }
 }
@@ -174,6 +200,14 @@ struct State {
     /// `None` once the position is confirmed (or missing), and for a
     /// consumer attached again later, which starts at its last offset.
     looking_back: Option<Vec<Uuid>>,
+    /// How many deliveries before the position have been read: the wait
+    /// for the position goes on while they come.
+    looked_back: usize,
+    /// Since when every notification up to the position was handed out with
+    /// a position (see [`Cursor::Offset`]): the look-back counts only those
+    /// as the client's, not older ones that came to it from the inbox, which
+    /// it may not have shown.
+    since_ms: Option<i64>,
     /// The highest offset read: a consumer attached again may deliver it
     /// once more.
     last_offset: Option<u64>,
@@ -202,14 +236,20 @@ impl History {
         // on (by the server's clock: the machines' clocks must agree); what
         // came before is the inbox's, so that a new session does not show
         // again what another has just shown.
-        let (start, floor_ms, looking_back) = match from {
-            Cursor::Offset { offset, id } => (Attach::Offset(offset, id), None, Some(Vec::new())),
-            Cursor::Time { ms } => (Attach::Time(ms), Some(ms), None),
+        let (start, floor_ms, looking_back, since_ms) = match from {
+            Cursor::Offset {
+                offset,
+                id,
+                since_ms,
+            } => (Attach::Offset(offset, id), None, Some(Vec::new()), since_ms),
+            Cursor::Time { ms } => (Attach::Time(ms), Some(ms), None, Some(ms)),
         };
         let state = Arc::new(Mutex::new(State {
             attach: start,
             verify: None,
             looking_back,
+            looked_back: 0,
+            since_ms,
             last_offset: None,
             floor_ms,
             live_from_ms: floor_ms,
@@ -241,8 +281,15 @@ impl History {
     /// broker is slow or the history no longer reaches that far (it was
     /// deleted and declared again): the end of the history tells which.
     async fn check_resumed(&mut self, link: &Link, offset: u64) -> Result<()> {
-        if let Ok(read) = tokio::time::timeout(RESUME_WAIT, self.read()).await {
-            return read;
+        loop {
+            let looked_back = self.lock().looked_back;
+            if let Ok(read) = tokio::time::timeout(RESUME_WAIT, self.read()).await {
+                return read;
+            }
+            // Still reading what comes before the position: not slow, long.
+            if self.lock().looked_back == looked_back {
+                break;
+            }
         }
         let tail = last_offset(link, &self.user).await?;
         if tail.is_some_and(|tail| tail >= offset) {
@@ -265,6 +312,10 @@ impl History {
             .reset("the position asked for is past the end of the history");
         self.ahead.push_back(Entry::Gap);
         Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("never held across a panic")
     }
 
     /// The upload time from which this reader gets every notification from
@@ -330,10 +381,15 @@ impl History {
                 .filter(|notification| notification.validate().is_ok());
             let mut state = self.state.lock().expect("never held across a panic");
             if let Some((expected, id)) = state.verify {
-                if offset < expected
-                    && let Some(before) = state.looking_back.as_mut()
-                {
-                    before.extend(notification.as_ref().map(Notification::id));
+                if offset < expected && state.looking_back.is_some() {
+                    state.looked_back += 1;
+                    let since = state.since_ms;
+                    let had = notification
+                        .as_ref()
+                        .filter(|n| since.is_some_and(|since| n.uploaded_at_ms() >= since));
+                    if let (Some(before), Some(had)) = (state.looking_back.as_mut(), had) {
+                        before.push(had.id());
+                    }
                     continue;
                 }
                 state.verify = None;
@@ -344,7 +400,11 @@ impl History {
                     state.last_offset = Some(offset);
                     state.live_from_ms = notification.as_ref().map(Notification::uploaded_at_ms);
                     self.ahead.push_back(Entry::Resumed {
-                        cursor: Cursor::Offset { offset, id },
+                        cursor: Cursor::Offset {
+                            offset,
+                            id,
+                            since_ms: state.since_ms,
+                        },
                         id,
                         before,
                     });
@@ -391,7 +451,11 @@ impl State {
         };
         let id = notification.id();
         self.attach = Attach::Offset(offset, id);
-        let cursor = Cursor::Offset { offset, id };
+        let cursor = Cursor::Offset {
+            offset,
+            id,
+            since_ms: self.since_ms,
+        };
         let old = self
             .floor_ms
             .is_some_and(|floor| notification.uploaded_at_ms() < floor);
@@ -409,7 +473,11 @@ impl State {
     /// notification's, kept as the place to attach again.
     fn cursor_after_skip(&self) -> Cursor {
         match self.attach {
-            Attach::Offset(offset, id) => Cursor::Offset { offset, id },
+            Attach::Offset(offset, id) => Cursor::Offset {
+                offset,
+                id,
+                since_ms: self.since_ms,
+            },
             Attach::Time(ms) => Cursor::Time { ms },
             Attach::First => Cursor::Time { ms: 0 },
         }
@@ -512,10 +580,15 @@ mod tests {
     fn cursors_round_trip() {
         let id = Uuid::new_v4();
         for cursor in [
-            Cursor::Offset { offset: 0, id },
+            Cursor::Offset {
+                offset: 0,
+                id,
+                since_ms: None,
+            },
             Cursor::Offset {
                 offset: i64::MAX as u64,
                 id,
+                since_ms: Some(1_700_000_000_000),
             },
             Cursor::Time {
                 ms: 1_700_000_000_000,
@@ -540,6 +613,10 @@ mod tests {
             "x12",
             "o99999999999999999999999.00000000000000000000000000000000",
             "o18446744073709551615.00000000000000000000000000000000",
+            "o1.00000000000000000000000000000000.",
+            "o1.00000000000000000000000000000000.-5",
+            "o1.00000000000000000000000000000000.+5",
+            "o1.00000000000000000000000000000000.5.6",
         ] {
             let err = text.parse::<Cursor>().unwrap_err();
             assert!(err.to_string().contains("not a position"), "{text}: {err}");

@@ -933,6 +933,68 @@ async fn a_session_that_comes_back_never_shows_again_what_its_client_had_from_th
 }
 
 #[tokio::test]
+async fn a_session_that_comes_back_still_shows_what_waited_and_was_not_shown() {
+    let vhost = TestVhost::new("come-back-waiting");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    log_in_following(&client, "alice", "bob").await;
+    for video in ["Waited 1", "Waited 2"] {
+        publish_video(&client, "bob", video).await.unwrap();
+    }
+    // Older than the next session: they come to it from the inbox alone.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut first = within(
+        "a session",
+        Notifications::open(client.link(), "alice", None),
+    )
+    .await
+    .unwrap()
+    .resumable();
+    for _ in 0..2 {
+        let received = within("what waited", first.next()).await.unwrap();
+        assert!(received.away && received.cursor.is_none());
+        // Handed to the client, which goes before saying it showed them.
+    }
+    publish_video(&client, "bob", "Live").await.unwrap();
+    let live = within("the live one", first.next()).await.unwrap();
+    assert_eq!(title(&live.notification), "Live");
+    let position = live.cursor;
+    first.close().await;
+
+    // The client comes back after "Live": what waited before it is still
+    // the inbox's to show, since the client never said it showed it.
+    let reader = vhost.client("reader").await;
+    let mut again = within(
+        "a session",
+        Notifications::open(reader.link(), "alice", position),
+    )
+    .await
+    .unwrap()
+    .resumable();
+    let mut shown = Vec::new();
+    for _ in 0..2 {
+        let received = within("what waited, again", again.next()).await.unwrap();
+        assert!(received.away && received.cursor.is_none());
+        shown.push(title(&received.notification).to_owned());
+        received.ack().await.unwrap();
+    }
+    shown.sort();
+    assert_eq!(shown, ["Waited 1", "Waited 2"]);
+    publish_video(&client, "bob", "After").await.unwrap();
+    let after = within("the next one", again.next()).await.unwrap();
+    assert_eq!(title(&after.notification), "After");
+    let (_connection, channel) = raw_channel(&vhost).await;
+    within("the inbox to empty", async {
+        while depth(&channel, &topology::inbox("alice")).await != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    again.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_notification_taken_but_not_shown_stays_in_the_inbox_through_a_reconnection() {
     let vhost = TestVhost::new("unshown");
     let server = vhost.start_server().await;
