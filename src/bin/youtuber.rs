@@ -172,7 +172,7 @@ async fn watch(client: &ClientArgs, name: &str, dashboard: bool) -> anyhow::Resu
             }
             stdout.flush()?;
         }
-        window.ack().await?;
+        window.ack().await;
     }
     feed.close().await;
     client.close().await?;

@@ -148,12 +148,16 @@ pub struct Window {
 }
 
 impl Window {
-    /// Says the lines were shown: their messages leave the inbox.
-    pub async fn ack(self) -> Result<()> {
+    /// Says the lines were shown: their messages leave the inbox. A failure
+    /// means the connection is gone: the broker delivers them again, and
+    /// the feed, which remembers what it showed, skips them.
+    pub async fn ack(self) {
         for acker in self.ackers {
-            broker::ack(&acker, BasicAckOptions::default()).await?;
+            if let Err(err) = broker::ack(&acker, BasicAckOptions::default()).await {
+                tracing::debug!(%err, "could not acknowledge a window already shown");
+                return;
+            }
         }
-        Ok(())
     }
 }
 
@@ -219,7 +223,9 @@ impl CreatorFeed {
 
     /// The next window: waits for an event not shown before, then takes
     /// whatever else comes within `window` of it, and gathers them
-    /// ([`gather`]). Messages that are not the server's are skipped.
+    /// ([`gather`]). A message with nothing new in it (not the server's, or
+    /// every event in it shown already) is acknowledged at once: a pile of
+    /// them never holds up what comes behind.
     pub async fn next_window(&mut self, window: Duration) -> Result<Window> {
         let mut events = Vec::new();
         let mut ackers = Vec::new();
@@ -232,22 +238,31 @@ impl CreatorFeed {
                     Err(_) => break,
                 },
             };
-            match protocol::decode_creator_events(&delivery.data) {
-                Ok(message) if message.youtuber == self.youtuber => {
-                    events.extend(
-                        message
-                            .events
-                            .into_iter()
-                            .filter(|event| self.remember(event.id())),
-                    );
+            let new: Vec<CreatorEvent> = match protocol::decode_creator_events(&delivery.data) {
+                Ok(message) if message.youtuber == self.youtuber => message
+                    .events
+                    .into_iter()
+                    .filter(|event| self.remember(event.id()))
+                    .collect(),
+                Ok(_) => {
+                    tracing::warn!("skipping events meant for another creator");
+                    Vec::new()
                 }
-                Ok(_) => tracing::warn!("skipping events meant for another creator"),
                 Err(reason) => {
-                    tracing::warn!(%reason, "skipping a message this client cannot read")
+                    tracing::warn!(%reason, "skipping a message this client cannot read");
+                    Vec::new()
                 }
+            };
+            if new.is_empty() {
+                let acker = delivery.acker;
+                tokio::spawn(async move {
+                    let _ = broker::ack(&acker, BasicAckOptions::default()).await;
+                });
+                continue;
             }
+            events.extend(new);
             ackers.push(delivery.acker);
-            if deadline.is_none() && !events.is_empty() {
+            if deadline.is_none() {
                 deadline = Some(tokio::time::Instant::now() + window);
             }
         }

@@ -68,7 +68,7 @@ pub async fn run(client: Client, name: &str, shutdown: impl Future<Output = ()>)
             acking.retain(|task| !task.is_finished());
             acking.push(tokio::spawn(async move {
                 for window in drawn {
-                    let _ = window.ack().await;
+                    window.ack().await;
                 }
             }));
         }
