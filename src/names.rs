@@ -230,7 +230,7 @@ pub fn check_video(title: &str) -> Result<(), InvalidName> {
 }
 
 /// Checks a reference to a video: its id (`user videos` lists them) or the
-/// start of it, 1–36 lowercase hexadecimal digits and `-`.
+/// start of it, 1–36 hexadecimal digits (either case) and `-`.
 pub fn check_video_ref(reference: &str) -> Result<(), InvalidName> {
     let fail = |problem: String| InvalidName {
         kind: NameKind::VideoId,
@@ -250,7 +250,7 @@ pub fn check_video_ref(reference: &str) -> Result<(), InvalidName> {
     if let Some((at, bad)) = reference
         .chars()
         .enumerate()
-        .find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f' | '-'))
+        .find(|(_, c)| !c.is_ascii_hexdigit() && *c != '-')
     {
         return Err(fail(format!(
             "{} at position {} is not in an id (digits, a-f and '-'); {rule}",
@@ -289,6 +289,37 @@ pub fn check_comment(text: &str) -> Result<(), InvalidName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_video_is_named_by_its_id_or_the_start_of_it_in_either_case() {
+        for good in [
+            "3",
+            "3f2a9c1e",
+            "3F2A-9C",
+            "3f2a9c1e-0000-4000-8000-000000000000",
+        ] {
+            assert!(check_video_ref(good).is_ok(), "{good}");
+        }
+        let err = check_video_ref("Video").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid video id \"Video\": 'V' at position 1 is not in an id (digits, a-f and '-'); \
+             give the id `user videos <youtuber>` shows, or its first characters"
+        );
+        assert!(check_video_ref("").is_err());
+        assert!(check_video_ref(&"a".repeat(37)).is_err());
+    }
+
+    #[test]
+    fn a_comment_is_one_line_of_500_characters_at_most() {
+        assert!(check_comment("Nice video, really 👍").is_ok());
+        assert!(check_comment(&"é".repeat(MAX_COMMENT_CHARS)).is_ok());
+        let err = check_comment(&"x".repeat(MAX_COMMENT_CHARS + 1)).unwrap_err();
+        assert_eq!(err.problem, "it has 501 characters; use at most 500");
+        assert!(check_comment("  ").is_err());
+        let err = check_comment("two\nlines").unwrap_err();
+        assert!(err.problem.contains("write one line"), "{err}");
+    }
 
     #[test]
     fn accepts_the_allowed_alphabet() {

@@ -95,6 +95,14 @@ impl Reaction {
             Reaction::Dislike => "dislike",
         }
     }
+
+    /// `liked` or `disliked`, as lines say it.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Reaction::Like => "liked",
+            Reaction::Dislike => "disliked",
+        }
+    }
 }
 
 impl Request {
@@ -483,13 +491,12 @@ impl std::fmt::Display for CreatorEvent {
         match self {
             CreatorEvent::Reacted {
                 video, reaction, ..
-            } => {
-                let verb = match reaction {
-                    Reaction::Like => "liked",
-                    Reaction::Dislike => "disliked",
-                };
-                write!(f, "{user} {verb} \"{}\"", names::escape_for_terminal(video))
-            }
+            } => write!(
+                f,
+                "{user} {} \"{}\"",
+                reaction.past_tense(),
+                names::escape_for_terminal(video)
+            ),
             CreatorEvent::Commented { video, text, .. } => write!(
                 f,
                 "{user} commented on \"{}\": {}",

@@ -74,9 +74,10 @@ pub const SOURCE_QUEUE_HEADER: &str = "x-ytnotify-source-queue";
 
 const INBOX_PREFIX: &str = "ytnotify.inbox.";
 const CREATOR_PREFIX: &str = "ytnotify.creator.";
-/// The most messages a creator's inbox keeps waiting, each holding up to a
-/// batch's events for that creator: past it the oldest is dropped.
-const CREATOR_INBOX_BOUND: i64 = 100_000;
+/// The most bytes a creator's inbox keeps waiting (about 100,000 events):
+/// past it the broker refuses more, and the server keeps them in its
+/// database until the creator has read some.
+const CREATOR_INBOX_BYTES: i64 = 16 * 1024 * 1024;
 const USER_EXCHANGE_PREFIX: &str = "ytnotify.user.";
 const HISTORY_PREFIX: &str = "ytnotify.history.";
 /// The most a user's history keeps, in bytes: about 4,000 notifications.
@@ -200,12 +201,12 @@ pub fn creator_inbox(youtuber: &str) -> String {
 pub async fn declare_creator_inbox(channel: &Channel, youtuber: &str) -> Result<(), lapin::Error> {
     let mut arguments = FieldTable::default();
     arguments.insert(
-        ShortString::from("x-max-length"),
-        AMQPValue::LongLongInt(CREATOR_INBOX_BOUND),
+        ShortString::from("x-max-length-bytes"),
+        AMQPValue::LongLongInt(CREATOR_INBOX_BYTES),
     );
     arguments.insert(
         ShortString::from("x-overflow"),
-        AMQPValue::LongString("drop-head".into()),
+        AMQPValue::LongString("reject-publish".into()),
     );
     channel
         .queue_declare(

@@ -1013,12 +1013,13 @@ fn reference_request_ok(request: &Request) -> bool {
     }
 }
 
-/// The documented rule for a reference to a video: 1–36 of `0-9`, `a-f`, `-`.
+/// The documented rule for a reference to a video: 1–36 of `0-9`, `a-f`
+/// (either case), `-`.
 fn reference_video_ref_ok(reference: &str) -> bool {
     (1..=36).contains(&reference.len())
         && reference
             .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-'))
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b'-'))
 }
 
 /// The documented rule for comments: 1–500 characters, no control or

@@ -224,7 +224,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Unlike { name, video }) => react(&config(&name)?, &name, &video, None).await,
         Some(Command::Comment { name, video, text }) => {
             let text = text.join(" ");
-            let video = video.to_ascii_lowercase();
             names::check_user(&name)?;
             names::check_video_ref(&video)?;
             names::check_comment(&text)?;
@@ -243,11 +242,10 @@ async fn react(
     video: &str,
     reaction: Option<Reaction>,
 ) -> anyhow::Result<()> {
-    let video = video.to_ascii_lowercase();
     names::check_user(name)?;
-    names::check_video_ref(&video)?;
+    names::check_video_ref(video)?;
     let client = Client::connect(config, &format!("user {name}")).await?;
-    if let Some(notice) = user::react(&client, name, &video, reaction).await? {
+    if let Some(notice) = user::react(&client, name, video, reaction).await? {
         eprintln!("note: {notice}");
     }
     println!("SUCCESS");

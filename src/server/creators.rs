@@ -4,13 +4,18 @@
 //!
 //! An interaction never fails for its creator's inbox: the event is stored
 //! with the interaction (the outbox, `creator_events`), sent once the inbox
-//! can take it, and marked sent once the broker confirms it. The creator
-//! shows each event once, by id, however often it was sent.
+//! can take it (declared; not full: a full one refuses, and the events wait),
+//! and marked sent once the broker confirms it. The creator shows each event
+//! once, by id, however often it was sent.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::Ordering,
+    time::Duration,
+};
 
 use lapin::{Channel, types::ShortString};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use uuid::Uuid;
 
 use super::YoutubeServer;
@@ -30,8 +35,35 @@ const MESSAGE_BYTES: usize = 32 * 1024;
 /// (a batch in flight sends its own).
 const TELL_LATER_EVERY: Duration = Duration::from_secs(5);
 
-/// The most unsent events sent in one round of [`YoutubeServer::tell_creators_later`].
+/// The longest a creator whose inbox refused its events waits before it is
+/// tried again.
+const TELL_LATER_AT_MOST: Duration = Duration::from_secs(300);
+
+/// The most unsent events of one creator sent in one round.
 const TELL_LATER_LIMIT: usize = 4_096;
+
+/// Creators whose inbox could not take their events, and when to try again.
+#[derive(Default)]
+struct Waiting(HashMap<String, (Instant, Duration)>);
+
+impl Waiting {
+    fn due(&self, youtuber: &str, now: Instant) -> bool {
+        self.0.get(youtuber).is_none_or(|(until, _)| *until <= now)
+    }
+
+    /// Tries `youtuber` again after twice the last pause.
+    fn back_off(&mut self, youtuber: &str) {
+        let pause = self.0.get(youtuber).map_or(TELL_LATER_EVERY, |(_, pause)| {
+            (*pause * 2).min(TELL_LATER_AT_MOST)
+        });
+        self.0
+            .insert(youtuber.to_owned(), (Instant::now() + pause, pause));
+    }
+
+    fn served(&mut self, youtuber: &str) {
+        self.0.remove(youtuber);
+    }
+}
 
 /// A message for one creator, and the events it carries.
 pub(super) struct ForCreator {
@@ -117,40 +149,67 @@ impl YoutubeServer {
     /// Sends, now and then, the creator events stored over
     /// [`TELL_LATER_EVERY`] ago and not sent yet: what a crash, a refused
     /// message or a creator inbox that could not be declared left behind.
+    /// Each creator is served on its own: one whose inbox keeps refusing is
+    /// tried again less and less often, and never holds up the others. A
+    /// hot standby leaves them to the active server.
     pub(super) async fn tell_creators_later(
         &self,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<()> {
+        let mut waiting = Waiting::default();
         loop {
             tokio::select! {
                 _ = stopped.wait_for(|stop| *stop) => return Ok(()),
                 () = tokio::time::sleep(TELL_LATER_EVERY) => {}
             }
-            if let Err(err) = self.tell_creators_now().await {
+            if !self.outbox_flushed.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(err) = self.tell_creators_now(&mut waiting).await {
                 tracing::warn!(%err, "could not send the creator events left unsent; trying again later");
             }
         }
     }
 
-    async fn tell_creators_now(&self) -> Result<()> {
+    async fn tell_creators_now(&self, waiting: &mut Waiting) -> Result<()> {
         let before = store::now_ms() - TELL_LATER_EVERY.as_millis() as i64;
-        let notes = self
+        let now = Instant::now();
+        let due: Vec<String> = self
             .store
-            .creator_events_to_send(before, TELL_LATER_LIMIT)
-            .await?;
-        if notes.is_empty() {
+            .creators_with_unsent(before)
+            .await?
+            .into_iter()
+            .filter(|youtuber| waiting.due(youtuber, now))
+            .collect();
+        if due.is_empty() {
             return Ok(());
         }
-        let creators: Vec<String> = notes.iter().map(|note| note.youtuber.clone()).collect();
-        let failed = self.bindings.declare_creators(creators).done().await?;
-        let notes: Vec<CreatorNote> = notes
-            .into_iter()
-            .filter(|note| !failed.contains_key(&super::bindings::creator_key(&note.youtuber)))
-            .collect();
-        tracing::info!(events = notes.len(), "sending creator events left unsent");
+        let failed = self.bindings.declare_creators(due.clone()).done().await?;
         let (_, channel) = self.publisher.get().await?;
-        let sent = send(&channel, messages(notes)).await?;
-        self.store.mark_told(sent).await
+        for youtuber in due {
+            if failed.contains_key(&super::bindings::creator_key(&youtuber)) {
+                waiting.back_off(&youtuber);
+                continue;
+            }
+            let notes = self
+                .store
+                .creator_events_to_send(&youtuber, before, TELL_LATER_LIMIT)
+                .await?;
+            let count = notes.len();
+            tracing::info!(
+                youtuber,
+                events = count,
+                "sending creator events left unsent"
+            );
+            let sent = send(&channel, messages(notes)).await?;
+            if sent.len() < count {
+                waiting.back_off(&youtuber);
+            } else {
+                waiting.served(&youtuber);
+            }
+            self.store.mark_told(sent).await?;
+        }
+        Ok(())
     }
 }
 

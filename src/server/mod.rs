@@ -1,6 +1,7 @@
-//! `youtube_server`: the only component with state. It consumes user requests
-//! and YouTuber requests at the same time, applies each durably, and notifies
-//! subscribers of every upload.
+//! `youtube_server`: the only component with state. It consumes user
+//! requests, YouTuber requests and interactions at the same time, applies
+//! each durably, notifies subscribers of every upload, and tells creators of
+//! likes, comments and subscribers.
 //!
 //! The order of steps for each request is what makes "nothing lost" and
 //! "SUCCESS means done" true:
@@ -11,13 +12,15 @@
 //!    one SQLite transaction that also records the request id, so a
 //!    redelivery is recognised and applied once;
 //! 3. make the broker match the database (declare the inbox, bind or unbind,
-//!    publish the notification and wait for the confirm);
+//!    publish the notification, send the creator's events, and wait for the
+//!    confirms);
 //! 4. reply, then acknowledge the request.
 //!
 //! A crash between any two steps leaves the request unacknowledged; RabbitMQ
 //! redelivers it, step 2 recognises it, and step 3 is repeated, which is safe
 //! because every broker operation there is idempotent (notifications carry
-//! the video's id, which clients de-duplicate by).
+//! the video's id, and creator events the request's, which clients
+//! de-duplicate by).
 //!
 //! The server in files, by stage:
 //!
@@ -31,8 +34,10 @@
 //! - `upkeep.rs`: the outbox of notifications a crash left unsent, the count
 //!   of notifications that full inboxes dropped, and the pruning of old
 //!   request ids.
-//! - `bindings.rs`: the lanes that keep inboxes and bindings in step with the
-//!   database.
+//! - `bindings.rs`: the lanes that keep inboxes, creators' inboxes and
+//!   bindings in step with the database.
+//! - `creators.rs`: the events for creators, grouped into messages and sent,
+//!   and those left unsent sent later.
 
 use std::{
     collections::HashMap,
@@ -196,13 +201,11 @@ impl fmt::Display for Event {
                 youtuber,
                 video,
                 reaction,
-            } => {
-                let verb = match reaction {
-                    Reaction::Like => "liked",
-                    Reaction::Dislike => "disliked",
-                };
-                write!(f, "{user} {verb} \"{video}\" by {youtuber}")
-            }
+            } => write!(
+                f,
+                "{user} {} \"{video}\" by {youtuber}",
+                reaction.past_tense()
+            ),
             Event::Commented {
                 user,
                 youtuber,

@@ -108,10 +108,10 @@ impl YoutubeServer {
         delay: &mut Duration,
     ) -> Result<()> {
         let (prepared, mut to_finish) = mpsc::channel::<Prepared>(1);
-        // Videos whose notification is published but not yet recorded as
-        // sent: a redelivered upload among them is not notified twice. It
-        // lives as long as this pipeline: after a failure, what was in
-        // flight is published again.
+        // Videos whose notification, and creator events (by request id),
+        // published but not yet recorded as sent: a redelivered request among
+        // them is not sent twice. It lives as long as this pipeline: after a
+        // failure, what was in flight is published again.
         let unrecorded = Mutex::new(HashSet::new());
         let unrecorded = &unrecorded;
         let prepare = async move {

@@ -21,6 +21,9 @@ const AMBIGUOUS_SHOWN: usize = 3;
 /// The video that `reference` (its id, or the start of it) names, or why
 /// none does.
 fn resolve(tx: &Connection, reference: &str) -> rusqlite::Result<Result<NamedVideo, String>> {
+    // Ids are stored as `Uuid` writes them, in lowercase.
+    let reference = reference.to_ascii_lowercase();
+    let reference = reference.as_str();
     // Ids hold '0'-'9', 'a'-'f' and '-', all before 'g': every id that
     // starts with the reference sorts between it and the reference + "g",
     // and the primary key's index finds them.
@@ -107,6 +110,8 @@ pub(super) fn react(
             None,
         ));
     }
+    count_reaction(tx, &video.id, current, -1)?;
+    count_reaction(tx, &video.id, wanted, 1)?;
     let Some(reaction) = wanted else {
         tx.prepare_cached("DELETE FROM reactions WHERE video_id = ?1 AND user = ?2")?
             .execute(params![video.id.to_string(), user])?;
@@ -117,6 +122,17 @@ pub(super) fn react(
          ON CONFLICT (video_id, user) DO UPDATE SET reaction = excluded.reaction, at_ms = excluded.at_ms",
     )?
     .execute(params![video.id.to_string(), user, reaction.as_str(), now])?;
+    // The creator hears of each user's like (and dislike) of a video once:
+    // taking it back and giving it again, in a loop, tells no one.
+    let first_time = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO reactions_told (video_id, user, reaction) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![video.id.to_string(), user, reaction.as_str()])?
+        == 1;
+    if !first_time {
+        return Ok((Reply::Done { notice: None }, None));
+    }
     let event = CreatorEvent::Reacted {
         id: request_id,
         user: user.to_owned(),
@@ -127,6 +143,23 @@ pub(super) fn react(
     };
     let note = keep_for_creator(tx, &video.youtuber, event, now)?;
     Ok((Reply::Done { notice: None }, Some(note)))
+}
+
+/// Adds `by` to the video's count of `reaction`, if any.
+fn count_reaction(
+    tx: &Connection,
+    video: &Uuid,
+    reaction: Option<Reaction>,
+    by: i64,
+) -> rusqlite::Result<()> {
+    let sql = match reaction {
+        None => return Ok(()),
+        Some(Reaction::Like) => "UPDATE videos SET likes = likes + ?2 WHERE id = ?1",
+        Some(Reaction::Dislike) => "UPDATE videos SET dislikes = dislikes + ?2 WHERE id = ?1",
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![video.to_string(), by])?;
+    Ok(())
 }
 
 /// A user's comment on a video.
@@ -152,6 +185,8 @@ pub(super) fn comment(
         text,
         now
     ])?;
+    tx.prepare_cached("UPDATE videos SET comments = comments + 1 WHERE id = ?1")?
+        .execute([video.id.to_string()])?;
     let event = CreatorEvent::Commented {
         id: request_id,
         user: user.to_owned(),
@@ -221,18 +256,34 @@ pub(super) fn unsent_note(
         .optional()
 }
 
-/// Events not sent yet, created before `before_ms`, oldest first, at most `limit`.
+/// The creators with events not sent yet, created before `before_ms`.
+pub(super) fn creators_with_unsent(
+    connection: &Connection,
+    before_ms: i64,
+) -> rusqlite::Result<Vec<String>> {
+    connection
+        .prepare_cached(
+            "SELECT DISTINCT youtuber FROM creator_events WHERE sent = 0 AND created_at_ms < ?1",
+        )?
+        .query_map([before_ms], |row| row.get(0))?
+        .collect()
+}
+
+/// `youtuber`'s events not sent yet, created before `before_ms`, oldest
+/// first, at most `limit`.
 pub(super) fn unsent_notes(
     connection: &Connection,
+    youtuber: &str,
     before_ms: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<CreatorNote>> {
     connection
         .prepare_cached(
-            "SELECT youtuber, body FROM creator_events WHERE sent = 0 AND created_at_ms < ?1
-             ORDER BY created_at_ms, rowid LIMIT ?2",
+            "SELECT youtuber, body FROM creator_events
+             WHERE youtuber = ?1 AND sent = 0 AND created_at_ms < ?2
+             ORDER BY created_at_ms, rowid LIMIT ?3",
         )?
-        .query_map(params![before_ms, limit as i64], note_from_row)?
+        .query_map(params![youtuber, before_ms, limit as i64], note_from_row)?
         .collect()
 }
 
@@ -268,14 +319,18 @@ pub(super) fn videos_of(
         });
     }
     let subscribers = count("SELECT COUNT(*) FROM subscriptions WHERE youtuber = ?1")?;
+    if total == 0 && subscribers == 0 {
+        return Ok(Reply::Refused {
+            reason: format!(
+                "{youtuber} has no video and no subscriber yet; the first upload \
+                 (youtuber {youtuber} <video>) makes the channel"
+            ),
+        });
+    }
     let videos = connection
         .prepare_cached(
-            "SELECT v.id, v.title, v.uploaded_at_ms,
-                    (SELECT COUNT(*) FROM reactions r WHERE r.video_id = v.id AND r.reaction = 'like'),
-                    (SELECT COUNT(*) FROM reactions r WHERE r.video_id = v.id AND r.reaction = 'dislike'),
-                    (SELECT COUNT(*) FROM comments c WHERE c.video_id = v.id)
-             FROM videos v WHERE v.youtuber = ?1
-             ORDER BY v.uploaded_at_ms DESC, v.rowid DESC LIMIT ?2",
+            "SELECT id, title, uploaded_at_ms, likes, dislikes, comments FROM videos
+             WHERE youtuber = ?1 ORDER BY uploaded_at_ms DESC, rowid DESC LIMIT ?2",
         )?
         .query_map(params![youtuber, MAX_VIDEOS_LISTED as i64], |row| {
             let id: String = row.get(0)?;

@@ -353,16 +353,27 @@ impl Store {
         .await
     }
 
-    /// Creator events not sent yet that were stored before `before_ms`,
-    /// oldest first, at most `limit`: what a crash or a creator's broken
-    /// inbox left behind.
+    /// The creators with events not sent yet that were stored before
+    /// `before_ms`: what a crash, a refused message or a creator inbox that
+    /// could not be declared left behind.
+    pub async fn creators_with_unsent(&self, before_ms: i64) -> Result<Vec<String>> {
+        self.with(move |connection| interactions::creators_with_unsent(connection, before_ms))
+            .await
+    }
+
+    /// `youtuber`'s events not sent yet that were stored before `before_ms`,
+    /// oldest first, at most `limit`.
     pub async fn creator_events_to_send(
         &self,
+        youtuber: &str,
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<CreatorNote>> {
-        self.with(move |connection| interactions::unsent_notes(connection, before_ms, limit))
-            .await
+        let youtuber = youtuber.to_owned();
+        self.with(move |connection| {
+            interactions::unsent_notes(connection, &youtuber, before_ms, limit)
+        })
+        .await
     }
 
     /// Adds notifications the broker dropped from full inboxes to each user's
@@ -415,8 +426,24 @@ impl Store {
                 break;
             }
         }
-        // The creator events sent by then go with them: a replay of their
-        // request would be applied again anyway.
+        // The creator events of then go with them: a replay of their
+        // request would be applied again anyway. One never sent by then (its
+        // creator's inbox could not be declared all that time) is given up.
+        let given_up = self
+            .with(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM creator_events WHERE sent = 0 AND created_at_ms < ?1",
+                    )?
+                    .query_row([applied_before_ms], |row| row.get::<_, i64>(0))
+            })
+            .await?;
+        if given_up > 0 {
+            tracing::warn!(
+                events = given_up,
+                "giving up creator events that could not be sent for a week"
+            );
+        }
         loop {
             let deleted = self
                 .with(move |connection| {
@@ -424,7 +451,7 @@ impl Store {
                         .prepare_cached(
                             "DELETE FROM creator_events WHERE rowid IN (
                                  SELECT rowid FROM creator_events
-                                 WHERE sent = 1 AND created_at_ms < ?1 LIMIT ?2)",
+                                 WHERE created_at_ms < ?1 LIMIT ?2)",
                         )?
                         .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
                 })

@@ -30,7 +30,12 @@ CREATE TABLE IF NOT EXISTS videos (
     title          TEXT NOT NULL,
     uploaded_at_ms INTEGER NOT NULL,
     -- 0 until the broker has confirmed the notification: the outbox.
-    notified       INTEGER NOT NULL DEFAULT 0
+    notified       INTEGER NOT NULL DEFAULT 0,
+    -- Kept with each reaction and comment, so that a listing reads them
+    -- without counting.
+    likes          INTEGER NOT NULL DEFAULT 0,
+    dislikes       INTEGER NOT NULL DEFAULT 0,
+    comments       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);
 CREATE INDEX IF NOT EXISTS videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
@@ -49,6 +54,15 @@ CREATE TABLE IF NOT EXISTS reactions (
     reaction TEXT NOT NULL CHECK (reaction IN ('like', 'dislike')),
     at_ms    INTEGER NOT NULL,
     PRIMARY KEY (video_id, user)
+);
+-- Which likes and dislikes the creator has been told of: each user's like
+-- (and dislike) of a video once, however often it is taken back and given
+-- again.
+CREATE TABLE IF NOT EXISTS reactions_told (
+    video_id TEXT NOT NULL,
+    user     TEXT NOT NULL,
+    reaction TEXT NOT NULL,
+    PRIMARY KEY (video_id, user, reaction)
 );
 CREATE TABLE IF NOT EXISTS comments (
     -- The id of the request that made it.
@@ -70,7 +84,7 @@ CREATE TABLE IF NOT EXISTS creator_events (
     created_at_ms INTEGER NOT NULL,
     sent          INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS creator_events_to_send ON creator_events(created_at_ms) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS creator_events_unsent ON creator_events(youtuber, created_at_ms) WHERE sent = 0;
 CREATE INDEX IF NOT EXISTS creator_events_by_time ON creator_events(created_at_ms);
 -- Facts about the database as a whole, such as the broker layout its
 -- subscriptions were last bound in.
@@ -80,10 +94,13 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 ";
 
-/// Columns added to `users` after its first version, for older databases.
-const ADDED_USER_COLUMNS: [(&str, &str); 2] = [
-    ("inbox_bound", "INTEGER"),
-    ("dropped", "INTEGER NOT NULL DEFAULT 0"),
+/// Columns added to tables after their first version, for older databases.
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("users", "inbox_bound", "INTEGER"),
+    ("users", "dropped", "INTEGER NOT NULL DEFAULT 0"),
+    ("videos", "likes", "INTEGER NOT NULL DEFAULT 0"),
+    ("videos", "dislikes", "INTEGER NOT NULL DEFAULT 0"),
+    ("videos", "comments", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Creates the tables, and adds to an older database the columns it lacks.
@@ -91,17 +108,26 @@ pub(super) fn create_or_migrate(connection: &mut Connection) -> rusqlite::Result
     // Immediate: two servers opening an old database at once must not both
     // add the same column.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
-    let columns = tx
-        .prepare("PRAGMA table_info(users)")?
-        .query_map([], |row| row.get::<_, String>(1))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (column, declaration) in ADDED_USER_COLUMNS {
+    // The columns first: an index of SCHEMA may name one.
+    for (table, column, declaration) in ADDED_COLUMNS {
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [table],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            continue;
+        }
+        let columns = tx
+            .prepare(&format!("PRAGMA table_info({table})"))?
+            .query_map([], |row| row.get::<_, String>(1))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         if !columns.iter().any(|c| c == column) {
             tx.execute_batch(&format!(
-                "ALTER TABLE users ADD COLUMN {column} {declaration}"
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
             ))?;
         }
     }
+    tx.execute_batch(SCHEMA)?;
     tx.commit()
 }

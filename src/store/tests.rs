@@ -283,6 +283,31 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
         )
         .unwrap();
     assert!(indexed, "prune_applied would scan the whole table");
+    // An old video gains its counts, from 0, and can be liked.
+    execute(
+        &store,
+        "INSERT INTO youtubers VALUES ('bob', 1);
+         INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified)
+         VALUES ('0123abcd-0000-4000-8000-000000000000', 'bob', 'Old one', 1, 1);",
+    );
+    apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", "0123abcd", Some(Reaction::Like)),
+    )
+    .await;
+    let listed = apply_one(
+        &store,
+        Uuid::new_v4(),
+        Request::Stats {
+            youtuber: "bob".into(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        listed.reply.into_inner(),
+        Reply::Videos { ref videos, .. } if (videos[0].likes, videos[0].comments) == (1, 0)
+    ));
     // The old user's dropped count starts at 0 and counts from there.
     store
         .record_dropped(vec![("alice".into(), 2)])
@@ -716,14 +741,29 @@ async fn likes_change_once_and_tell_the_creator_of_each_change() {
     let unlike = apply_one(&store, Uuid::new_v4(), react("alice", prefix, None)).await;
     assert_eq!(unlike.reply, Applied::New(Reply::Done { notice: None }));
     assert_eq!(unlike.tell, None);
-    let listed = apply_one(&store, Uuid::new_v4(), stats).await;
+    let listed = apply_one(&store, Uuid::new_v4(), stats.clone()).await;
     assert_eq!(counts(listed.reply.into_inner()), (0, 0));
+    // Liked again after taking it back: counted, but bob heard of it once.
+    let relike = apply_one(
+        &store,
+        Uuid::new_v4(),
+        react("alice", prefix, Some(Reaction::Like)),
+    )
+    .await;
+    assert_eq!(relike.reply, Applied::New(Reply::Done { notice: None }));
+    assert_eq!(relike.tell, None);
+    let listed = apply_one(&store, Uuid::new_v4(), stats).await;
+    assert_eq!(counts(listed.reply.into_inner()), (1, 0));
     // Unsent events older than a moment are there to send later, in order.
     let unsent = store
-        .creator_events_to_send(now_ms() + 1, 100)
+        .creator_events_to_send("bob", now_ms() + 1, 100)
         .await
         .unwrap();
     assert_eq!(unsent.len(), 1, "the dislike; the like was marked sent");
+    assert_eq!(
+        store.creators_with_unsent(now_ms() + 1).await.unwrap(),
+        ["bob"]
+    );
     assert_eq!(unsent[0].event.id(), dislike.tell.unwrap().event.id());
 }
 

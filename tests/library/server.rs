@@ -1252,6 +1252,64 @@ async fn a_pile_of_junk_and_copies_in_a_creator_inbox_never_holds_up_the_real_ev
 }
 
 #[tokio::test]
+async fn a_full_creator_inbox_keeps_its_events_waiting_until_the_creator_reads() {
+    let vhost = TestVhost::new("creator-full");
+    let server = vhost.start_server().await;
+    let client = vhost.client("test").await;
+    publish_video(&client, "bob", "Hello").await.unwrap();
+    let video = user::videos(&client, "bob").await.unwrap().videos[0]
+        .id
+        .to_string();
+    // Fill bob's inbox to its 16 MB with junk, until the broker refuses more.
+    let (_connection, channel) = raw_channel(&vhost).await;
+    let inbox = topology::creator_inbox("bob");
+    let junk = vec![b'x'; 64 * 1024];
+    let mut refused = false;
+    for _ in 0..400 {
+        let sent = broker::publish_confirmed(
+            &channel,
+            "",
+            &inbox,
+            false,
+            &junk,
+            BasicProperties::default(),
+        )
+        .await;
+        if sent.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the creator's inbox has a bound");
+    let (_connection, channel) = raw_channel(&vhost).await;
+    let full = depth(&channel, &inbox).await;
+
+    // The like is stored and answered; its event waits in the database.
+    within(
+        "a like while bob's inbox is full",
+        user::react(&client, "alice", &video, Some(Reaction::Like)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(depth(&channel, &inbox).await, full);
+    // Bob reads: the junk goes, and the like follows when the server sends
+    // what waits again (after 5 s, then 10 s, 20 s… while the inbox is full).
+    let mut feed = CreatorFeed::open(client.link(), "bob").await.unwrap();
+    let window = tokio::time::timeout(
+        Duration::from_secs(60),
+        feed.next_window(Duration::from_millis(200)),
+    )
+    .await
+    .expect("the like within a minute")
+    .unwrap();
+    let lines: Vec<String> = window.lines.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["alice liked \"Hello\""]);
+    window.ack().await;
+    feed.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_creator_inbox_squatted_by_another_client_blocks_no_like_and_is_served_once_freed() {
     let vhost = TestVhost::new("creator-squat");
     let server = vhost.start_server().await;

@@ -161,7 +161,7 @@ async fn an_unknown_or_ambiguous_video_and_a_bad_comment_get_one_line_and_exit_1
     assert_one_line_error(
         &output,
         1,
-        "user: invalid video id \"video\": 'v' at position 1 is not in an id",
+        "user: invalid video id \"Video\": 'V' at position 1 is not in an id",
     );
     let long = "x".repeat(501);
     let output = run(USER, &vhost, &["comment", "alice", &shared, &long]).await;

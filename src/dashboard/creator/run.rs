@@ -50,7 +50,9 @@ pub async fn run(client: Client, name: &str, shutdown: impl Future<Output = ()>)
     });
 
     let (replies, mut answers) = mpsc::unbounded_channel::<Msg>();
-    execute(&client, name, Command::RefreshStats, &replies);
+    for command in app.refresh() {
+        execute(&client, name, command, &replies);
+    }
 
     let mut screen = Screen::enter().map_err(|e| Error::Terminal(e.to_string()))?;
     let mut shutdown = std::pin::pin!(shutdown);

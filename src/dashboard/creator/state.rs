@@ -54,6 +54,11 @@ pub struct CreatorDashboard {
     /// Lines from the newest that the feed is scrolled down by.
     pub(super) scroll: usize,
     pub(super) problem: Option<String>,
+    /// A request for the counts is under way; `stale`: they moved since it
+    /// was sent, so another follows it. One at a time, however fast the
+    /// feed runs.
+    refreshing: bool,
+    stale: bool,
     pub(super) link: LinkState,
     pub(super) help: bool,
     pub(super) offset: FixedOffset,
@@ -70,6 +75,8 @@ impl CreatorDashboard {
             events: 0,
             scroll: 0,
             problem: None,
+            refreshing: false,
+            stale: false,
             link: LinkState::Connected,
             help: false,
             offset,
@@ -104,14 +111,37 @@ impl CreatorDashboard {
                 }
                 // The counts moved: ask for them (the feed says what
                 // happened, not what a like replaced).
-                return vec![Command::RefreshStats];
+                return self.refresh();
             }
             Msg::Stats(channel) => {
                 self.channel = Some(channel);
                 self.problem = None;
+                return self.refreshed();
             }
-            Msg::StatsFailed(why) => self.problem = Some(why),
+            Msg::StatsFailed(why) => {
+                self.problem = Some(why);
+                return self.refreshed();
+            }
             Msg::Link(link) => self.link = link,
+        }
+        Vec::new()
+    }
+
+    /// Asks for the counts, unless a request is under way: then once it is
+    /// answered.
+    pub fn refresh(&mut self) -> Vec<Command> {
+        if self.refreshing {
+            self.stale = true;
+            return Vec::new();
+        }
+        self.refreshing = true;
+        vec![Command::RefreshStats]
+    }
+
+    fn refreshed(&mut self) -> Vec<Command> {
+        self.refreshing = false;
+        if std::mem::take(&mut self.stale) {
+            return self.refresh();
         }
         Vec::new()
     }
@@ -132,7 +162,7 @@ impl CreatorDashboard {
             KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::Home | KeyCode::Char('g') => self.scroll = 0,
             KeyCode::End | KeyCode::Char('G') => self.scroll = last,
-            KeyCode::Char('r') => return vec![Command::RefreshStats],
+            KeyCode::Char('r') => return self.refresh(),
             _ => {}
         }
         if self.quit {
@@ -246,6 +276,7 @@ pub(super) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+    use chrono::FixedOffset;
 
     #[test]
     fn a_window_adds_its_lines_and_asks_for_the_counts() {
@@ -257,6 +288,29 @@ mod tests {
             lines: Vec::new(),
         });
         assert!(commands.is_empty(), "an empty window changes nothing");
+    }
+
+    #[test]
+    fn one_request_for_the_counts_at_a_time_however_fast_the_feed() {
+        let mut app = CreatorDashboard::new("mkbhd", FixedOffset::east_opt(0).unwrap());
+        let like = sample().activity()[0].line.clone();
+        let window = |app: &mut CreatorDashboard| {
+            app.update(Msg::Window {
+                at_ms: T0,
+                lines: vec![like.clone()],
+            })
+        };
+        assert_eq!(window(&mut app), [Command::RefreshStats]);
+        for _ in 0..10 {
+            assert!(window(&mut app).is_empty(), "one is under way");
+        }
+        let channel = sample().channel.unwrap();
+        assert_eq!(
+            app.update(Msg::Stats(channel.clone())),
+            [Command::RefreshStats],
+            "the counts moved meanwhile: once more"
+        );
+        assert!(app.update(Msg::Stats(channel)).is_empty());
     }
 
     #[test]

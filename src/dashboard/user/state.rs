@@ -302,8 +302,7 @@ impl UserDashboard {
         elapsed: Duration,
     ) {
         let done = match &interaction {
-            Interaction::React(Some(Reaction::Like)) => format!("liked \"{video}\""),
-            Interaction::React(Some(Reaction::Dislike)) => format!("disliked \"{video}\""),
+            Interaction::React(Some(reaction)) => format!("{} \"{video}\"", reaction.past_tense()),
             Interaction::React(None) => format!("took back what you said of \"{video}\""),
             Interaction::Comment(_) => format!("commented on \"{video}\""),
         };
