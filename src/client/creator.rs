@@ -4,7 +4,7 @@
 //! readable: many likes of one video in one window make one line.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     fmt,
     time::Duration,
 };
@@ -16,6 +16,7 @@ use lapin::{
 };
 use uuid::Uuid;
 
+use super::recent::Recent;
 use crate::{
     broker,
     error::{Error, Result},
@@ -35,10 +36,6 @@ pub const GATHER_FROM: usize = 3;
 
 /// How long a burst of events is gathered before its lines are shown.
 pub const WINDOW: Duration = Duration::from_millis(500);
-
-/// How many event ids a feed remembers as shown: a copy comes again within
-/// seconds (a redelivery, a server sending again what it could not record).
-const REMEMBERED: usize = 10_000;
 
 /// A line of a creator's feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,8 +132,7 @@ pub fn gather(events: Vec<CreatorEvent>) -> Vec<FeedLine> {
 pub struct CreatorFeed {
     feed: Feed,
     youtuber: String,
-    seen: HashSet<Uuid>,
-    order: VecDeque<Uuid>,
+    seen: Recent,
     waiting_at_open: u32,
 }
 
@@ -210,8 +206,7 @@ impl CreatorFeed {
         Ok(CreatorFeed {
             feed,
             youtuber: youtuber.to_owned(),
-            seen: HashSet::new(),
-            order: VecDeque::new(),
+            seen: Recent::default(),
             waiting_at_open: waiting.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -242,7 +237,7 @@ impl CreatorFeed {
                 Ok(message) if message.youtuber == self.youtuber => message
                     .events
                     .into_iter()
-                    .filter(|event| self.remember(event.id()))
+                    .filter(|event| self.seen.insert(event.id()))
                     .collect(),
                 Ok(_) => {
                     tracing::warn!("skipping events meant for another creator");
@@ -270,20 +265,6 @@ impl CreatorFeed {
             lines: gather(events),
             ackers,
         })
-    }
-
-    /// Records `id` as shown; whether it was not before.
-    fn remember(&mut self, id: Uuid) -> bool {
-        if !self.seen.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > REMEMBERED
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        true
     }
 
     /// Stops reading; what was not acknowledged stays in the inbox.

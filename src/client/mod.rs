@@ -15,6 +15,7 @@ pub mod creator;
 pub mod history;
 pub mod inbox;
 pub mod notifications;
+mod recent;
 mod request;
 pub mod user;
 pub mod youtuber;

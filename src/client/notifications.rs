@@ -11,7 +11,7 @@
 //! takes it.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::{
     history::{Cursor, Entry, History},
     inbox::{self, Inbox},
+    recent::Recent,
 };
 use crate::{
     broker,
@@ -172,38 +173,6 @@ impl Acks {
     fn had_before(&self, ids: impl IntoIterator<Item = Uuid>) -> Vec<Acker> {
         let mut ledger = self.ledger();
         ids.into_iter().flat_map(|id| ledger.show(id)).collect()
-    }
-}
-
-/// How many ids a session remembers as handed out, and as shown: a copy
-/// comes again within seconds (the other source, a redelivery), so the
-/// latest ones are enough, and a session that runs for months stays small.
-const REMEMBERED: usize = 10_000;
-
-/// The latest ids, at most [`REMEMBERED`].
-#[derive(Default)]
-struct Recent {
-    ids: HashSet<Uuid>,
-    order: VecDeque<Uuid>,
-}
-
-impl Recent {
-    /// Adds `id`; whether it was not there.
-    fn insert(&mut self, id: Uuid) -> bool {
-        if !self.ids.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > REMEMBERED
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.ids.remove(&oldest);
-        }
-        true
-    }
-
-    fn contains(&self, id: &Uuid) -> bool {
-        self.ids.contains(id)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod creator;
 pub mod server;
 pub mod user;
 
+mod shown;
 mod terminal;
 mod widgets;
 

@@ -1,6 +1,8 @@
 //! Small pieces both dashboards draw with.
 
 use chrono::{DateTime, FixedOffset};
+
+use crate::link::LinkState;
 use ratatui::{
     Frame,
     layout::{Constraint, Rect},
@@ -20,6 +22,38 @@ pub(crate) fn clock(ms: i64, offset: FixedOffset) -> String {
 /// The local time zone's offset now.
 pub(crate) fn local_offset() -> FixedOffset {
     *chrono::Local::now().offset()
+}
+
+/// The top line: the name of the toolkit, then what the dashboard shows.
+pub(crate) fn title_bar(what: String) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(
+            " ytnotify ",
+            Style::new()
+                .add_modifier(Modifier::BOLD)
+                .fg(Color::Black)
+                .bg(Color::Cyan),
+        ),
+        Span::styled(
+            format!(" {what}"),
+            Style::new().add_modifier(Modifier::BOLD),
+        ),
+    ])
+}
+
+/// The state of the link to the broker, as the status line says it.
+pub(crate) fn link_status(link: &LinkState) -> Span<'static> {
+    match link {
+        LinkState::Connected => Span::styled("● broker connected", Style::new().fg(Color::Green)),
+        LinkState::Reconnecting(_) => Span::styled(
+            "◌ broker lost: reconnecting…",
+            Style::new().fg(Color::Yellow),
+        ),
+        LinkState::Blocked(why) => Span::styled(
+            format!("■ broker blocks publishing ({why})"),
+            Style::new().fg(Color::Red),
+        ),
+    }
 }
 
 /// A bordered panel, its title highlighted when it has the focus.

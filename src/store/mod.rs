@@ -319,32 +319,30 @@ impl Store {
 
     /// Records that the broker confirmed the notifications of these videos.
     pub async fn mark_notified(&self, video_ids: Vec<Uuid>) -> Result<()> {
-        self.with(move |connection| {
-            let tx = connection.transaction()?;
-            {
-                let mut statement =
-                    tx.prepare_cached("UPDATE videos SET notified = 1 WHERE id = ?1")?;
-                for id in video_ids {
-                    statement.execute([id.to_string()])?;
-                }
-            }
-            tx.commit()
-        })
-        .await
+        self.mark_sent("UPDATE videos SET notified = 1 WHERE id = ?1", video_ids)
+            .await
     }
 
     /// Records that the broker confirmed these creator events (by id) in
     /// their creators' inboxes.
     pub async fn mark_told(&self, event_ids: Vec<Uuid>) -> Result<()> {
-        if event_ids.is_empty() {
+        self.mark_sent(
+            "UPDATE creator_events SET sent = 1 WHERE id = ?1",
+            event_ids,
+        )
+        .await
+    }
+
+    /// Runs `update` for each id, in one transaction: an outbox's rows marked sent.
+    async fn mark_sent(&self, update: &'static str, ids: Vec<Uuid>) -> Result<()> {
+        if ids.is_empty() {
             return Ok(());
         }
         self.with(move |connection| {
             let tx = connection.transaction()?;
             {
-                let mut statement =
-                    tx.prepare_cached("UPDATE creator_events SET sent = 1 WHERE id = ?1")?;
-                for id in event_ids {
+                let mut statement = tx.prepare_cached(update)?;
+                for id in ids {
                     statement.execute([id.to_string()])?;
                 }
             }

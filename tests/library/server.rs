@@ -52,6 +52,16 @@ async fn depth(channel: &Channel, queue: &str) -> u32 {
         .0
 }
 
+/// Waits until `queue` holds `messages` ready messages.
+async fn wait_for_depth(channel: &Channel, queue: &str, messages: u32) {
+    within(&format!("{queue} to hold {messages} messages"), async {
+        while depth(channel, queue).await != messages {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 /// Publishes raw bytes to a server queue, as a foreign client would.
 async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], properties: BasicProperties) {
     broker::publish_confirmed(channel, "", queue, true, body, properties)
@@ -922,12 +932,7 @@ async fn a_session_that_comes_back_never_shows_again_what_its_client_had_from_th
     let received = within("a notification", again.next()).await.unwrap();
     assert_eq!(title(&received.notification), "Four");
     assert!(!received.away && received.cursor.is_some());
-    within("the inbox to empty", async {
-        while depth(&channel, &topology::inbox("alice")).await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    wait_for_depth(&channel, &topology::inbox("alice"), 0).await;
     again.close().await;
     server.stop().await;
 }
@@ -984,12 +989,7 @@ async fn a_session_that_comes_back_still_shows_what_waited_and_was_not_shown() {
     let after = within("the next one", again.next()).await.unwrap();
     assert_eq!(title(&after.notification), "After");
     let (_connection, channel) = raw_channel(&vhost).await;
-    within("the inbox to empty", async {
-        while depth(&channel, &topology::inbox("alice")).await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    wait_for_depth(&channel, &topology::inbox("alice"), 0).await;
     again.close().await;
     server.stop().await;
 }
@@ -1021,12 +1021,7 @@ async fn a_notification_taken_but_not_shown_stays_in_the_inbox_through_a_reconne
     tokio::time::sleep(Duration::from_secs(1)).await;
     session.close().await;
     let (_connection, channel) = raw_channel(&vhost).await;
-    within("the copy back in the inbox", async {
-        while depth(&channel, &topology::inbox("alice")).await != 1 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    wait_for_depth(&channel, &topology::inbox("alice"), 1).await;
     server.stop().await;
 }
 
@@ -1241,12 +1236,7 @@ async fn a_pile_of_junk_and_copies_in_a_creator_inbox_never_holds_up_the_real_ev
         ["carol commented on \"Hello\": Still here"],
         "the copies shown once, the junk skipped"
     );
-    within("the creator inbox to empty", async {
-        while depth(&channel, &inbox).await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    wait_for_depth(&channel, &inbox, 0).await;
     feed.close().await;
     server.stop().await;
 }

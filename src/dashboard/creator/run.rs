@@ -2,7 +2,7 @@
 //! task, the server's counts and changes of the broker link, each handed to
 //! `update`; the commands it returns run as tasks.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use tokio::sync::mpsc;
 
@@ -14,6 +14,7 @@ use crate::{
         youtuber,
     },
     dashboard::{
+        shown::AckWhenDrawn,
         terminal::{Input, Screen},
         widgets,
     },
@@ -57,23 +58,14 @@ pub async fn run(client: Client, name: &str, shutdown: impl Future<Output = ()>)
     let mut screen = Screen::enter().map_err(|e| Error::Terminal(e.to_string()))?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut link = client.state();
-    let mut unacked: Vec<Window> = Vec::new();
-    let mut acking: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut shown = AckWhenDrawn::new();
     loop {
         screen
             .terminal
             .draw(|frame| app.render(frame))
             .map_err(|e| Error::Terminal(e.to_string()))?;
         // Drawn, so shown: now they may leave the inbox.
-        if !unacked.is_empty() {
-            let drawn = std::mem::take(&mut unacked);
-            acking.retain(|task| !task.is_finished());
-            acking.push(tokio::spawn(async move {
-                for window in drawn {
-                    window.ack().await;
-                }
-            }));
-        }
+        shown.drawn();
         let mut commands = Vec::new();
         tokio::select! {
             input = screen.next() => match input {
@@ -84,7 +76,7 @@ pub async fn run(client: Client, name: &str, shutdown: impl Future<Output = ()>)
             Some(window) = delivered.recv() => match window {
                 Ok(window) => {
                     commands = app.update(Msg::Window { at_ms: now_ms(), lines: window.lines.clone() });
-                    unacked.push(window);
+                    shown.received(window);
                 }
                 Err(why) => {
                     app.update(Msg::Link(LinkState::Reconnecting(why)));
@@ -105,15 +97,7 @@ pub async fn run(client: Client, name: &str, shutdown: impl Future<Output = ()>)
         }
     }
     drop(screen);
-    // Windows not drawn yet stay in the inbox for next time; those drawn are
-    // acknowledged before the connection closes.
-    drop(unacked);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        for task in acking {
-            let _ = task.await;
-        }
-    })
-    .await;
+    shown.close().await;
     reader.abort();
     Ok(())
 }

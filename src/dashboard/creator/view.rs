@@ -13,28 +13,26 @@ use super::CreatorDashboard;
 use crate::{
     client::{creator::FeedLine, user::SHORT_ID},
     dashboard::widgets::{self, BoldTitle},
-    link::LinkState,
     protocol::{CreatorEvent, Reaction},
 };
 
 impl CreatorDashboard {
     /// Draws the whole screen. Reads the state only.
     pub fn render(&self, frame: &mut Frame) {
-        let videos = self.channel.as_ref().map_or(0, |c| c.videos.len());
+        let videos = self.channel.as_ref().map_or(0, |c| c.videos.len()) as u16;
+        // The header, each video and the borders, in at most 40 % of the
+        // screen: the activity keeps the rest.
+        let table_height = (videos + 3).min(frame.area().height * 2 / 5).max(4);
         let [title, table, feed, status, keys] = Layout::vertical([
             Constraint::Length(1),
-            // The header, each video, and the borders; at most 40 % of the screen.
-            Constraint::Max((videos as u16 + 3).max(4)),
+            Constraint::Length(table_height),
             Constraint::Fill(1),
             Constraint::Length(1),
             Constraint::Length(1),
         ])
         .areas(frame.area());
         frame.render_widget(
-            Line::from(vec![
-                Span::styled(" ytnotify ", Style::new().bold().black().on_cyan()),
-                Span::raw(format!(" {}'s channel", self.youtuber)).bold(),
-            ]),
+            widgets::title_bar(format!("{}'s channel", self.youtuber)),
             title,
         );
         self.render_videos(frame, table);
@@ -182,19 +180,7 @@ impl CreatorDashboard {
     }
 
     fn render_status(&self, frame: &mut Frame, area: Rect) {
-        let mut spans = vec![match &self.link {
-            LinkState::Connected => {
-                Span::styled("● broker connected", Style::new().fg(Color::Green))
-            }
-            LinkState::Reconnecting(_) => Span::styled(
-                "◌ broker lost: reconnecting…",
-                Style::new().fg(Color::Yellow),
-            ),
-            LinkState::Blocked(why) => Span::styled(
-                format!("■ broker blocks publishing ({why})"),
-                Style::new().fg(Color::Red),
-            ),
-        }];
+        let mut spans = vec![widgets::link_status(&self.link)];
         if self.scroll > 0 {
             spans.push(Span::raw(format!(
                 " · {} newer lines above (g: newest)",

@@ -2,11 +2,7 @@
 //! answers from the server and changes of the broker link, each handed to
 //! `update`; the commands it returns run as tasks.
 
-use std::{
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 
@@ -18,6 +14,7 @@ use crate::{
         user,
     },
     dashboard::{
+        shown::AckWhenDrawn,
         terminal::{Input, Screen},
         widgets,
     },
@@ -74,8 +71,7 @@ pub async fn run(
     let mut screen = Screen::enter().map_err(|e| Error::Terminal(e.to_string()))?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut link = client.state();
-    let mut unacked: Vec<Received> = Vec::new();
-    let mut acking: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut shown = AckWhenDrawn::new();
     loop {
         // One frame per event (a burst counts as one): nothing is drawn while idle.
         {
@@ -84,15 +80,7 @@ pub async fn run(
                 .draw(|frame| app.render(frame))
                 .map_err(|e| Error::Terminal(e.to_string()))?;
             // Drawn, so shown: now they may leave the inbox.
-            if !unacked.is_empty() {
-                let batch = std::mem::take(&mut unacked);
-                acking.retain(|task| !task.is_finished());
-                acking.push(tokio::spawn(async move {
-                    for received in batch {
-                        let _ = received.ack().await;
-                    }
-                }));
-            }
+            shown.drawn();
         }
         let mut commands = Vec::new();
         tokio::select! {
@@ -110,7 +98,7 @@ pub async fn run(
                         Delivered::Received(received) => {
                             let away = received.away;
                             app.update(Msg::Notification { notification: received.notification.clone(), away });
-                            unacked.push(received);
+                            shown.received(received);
                         }
                         Delivered::Ended(why) => {
                             app.update(Msg::Link(LinkState::Reconnecting(why)));
@@ -135,15 +123,7 @@ pub async fn run(
         }
     }
     drop(screen);
-    // Notifications not drawn yet stay unacknowledged, in the inbox for next
-    // time; those drawn are acknowledged before the connection closes.
-    drop(unacked);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        for task in acking {
-            let _ = task.await;
-        }
-    })
-    .await;
+    shown.close().await;
     reader.abort();
     Ok(())
 }

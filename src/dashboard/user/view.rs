@@ -12,7 +12,6 @@ use ratatui::{
 use super::{FeedItem, Focus, Mode, ServerHealth, UserDashboard};
 use crate::{
     dashboard::widgets::{self, BoldTitle},
-    link::LinkState,
     protocol::Reaction,
 };
 
@@ -31,10 +30,7 @@ impl UserDashboard {
                 .areas(main);
 
         frame.render_widget(
-            Line::from(vec![
-                Span::styled(" ytnotify ", Style::new().bold().black().on_cyan()),
-                Span::raw(format!(" {}'s notifications", self.user)).bold(),
-            ]),
+            widgets::title_bar(format!("{}'s notifications", self.user)),
             title,
         );
         self.render_subscriptions(frame, left);
@@ -206,19 +202,7 @@ impl UserDashboard {
 
     fn render_status(&self, frame: &mut Frame, area: Rect) {
         let mut spans = Vec::new();
-        spans.push(match &self.link {
-            LinkState::Connected => {
-                Span::styled("● broker connected", Style::new().fg(Color::Green))
-            }
-            LinkState::Reconnecting(_) => Span::styled(
-                "◌ broker lost: reconnecting…",
-                Style::new().fg(Color::Yellow),
-            ),
-            LinkState::Blocked(why) => Span::styled(
-                format!("■ broker blocks publishing ({why})"),
-                Style::new().fg(Color::Red),
-            ),
-        });
+        spans.push(widgets::link_status(&self.link));
         spans.push(Span::raw(" · "));
         spans.push(match self.server {
             ServerHealth::Unknown => Span::raw("server: no request yet").dim(),
