@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -22,14 +22,14 @@ use tokio::task::JoinHandle;
 
 use super::{SimError, scenario::user_name};
 use ytnotify::{
-    link::{Feed, Link, Opened, Opening, Session},
+    link::{Feed, Link, Opened, Opener, Opening, Session},
     protocol::{self, Notification},
     topology,
 };
 
 /// Locks `mutex`, as it is if a panic poisoned it: each guards counters or
 /// a map that one call changes at a time.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -93,9 +93,12 @@ pub fn title(seq: u32) -> String {
     format!("v{seq}")
 }
 
-fn seq_of(body: &[u8]) -> Option<u32> {
+/// The upload's sequence number (from the title) and the video's id.
+fn read(body: &[u8]) -> Option<(u32, uuid::Uuid)> {
     match protocol::decode_notification(body).ok()? {
-        Notification::VideoUploaded { video, .. } => video.strip_prefix('v')?.parse().ok(),
+        Notification::VideoUploaded { id, video, .. } => {
+            Some((video.strip_prefix('v')?.parse().ok()?, id))
+        }
     }
 }
 
@@ -106,6 +109,9 @@ pub struct Tally {
     sent_at: Vec<AtomicU64>,
     /// Nanoseconds from `start` to the last live delivery of each upload.
     last_live_at: Vec<AtomicU64>,
+    /// The id of each upload's video, as its notification carries it: what
+    /// a user names when it likes or comments on the video.
+    video_ids: Vec<OnceLock<uuid::Uuid>>,
     last_any_at: AtomicU64,
     received: AtomicU64,
     inner: Mutex<Counts>,
@@ -134,6 +140,7 @@ impl Tally {
             start: Instant::now(),
             sent_at: (0..uploads).map(|_| AtomicU64::new(0)).collect(),
             last_live_at: (0..uploads).map(|_| AtomicU64::new(0)).collect(),
+            video_ids: (0..uploads).map(|_| OnceLock::new()).collect(),
             last_any_at: AtomicU64::new(0),
             received: AtomicU64::new(0),
             inner: Mutex::new(Counts {
@@ -149,6 +156,17 @@ impl Tally {
     /// Nanoseconds since the tally started.
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The instant [`Tally::now`] counts from, for other counters that
+    /// must share its clock.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The id of upload `seq`'s video, once a notification of it arrived.
+    pub fn video(&self, seq: u32) -> Option<uuid::Uuid> {
+        self.video_ids.get(seq as usize)?.get().copied()
     }
 
     /// Records that upload `seq` is being sent now; returns the time.
@@ -186,12 +204,13 @@ impl Tally {
 
     fn record(&self, user: u32, body: &[u8], session_start: u64) {
         let now = self.now();
-        let seq = seq_of(body).filter(|&seq| (seq as usize) < self.sent_at.len());
+        let read = read(body).filter(|&(seq, _)| (seq as usize) < self.sent_at.len());
         let mut counts = lock(&self.inner);
-        let Some(seq) = seq else {
+        let Some((seq, video)) = read else {
             counts.unreadable += 1;
             return;
         };
+        let _ = self.video_ids[seq as usize].set(video);
         *counts.per_pair.entry((user, seq)).or_default() += 1;
         match self.sent(seq) {
             Some(sent) if sent >= session_start => {
@@ -255,14 +274,14 @@ struct Reading {
     task: JoinHandle<()>,
 }
 
-/// A channel shared by many inbox consumers, opened again on each session.
-struct SharedChannel {
+/// A channel shared by many consumers, opened again on each session.
+pub(crate) struct SharedChannel {
     current: tokio::sync::Mutex<Option<(Session, Channel)>>,
 }
 
 impl SharedChannel {
     /// The channel on `session`, with the inboxes' prefetch.
-    async fn on(&self, session: &Session) -> ytnotify::Result<Channel> {
+    pub(crate) async fn on(&self, session: &Session) -> ytnotify::Result<Channel> {
         let mut current = self.current.lock().await;
         if let Some((open_on, channel)) = current.as_ref()
             && open_on.generation() == session.generation()
@@ -277,6 +296,63 @@ impl SharedChannel {
         *current = Some((session.clone(), channel.clone()));
         Ok(channel)
     }
+}
+
+/// `channels` shared channels over as few connections as hold them,
+/// [`CHANNELS_PER_CONNECTION`] each: how the simulator reads thousands of
+/// queues without a connection each. Consumers go to channel `key % channels`.
+pub(crate) async fn spread(
+    url: &str,
+    channels: u32,
+    label: &str,
+) -> Result<(Vec<Link>, Vec<(Link, Arc<SharedChannel>)>), SimError> {
+    let mut links: Vec<Link> = Vec::new();
+    let mut shared = Vec::new();
+    for i in 0..channels {
+        if i % CHANNELS_PER_CONNECTION == 0 {
+            let name = format!("simulate-{label}-{}", links.len());
+            links.push(Link::connect(&ytnotify::broker::Endpoint::new(url), &name).await?);
+        }
+        let link = links.last().expect("a connection was just opened").clone();
+        shared.push((
+            link,
+            Arc::new(SharedChannel {
+                current: tokio::sync::Mutex::new(None),
+            }),
+        ));
+    }
+    Ok((links, shared))
+}
+
+/// What sets up a consumer of `queue`, which must exist, on a shared
+/// channel, again on each new session; its tag starts with `tag`.
+pub(crate) fn consumer_on(shared: &Arc<SharedChannel>, queue: String, tag: String) -> Opener {
+    let shared = Arc::clone(shared);
+    Box::new(move |session: Session| {
+        let (shared, queue, tag) = (Arc::clone(&shared), queue.clone(), tag.clone());
+        Box::pin(async move {
+            // Nothing here may fail with a channel error, which would close
+            // the channel under every other consumer on it: the queue
+            // exists, and the consumer is not exclusive (the simulator
+            // reads each queue once; a consumer left on a connection that
+            // died has its deliveries put back when the broker notices).
+            let channel = shared.on(&session).await?;
+            let tag = format!("{tag}:{}", uuid::Uuid::new_v4().simple());
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(Opened {
+                channel,
+                consumer,
+                owns_channel: false,
+            })
+        }) as Opening
+    })
 }
 
 /// Every user's inbox, consumed on a few connections and channels.
@@ -298,21 +374,7 @@ impl Receivers {
         tally: Arc<Tally>,
         label: &'static str,
     ) -> Result<Receivers, SimError> {
-        let mut links: Vec<Link> = Vec::new();
-        let mut shared = Vec::new();
-        for i in 0..channels {
-            if i % CHANNELS_PER_CONNECTION == 0 {
-                let name = format!("simulate-{label}-receive-{}", links.len());
-                links.push(Link::connect(&ytnotify::broker::Endpoint::new(url), &name).await?);
-            }
-            let link = links.last().expect("a connection was just opened").clone();
-            shared.push((
-                link,
-                Arc::new(SharedChannel {
-                    current: tokio::sync::Mutex::new(None),
-                }),
-            ));
-        }
+        let (links, shared) = spread(url, channels, &format!("{label}-receive")).await?;
         Ok(Receivers {
             links,
             channels: shared,
@@ -341,35 +403,8 @@ impl Receivers {
             topology::inbox(&name)
         };
         let label = self.label;
-        let opener = {
-            let (shared, name, queue) = (Arc::clone(shared), name.clone(), queue.clone());
-            Box::new(move |session: Session| {
-                let (shared, name, queue) = (Arc::clone(&shared), name.clone(), queue.clone());
-                Box::pin(async move {
-                    // Nothing here may fail with a channel error, which would
-                    // close the channel under every other inbox on it: the
-                    // inbox exists (set-up logged every user in), and the
-                    // consumer is not exclusive (the simulator reads each
-                    // inbox once; a consumer left on a connection that died
-                    // has its deliveries put back when the broker notices).
-                    let channel = shared.on(&session).await?;
-                    let tag = format!("simulate-{label}:{name}:{}", uuid::Uuid::new_v4().simple());
-                    let consumer = channel
-                        .basic_consume(
-                            queue.as_str().into(),
-                            tag.as_str().into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
-                    Ok(Opened {
-                        channel,
-                        consumer,
-                        owns_channel: false,
-                    })
-                }) as Opening
-            })
-        };
+        // The inbox exists (set-up logged every user in).
+        let opener = consumer_on(shared, queue, format!("simulate-{label}:{name}"));
         let session_start = self.tally.now();
         let mut feed = Feed::open(link, format!("simulate-{label}: {name}"), opener).await?;
         let tally = Arc::clone(&self.tally);
