@@ -1,15 +1,26 @@
-//! The exactly-once check: which (user, upload) pairs must receive the upload,
-//! from the subscription state the simulator saw confirmed when the upload was
-//! sent, and how what arrived compares.
+//! The exactly-once checks. Notifications: which (user, upload) pairs must
+//! receive the upload, from the subscription state the simulator saw
+//! confirmed when the upload was sent, and how what arrived compares.
 //!
 //! A subscription change confirmed before an upload was sent is honoured by it
 //! (the server binds before it replies); one sent after the upload was answered
 //! is not. A change in flight in between may land either side, so that pair is
 //! left out of the check — neither lost nor unexpected — and counted apart.
+//!
+//! Likes and comments ([`check_interactions`]): every one the server
+//! answered with a plain `done` must reach its creator's inbox once, as an
+//! event carrying the request's id; none other may. One never answered may
+//! or may not have been applied, and is left out.
 
 use std::collections::{HashMap, HashSet};
 
-use super::{report::Check, scenario::Change};
+use uuid::Uuid;
+
+use super::{
+    creators::Arrival,
+    report::{Check, InteractionCheck},
+    scenario::{Change, Interaction},
+};
 
 /// One upload as the simulator sent it. Times in nanoseconds from the run's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,9 +163,78 @@ pub fn check(expectations: &Expectations, per_pair: &HashMap<(u32, u32), u32>) -
     }
 }
 
+/// How the server answered a like or a comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Applied: the creator is to hear of it.
+    Applied,
+    /// Done with a notice, changing nothing (a video liked already): the
+    /// creator hears nothing.
+    Unchanged,
+    Refused,
+}
+
+/// One like or comment as the simulator sent it. Times in nanoseconds from
+/// the run's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InteractionRecord {
+    pub interaction: Interaction,
+    /// The YouTuber whose video it is, whose inbox must hear of it.
+    pub youtuber: u32,
+    /// The request's id, which its event carries; `None` if never sent.
+    pub id: Option<Uuid>,
+    pub sent: Option<u64>,
+    pub done: Option<u64>,
+    /// `None` if the server never answered.
+    pub answer: Option<Answer>,
+}
+
+/// Compares the events that reached creators with the likes and comments
+/// the server applied.
+pub fn check_interactions(
+    records: &[InteractionRecord],
+    arrivals: &HashMap<Uuid, Arrival>,
+) -> InteractionCheck {
+    let mut expected: HashMap<Uuid, u32> = HashMap::new();
+    let mut unanswered: HashSet<Uuid> = HashSet::new();
+    for record in records {
+        match (record.id, record.answer) {
+            (Some(id), Some(Answer::Applied)) => {
+                expected.insert(id, record.youtuber);
+            }
+            (Some(id), None) => {
+                unanswered.insert(id);
+            }
+            _ => {}
+        }
+    }
+    let mut out = InteractionCheck {
+        expected: expected.len() as u64,
+        not_checked: unanswered.len() as u64,
+        ..InteractionCheck::default()
+    };
+    for (id, arrival) in arrivals {
+        match expected.get(id) {
+            Some(&youtuber) if youtuber == arrival.youtuber => {
+                out.received += 1;
+                out.duplicates += u64::from(arrival.copies.saturating_sub(1));
+                out.redelivered += u64::from(arrival.redelivered);
+            }
+            // At another creator's: lost for its own, and unexpected here.
+            Some(_) => out.unexpected += 1,
+            None if unanswered.contains(id) => {}
+            None => out.unexpected += 1,
+        }
+    }
+    out.lost = out.expected - out.received;
+    out.ok = out.lost == 0 && out.duplicates == 0 && out.unexpected == 0;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::InteractionKind;
 
     fn upload(youtuber: u32, sent: u64, done: u64) -> UploadRecord {
         UploadRecord {
@@ -230,5 +310,67 @@ mod tests {
         assert_eq!(check.unexpected, 1);
         assert_eq!(check.ambiguous, 1);
         assert!(!check.ok);
+    }
+
+    fn interaction(youtuber: u32, answer: Option<Answer>) -> InteractionRecord {
+        InteractionRecord {
+            interaction: Interaction {
+                user: 0,
+                seq: 0,
+                kind: InteractionKind::Like,
+            },
+            youtuber,
+            id: Some(Uuid::new_v4()),
+            sent: Some(1),
+            done: answer.map(|_| 2),
+            answer,
+        }
+    }
+
+    fn arrival(youtuber: u32, copies: u32, redelivered: u32) -> Arrival {
+        Arrival {
+            youtuber,
+            at: 3,
+            copies,
+            redelivered,
+        }
+    }
+
+    #[test]
+    fn every_applied_interaction_must_reach_its_creator_once() {
+        let records = [
+            interaction(0, Some(Answer::Applied)),
+            interaction(0, Some(Answer::Applied)),
+            interaction(1, Some(Answer::Applied)),
+            interaction(1, Some(Answer::Applied)),
+            interaction(0, Some(Answer::Unchanged)),
+            interaction(0, None),
+            interaction(0, Some(Answer::Applied)),
+        ];
+        let id = |n: usize| records[n].id.unwrap();
+        let arrivals = HashMap::from([
+            (id(0), arrival(0, 1, 2)),
+            (id(1), arrival(0, 2, 0)),
+            (id(2), arrival(0, 1, 0)),
+            (id(4), arrival(0, 1, 0)),
+            (id(5), arrival(0, 1, 0)),
+            (id(6), arrival(0, 1, 0)),
+            (Uuid::new_v4(), arrival(1, 1, 0)),
+        ]);
+        let check = check_interactions(&records, &arrivals);
+        assert_eq!(check.expected, 5);
+        // 0, 1 and 6 reached their creator; 2 reached another, 3 none.
+        assert_eq!(check.received, 3);
+        assert_eq!(check.lost, 2);
+        assert_eq!(check.duplicates, 1);
+        assert_eq!(check.redelivered, 2);
+        // 2 at the wrong creator, 4 that changed nothing, one never sent.
+        assert_eq!(check.unexpected, 3);
+        assert_eq!(check.not_checked, 1);
+        assert!(!check.ok);
+        let clean: HashMap<Uuid, Arrival> = [0, 1, 2, 3, 6]
+            .map(|n| (id(n), arrival(records[n].youtuber, 1, 0)))
+            .into();
+        assert!(check_interactions(&records, &clean).ok);
     }
 }

@@ -12,15 +12,23 @@
 //!    time, in a window, or at a rate) and subscription churn at once, some users
 //!    closing their inbox for a while; then waiting until every expected
 //!    notification has arrived, or the drain timeout;
-//! 4. the [`check`]: expected (user, upload) pairs against what arrived;
+//! 4. with likes and comments: once every notification has arrived, each
+//!    user likes and comments on some of the videos it received
+//!    ([`Scenario::interactions`]), through the server, in a window, on the
+//!    same clients; every creator inbox is read by the simulator's own
+//!    consumers ([`creators`]) until each applied request's event is there;
+//! 5. the [`check`]: expected (user, upload) pairs against what arrived;
 //!    with [`browser`] clients, the same per client of each user, and their
-//!    figures beside the receivers';
-//! 5. the [`ceiling`]: the server stopped, the same queues and bindings driven
-//!    with plain lapin, and the ratio ours / ceiling.
+//!    figures beside the receivers'; the interactions' events by id;
+//! 6. the [`ceiling`]: the server stopped, the same queues and bindings driven
+//!    with plain lapin, and the ratio ours / ceiling; for the interactions,
+//!    the same count of messages through one durable queue to one consumer.
 //!
 //! Latency is measured with one clock, the simulator's: from the moment an
 //! upload is sent to the moment a user's consumer has it (titles carry the
-//! upload's sequence number).
+//! upload's sequence number), and from the moment a like or comment is sent
+//! to the moment its event is in the creator's inbox (the event carries the
+//! request's id).
 //!
 //! Browser clients (`sse_clients`, `ws_clients`) connect through `gateway`
 //! processes started for the run, after set-up and before the uploads. Their
@@ -33,6 +41,7 @@ pub mod bench;
 pub mod browser;
 pub mod ceiling;
 pub mod check;
+pub mod creators;
 pub mod harness;
 pub mod proxy;
 pub mod random;
@@ -41,10 +50,10 @@ pub mod report;
 pub mod scenario;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -53,19 +62,22 @@ use std::{
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 use browser::{Browsers, Gateways};
-use check::{ChangeRecord, Expectations, UploadRecord};
+use check::{Answer, ChangeRecord, Expectations, InteractionRecord, UploadRecord};
+use creators::{CreatorReaders, CreatorTally};
 use harness::{ScratchDir, Server, ServerMode, Usage, Vhost};
 use receiver::{Receivers, Tally, title};
 use report::{
-    BrowserRatios, Ceiling, GatewayUsage, Latency, Ratios, Report, Run, ServerUsage, Setup,
+    BrowserRatios, Ceiling, GatewayUsage, InteractionRatios, Interactions, Latency, Ratios, Report,
+    Run, ServerUsage, Setup,
 };
+use scenario::{Interaction, InteractionKind, Plan, user_name, youtuber_name};
 pub use scenario::{PRESETS, Scenario, Spread, WsAcks};
-use scenario::{Plan, user_name, youtuber_name};
 use ytnotify::{
     client::{Client, ClientConfig},
-    protocol::{Reply, Request},
+    protocol::{CreatorEvent, CreatorEvents, Reaction, Reply, Request},
     topology,
 };
 
@@ -176,25 +188,46 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         }
         Ok(outcome) => outcome,
     };
-    let (mut report, plan_changes) = outcome;
+    let (mut report, sent) = outcome;
     let ended = server.usage();
     report.server.rss_mb_end = ended.map(|u| u.rss_mb);
     report.server.peak_rss_mb = ended.map(|u| u.peak_rss_mb);
     server.stop().await;
     if options.ceiling {
-        report.ceiling = Simulation {
+        let simulation = Simulation {
             scenario,
             plan: &plan,
             url: &vhost.url,
             options,
             scratch: &scratch.0,
             gateway: None,
-        }
-        .ceiling(&plan_changes)
-        .await?;
+        };
+        report.ceiling = simulation.ceiling(&sent.changes).await?;
         report.ratios = Ratios::of(&report.run, &report.ceiling);
+        if let Some(interactions) = &mut report.interactions {
+            let publishing = bar(options, "fan-in", sent.told.len() as u64);
+            let ceiling = ceiling::interactions(
+                &vhost.url,
+                &sent.told,
+                scenario.clients,
+                scenario.interaction_window,
+                scenario.drain_timeout,
+                &publishing,
+            )
+            .await?;
+            publishing.finish();
+            interactions.ratios = InteractionRatios::of(interactions, &ceiling);
+            interactions.ceiling = Some(ceiling);
+        }
     }
     Ok(report)
+}
+
+/// What the ceiling repeats of a run with plain lapin.
+struct Sent {
+    changes: Vec<ChangeRecord>,
+    /// Per like or comment sent, the message that tells its creator of it alone.
+    told: Vec<CreatorEvents>,
 }
 
 struct Simulation<'a> {
@@ -249,6 +282,37 @@ fn bar(options: &Options, prefix: &'static str, len: u64) -> ProgressBar {
     .progress_chars("=> ");
     bar.set_style(style);
     bar
+}
+
+/// The message that tells a like's or comment's creator of it alone, as
+/// the server would: what the ceiling sends once per request.
+fn told_alone(record: &InteractionRecord, tally: &Tally) -> CreatorEvents {
+    let Interaction { user, seq, kind } = record.interaction;
+    let (id, user) = (record.id.unwrap_or_else(Uuid::new_v4), user_name(user));
+    let (video_id, video) = (tally.video(seq).unwrap_or_default(), title(seq));
+    let at_ms = ytnotify::store::now_ms();
+    let event = match kind {
+        InteractionKind::Like => CreatorEvent::Reacted {
+            id,
+            user,
+            video_id,
+            video,
+            reaction: Reaction::Like,
+            at_ms,
+        },
+        InteractionKind::Comment => CreatorEvent::Commented {
+            id,
+            user,
+            video_id,
+            video,
+            text: record.interaction.text(),
+            at_ms,
+        },
+    };
+    CreatorEvents {
+        youtuber: youtuber_name(record.youtuber),
+        events: vec![event],
+    }
 }
 
 fn wait_failed(err: impl std::fmt::Display) -> SimError {
@@ -417,8 +481,40 @@ async fn drain(tally: &Tally, expected: &[(u32, u32)], timeout: Duration, bar: &
     bar.finish();
 }
 
+/// Waits until every event in `expected` has reached a creator, or the timeout.
+async fn drain_events(
+    tally: &CreatorTally,
+    expected: &HashSet<Uuid>,
+    timeout: Duration,
+    bar: &ProgressBar,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let want = expected.len() as u64;
+    bar.set_length(want);
+    loop {
+        let arrived = if tally.events() >= want {
+            tally.with_counts(|counts| {
+                expected
+                    .iter()
+                    .filter(|id| counts.arrivals.contains_key(id))
+                    .count() as u64
+            })
+        } else {
+            tally.events().min(want)
+        };
+        bar.set_position(arrived);
+        if arrived >= want || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A copy sent again would come right behind; give it a moment to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bar.finish();
+}
+
 impl Simulation<'_> {
-    async fn run(&self, server: &mut Server) -> Result<(Report, Vec<ChangeRecord>), SimError> {
+    async fn run(&self, server: &mut Server) -> Result<(Report, Sent), SimError> {
         let s = self.scenario;
         let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let config = ClientConfig {
@@ -489,6 +585,11 @@ impl Simulation<'_> {
             browsing.drained_at = std::time::Instant::now();
         }
         let after_run = server.usage();
+        let interactions = if s.has_interactions() {
+            Some(self.interact(&clients, &tally, &uploads, server).await?)
+        } else {
+            None
+        };
         Arc::clone(&receivers).shut().await?;
         let browsing = match browsing {
             Some(browsing) => Some(self.stop_browsers(browsing, &clients[0]).await),
@@ -520,7 +621,226 @@ impl Simulation<'_> {
                 left,
             ));
         }
-        Ok((report, changes))
+        let (interactions, told) = interactions.unzip();
+        report.interactions = interactions;
+        Ok((
+            report,
+            Sent {
+                changes,
+                told: told.unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// Each user likes and comments on some of the videos it received, as
+    /// the scenario says, through the server; the creators' inboxes are read
+    /// until every applied one's event is there. Returns the figures and,
+    /// for the ceiling, the message that tells each event alone.
+    async fn interact(
+        &self,
+        clients: &[Arc<Client>],
+        tally: &Arc<Tally>,
+        uploads: &[UploadRecord],
+        server: &Server,
+    ) -> Result<(Interactions, Vec<CreatorEvents>), SimError> {
+        let s = self.scenario;
+        // Only videos whose upload was answered: their creator inbox exists.
+        let answered: HashSet<u32> = (0..uploads.len() as u32)
+            .filter(|&seq| uploads[seq as usize].done.is_some() && tally.video(seq).is_some())
+            .collect();
+        let received: Vec<(u32, u32)> = tally.with_counts(|counts| {
+            counts
+                .per_pair
+                .keys()
+                .copied()
+                .filter(|(_, seq)| answered.contains(seq))
+                .collect()
+        });
+        let planned = s.interactions(&received);
+        let creators: Vec<u32> = answered
+            .iter()
+            .map(|&seq| uploads[seq as usize].youtuber)
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let creator_tally = CreatorTally::new(tally.start());
+        let readers =
+            CreatorReaders::open(self.url, s.receivers, &creators, &creator_tally).await?;
+        let before = server.usage();
+        let sending = bar(self.options, "interact", planned.len() as u64);
+        let records = self
+            .send_interactions(clients, &planned, uploads, tally, &sending)
+            .await;
+        sending.finish();
+        let records = match records {
+            Ok(records) => records,
+            Err(err) => {
+                readers.shut().await;
+                return Err(err);
+            }
+        };
+        let expected: HashSet<Uuid> = records
+            .iter()
+            .filter(|r| r.answer == Some(Answer::Applied))
+            .filter_map(|r| r.id)
+            .collect();
+        let draining = bar(self.options, "creators", 0);
+        drain_events(&creator_tally, &expected, s.drain_timeout, &draining).await;
+        let after = server.usage();
+        readers.shut().await;
+
+        let told = records
+            .iter()
+            .map(|record| told_alone(record, tally))
+            .collect();
+        let figures = creator_tally.with_counts(|counts| {
+            let check = check::check_interactions(&records, &counts.arrivals);
+            let mut latency = micros_histogram();
+            for record in &records {
+                let arrival = record.id.and_then(|id| counts.arrivals.get(&id));
+                if let (Some(sent), Some(arrival), Some(Answer::Applied)) =
+                    (record.sent, arrival, record.answer)
+                {
+                    let _ = latency.record((arrival.at.saturating_sub(sent) / 1_000).max(1));
+                }
+            }
+            let first_sent = records.iter().filter_map(|r| r.sent).min().unwrap_or(0);
+            let last_done = records
+                .iter()
+                .filter_map(|r| r.done)
+                .max()
+                .unwrap_or(first_sent);
+            let last_event = creator_tally.last_arrival().max(first_sent);
+            let answered = records.iter().filter(|r| r.answer.is_some()).count() as u64;
+            let count = |kind| planned.iter().filter(|i| i.kind == kind).count() as u64;
+            Interactions {
+                likes: count(InteractionKind::Like),
+                comments: count(InteractionKind::Comment),
+                videos: planned.iter().map(|i| i.seq).collect::<HashSet<_>>().len() as u64,
+                creators: creators.len() as u64,
+                answered,
+                failed: records
+                    .iter()
+                    .filter(|r| matches!(r.answer, None | Some(Answer::Refused)))
+                    .count() as u64,
+                seconds: last_done.max(last_event).saturating_sub(first_sent) as f64 / 1e9,
+                requests_per_s: per_second(answered, last_done.saturating_sub(first_sent)),
+                events: creator_tally.events(),
+                events_per_s: per_second(
+                    creator_tally.events(),
+                    last_event.saturating_sub(first_sent),
+                ),
+                messages: counts.messages,
+                latency_ms: Latency::from_micros(&latency),
+                subscriber_events: counts.subscribers,
+                server_cpu_seconds: before
+                    .zip(after)
+                    .map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+                check,
+                ceiling: None,
+                ratios: InteractionRatios::default(),
+            }
+        });
+        Ok((figures, told))
+    }
+
+    /// Sends the likes and comments, at most `interaction_window` in flight,
+    /// each user's on the client its set-up went through.
+    async fn send_interactions(
+        &self,
+        clients: &[Arc<Client>],
+        planned: &[Interaction],
+        uploads: &[UploadRecord],
+        tally: &Arc<Tally>,
+        progress: &ProgressBar,
+    ) -> Result<Vec<InteractionRecord>, SimError> {
+        let stamps = Stamps::new(planned.len());
+        let ids: Arc<Vec<OnceLock<Uuid>>> =
+            Arc::new(planned.iter().map(|_| OnceLock::new()).collect());
+        let answers: Arc<Vec<OnceLock<Answer>>> =
+            Arc::new(planned.iter().map(|_| OnceLock::new()).collect());
+        let window = Arc::new(Semaphore::new(self.scenario.interaction_window as usize));
+        let mut tasks = Vec::with_capacity(planned.len());
+        for (index, interaction) in planned.iter().enumerate() {
+            let video = tally
+                .video(interaction.seq)
+                .ok_or_else(|| SimError::Harness("a planned video has no id".to_owned()))?
+                .to_string();
+            let user = user_name(interaction.user);
+            let request = match interaction.kind {
+                InteractionKind::Like => Request::React {
+                    user,
+                    video,
+                    reaction: Some(Reaction::Like),
+                },
+                InteractionKind::Comment => Request::Comment {
+                    user,
+                    video,
+                    text: interaction.text(),
+                },
+            };
+            let permit = Arc::clone(&window)
+                .acquire_owned()
+                .await
+                .map_err(|_| SimError::Harness("the interactions' window closed".to_owned()))?;
+            let client = Arc::clone(&clients[interaction.user as usize % clients.len()]);
+            let (stamps, ids, answers, tally, progress) = (
+                Arc::clone(&stamps),
+                Arc::clone(&ids),
+                Arc::clone(&answers),
+                Arc::clone(tally),
+                progress.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                Stamps::set(&stamps.sent[index], tally.now());
+                let pending = client.send(request).await?;
+                let _ = ids[index].set(pending.id());
+                let reply = client.wait(pending).await;
+                drop(permit);
+                let answer = match reply {
+                    Ok(Reply::Done { notice: None }) => Some(Answer::Applied),
+                    Ok(Reply::Done {
+                        notice: Some(notice),
+                    }) => {
+                        tracing::warn!(%notice, "a like or comment changed nothing");
+                        Some(Answer::Unchanged)
+                    }
+                    Ok(other) => {
+                        tracing::warn!(?other, "unexpected reply to a like or comment");
+                        Some(Answer::Refused)
+                    }
+                    Err(ytnotify::Error::Refused(reason)) => {
+                        tracing::warn!(%reason, "a like or comment was refused");
+                        Some(Answer::Refused)
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "a like or comment was not answered");
+                        None
+                    }
+                };
+                if let Some(answer) = answer {
+                    let _ = answers[index].set(answer);
+                    Stamps::set(&stamps.done[index], tally.now());
+                }
+                progress.inc(1);
+                Ok::<(), SimError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(wait_failed)??;
+        }
+        Ok(planned
+            .iter()
+            .enumerate()
+            .map(|(index, &interaction)| InteractionRecord {
+                interaction,
+                youtuber: uploads[interaction.seq as usize].youtuber,
+                id: ids[index].get().copied(),
+                sent: Stamps::get(&stamps.sent[index]),
+                done: Stamps::get(&stamps.done[index]),
+                answer: answers[index].get().copied(),
+            })
+            .collect())
     }
 
     /// Starts the gateways and connects every browser client, measuring the
@@ -592,7 +912,7 @@ impl Simulation<'_> {
         (browsing, left)
     }
 
-    /// Waits until a server consumes both request queues.
+    /// Waits until a server consumes the request queues the run uses.
     async fn wait_for_server(&self, client: &Client, server: &mut Server) -> Result<(), SimError> {
         let channel = client
             .link()
@@ -604,7 +924,12 @@ impl Simulation<'_> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut ready = true;
-            for queue in [topology::USER_REQUESTS, topology::YOUTUBER_REQUESTS] {
+            let queues = if self.scenario.has_interactions() {
+                &topology::REQUEST_QUEUES[..]
+            } else {
+                &topology::REQUEST_QUEUES[..2]
+            };
+            for &queue in queues {
                 let (_, consumers) = topology::inspect(&channel, queue).await?;
                 ready &= consumers > 0;
             }
@@ -965,6 +1290,7 @@ impl Simulation<'_> {
                 changes_per_s: None,
             },
             browsers: None,
+            interactions: None,
         }
     }
 

@@ -118,6 +118,20 @@ struct RunArgs {
     /// (POST /api/users/<name>/ack, as SSE clients do)
     #[arg(long, value_name = "HOW")]
     ws_acks: Option<WsAcks>,
+    /// Share (0 to 1) of the notifications each user received whose video it
+    /// likes, through the server, once every notification has arrived
+    #[arg(long, value_name = "SHARE")]
+    like_share: Option<f64>,
+    /// Share (0 to 1) of them it comments on
+    #[arg(long, value_name = "SHARE")]
+    comment_share: Option<f64>,
+    /// Which received videos a user likes or comments on, by place in its
+    /// feed (newest first): uniform, zipf, zipf:<exponent> [default: zipf]
+    #[arg(long)]
+    interaction_spread: Option<Spread>,
+    /// Likes and comments in flight at most [default: 256]
+    #[arg(long)]
+    interaction_window: Option<u32>,
     /// The gateway program to start [default: the one beside this program]
     #[arg(long, env = "YT_GATEWAY_BIN", value_name = "PATH")]
     gateway_bin: Option<PathBuf>,
@@ -237,7 +251,11 @@ impl RunArgs {
             sse_clients,
             ws_clients,
             gateways,
-            ws_acks
+            ws_acks,
+            like_share,
+            comment_share,
+            interaction_spread,
+            interaction_window
         );
         if let Some(duration) = self.duration {
             scenario
@@ -293,6 +311,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             report.check.lost,
             report.check.duplicates,
             report.check.unexpected
+        );
+    }
+    if let Some(interactions) = report.interactions.as_ref().filter(|i| !i.check.ok) {
+        let c = &interactions.check;
+        bail!(
+            "the interactions' check failed: {} lost, {} duplicates, {} unexpected",
+            c.lost,
+            c.duplicates,
+            c.unexpected
         );
     }
     if let Some(browsers) = report.browsers.as_ref().filter(|b| !b.check.ok) {
@@ -448,6 +475,37 @@ mod tests {
         assert_eq!(scenario.spread, Spread::Zipf { exponent: 1.5 });
         assert_eq!(scenario.uploads, 30);
         assert_eq!(scenario.youtubers, 5);
+    }
+
+    #[test]
+    fn interactions_are_off_unless_asked() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["simulate", "run", "--preset", "classroom"];
+            args.extend_from_slice(extra);
+            let Command::Run(args) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("run")
+            };
+            args.scenario()
+        };
+        let plain = parse(&[]).unwrap();
+        assert!(!plain.has_interactions());
+        let asked = parse(&[
+            "--like-share",
+            "0.5",
+            "--comment-share",
+            "0.2",
+            "--interaction-spread",
+            "uniform",
+            "--interaction-window",
+            "32",
+        ])
+        .unwrap();
+        assert!(asked.has_interactions());
+        assert_eq!((asked.like_share, asked.comment_share), (0.5, 0.2));
+        assert_eq!(asked.interaction_spread, Spread::Uniform);
+        assert_eq!(asked.interaction_window, 32);
+        let err = parse(&["--like-share", "1.5"]).unwrap_err().to_string();
+        assert!(err.contains("like_share"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Report {
     /// Browser-like clients through gateways, when the scenario has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browsers: Option<Browsers>,
+    /// Likes and comments, when the scenario has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactions: Option<Interactions>,
 }
 
 /// Creating users and subscriptions through the server, before the measured run.
@@ -228,6 +231,110 @@ pub struct GatewayUsage {
     pub cpu_seconds_run: Option<f64>,
     /// Cores busy on average during the uploads and drain.
     pub cpu_cores: Option<f64>,
+}
+
+/// Likes and comments: sent through the server once every notification had
+/// arrived, and the events that reached the creators' inboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interactions {
+    pub likes: u64,
+    pub comments: u64,
+    /// Videos liked or commented on.
+    pub videos: u64,
+    /// Creators whose inboxes were read.
+    pub creators: u64,
+    /// Requests the server answered (applied, or done with a notice).
+    pub answered: u64,
+    /// Requests refused or never answered.
+    pub failed: u64,
+    /// From the first request sent to the last answer or event, whichever came later.
+    pub seconds: f64,
+    /// Requests answered per second, from the first sent to the last answer.
+    pub requests_per_s: f64,
+    /// Likes and comments that reached creators (first copies).
+    pub events: u64,
+    /// From the first request sent to the last event received.
+    pub events_per_s: f64,
+    /// Messages the creators' inboxes delivered (several events each).
+    pub messages: u64,
+    /// Request sent to its event in the creator's inbox.
+    pub latency_ms: Latency,
+    /// New and departed subscribers the creators heard of (churn): not checked.
+    pub subscriber_events: u64,
+    /// The server's CPU seconds while the likes and comments were sent and
+    /// their events drained.
+    pub server_cpu_seconds: Option<f64>,
+    pub check: InteractionCheck,
+    /// The same count of persistent, confirmed messages through one durable
+    /// queue to one consumer, with plain lapin.
+    pub ceiling: Option<InteractionCeiling>,
+    pub ratios: InteractionRatios,
+}
+
+/// The interactions' exactly-once check, by event id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InteractionCheck {
+    /// Likes and comments the server applied: each must reach its creator once.
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// Copies of an event beyond the first, in messages the broker
+    /// delivered for the first time (the server sent the event again).
+    pub duplicates: u64,
+    /// Copies in messages the broker delivered again (an acknowledgement
+    /// lost with a connection): dropped by id, as a creator's feed does.
+    pub redelivered: u64,
+    /// Events no applied request of this run made, or at the wrong creator.
+    pub unexpected: u64,
+    /// Requests never answered, which may or may not have been applied.
+    pub not_checked: u64,
+    pub ok: bool,
+}
+
+/// The ceiling of the interactions' shape: many publishers, one durable
+/// queue, one consumer that acknowledges, plain lapin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractionCeiling {
+    /// Publishing connections, each with one confirming channel.
+    pub publishers: u32,
+    /// Publishes in flight at most (the interactions' window).
+    pub window: u32,
+    pub publishes: u64,
+    /// Bytes of each message's body, on average.
+    pub body_bytes: u64,
+    pub seconds: f64,
+    /// Publishes the broker confirmed per second.
+    pub confirmed_per_s: f64,
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    /// Publish to delivery.
+    pub latency_ms: Latency,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// Ours / ceiling for the interactions. Above 1 is better for rates; for
+/// latency, 1 is the broker's own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InteractionRatios {
+    /// Requests answered/s against publishes confirmed/s.
+    pub requests_per_s: Option<f64>,
+    /// Events delivered/s against messages delivered/s.
+    pub events_per_s: Option<f64>,
+    pub latency_p50: Option<f64>,
+    pub latency_p99: Option<f64>,
+}
+
+impl InteractionRatios {
+    pub fn of(ours: &Interactions, ceiling: &InteractionCeiling) -> InteractionRatios {
+        let ratio = |ours: f64, raw: f64| (ours > 0.0 && raw > 0.0).then(|| ours / raw);
+        InteractionRatios {
+            requests_per_s: ratio(ours.requests_per_s, ceiling.confirmed_per_s),
+            events_per_s: ratio(ours.events_per_s, ceiling.deliveries_per_s),
+            latency_p50: ratio(ours.latency_ms.p50, ceiling.latency_ms.p50),
+            latency_p99: ratio(ours.latency_ms.p99, ceiling.latency_ms.p99),
+        }
+    }
 }
 
 /// A latency distribution, in milliseconds.
@@ -437,7 +544,104 @@ impl fmt::Display for Report {
         if let Some(b) = &self.browsers {
             b.render(&mut out);
         }
+        if let Some(i) = &self.interactions {
+            i.render(&mut out);
+        }
         f.write_str(&out)
+    }
+}
+
+impl Interactions {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "interactions {} likes and {} comments on {} videos: {} answered, {} requests/s{}",
+            thousands(self.likes),
+            thousands(self.comments),
+            thousands(self.videos),
+            thousands(self.answered),
+            rate(self.requests_per_s),
+            if self.failed > 0 {
+                format!("; {} refused or unanswered", thousands(self.failed))
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  creators  {} events in {} messages to {} creators, {} events/s{}",
+            thousands(self.events),
+            thousands(self.messages),
+            thousands(self.creators),
+            rate(self.events_per_s),
+            if self.subscriber_events > 0 {
+                format!(
+                    "; and {} subscribers come and gone",
+                    thousands(self.subscriber_events)
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  latency   {} (request sent to event in the creator's inbox)",
+            self.latency_ms
+        );
+        let c = &self.check;
+        let _ = writeln!(
+            out,
+            "  check     {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}{}",
+            if c.ok { "OK" } else { "FAILED" },
+            thousands(c.expected),
+            thousands(c.received),
+            thousands(c.lost),
+            thousands(c.duplicates),
+            thousands(c.unexpected),
+            if c.redelivered > 0 {
+                format!(
+                    "; {} redelivered copies dropped by id, as a creator's feed does",
+                    thousands(c.redelivered)
+                )
+            } else {
+                String::new()
+            },
+            if c.not_checked > 0 {
+                format!("; {} unanswered not checked", thousands(c.not_checked))
+            } else {
+                String::new()
+            }
+        );
+        if let Some(cpu) = self.server_cpu_seconds {
+            let _ = writeln!(out, "  server    {cpu:.2} s of CPU");
+        }
+        if let Some(g) = &self.ceiling {
+            let _ = writeln!(
+                out,
+                "  ceiling   plain lapin, {} publishers (window {}) → one durable queue → one consumer, {} messages of {} bytes: {} confirmed/s, {} deliveries/s, latency {}{}",
+                g.publishers,
+                g.window,
+                thousands(g.publishes),
+                g.body_bytes,
+                rate(g.confirmed_per_s),
+                rate(g.deliveries_per_s),
+                g.latency_ms,
+                if g.lost > 0 || g.duplicates > 0 {
+                    format!("; {} lost, {} duplicates", g.lost, g.duplicates)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let q = &self.ratios;
+        let _ = writeln!(
+            out,
+            "  ours/ceiling requests/s {}, events/s {}, latency p50 {}, p99 {}",
+            ratio(q.requests_per_s),
+            ratio(q.events_per_s),
+            ratio(q.latency_p50),
+            ratio(q.latency_p99)
+        );
     }
 }
 
@@ -605,6 +809,7 @@ pub(crate) mod tests {
             },
             ceiling,
             browsers: None,
+            interactions: None,
         }
     }
 
@@ -700,6 +905,81 @@ pub(crate) mod tests {
         // A report without browsers has no such key, and reads back as none.
         let plain = serde_json::to_value(sample()).unwrap();
         assert!(plain.get("browsers").is_none());
+    }
+
+    #[test]
+    fn interaction_figures_are_rendered_and_read_back() {
+        let latency = |p50: f64, p99: f64| Latency {
+            count: 12_000,
+            p50,
+            p90: p99,
+            p99,
+            max: p99 * 2.0,
+        };
+        let mut interactions = Interactions {
+            likes: 10_000,
+            comments: 2_000,
+            videos: 1,
+            creators: 1,
+            answered: 12_000,
+            failed: 0,
+            seconds: 5.0,
+            requests_per_s: 2_400.0,
+            events: 12_000,
+            events_per_s: 2_390.0,
+            messages: 90,
+            latency_ms: latency(120.0, 300.0),
+            subscriber_events: 0,
+            server_cpu_seconds: Some(4.5),
+            check: InteractionCheck {
+                expected: 12_000,
+                received: 12_000,
+                ok: true,
+                ..InteractionCheck::default()
+            },
+            ceiling: Some(InteractionCeiling {
+                publishers: 16,
+                window: 512,
+                publishes: 12_000,
+                body_bytes: 230,
+                seconds: 1.0,
+                confirmed_per_s: 12_000.0,
+                deliveries: 12_000,
+                deliveries_per_s: 11_950.0,
+                latency_ms: latency(30.0, 60.0),
+                lost: 0,
+                duplicates: 0,
+            }),
+            ratios: InteractionRatios::default(),
+        };
+        interactions.ratios =
+            InteractionRatios::of(&interactions, interactions.ceiling.as_ref().unwrap());
+        let mut report = sample();
+        report.interactions = Some(interactions);
+        let text = report.to_string();
+        for expected in [
+            "interactions 10,000 likes and 2,000 comments on 1 videos: 12,000 answered, 2,400 requests/s",
+            "  creators  12,000 events in 90 messages to 1 creators, 2,390 events/s",
+            "  latency   p50 120 ms, p90 300 ms, p99 300 ms, max 600 ms (12,000 samples)",
+            "  check     OK: 12,000 expected, 12,000 received, 0 lost, 0 duplicates, 0 unexpected",
+            "  ceiling   plain lapin, 16 publishers (window 512) → one durable queue → one consumer, 12,000 messages of 230 bytes: 12,000 confirmed/s, 11,950 deliveries/s",
+            "  ours/ceiling requests/s 0.20, events/s 0.20, latency p50 4.00, p99 5.00",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["interactions"]["check"]["lost"], 0);
+        assert_eq!(json["interactions"]["ceiling"]["publishes"], 12_000);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            back.interactions.unwrap().check,
+            report.interactions.unwrap().check
+        );
+        // A report without interactions has no such key, and reads back as none.
+        let plain = serde_json::to_value(sample()).unwrap();
+        assert!(plain.get("interactions").is_none());
+        let back: Report = serde_json::from_value(plain).unwrap();
+        assert!(back.interactions.is_none());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What a simulation does: the [`Scenario`] (from a preset, a JSON file and
 //! flags, in that order), and the [`Plan`] it expands into with its seed —
 //! who subscribes to whom, who uploads when, which changes churn, who goes
-//! offline — so that a seed always gives the same run.
+//! offline — so that a seed always gives the same run. Which videos users
+//! like and comment on depends on what they received, so it is drawn after
+//! the uploads ([`Scenario::interactions`]), from the same seed.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -130,6 +132,16 @@ pub struct Scenario {
     pub gateways: u32,
     /// How WebSocket clients acknowledge: on the socket, or over HTTP.
     pub ws_acks: WsAcks,
+    /// Share (0 to 1) of the notifications a user received whose video it
+    /// likes, once every notification has arrived.
+    pub like_share: f64,
+    /// Share (0 to 1) of them it comments on, once each.
+    pub comment_share: f64,
+    /// Which of the videos it received a user likes or comments on, by
+    /// their place in its feed, newest first: Zipf puts most on the newest.
+    pub interaction_spread: Spread,
+    /// Likes and comments in flight (sent, not yet answered) at most.
+    pub interaction_window: u32,
 }
 
 impl Default for Scenario {
@@ -157,6 +169,10 @@ impl Default for Scenario {
             ws_clients: 0,
             gateways: 0,
             ws_acks: WsAcks::Socket,
+            like_share: 0.0,
+            comment_share: 0.0,
+            interaction_spread: Spread::Zipf { exponent: 1.0 },
+            interaction_window: 256,
         }
     }
 }
@@ -279,7 +295,86 @@ impl Scenario {
         if self.gateways > 64 {
             return fail("at most 64 gateways");
         }
+        if !(0.0..=1.0).contains(&self.like_share) || !(0.0..=1.0).contains(&self.comment_share) {
+            return fail("like_share and comment_share must be between 0 and 1");
+        }
+        if self.interaction_window == 0 {
+            return fail("interaction_window must be at least 1");
+        }
         Ok(())
+    }
+
+    /// Whether users like or comment on what they receive.
+    pub fn has_interactions(&self) -> bool {
+        self.like_share > 0.0 || self.comment_share > 0.0
+    }
+
+    /// The likes and comments of a run, drawn with the seed from what each
+    /// user received: `received` holds (user, upload) pairs.
+    ///
+    /// Each received video is liked with probability `like_share` and
+    /// commented on with probability `comment_share`, so that the shares
+    /// hold on average; how many a user likes is drawn that way, and which
+    /// ones is drawn by `interaction_spread` over the user's feed, newest
+    /// first, without taking a video twice. A feed shows the newest first,
+    /// and attention falls off with the place in it, so with Zipf a user
+    /// mostly reacts to what it received last; across users, a video that
+    /// reached more of them draws more. Each user likes a video at most
+    /// once (a second like changes nothing and tells the creator nothing)
+    /// and comments on it at most once. The order is shuffled, so that a
+    /// burst mixes users, videos and kinds.
+    pub fn interactions(&self, received: &[(u32, u32)]) -> Vec<Interaction> {
+        let mut by_user: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut pairs = received.to_vec();
+        pairs.sort_unstable();
+        pairs.dedup();
+        for (user, seq) in pairs {
+            match by_user.last_mut() {
+                Some((last, seqs)) if *last == user => seqs.push(seq),
+                _ => by_user.push((user, vec![seq])),
+            }
+        }
+        // Its own stream of the seed: the plan's draws stay as they were.
+        let mut rng = Rng::new(self.seed ^ 0x1A7E_4AC7_0000_0001);
+        let mut out = Vec::new();
+        for (user, mut feed) in by_user {
+            feed.reverse();
+            for (kind, share) in [
+                (InteractionKind::Like, self.like_share),
+                (InteractionKind::Comment, self.comment_share),
+            ] {
+                let count = (0..feed.len()).filter(|_| rng.unit() < share).count();
+                for seq in self.pick_from_feed(&feed, count, &mut rng) {
+                    out.push(Interaction { user, seq, kind });
+                }
+            }
+        }
+        for i in (1..out.len()).rev() {
+            out.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        out
+    }
+
+    /// `count` different videos of `feed` (newest first), weighted by place
+    /// as `interaction_spread` says: Efraimidis and Spirakis's sampling
+    /// without replacement (the `count` largest of u^(1/weight)).
+    fn pick_from_feed(&self, feed: &[u32], count: usize, rng: &mut Rng) -> Vec<u32> {
+        if count >= feed.len() {
+            return feed.to_vec();
+        }
+        let mut keyed: Vec<(f64, u32)> = feed
+            .iter()
+            .enumerate()
+            .map(|(place, &seq)| {
+                let weight = match self.interaction_spread {
+                    Spread::Uniform => 1.0,
+                    Spread::Zipf { exponent } => 1.0 / (place as f64 + 1.0).powf(exponent),
+                };
+                (rng.unit().max(f64::MIN_POSITIVE).ln() / weight, seq)
+            })
+            .collect();
+        keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        keyed.into_iter().take(count).map(|(_, seq)| seq).collect()
     }
 
     /// Browser-like clients, SSE and WebSocket together.
@@ -381,6 +476,28 @@ impl Scenario {
             churn,
             offline,
         }
+    }
+}
+
+/// What a user does about a video it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InteractionKind {
+    Like,
+    Comment,
+}
+
+/// One like or comment: `user` about upload `seq`'s video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Interaction {
+    pub user: u32,
+    pub seq: u32,
+    pub kind: InteractionKind,
+}
+
+impl Interaction {
+    /// The comment's text: `c<user>-<upload>`, one per user and video.
+    pub fn text(&self) -> String {
+        format!("c{}-{}", self.user, self.seq)
     }
 }
 
@@ -586,5 +703,67 @@ mod tests {
                 assert!(state.remove(&key));
             }
         }
+    }
+
+    fn with_shares(like_share: f64, comment_share: f64) -> Scenario {
+        Scenario {
+            like_share,
+            comment_share,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn interactions_are_off_by_default() {
+        assert!(!Scenario::default().has_interactions());
+        for name in PRESETS {
+            assert!(
+                !Scenario::preset(name).unwrap().has_interactions(),
+                "{name}"
+            );
+        }
+        // A file without the new fields keeps them off.
+        let old = Scenario::from_json(r#"{"name":"old","users":7}"#).unwrap();
+        assert!(!old.has_interactions());
+        let bad = with_shares(0.5, -0.1);
+        assert!(bad.validate().unwrap_err().contains("comment_share"));
+    }
+
+    #[test]
+    fn each_user_reacts_once_per_video_mostly_to_the_newest() {
+        let scenario = with_shares(0.3, 0.1);
+        // 500 users who each received uploads 0 to 19.
+        let received: Vec<(u32, u32)> = (0..500)
+            .flat_map(|user| (0..20).map(move |seq| (user, seq)))
+            .collect();
+        let plan = scenario.interactions(&received);
+        assert_eq!(plan, scenario.interactions(&received));
+        let unique: HashSet<&Interaction> = plan.iter().collect();
+        assert_eq!(unique.len(), plan.len(), "no user likes a video twice");
+        let likes: Vec<&Interaction> = plan
+            .iter()
+            .filter(|i| i.kind == InteractionKind::Like)
+            .collect();
+        // 30 % of 10,000 received notifications, give or take.
+        assert!((2_700..3_300).contains(&likes.len()), "{}", likes.len());
+        let newest = likes.iter().filter(|i| i.seq == 19).count();
+        let oldest = likes.iter().filter(|i| i.seq == 0).count();
+        assert!(newest > 3 * oldest, "newest {newest}, oldest {oldest}");
+        let uniform = Scenario {
+            interaction_spread: Spread::Uniform,
+            ..scenario.clone()
+        };
+        let likes = uniform.interactions(&received);
+        let newest = likes.iter().filter(|i| i.seq == 19).count() as f64;
+        let oldest = likes.iter().filter(|i| i.seq == 0).count() as f64;
+        assert!(
+            (0.7..1.4).contains(&(newest / oldest)),
+            "{newest} / {oldest}"
+        );
+        // Nothing received, nothing to react to; no share, no reaction.
+        assert!(scenario.interactions(&[]).is_empty());
+        assert!(with_shares(0.0, 0.0).interactions(&received).is_empty());
+        let all = with_shares(1.0, 1.0).interactions(&received);
+        assert_eq!(all.len(), 2 * received.len());
     }
 }
