@@ -1,7 +1,8 @@
 //! The simulator against the real broker and the real `youtube_server`: a tiny
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
-//! and fill every field of the report; under load, a broker crash loses no
-//! confirmed upload. (Benchmarks are not tests: see scripts/bench.sh.)
+//! and fill every field of the report; likes and comments reach their
+//! creators once each; under load, a broker crash loses no confirmed upload.
+//! (Benchmarks are not tests: see scripts/bench.sh.)
 
 use std::time::Duration;
 
@@ -132,6 +133,124 @@ async fn a_tiny_run_with_churn_and_offline_users_loses_and_duplicates_nothing() 
         );
     }
     for line in ["latency ", "check       OK", "ours/ceiling"] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn likes_and_comments_reach_every_creator_once_and_are_measured_against_the_ceiling() {
+    logs();
+    let vhost = TestVhost::new("simulate-interactions");
+    // Churn after the first uploads tells creators of subscribers too,
+    // which the interactions' check must leave aside.
+    let scenario = Scenario {
+        name: "interactions".to_owned(),
+        users: 50,
+        youtubers: 3,
+        subscriptions: 100,
+        uploads: 9,
+        upload_window: 3,
+        churn: 30,
+        churn_rate: 100.0,
+        like_share: 0.5,
+        comment_share: 0.2,
+        interaction_window: 16,
+        clients: 2,
+        receivers: 4,
+        drain_timeout: Duration::from_secs(20),
+        seed: 3,
+        ..Scenario::default()
+    };
+    let report = run(
+        &scenario,
+        &options(&vhost, ServerMode::Spawn(program("youtube_server"))),
+    )
+    .await;
+    let text = report.to_string();
+    assert!(report.check.ok, "{text}");
+
+    let interactions = report.interactions.as_ref().expect("interaction figures");
+    let check = &interactions.check;
+    assert!(check.ok, "{text}");
+    assert_eq!(
+        (check.lost, check.duplicates, check.unexpected),
+        (0, 0, 0),
+        "{text}"
+    );
+    assert!(
+        interactions.likes > 0 && interactions.comments > 0,
+        "{text}"
+    );
+    let sent = interactions.likes + interactions.comments;
+    assert_eq!(interactions.answered, sent, "{text}");
+    assert_eq!(interactions.failed, 0, "{text}");
+    assert_eq!(check.expected, sent, "{text}");
+    assert_eq!(check.received, sent, "{text}");
+    assert_eq!(check.not_checked, 0, "{text}");
+    assert_eq!(interactions.events, sent, "{text}");
+    assert!(
+        interactions.creators > 0 && interactions.messages > 0,
+        "{text}"
+    );
+    // Several events to a message, at least sometimes.
+    assert!(interactions.messages <= interactions.events, "{text}");
+    assert!(
+        interactions.requests_per_s > 0.0 && interactions.events_per_s > 0.0,
+        "{text}"
+    );
+    let latency = &interactions.latency_ms;
+    assert_eq!(latency.count, sent, "{text}");
+    assert!(
+        0.0 < latency.p50
+            && latency.p50 <= latency.p90
+            && latency.p90 <= latency.p99
+            && latency.p99 <= latency.max,
+        "{text}"
+    );
+    assert!(interactions.server_cpu_seconds.is_some(), "{text}");
+
+    let ceiling = interactions.ceiling.as_ref().expect("the fan-in ceiling");
+    assert_eq!(ceiling.publishes, sent, "{text}");
+    assert_eq!(ceiling.deliveries, sent, "{text}");
+    assert_eq!((ceiling.lost, ceiling.duplicates), (0, 0), "{text}");
+    assert!(
+        ceiling.confirmed_per_s > 0.0 && ceiling.deliveries_per_s > 0.0,
+        "{text}"
+    );
+    assert_eq!(ceiling.publishers, 2, "{text}");
+    let ratios = &interactions.ratios;
+    assert!(
+        ratios.requests_per_s.is_some()
+            && ratios.events_per_s.is_some()
+            && ratios.latency_p50.is_some()
+            && ratios.latency_p99.is_some(),
+        "{text}"
+    );
+
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    for path in [
+        "/interactions/requests_per_s",
+        "/interactions/events_per_s",
+        "/interactions/latency_ms/p50",
+        "/interactions/latency_ms/p90",
+        "/interactions/latency_ms/p99",
+        "/interactions/latency_ms/max",
+        "/interactions/check/lost",
+        "/interactions/check/duplicates",
+        "/interactions/check/unexpected",
+        "/interactions/ceiling/deliveries_per_s",
+        "/interactions/ratios/events_per_s",
+    ] {
+        assert!(
+            json.pointer(path).is_some_and(|v| !v.is_null()),
+            "{path} missing"
+        );
+    }
+    for line in [
+        "interactions ",
+        "  check     OK",
+        "  ours/ceiling requests/s",
+    ] {
         assert!(text.contains(line), "{line:?} missing in:\n{text}");
     }
 }
