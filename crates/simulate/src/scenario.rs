@@ -178,7 +178,14 @@ impl Default for Scenario {
 }
 
 /// The benchmark set, by name.
-pub const PRESETS: [&str; 5] = ["classroom", "celebrity", "many-to-many", "churn", "scale"];
+pub const PRESETS: [&str; 6] = [
+    "classroom",
+    "celebrity",
+    "many-to-many",
+    "churn",
+    "scale",
+    "viral",
+];
 
 impl Scenario {
     /// One of the benchmark scenarios ([`PRESETS`]).
@@ -237,6 +244,21 @@ impl Scenario {
                 spread: Spread::Zipf { exponent: 1.0 },
                 uploads: 100,
                 upload_window: 8,
+                ..base
+            },
+            // One video that every subscriber likes, a fifth comment on:
+            // 12,000 requests for one creator's inbox, sent as fast as the
+            // window lets them, from the same 16 connections.
+            "viral" => Scenario {
+                users: 10_000,
+                youtubers: 1,
+                subscriptions: 10_000,
+                uploads: 1,
+                like_share: 1.0,
+                comment_share: 0.2,
+                interaction_window: 512,
+                clients: 16,
+                drain_timeout: Duration::from_secs(120),
                 ..base
             },
             _ => return None,
@@ -714,14 +736,36 @@ mod tests {
     }
 
     #[test]
-    fn interactions_are_off_by_default() {
+    fn interactions_are_off_by_default_and_in_the_viral_preset() {
         assert!(!Scenario::default().has_interactions());
-        for name in PRESETS {
+        for name in PRESETS.iter().filter(|&&name| name != "viral") {
             assert!(
                 !Scenario::preset(name).unwrap().has_interactions(),
                 "{name}"
             );
         }
+        let viral = Scenario::preset("viral").unwrap();
+        assert_eq!(
+            (viral.users, viral.youtubers, viral.uploads),
+            (10_000, 1, 1)
+        );
+        assert_eq!((viral.like_share, viral.comment_share), (1.0, 0.2));
+        // Everyone received the one video: everyone likes it, a fifth comment.
+        let received: Vec<(u32, u32)> = (0..viral.users).map(|user| (user, 0)).collect();
+        let plan = viral.interactions(&received);
+        let likes = plan
+            .iter()
+            .filter(|i| i.kind == InteractionKind::Like)
+            .count();
+        let comments = plan.len() - likes;
+        assert_eq!(likes, 10_000);
+        assert!((1_800..2_200).contains(&comments), "{comments}");
+        // Shuffled: the burst mixes likes and comments from the start.
+        assert!(
+            plan[..100]
+                .iter()
+                .any(|i| i.kind == InteractionKind::Comment)
+        );
         // A file without the new fields keeps them off.
         let old = Scenario::from_json(r#"{"name":"old","users":7}"#).unwrap();
         assert!(!old.has_interactions());
