@@ -302,10 +302,13 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
     let mut closed = shared.closed.subscribe();
     loop {
         let lost = tokio::select! {
-            lost = watch_session(&shared, &session) => Some(lost),
+            // A close asked for at the same moment as the connection ends is
+            // the close: no warning of a loss.
+            biased;
             _ = closed.wait_for(|closed| *closed) => None,
+            lost = watch_session(&shared, &session) => Some(lost),
         };
-        let Some(lost) = lost else {
+        let Some(lost) = lost.filter(|_| !*closed.borrow()) else {
             let _ = session.connection.close(200, "bye".into()).await;
             return;
         };
