@@ -510,7 +510,7 @@ show_command youtuber watch mkbhd
 start_background mkbhd-feed label "$BIN/youtuber" watch mkbhd --plain
 WATCHER_PIDS+=("$STARTED_PID")
 MKBHD_FEED_PID=$STARTED_PID
-show_command user videos mkbhd
+show_command user videos mkbhd --as alice
 run alice "$BIN/user" videos mkbhd --as alice || fail "user videos mkbhd failed"
 # The id of "Studio tour": the first column of its line.
 STUDIO_TOUR=$(awk '/ Studio tour$/ { print $1 }' "$DEMO_DIR/alice.seen" | tail -n 1)
