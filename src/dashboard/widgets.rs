@@ -69,6 +69,16 @@ pub(crate) fn panel(title: Line<'_>, focused: bool) -> Block<'_> {
         .title(title)
 }
 
+/// A panel with nothing to list: a dim line of text saying why, wrapped.
+pub(crate) fn placeholder(frame: &mut Frame, area: Rect, block: Block<'_>, text: &str) {
+    frame.render_widget(
+        Paragraph::new(Line::from(text).style(Style::new().add_modifier(Modifier::DIM)))
+            .block(block)
+            .wrap(Wrap { trim: true }),
+        area,
+    );
+}
+
 /// The key hints at the bottom: `key` in bold, then what it does.
 pub(crate) fn hints(pairs: &[(&str, &str)]) -> Line<'static> {
     let mut spans = Vec::new();

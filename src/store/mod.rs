@@ -403,27 +403,13 @@ impl Store {
     /// queue or client can still deliver: older than the longest a request
     /// can wait in its queue and a client keeps sending it again.
     pub async fn prune_applied(&self, applied_before_ms: i64) -> Result<usize> {
-        let mut pruned = 0;
-        loop {
-            // One chunk per transaction, giving the connection back in
-            // between, so that batches of requests never wait behind a large
-            // prune for long.
-            let deleted = self
-                .with(move |connection| {
-                    connection
-                        .prepare_cached(
-                            "DELETE FROM applied_requests WHERE rowid IN (
-                                 SELECT rowid FROM applied_requests
-                                 WHERE applied_at_ms < ?1 LIMIT ?2)",
-                        )?
-                        .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
-                })
-                .await?;
-            pruned += deleted;
-            if deleted < PRUNE_CHUNK {
-                break;
-            }
-        }
+        let pruned = self
+            .delete_in_chunks(
+                "DELETE FROM applied_requests WHERE rowid IN (
+                     SELECT rowid FROM applied_requests WHERE applied_at_ms < ?1 LIMIT ?2)",
+                applied_before_ms,
+            )
+            .await?;
         // The creator events of then go with them: a replay of their
         // request would be applied again anyway. One never sent by then (its
         // creator's inbox could not be declared all that time) is given up.
@@ -442,20 +428,32 @@ impl Store {
                 "giving up creator events that could not be sent for a week"
             );
         }
+        self.delete_in_chunks(
+            "DELETE FROM creator_events WHERE rowid IN (
+                 SELECT rowid FROM creator_events WHERE created_at_ms < ?1 LIMIT ?2)",
+            applied_before_ms,
+        )
+        .await?;
+        Ok(pruned)
+    }
+
+    /// Runs `delete` (with `before` as ?1 and [`PRUNE_CHUNK`] as ?2) until it
+    /// deletes less than a chunk; returns how many rows went. One chunk per
+    /// transaction, giving the connection back in between, so that batches
+    /// of requests never wait behind a large prune for long.
+    async fn delete_in_chunks(&self, delete: &'static str, before: i64) -> Result<usize> {
+        let mut deleted = 0;
         loop {
-            let deleted = self
+            let chunk = self
                 .with(move |connection| {
                     connection
-                        .prepare_cached(
-                            "DELETE FROM creator_events WHERE rowid IN (
-                                 SELECT rowid FROM creator_events
-                                 WHERE created_at_ms < ?1 LIMIT ?2)",
-                        )?
-                        .execute(params![applied_before_ms, PRUNE_CHUNK as i64])
+                        .prepare_cached(delete)?
+                        .execute(params![before, PRUNE_CHUNK as i64])
                 })
                 .await?;
-            if deleted < PRUNE_CHUNK {
-                return Ok(pruned);
+            deleted += chunk;
+            if chunk < PRUNE_CHUNK {
+                return Ok(deleted);
             }
         }
     }

@@ -62,6 +62,14 @@ async fn wait_for_depth(channel: &Channel, queue: &str, messages: u32) {
     .await;
 }
 
+/// Uploads a video as `youtuber` and returns its id, as `user videos` lists it.
+async fn upload(client: &Client, youtuber: &str, title: &str) -> String {
+    publish_video(client, youtuber, title).await.unwrap();
+    user::videos(client, youtuber).await.unwrap().videos[0]
+        .id
+        .to_string()
+}
+
 /// Publishes raw bytes to a server queue, as a foreign client would.
 async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], properties: BasicProperties) {
     broker::publish_confirmed(channel, "", queue, true, body, properties)
@@ -1167,15 +1175,14 @@ async fn a_like_stored_but_not_sent_before_the_server_stopped_reaches_the_creato
     let vhost = TestVhost::new("creator-outbox");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    publish_video(&client, "bob", "Hello").await.unwrap();
-    let video = user::videos(&client, "bob").await.unwrap().videos[0].id;
+    let video = upload(&client, "bob", "Hello").await;
     server.stop().await;
     // The server's first step for a like, and no more: as if it crashed
     // between its commit and the send.
     let store = store::Store::open(&vhost.server_config().db_path).unwrap();
     let like = Request::React {
         user: "alice".into(),
-        video: video.to_string(),
+        video,
         reaction: Some(Reaction::Like),
     };
     store.apply(vec![(Uuid::new_v4(), like)]).await.unwrap();
@@ -1193,10 +1200,7 @@ async fn a_pile_of_junk_and_copies_in_a_creator_inbox_never_holds_up_the_real_ev
     let vhost = TestVhost::new("creator-junk");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    publish_video(&client, "bob", "Hello").await.unwrap();
-    let video = user::videos(&client, "bob").await.unwrap().videos[0]
-        .id
-        .to_string();
+    let video = upload(&client, "bob", "Hello").await;
     user::react(&client, "alice", &video, Some(Reaction::Like))
         .await
         .unwrap();
@@ -1246,10 +1250,7 @@ async fn a_full_creator_inbox_keeps_its_events_waiting_until_the_creator_reads()
     let vhost = TestVhost::new("creator-full");
     let server = vhost.start_server().await;
     let client = vhost.client("test").await;
-    publish_video(&client, "bob", "Hello").await.unwrap();
-    let video = user::videos(&client, "bob").await.unwrap().videos[0]
-        .id
-        .to_string();
+    let video = upload(&client, "bob", "Hello").await;
     // Fill bob's inbox to its 16 MB with junk, until the broker refuses more.
     let (_connection, channel) = raw_channel(&vhost).await;
     let inbox = topology::creator_inbox("bob");
@@ -1317,14 +1318,8 @@ async fn a_creator_inbox_squatted_by_another_client_blocks_no_like_and_is_served
         )
         .await
         .unwrap();
-    publish_video(&client, "bob", "Hello").await.unwrap();
-    publish_video(&client, "carol", "Other").await.unwrap();
-    let bobs = user::videos(&client, "bob").await.unwrap().videos[0]
-        .id
-        .to_string();
-    let carols = user::videos(&client, "carol").await.unwrap().videos[0]
-        .id
-        .to_string();
+    let bobs = upload(&client, "bob", "Hello").await;
+    let carols = upload(&client, "carol", "Other").await;
     // Likes of bob's video are stored and answered all the same; carol's
     // feed is served meanwhile.
     within(

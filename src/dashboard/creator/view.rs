@@ -123,12 +123,7 @@ impl CreatorDashboard {
         let block = widgets::panel(title, true);
         if self.activity.is_empty() {
             let text = "Nothing yet: likes, comments and subscribers appear here as they happen.";
-            frame.render_widget(
-                Paragraph::new(Line::from(text).dim())
-                    .block(block)
-                    .wrap(ratatui::widgets::Wrap { trim: true }),
-                area,
-            );
+            widgets::placeholder(frame, area, block, text);
             return;
         }
         let width = area.width.saturating_sub(2) as usize;

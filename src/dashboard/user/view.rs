@@ -123,12 +123,7 @@ impl UserDashboard {
             } else {
                 "Nothing matches the filter (Esc clears it)."
             };
-            frame.render_widget(
-                Paragraph::new(Line::from(text).dim())
-                    .block(block)
-                    .wrap(ratatui::widgets::Wrap { trim: true }),
-                area,
-            );
+            widgets::placeholder(frame, area, block, text);
             return;
         }
         let width = area.width.saturating_sub(2) as usize;
