@@ -161,9 +161,21 @@ pub enum Error {
     /// The server's database could not be opened.
     #[error("cannot open the database {path}: {reason}; choose another file")]
     StoreOpen { path: String, reason: String },
+    /// PostgreSQL cannot be reached, or refused the connection.
+    #[error(
+        "cannot use the PostgreSQL database {url} ({reason}); start PostgreSQL \
+         (`sudo apt-get install postgresql`, then `sudo pg_ctlcluster 15 main start`), create the \
+         database (`sudo -u postgres createdb ytnotify`), or check the URL's user and password"
+    )]
+    PostgresUnreachable { url: String, reason: String },
+    /// The PostgreSQL URL does not parse.
+    #[error(
+        "{url} is not a PostgreSQL URL ({reason}); write it as postgres://user:password@host:5432/database"
+    )]
+    BadPostgresUrl { url: String, reason: String },
     /// A database operation failed.
     #[error("database error: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(String),
     /// A part of the server stopped while others still relied on it.
     #[error("youtube_server stopped: {0}")]
     Stopped(String),
@@ -198,7 +210,9 @@ impl Error {
             Error::Tls { .. } => Some(Setting::BrokerUrl),
             Error::AccessRefused(_) | Error::ManagementRefused { .. } => Some(Setting::BrokerUrl),
             Error::Management { .. } => Some(Setting::ManagementUrl),
-            Error::StoreOpen { .. } => Some(Setting::Database),
+            Error::StoreOpen { .. }
+            | Error::PostgresUnreachable { .. }
+            | Error::BadPostgresUrl { .. } => Some(Setting::Database),
             Error::Terminal(_) => Some(Setting::PlainOutput),
             _ => None,
         }

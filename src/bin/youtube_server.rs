@@ -9,6 +9,7 @@ use ytnotify::{
     broker_url::BrokerUrl,
     cli::{self, BrokerArgs},
     server::{self, ServerConfig, YoutubeServer},
+    store::Database,
 };
 
 /// The YouTube server: stores users, subscriptions, YouTubers and videos, and
@@ -24,9 +25,11 @@ struct Cli {
     /// (see `youtube_server account`); without it, any client can act as anyone
     #[arg(long, env = "YT_SECURE", value_parser = clap::builder::BoolishValueParser::new())]
     secure: bool,
-    /// SQLite database file [default: one per vhost in the user's data directory]
-    #[arg(long, env = "YT_DB", value_name = "PATH")]
-    db: Option<PathBuf>,
+    /// Where the state lives: a SQLite file, or a PostgreSQL database
+    /// (postgres://user:password@host:5432/database), which several servers can share
+    /// [default: a SQLite file per vhost in the user's data directory]
+    #[arg(long, env = "YT_DB", value_name = "PATH|URL", value_parser = parse_database)]
+    db: Option<Database>,
     /// The most notifications a new user's inbox keeps while the user is away; past it the
     /// oldest is dropped and the user told at the next login (0: no bound). Existing inboxes
     /// keep the bound they were created with
@@ -95,6 +98,10 @@ fn log_file() -> PathBuf {
     return PathBuf::new();
 }
 
+fn parse_database(text: &str) -> Result<Database, std::convert::Infallible> {
+    Ok(Database::parse(text))
+}
+
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Account {
@@ -106,10 +113,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let shutdown = cli::shutdown_signal();
     let broker = cli.broker.endpoint();
-    let db_path = cli
+    let database = cli
         .db
-        .unwrap_or_else(|| server::default_db_path(&broker.url));
-    let mut config = ServerConfig::new(broker.clone(), db_path);
+        .unwrap_or_else(|| Database::Sqlite(server::default_db_path(&broker.url)));
+    let mut config = ServerConfig::new(broker.clone(), database);
     config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
     config.secure = cli.secure;
     if !cli.tui {

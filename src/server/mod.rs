@@ -89,8 +89,8 @@ pub const OPEN_MODE_WARNING: &str = "open mode: any client can act as any user o
 pub struct ServerConfig {
     /// The broker; its URL's vhost selects the ytnotify stack.
     pub broker: broker::Endpoint,
-    /// The SQLite database file.
-    pub db_path: PathBuf,
+    /// Where the state lives: a SQLite file, or a PostgreSQL database.
+    pub database: store::Database,
     /// How many unacknowledged requests RabbitMQ may push to each consumer.
     pub prefetch: u16,
     /// Print each event on stdout (`alice logged in`, …), as the exercise asks.
@@ -112,10 +112,10 @@ impl ServerConfig {
     }
 
     /// A configuration with the defaults for everything but the broker and database.
-    pub fn new(broker: broker::Endpoint, db_path: impl Into<PathBuf>) -> Self {
+    pub fn new(broker: broker::Endpoint, database: impl Into<store::Database>) -> Self {
         ServerConfig {
             broker,
-            db_path: db_path.into(),
+            database: database.into(),
             prefetch: MAX_BATCH as u16,
             print_events: true,
             inbox_bound: Some(store::DEFAULT_INBOX_BOUND),
@@ -252,13 +252,15 @@ impl YoutubeServer {
     /// sends them when it takes over, so that it never repeats what the
     /// active server has in flight.
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
-        let store = Store::open(&config.db_path)?.with_inbox_bound(config.inbox_bound);
+        let store = Store::connect(&config.database)
+            .await?
+            .with_inbox_bound(config.inbox_bound);
         let link = Link::connect(&config.broker, "youtube_server").await?;
         // The first line of the log, once there is something to run: a
         // server that cannot start says only why.
         tracing::info!(
             broker = %config.broker.redacted(),
-            database = %store.path().display(),
+            database = %store.database().shown(),
             inbox_bound = %config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
             "youtube_server starting in {} mode",
             config.mode(),

@@ -1,35 +1,35 @@
 //! Applying one request of a batch: its savepoint, its reply and effect, and
 //! the reads and writes of each kind of request.
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
 use super::{
     Applied, Decision, Effect, InboxSpec, Video,
+    db::{DbError, Row, Tx, args},
     interactions::{self, unsent_note},
 };
 use crate::protocol::{Reply, Request};
 
 /// Applies one request in its own savepoint of the batch's transaction, and
 /// refuses it if it fails on its own.
-pub(super) fn apply_isolated(
-    tx: &mut Transaction<'_>,
+pub(super) async fn apply_isolated(
+    tx: &mut Tx<'_>,
     request_id: Uuid,
     request: Request,
     now: i64,
     inbox_bound: Option<u32>,
-) -> rusqlite::Result<Decision> {
+) -> Result<Decision, DbError> {
     let is_query = request.is_query();
-    let mut savepoint = tx.savepoint()?;
-    let err = match apply_one(&savepoint, request_id, request, now, inbox_bound) {
+    tx.batch("SAVEPOINT request").await?;
+    let err = match apply_one(tx, request_id, request, now, inbox_bound).await {
         Ok(outcome) => {
-            savepoint.commit()?;
+            tx.batch("RELEASE SAVEPOINT request").await?;
             return Ok(outcome);
         }
-        Err(err) if is_request_error(&err) => err,
+        Err(err) if err.of_request => err,
         Err(err) => return Err(err),
     };
-    savepoint.rollback()?;
+    tx.batch("ROLLBACK TO SAVEPOINT request").await?;
     tracing::warn!(%request_id, %err, "refusing a request the database cannot store");
     let reply = Reply::Refused {
         reason: format!(
@@ -39,15 +39,15 @@ pub(super) fn apply_isolated(
     };
     // Recorded, so that a redelivery gets this answer at once instead of
     // failing the same way each time it comes back. A query is not recorded.
-    if !is_query && let Err(err) = record(&savepoint, request_id, &reply, None, now) {
-        if !is_request_error(&err) {
+    if !is_query && let Err(err) = record_refusal(tx, request_id, &reply, now).await {
+        if !err.of_request {
             return Err(err);
         }
         // A redelivery fails the same way and is refused again: the same answer.
-        savepoint.rollback()?;
+        tx.batch("ROLLBACK TO SAVEPOINT request").await?;
         tracing::warn!(%request_id, %err, "cannot record the refusal of a request");
     }
-    savepoint.commit()?;
+    tx.batch("RELEASE SAVEPOINT request").await?;
     Ok(Decision {
         reply: Applied::New(reply),
         effect: Effect::None,
@@ -55,47 +55,23 @@ pub(super) fn apply_isolated(
     })
 }
 
-/// Whether `err` belongs to the request being applied (its data, a
-/// constraint) rather than to the database as a whole: locks held by another
-/// writer, the disk, the file, memory. Those fail the batch, to be tried again
-/// when the database is back; refusing requests for them would lose requests
-/// that a retry would store.
-pub(super) fn is_request_error(err: &rusqlite::Error) -> bool {
-    use ErrorCode::*;
-    !matches!(
-        err.sqlite_error_code(),
-        Some(
-            DatabaseBusy
-                | DatabaseLocked
-                | FileLockingProtocolFailed
-                | SystemIoFailure
-                | DiskFull
-                | CannotOpen
-                | PermissionDenied
-                | ReadOnly
-                | DatabaseCorrupt
-                | NotADatabase
-                | OutOfMemory
-                | OperationInterrupted
-        )
-    )
-}
-
 /// Applies one request inside the batch's transaction.
-fn apply_one(
-    tx: &Connection,
+async fn apply_one(
+    tx: &mut Tx<'_>,
     request_id: Uuid,
     request: Request,
     now: i64,
     inbox_bound: Option<u32>,
-) -> rusqlite::Result<Decision> {
+) -> Result<Decision, DbError> {
     // A query changes nothing and is not recorded.
     let answer = match &request {
         Request::ListSubscriptions { user } => Some(Reply::Subscriptions {
-            youtubers: subscriptions_of(tx, user)?,
+            youtubers: subscriptions_of(tx, user).await?,
         }),
-        Request::ListVideos { youtuber, .. } => Some(interactions::videos_of(tx, youtuber, true)?),
-        Request::Stats { youtuber } => Some(interactions::videos_of(tx, youtuber, false)?),
+        Request::ListVideos { youtuber, .. } => {
+            Some(interactions::videos_of(tx, youtuber, true).await?)
+        }
+        Request::Stats { youtuber } => Some(interactions::videos_of(tx, youtuber, false).await?),
         _ => None,
     };
     if let Some(reply) = answer {
@@ -105,32 +81,34 @@ fn apply_one(
             tell: None,
         });
     }
-    let replayed = recorded(tx, request_id)?;
+    let replayed = recorded(tx, request_id).await?;
     if let Some((reply, video_id)) = replayed {
         // What the first attempt was to tell a creator, if it is not sent yet.
-        let tell = unsent_note(tx, request_id)?;
+        let tell = unsent_note(tx, request_id).await?;
         let effect = match request {
             // No user: the first attempt was refused, and left nothing to repair.
-            Request::Login { user, history } => match inbox_of(tx, &user)? {
+            Request::Login { user, history } => match inbox_of(tx, &user).await? {
                 Some(inbox) => Effect::Inbox {
-                    subscriptions: subscriptions_of(tx, &user)?,
+                    subscriptions: subscriptions_of(tx, &user).await?,
                     inbox,
                     history,
                 },
                 None => Effect::None,
             },
-            Request::ChangeSubscription { user, youtuber, .. } => match inbox_of(tx, &user)? {
-                Some(inbox) => Effect::Binding {
-                    subscribed: is_subscribed(tx, &user, &youtuber)?,
-                    user,
-                    youtuber,
-                    // The first attempt may have stopped before declaring the inbox.
-                    declare: Some(inbox),
-                },
-                None => Effect::None,
-            },
+            Request::ChangeSubscription { user, youtuber, .. } => {
+                match inbox_of(tx, &user).await? {
+                    Some(inbox) => Effect::Binding {
+                        subscribed: is_subscribed(tx, &user, &youtuber).await?,
+                        user,
+                        youtuber,
+                        // The first attempt may have stopped before declaring the inbox.
+                        declare: Some(inbox),
+                    },
+                    None => Effect::None,
+                }
+            }
             Request::Upload { .. } => match video_id {
-                Some(id) => Effect::Notify(video_by_id(tx, &id)?),
+                Some(id) => Effect::Notify(video_by_id(tx, &id).await?),
                 None => Effect::None,
             },
             Request::React { .. }
@@ -148,15 +126,15 @@ fn apply_one(
     let mut tell = None;
     let (reply, effect, video_id) = match request {
         Request::Login { user, history } => {
-            add_user(tx, &user, now, inbox_bound)?;
-            let (inbox, dropped) = user_inbox(tx, &user)?;
+            add_user(tx, &user, now, inbox_bound).await?;
+            let (inbox, dropped) = user_inbox(tx, &user).await?;
             let notice = (dropped > 0).then(|| dropped_notice(&inbox, dropped));
             if notice.is_some() {
-                tx.prepare_cached("UPDATE users SET dropped = 0 WHERE name = ?1")?
-                    .execute([&user])?;
+                tx.execute("UPDATE users SET dropped = 0 WHERE name = ?1", args![&user])
+                    .await?;
             }
             let effect = Effect::Inbox {
-                subscriptions: subscriptions_of(tx, &user)?,
+                subscriptions: subscriptions_of(tx, &user).await?,
                 inbox,
                 history,
             };
@@ -167,18 +145,19 @@ fn apply_one(
             youtuber,
             subscribe,
         } => {
-            let declare = if add_user(tx, &user, now, inbox_bound)? {
-                Some(user_inbox(tx, &user)?.0)
+            let declare = if add_user(tx, &user, now, inbox_bound).await? {
+                Some(user_inbox(tx, &user).await?.0)
             } else {
                 None
             };
             let (reply, changed) = if subscribe {
-                subscribe_in(tx, &user, &youtuber, now)?
+                subscribe_in(tx, &user, &youtuber, now).await?
             } else {
-                unsubscribe_in(tx, &user, &youtuber)?
+                unsubscribe_in(tx, &user, &youtuber).await?
             };
             if changed {
-                tell = interactions::subscriber(tx, request_id, &user, &youtuber, subscribe, now)?;
+                tell = interactions::subscriber(tx, request_id, &user, &youtuber, subscribe, now)
+                    .await?;
             }
             let effect = Effect::Binding {
                 // Whether refused or not, the user now follows exactly when
@@ -191,7 +170,7 @@ fn apply_one(
             (reply, effect, None)
         }
         Request::Upload { youtuber, video } => {
-            let video = upload_in(tx, youtuber, video, now)?;
+            let video = upload_in(tx, youtuber, video, now).await?;
             let id = video.id;
             (
                 Reply::Done { notice: None },
@@ -204,12 +183,14 @@ fn apply_one(
             video,
             reaction,
         } => {
-            let (reply, note) = interactions::react(tx, request_id, &user, &video, reaction, now)?;
+            let (reply, note) =
+                interactions::react(tx, request_id, &user, &video, reaction, now).await?;
             tell = note;
             (reply, Effect::None, None)
         }
         Request::Comment { user, video, text } => {
-            let (reply, note) = interactions::comment(tx, request_id, &user, &video, &text, now)?;
+            let (reply, note) =
+                interactions::comment(tx, request_id, &user, &video, &text, now).await?;
             tell = note;
             (reply, Effect::None, None)
         }
@@ -217,7 +198,7 @@ fn apply_one(
             unreachable!("answered above")
         }
     };
-    record(tx, request_id, &reply, video_id, now)?;
+    record(tx, request_id, &reply, video_id, now).await?;
     Ok(Decision {
         reply: Applied::New(reply),
         effect,
@@ -228,47 +209,62 @@ fn apply_one(
 /// Adds the user if new (returning `true`) with an inbox of `inbox_bound`,
 /// and records the time as their last login: a user who changes a
 /// subscription is online.
-fn add_user(
-    tx: &Connection,
+async fn add_user(
+    tx: &mut Tx<'_>,
     user: &str,
     now: i64,
     inbox_bound: Option<u32>,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, DbError> {
     let added = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO users (name, created_at_ms, last_login_ms, inbox_bound)
-             VALUES (?1, ?2, ?2, ?3)",
-        )?
-        .execute(params![user, now, inbox_bound])?
+        .execute(
+            "INSERT INTO users (name, created_at_ms, last_login_ms, inbox_bound)
+             VALUES (?1, ?2, ?2, ?3) ON CONFLICT DO NOTHING",
+            args![user, now, inbox_bound],
+        )
+        .await?
         == 1;
     if !added {
-        tx.prepare_cached("UPDATE users SET last_login_ms = ?2 WHERE name = ?1")?
-            .execute(params![user, now])?;
+        tx.execute(
+            "UPDATE users SET last_login_ms = ?2 WHERE name = ?1",
+            args![user, now],
+        )
+        .await?;
     }
     Ok(added)
 }
 
 /// The user's inbox as recorded, and how many notifications it dropped since
+/// the last login, if there is such a user.
+async fn recorded_inbox(tx: &mut Tx<'_>, user: &str) -> Result<Option<(InboxSpec, u64)>, DbError> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT inbox_bound, dropped FROM users WHERE name = ?1",
+            args![user],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let inbox = InboxSpec {
+        user: user.to_owned(),
+        bound: row.get(0)?,
+    };
+    let dropped: i64 = row.get(1)?;
+    // Never negative unless edited by hand: then nothing to report.
+    Ok(Some((inbox, u64::try_from(dropped).unwrap_or_default())))
+}
+
+/// The user's inbox as recorded, and how many notifications it dropped since
 /// the last login; an error if there is no such user.
-fn user_inbox(connection: &Connection, user: &str) -> rusqlite::Result<(InboxSpec, u64)> {
-    connection
-        .prepare_cached("SELECT inbox_bound, dropped FROM users WHERE name = ?1")?
-        .query_row([user], |row| {
-            let inbox = InboxSpec {
-                user: user.to_owned(),
-                bound: row.get(0)?,
-            };
-            let dropped: i64 = row.get(1)?;
-            // Never negative unless edited by hand: then nothing to report.
-            Ok((inbox, u64::try_from(dropped).unwrap_or_default()))
-        })
+async fn user_inbox(tx: &mut Tx<'_>, user: &str) -> Result<(InboxSpec, u64), DbError> {
+    recorded_inbox(tx, user)
+        .await?
+        .ok_or_else(|| DbError::data(format!("no user {user}")))
 }
 
 /// The user's inbox as recorded, if there is such a user.
-fn inbox_of(connection: &Connection, user: &str) -> rusqlite::Result<Option<InboxSpec>> {
-    Ok(user_inbox(connection, user)
-        .optional()?
-        .map(|(inbox, _)| inbox))
+async fn inbox_of(tx: &mut Tx<'_>, user: &str) -> Result<Option<InboxSpec>, DbError> {
+    Ok(recorded_inbox(tx, user).await?.map(|(inbox, _)| inbox))
 }
 
 /// The notice of a login after the broker dropped `dropped` notifications
@@ -288,23 +284,31 @@ pub(super) fn dropped_notice(inbox: &InboxSpec, dropped: u64) -> String {
     format!("{dropped} {notifications} for {user} {were} dropped while {user} was away: {why}")
 }
 
+/// Whether a YouTuber of that name has uploaded.
+pub(super) async fn youtuber_exists(tx: &mut Tx<'_>, youtuber: &str) -> Result<bool, DbError> {
+    tx.query_value(
+        "SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1)",
+        args![youtuber],
+    )
+    .await
+}
+
 /// Subscribes; the reply, and whether the user did not follow before.
-fn subscribe_in(
-    tx: &Connection,
+async fn subscribe_in(
+    tx: &mut Tx<'_>,
     user: &str,
     youtuber: &str,
     now: i64,
-) -> rusqlite::Result<(Reply, bool)> {
+) -> Result<(Reply, bool), DbError> {
     let added = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO subscriptions (user, youtuber, since_ms) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![user, youtuber, now])?
+        .execute(
+            r#"INSERT INTO subscriptions ("user", youtuber, since_ms) VALUES (?1, ?2, ?3)
+               ON CONFLICT DO NOTHING"#,
+            args![user, youtuber, now],
+        )
+        .await?
         == 1;
-    let known: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1)")?
-        .query_row([youtuber], |row| row.get(0))?;
-    let notice = (!known).then(|| {
+    let notice = (!youtuber_exists(tx, youtuber).await?).then(|| {
         format!(
             "{youtuber} has not uploaded any video yet; \
              {user} will be notified of the first one"
@@ -314,26 +318,36 @@ fn subscribe_in(
 }
 
 /// Unsubscribes; the reply, and whether the user followed before.
-fn unsubscribe_in(tx: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<(Reply, bool)> {
+async fn unsubscribe_in(
+    tx: &mut Tx<'_>,
+    user: &str,
+    youtuber: &str,
+) -> Result<(Reply, bool), DbError> {
     let removed = tx
-        .prepare_cached("DELETE FROM subscriptions WHERE user = ?1 AND youtuber = ?2")?
-        .execute(params![user, youtuber])?;
+        .execute(
+            r#"DELETE FROM subscriptions WHERE "user" = ?1 AND youtuber = ?2"#,
+            args![user, youtuber],
+        )
+        .await?;
     Ok(if removed == 1 {
         (Reply::Done { notice: None }, true)
     } else {
-        let reason = not_following(tx, user, youtuber)?;
+        let reason = not_following(tx, user, youtuber).await?;
         (Reply::Refused { reason }, false)
     })
 }
 
-fn upload_in(
-    tx: &Connection,
+async fn upload_in(
+    tx: &mut Tx<'_>,
     youtuber: String,
     title: String,
     now: i64,
-) -> rusqlite::Result<Video> {
-    tx.prepare_cached("INSERT OR IGNORE INTO youtubers (name, created_at_ms) VALUES (?1, ?2)")?
-        .execute(params![youtuber, now])?;
+) -> Result<Video, DbError> {
+    tx.execute(
+        "INSERT INTO youtubers (name, created_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        args![&youtuber, now],
+    )
+    .await?;
     let video = Video {
         id: Uuid::new_v4(),
         youtuber,
@@ -341,90 +355,96 @@ fn upload_in(
         uploaded_at_ms: now,
         notified: false,
     };
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO videos (id, youtuber, title, uploaded_at_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        video.id.to_string(),
-        video.youtuber,
-        video.title,
-        now
-    ])?;
+        args![video.id, &video.youtuber, &video.title, now],
+    )
+    .await?;
     Ok(video)
 }
 
-pub(super) fn is_subscribed(
-    connection: &Connection,
+pub(super) async fn is_subscribed(
+    tx: &mut Tx<'_>,
     user: &str,
     youtuber: &str,
-) -> rusqlite::Result<bool> {
-    connection
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE user = ?1 AND youtuber = ?2)",
-        )?
-        .query_row(params![user, youtuber], |row| row.get(0))
+) -> Result<bool, DbError> {
+    tx.query_value(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE "user" = ?1 AND youtuber = ?2)"#,
+        args![user, youtuber],
+    )
+    .await
 }
 
-fn record(
-    connection: &Connection,
+async fn record(
+    tx: &mut Tx<'_>,
     request_id: Uuid,
     reply: &Reply,
     video_id: Option<Uuid>,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     // Stored as it is sent, so that a replay decodes it like the client did.
+    let reply =
+        String::from_utf8(crate::protocol::encode(&reply.clone().fitted())).map_err(DbError::data)?;
+    tx.execute(
+        "INSERT INTO applied_requests (id, reply, video_id, applied_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        args![request_id, reply, video_id, now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the refusal of a request the database could not store. Its id
+/// may be recorded already, with a reply that no longer decodes: that stays,
+/// and is refused the same way at each redelivery.
+async fn record_refusal(
+    tx: &mut Tx<'_>,
+    request_id: Uuid,
+    reply: &Reply,
+    now: i64,
+) -> Result<(), DbError> {
     let reply = String::from_utf8(crate::protocol::encode(&reply.clone().fitted()))
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    connection
-        .prepare_cached(
-            "INSERT INTO applied_requests (id, reply, video_id, applied_at_ms) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            request_id.to_string(),
-            reply,
-            video_id.map(|id| id.to_string()),
-            now
-        ])?;
+        .map_err(DbError::data)?;
+    tx.execute(
+        "INSERT INTO applied_requests (id, reply, applied_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO NOTHING",
+        args![request_id, reply, now],
+    )
+    .await?;
     Ok(())
 }
 
 /// The reply recorded for a request applied before, and the video it stored.
-fn recorded(
-    connection: &Connection,
+async fn recorded(
+    tx: &mut Tx<'_>,
     request_id: Uuid,
-) -> rusqlite::Result<Option<(Reply, Option<String>)>> {
-    let stored: Option<(String, Option<String>)> = connection
-        .prepare_cached("SELECT reply, video_id FROM applied_requests WHERE id = ?1")?
-        .query_row([request_id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .optional()?;
-    stored
-        .map(|(text, video_id)| {
-            let reply = crate::protocol::decode_reply(text.as_bytes()).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?;
-            Ok((reply, video_id))
-        })
-        .transpose()
+) -> Result<Option<(Reply, Option<String>)>, DbError> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT reply, video_id FROM applied_requests WHERE id = ?1",
+            args![request_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let text: String = row.get(0)?;
+    let reply = crate::protocol::decode_reply(text.as_bytes()).map_err(DbError::data)?;
+    Ok(Some((reply, row.get(1)?)))
 }
 
-pub(super) fn subscriptions_of(
-    connection: &Connection,
-    user: &str,
-) -> rusqlite::Result<Vec<String>> {
-    let mut statement = connection
-        .prepare_cached("SELECT youtuber FROM subscriptions WHERE user = ?1 ORDER BY youtuber")?;
-    let youtubers = statement.query_map([user], |row| row.get(0))?;
-    youtubers.collect()
+pub(super) async fn subscriptions_of(tx: &mut Tx<'_>, user: &str) -> Result<Vec<String>, DbError> {
+    tx.query(
+        r#"SELECT youtuber FROM subscriptions WHERE "user" = ?1 ORDER BY youtuber"#,
+        args![user],
+    )
+    .await?
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
 }
 
-fn not_following(connection: &Connection, user: &str, youtuber: &str) -> rusqlite::Result<String> {
-    let follows = subscriptions_of(connection, user)?;
+async fn not_following(tx: &mut Tx<'_>, user: &str, youtuber: &str) -> Result<String, DbError> {
+    let follows = subscriptions_of(tx, user).await?;
     Ok(if follows.is_empty() {
         format!("{user} is not subscribed to {youtuber} (and follows nobody)")
     } else {
@@ -435,21 +455,20 @@ fn not_following(connection: &Connection, user: &str, youtuber: &str) -> rusqlit
     })
 }
 
-fn video_by_id(connection: &Connection, id: &str) -> rusqlite::Result<Video> {
-    connection.query_row(
-        "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos WHERE id = ?1",
-        [id],
-        video_from_row,
-    )
+async fn video_by_id(tx: &mut Tx<'_>, id: &str) -> Result<Video, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos WHERE id = ?1",
+            args![id],
+        )
+        .await?
+        .ok_or_else(|| DbError::data(format!("no video {id}")))?;
+    video_from_row(&row)
 }
 
-pub(super) fn video_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Video> {
-    let id: String = row.get(0)?;
-    let id = Uuid::parse_str(&id).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
+pub(super) fn video_from_row(row: &Row) -> Result<Video, DbError> {
     Ok(Video {
-        id,
+        id: row.get(0)?,
         youtuber: row.get(1)?,
         title: row.get(2)?,
         uploaded_at_ms: row.get(3)?,

@@ -1,9 +1,10 @@
 //! The server's durable state: users, YouTubers, subscriptions, videos, and the
-//! ids of requests already applied. SQLite (WAL, `synchronous=FULL`): a call
-//! that returns `Ok` has reached the disk.
+//! ids of requests already applied, in SQLite (WAL, `synchronous=FULL`) or in
+//! PostgreSQL: a call that returns `Ok` has been committed to the disk.
 //!
-//! Everything the server persists goes through this module, so another
-//! backend (PostgreSQL, for several server processes) replaces this module only.
+//! Everything the server persists goes through this module. The logic is
+//! written once, over the small interface of `db` that both databases
+//! implement; `schema` says the tables in each one's words.
 //!
 //! Idempotency: each state-changing request is applied in a transaction that
 //! also records its id and its reply. A redelivered request finds its id and
@@ -16,16 +17,16 @@
 //! instead of failing, again and again, every batch it is in.
 
 mod apply;
+pub(crate) mod db;
 mod interactions;
 mod schema;
 
 use std::{
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::Connection;
 use uuid::Uuid;
 
 use crate::{
@@ -34,7 +35,9 @@ use crate::{
 };
 
 use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
-use schema::create_or_migrate;
+pub use db::Database;
+use db::{Db, DbError, Mode, Tx, args};
+use schema::{create_in_postgres, create_or_migrate};
 
 /// The bound given to new users' inboxes unless [`Store::with_inbox_bound`] says otherwise.
 pub const DEFAULT_INBOX_BOUND: u32 = 10_000;
@@ -167,16 +170,17 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The server's database. Cheap to clone; all clones share one connection.
+/// The server's database. Cheap to clone; clones share the connection (or,
+/// for PostgreSQL, the pool of connections).
 #[derive(Clone)]
 pub struct Store {
-    connection: Arc<Mutex<Connection>>,
-    path: PathBuf,
+    db: Db,
+    database: Database,
     inbox_bound: Option<u32>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, and its directory.
+    /// Opens (creating if needed) the SQLite database at `path`, and its directory.
     pub fn open(path: &Path) -> Result<Store> {
         let open_error = |reason: String| Error::StoreOpen {
             path: path.display().to_string(),
@@ -196,8 +200,35 @@ impl Store {
             .and_then(|()| create_or_migrate(&mut connection))
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Store {
-            connection: Arc::new(Mutex::new(connection)),
-            path: path.to_owned(),
+            db: Db::sqlite(connection),
+            database: Database::Sqlite(path.to_owned()),
+            inbox_bound: Some(DEFAULT_INBOX_BOUND),
+        })
+    }
+
+    /// Opens `database`: a SQLite file as [`Store::open`] does, or a
+    /// PostgreSQL database, whose tables are made if missing.
+    pub async fn connect(database: &Database) -> Result<Store> {
+        let url = match database {
+            Database::Sqlite(path) => return Store::open(path),
+            Database::Postgres(url) => url,
+        };
+        let unreachable = |reason: String| Error::PostgresUnreachable {
+            url: database.shown(),
+            reason,
+        };
+        let db = Db::postgres(url).map_err(|reason| Error::BadPostgresUrl {
+            url: database.shown(),
+            reason,
+        })?;
+        db.transact(Mode::Write, async |tx: &mut Tx<'_>| {
+            create_in_postgres(tx).await
+        })
+        .await
+        .map_err(|err| unreachable(err.message))?;
+        Ok(Store {
+            db,
+            database: database.clone(),
             inbox_bound: Some(DEFAULT_INBOX_BOUND),
         })
     }
@@ -210,31 +241,27 @@ impl Store {
         self
     }
 
-    /// Where the database lives.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state lives.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
-    /// Runs `work` on the connection in a blocking thread.
-    async fn with<T, F>(&self, work: F) -> Result<T>
+    /// Runs `work` in one transaction that only reads.
+    async fn read<T, W>(&self, work: W) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        W: AsyncFnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
     {
-        let connection = Arc::clone(&self.connection);
-        let outcome = tokio::task::spawn_blocking(move || {
-            // A panic inside `work` cannot leave a half-applied transaction
-            // (it rolls back on drop), so a poisoned lock is safe to reuse.
-            let mut connection = connection
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut connection)
-        })
-        .await;
-        match outcome {
-            Ok(result) => Ok(result?),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
+        Ok(self.db.transact(Mode::Read, work).await?)
+    }
+
+    /// Runs `work` in one transaction that writes.
+    async fn write<T, W>(&self, work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: AsyncFnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
+    {
+        Ok(self.db.transact(Mode::Write, work).await?)
     }
 
     /// Applies `requests` in order, in one transaction, and returns what each
@@ -243,18 +270,16 @@ impl Store {
     /// A request that fails on its own (data that no longer decodes, a
     /// constraint) is undone alone and refused, and the refusal recorded under
     /// its id like any reply; the others are stored. An error of the database
-    /// as a whole (busy, disk full, I/O) stores none of the batch: try the
-    /// batch again later.
+    /// as a whole (unreachable, busy, disk full, I/O, a conflict with another
+    /// server) stores none of the batch: try the batch again later.
     pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Decision>> {
         let inbox_bound = self.inbox_bound;
-        self.with(move |connection| {
-            let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(async move |tx: &mut Tx<'_>| {
             let now = now_ms();
-            let outcomes = requests
-                .into_iter()
-                .map(|(id, request)| apply_isolated(&mut tx, id, request, now, inbox_bound))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            tx.commit()?;
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for (id, request) in requests {
+                outcomes.push(apply_isolated(tx, id, request, now, inbox_bound).await?);
+            }
             Ok(outcomes)
         })
         .await
@@ -338,15 +363,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        self.with(move |connection| {
-            let tx = connection.transaction()?;
-            {
-                let mut statement = tx.prepare_cached(update)?;
-                for id in ids {
-                    statement.execute([id.to_string()])?;
-                }
+        self.write(async move |tx: &mut Tx<'_>| {
+            for id in ids {
+                tx.execute(update, args![id]).await?;
             }
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -355,8 +376,10 @@ impl Store {
     /// `before_ms`: what a crash, a refused message or a creator inbox that
     /// could not be declared left behind.
     pub async fn creators_with_unsent(&self, before_ms: i64) -> Result<Vec<String>> {
-        self.with(move |connection| interactions::creators_with_unsent(connection, before_ms))
-            .await
+        self.read(async move |tx: &mut Tx<'_>| {
+            interactions::creators_with_unsent(tx, before_ms).await
+        })
+        .await
     }
 
     /// `youtuber`'s events not sent yet that were stored before `before_ms`,
@@ -368,8 +391,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CreatorNote>> {
         let youtuber = youtuber.to_owned();
-        self.with(move |connection| {
-            interactions::unsent_notes(connection, &youtuber, before_ms, limit)
+        self.read(async move |tx: &mut Tx<'_>| {
+            interactions::unsent_notes(tx, &youtuber, before_ms, limit).await
         })
         .await
     }
@@ -377,19 +400,20 @@ impl Store {
     /// Adds notifications the broker dropped from full inboxes to each user's
     /// count, reported at the user's next login. Unknown users are ignored.
     pub async fn record_dropped(&self, counts: Vec<(String, u64)>) -> Result<()> {
-        self.with(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                // Saturating: past i64::MAX, SQLite would turn the sum into a float.
-                let mut statement = tx.prepare_cached(
-                    "UPDATE users SET dropped = dropped + MIN(?2, 9223372036854775807 - dropped)
+        self.write(async move |tx: &mut Tx<'_>| {
+            for (user, count) in counts {
+                // Saturating: past i64::MAX, SQLite would turn the sum into a
+                // float and PostgreSQL fail.
+                tx.execute(
+                    "UPDATE users SET dropped = CASE
+                         WHEN ?2 > 9223372036854775807 - dropped THEN 9223372036854775807
+                         ELSE dropped + ?2 END
                      WHERE name = ?1",
-                )?;
-                for (user, count) in counts {
-                    statement.execute(params![user, i64::try_from(count).unwrap_or(i64::MAX)])?;
-                }
+                    args![user, i64::try_from(count).unwrap_or(i64::MAX)],
+                )
+                .await?;
             }
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -413,13 +437,13 @@ impl Store {
         // The creator events of then go with them: a replay of their
         // request would be applied again anyway. One never sent by then (its
         // creator's inbox could not be declared all that time) is given up.
-        let given_up = self
-            .with(move |connection| {
-                connection
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM creator_events WHERE sent = 0 AND created_at_ms < ?1",
-                    )?
-                    .query_row([applied_before_ms], |row| row.get::<_, i64>(0))
+        let given_up: i64 = self
+            .read(async move |tx: &mut Tx<'_>| {
+                tx.query_value(
+                    "SELECT COUNT(*) FROM creator_events WHERE sent = 0 AND created_at_ms < ?1",
+                    args![applied_before_ms],
+                )
+                .await
             })
             .await?;
         if given_up > 0 {
@@ -445,12 +469,11 @@ impl Store {
         let mut deleted = 0;
         loop {
             let chunk = self
-                .with(move |connection| {
-                    connection
-                        .prepare_cached(delete)?
-                        .execute(params![before, PRUNE_CHUNK as i64])
+                .write(async move |tx: &mut Tx<'_>| {
+                    tx.execute(delete, args![before, PRUNE_CHUNK]).await
                 })
                 .await?;
+            let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
             deleted += chunk;
             if chunk < PRUNE_CHUNK {
                 return Ok(deleted);
@@ -461,26 +484,28 @@ impl Store {
     /// How many applied requests are remembered (what [`Store::prune_applied`]
     /// keeps in check).
     pub async fn applied_count(&self) -> Result<u64> {
-        self.with(|connection| {
-            let count: i64 =
-                connection.query_row("SELECT COUNT(*) FROM applied_requests", [], |row| {
-                    row.get(0)
-                })?;
-            Ok(u64::try_from(count).unwrap_or_default())
-        })
-        .await
+        let count: i64 = self
+            .read(async |tx: &mut Tx<'_>| {
+                tx.query_value("SELECT COUNT(*) FROM applied_requests", &[])
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// Videos whose notification the broker has not confirmed yet, oldest first:
     /// what a crash between storing and notifying left behind.
     pub async fn videos_to_notify(&self) -> Result<Vec<Video>> {
-        self.with(|connection| {
-            let mut statement = connection.prepare(
+        self.read(async |tx: &mut Tx<'_>| {
+            tx.query(
                 "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
-                 WHERE notified = 0 ORDER BY uploaded_at_ms",
-            )?;
-            let videos = statement.query_map([], video_from_row)?;
-            videos.collect()
+                 WHERE notified = 0 ORDER BY uploaded_at_ms, rowid",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(video_from_row)
+            .collect()
         })
         .await
     }
@@ -490,27 +515,27 @@ impl Store {
     /// has moved them to [`BROKER_LAYOUT`] and said so with
     /// [`Store::set_broker_layout`].
     pub async fn broker_layout(&self) -> Result<u32> {
-        self.with(|connection| {
-            connection
-                .query_row(
-                    "SELECT value FROM settings WHERE key = 'broker_layout'",
-                    [],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map(|layout| layout.unwrap_or(1))
+        self.read(async |tx: &mut Tx<'_>| {
+            match tx
+                .query_opt("SELECT value FROM settings WHERE key = 'broker_layout'", &[])
+                .await?
+            {
+                Some(row) => row.get(0),
+                None => Ok(1),
+            }
         })
         .await
     }
 
     /// Records that the subscriptions are bound in `layout`.
     pub async fn set_broker_layout(&self, layout: u32) -> Result<()> {
-        self.with(move |connection| {
-            connection.execute(
+        self.write(async move |tx: &mut Tx<'_>| {
+            tx.execute(
                 "INSERT INTO settings (key, value) VALUES ('broker_layout', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [layout],
-            )?;
+                args![layout],
+            )
+            .await?;
             Ok(())
         })
         .await
@@ -519,24 +544,24 @@ impl Store {
     /// Every user's inbox and subscriptions, in name order: what the broker
     /// must hold for the database.
     pub async fn every_inbox(&self) -> Result<Vec<(InboxSpec, Vec<String>)>> {
-        self.with(|connection| {
-            let mut statement =
-                connection.prepare("SELECT name, inbox_bound FROM users ORDER BY name")?;
-            let inboxes = statement
-                .query_map([], |row| {
+        self.read(async |tx: &mut Tx<'_>| {
+            let inboxes = tx
+                .query("SELECT name, inbox_bound FROM users ORDER BY name", &[])
+                .await?
+                .iter()
+                .map(|row| {
                     Ok(InboxSpec {
                         user: row.get(0)?,
                         bound: row.get(1)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            inboxes
-                .into_iter()
-                .map(|inbox| {
-                    let subscriptions = subscriptions_of(connection, &inbox.user)?;
-                    Ok((inbox, subscriptions))
                 })
-                .collect()
+                .collect::<Result<Vec<_>, DbError>>()?;
+            let mut every = Vec::with_capacity(inboxes.len());
+            for inbox in inboxes {
+                let subscriptions = subscriptions_of(tx, &inbox.user).await?;
+                every.push((inbox, subscriptions));
+            }
+            Ok(every)
         })
         .await
     }
@@ -544,47 +569,53 @@ impl Store {
     /// The YouTubers `user` follows, in name order.
     pub async fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
         let user = user.to_owned();
-        self.with(move |connection| subscriptions_of(connection, &user))
+        self.read(async move |tx: &mut Tx<'_>| subscriptions_of(tx, &user).await)
             .await
     }
 
     /// Whether `user` follows `youtuber`.
     pub async fn is_subscribed(&self, user: &str, youtuber: &str) -> Result<bool> {
         let (user, youtuber) = (user.to_owned(), youtuber.to_owned());
-        self.with(move |connection| is_subscribed(connection, &user, &youtuber))
+        self.read(async move |tx: &mut Tx<'_>| is_subscribed(tx, &user, &youtuber).await)
             .await
     }
 
     /// The videos of a YouTuber, oldest first.
     pub async fn videos_of(&self, youtuber: &str) -> Result<Vec<Video>> {
         let youtuber = youtuber.to_owned();
-        self.with(move |connection| {
-            let mut statement = connection.prepare(
+        self.read(async move |tx: &mut Tx<'_>| {
+            tx.query(
                 "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
                  WHERE youtuber = ?1 ORDER BY uploaded_at_ms, rowid",
-            )?;
-            let videos = statement.query_map([youtuber], video_from_row)?;
-            videos.collect()
+                args![youtuber],
+            )
+            .await?
+            .iter()
+            .map(video_from_row)
+            .collect()
         })
         .await
     }
 
     /// Every user with how many YouTubers they follow, in name order.
     pub async fn users_overview(&self) -> Result<Vec<UserOverview>> {
-        self.with(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT u.name, u.last_login_ms, COUNT(s.youtuber) FROM users u
-                 LEFT JOIN subscriptions s ON s.user = u.name
-                 GROUP BY u.name ORDER BY u.name",
-            )?;
-            let rows = statement.query_map([], |row| {
+        self.read(async |tx: &mut Tx<'_>| {
+            tx.query(
+                r#"SELECT u.name, u.last_login_ms, COUNT(s.youtuber) FROM users u
+                   LEFT JOIN subscriptions s ON s."user" = u.name
+                   GROUP BY u.name ORDER BY u.name"#,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| {
                 Ok(UserOverview {
                     name: row.get(0)?,
                     last_login_ms: row.get(1)?,
                     subscriptions: row.get(2)?,
                 })
-            })?;
-            rows.collect()
+            })
+            .collect()
         })
         .await
     }
@@ -592,8 +623,8 @@ impl Store {
     /// Every YouTuber (anyone who uploaded or has subscribers) with their
     /// subscriber count, video count and latest video, in name order.
     pub async fn youtubers_overview(&self) -> Result<Vec<YoutuberOverview>> {
-        self.with(|connection| {
-            let mut statement = connection.prepare(
+        self.read(async |tx: &mut Tx<'_>| {
+            tx.query(
                 "WITH names AS (SELECT name FROM youtubers UNION SELECT youtuber FROM subscriptions)
                  SELECT n.name,
                         (SELECT COUNT(*) FROM subscriptions s WHERE s.youtuber = n.name),
@@ -601,16 +632,19 @@ impl Store {
                         (SELECT title FROM videos v WHERE v.youtuber = n.name
                          ORDER BY uploaded_at_ms DESC, rowid DESC LIMIT 1)
                  FROM names n ORDER BY n.name",
-            )?;
-            let rows = statement.query_map([], |row| {
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| {
                 Ok(YoutuberOverview {
                     name: row.get(0)?,
                     subscribers: row.get(1)?,
                     videos: row.get(2)?,
                     latest_video: row.get(3)?,
                 })
-            })?;
-            rows.collect()
+            })
+            .collect()
         })
         .await
     }
@@ -618,12 +652,12 @@ impl Store {
     /// Whether a user of that name exists.
     pub async fn user_exists(&self, user: &str) -> Result<bool> {
         let user = user.to_owned();
-        self.with(move |connection| {
-            connection.query_row(
+        self.read(async move |tx: &mut Tx<'_>| {
+            tx.query_value(
                 "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
-                [user],
-                |row| row.get(0),
+                args![user],
             )
+            .await
         })
         .await
     }

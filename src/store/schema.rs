@@ -1,6 +1,14 @@
-//! The SQLite schema, and the migration of databases created by older versions.
+//! The schema, in SQLite and in PostgreSQL, and the migration of SQLite
+//! databases created by older versions.
+//!
+//! The two say the same in each database's words. PostgreSQL's adds what
+//! SQLite has without asking: a `rowid` (the order rows were stored in, for
+//! the statements that break ties with it), and bytewise text order
+//! (`COLLATE "C"`), so that names sort, and ids compare, the same in both.
 
 use rusqlite::{Connection, TransactionBehavior};
+
+use super::db::{DbError, Tx};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -130,4 +138,91 @@ pub(super) fn create_or_migrate(connection: &mut Connection) -> rusqlite::Result
     }
     tx.execute_batch(SCHEMA)?;
     tx.commit()
+}
+
+const POSTGRES_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT COLLATE "C" PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL,
+    last_login_ms BIGINT,
+    inbox_bound   BIGINT,
+    dropped       BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS youtubers (
+    name          TEXT COLLATE "C" PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    "user"   TEXT COLLATE "C" NOT NULL REFERENCES users(name),
+    youtuber TEXT COLLATE "C" NOT NULL,
+    since_ms BIGINT NOT NULL,
+    PRIMARY KEY ("user", youtuber)
+);
+CREATE TABLE IF NOT EXISTS videos (
+    rowid          BIGINT GENERATED ALWAYS AS IDENTITY,
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    youtuber       TEXT COLLATE "C" NOT NULL REFERENCES youtubers(name),
+    title          TEXT NOT NULL,
+    uploaded_at_ms BIGINT NOT NULL,
+    notified       BIGINT NOT NULL DEFAULT 0,
+    likes          BIGINT NOT NULL DEFAULT 0,
+    dislikes       BIGINT NOT NULL DEFAULT 0,
+    comments       BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);
+CREATE INDEX IF NOT EXISTS videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+CREATE INDEX IF NOT EXISTS videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
+CREATE TABLE IF NOT EXISTS applied_requests (
+    rowid         BIGINT GENERATED ALWAYS AS IDENTITY,
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    reply         TEXT NOT NULL,
+    video_id      TEXT COLLATE "C",
+    applied_at_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applied_requests_by_time ON applied_requests(applied_at_ms);
+CREATE TABLE IF NOT EXISTS reactions (
+    video_id TEXT COLLATE "C" NOT NULL REFERENCES videos(id),
+    "user"   TEXT COLLATE "C" NOT NULL,
+    reaction TEXT NOT NULL CHECK (reaction IN ('like', 'dislike')),
+    at_ms    BIGINT NOT NULL,
+    PRIMARY KEY (video_id, "user")
+);
+CREATE TABLE IF NOT EXISTS reactions_told (
+    video_id TEXT COLLATE "C" NOT NULL,
+    "user"   TEXT COLLATE "C" NOT NULL,
+    reaction TEXT NOT NULL,
+    PRIMARY KEY (video_id, "user", reaction)
+);
+CREATE TABLE IF NOT EXISTS comments (
+    id       TEXT COLLATE "C" PRIMARY KEY,
+    video_id TEXT COLLATE "C" NOT NULL REFERENCES videos(id),
+    "user"   TEXT COLLATE "C" NOT NULL,
+    text     TEXT NOT NULL,
+    at_ms    BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS comments_by_video ON comments(video_id, at_ms);
+CREATE TABLE IF NOT EXISTS creator_events (
+    rowid         BIGINT GENERATED ALWAYS AS IDENTITY,
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    youtuber      TEXT COLLATE "C" NOT NULL,
+    body          TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    sent          BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS creator_events_unsent ON creator_events(youtuber, created_at_ms) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS creator_events_by_time ON creator_events(created_at_ms);
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT COLLATE "C" PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+"#;
+
+/// Creates PostgreSQL's tables if they are missing. Several servers may
+/// start at once on one database: a lock taken for the transaction lets one
+/// create them while the others wait, then find them there.
+pub(super) async fn create_in_postgres(tx: &mut Tx<'_>) -> Result<(), DbError> {
+    // Any number, as long as it is always the same one: "ytnotify" in ASCII.
+    tx.batch("SELECT pg_advisory_xact_lock(8751113753010185337)")
+        .await?;
+    tx.batch(POSTGRES_SCHEMA).await
 }

@@ -1,16 +1,71 @@
-use super::apply::{dropped_notice, is_request_error};
+//! The store's tests. Those that do not depend on SQLite's file run twice,
+//! on SQLite and on PostgreSQL ([`on_both`]), each on a database of its own.
+
+use super::apply::dropped_notice;
+use super::db::{postgres_error_is_the_requests, sqlite_error_is_the_requests};
 use super::*;
 use crate::protocol::{CreatorEvent, Reaction};
 
-fn temp_store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("nested/dir/test.db")).unwrap();
-    (store, dir)
+/// Runs each named test (an `async fn(Store)`) on a new SQLite file and on a
+/// new PostgreSQL database.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::Store::open(&dir.path().join("nested/dir/test.db")).unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = ytnotify_testkit::postgres::TestDatabase::create().await;
+                    let store = super::Store::connect(&super::Database::parse(&db.url))
+                        .await
+                        .unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test]
-async fn a_replayed_request_changes_nothing_and_gets_the_same_reply() {
-    let (store, _dir) = temp_store();
+on_both!(
+    a_replayed_request_changes_nothing_and_gets_the_same_reply,
+    unsubscribing_from_someone_not_followed_is_refused_with_the_list,
+    subscribing_to_a_youtuber_without_videos_carries_a_notice,
+    uploads_are_an_outbox_until_marked_notified,
+    state_survives_reopening,
+    overviews_count_subscriptions_videos_and_the_latest,
+    effects_carry_the_bound_recorded_for_the_user_not_the_current_one,
+    dropped_notifications_are_reported_once_at_the_next_login,
+    pruning_forgets_only_old_requests_which_then_apply_again,
+    a_large_prune_runs_in_chunks_to_the_end,
+    a_request_whose_recorded_reply_is_corrupt_is_refused_alone,
+    a_refused_request_is_undone_and_its_refusal_recorded,
+    a_login_that_asks_for_the_history_says_so_even_when_replayed,
+    a_database_records_its_broker_layout_and_lists_every_inbox,
+    likes_change_once_and_tell_the_creator_of_each_change,
+    a_video_is_named_by_an_unambiguous_start_of_its_id,
+    videos_are_listed_newest_first_with_their_counts,
+    a_creator_hears_of_subscribers_from_its_first_upload_on,
+);
+
+/// The same database, opened again: a restarted server.
+async fn reopen(store: &Store) -> Store {
+    Store::connect(store.database()).await.unwrap()
+}
+
+fn is_postgres(store: &Store) -> bool {
+    matches!(store.database(), Database::Postgres(_))
+}
+
+async fn a_replayed_request_changes_nothing_and_gets_the_same_reply(store: Store) {
     let id = Uuid::new_v4();
     let first = store
         .change_subscription(id, "alice", "bob", true)
@@ -30,9 +85,7 @@ async fn a_replayed_request_changes_nothing_and_gets_the_same_reply() {
     assert!(!store.is_subscribed("alice", "bob").await.unwrap());
 }
 
-#[tokio::test]
-async fn unsubscribing_from_someone_not_followed_is_refused_with_the_list() {
-    let (store, _dir) = temp_store();
+async fn unsubscribing_from_someone_not_followed_is_refused_with_the_list(store: Store) {
     store
         .change_subscription(Uuid::new_v4(), "alice", "bob", true)
         .await
@@ -50,9 +103,7 @@ async fn unsubscribing_from_someone_not_followed_is_refused_with_the_list() {
     );
 }
 
-#[tokio::test]
-async fn subscribing_to_a_youtuber_without_videos_carries_a_notice() {
-    let (store, _dir) = temp_store();
+async fn subscribing_to_a_youtuber_without_videos_carries_a_notice(store: Store) {
     let reply = store
         .change_subscription(Uuid::new_v4(), "alice", "bob", true)
         .await
@@ -70,9 +121,7 @@ async fn subscribing_to_a_youtuber_without_videos_carries_a_notice() {
     assert_eq!(reply, Reply::Done { notice: None });
 }
 
-#[tokio::test]
-async fn uploads_are_an_outbox_until_marked_notified() {
-    let (store, _dir) = temp_store();
+async fn uploads_are_an_outbox_until_marked_notified(store: Store) {
     let request = Uuid::new_v4();
     let video = store
         .upload(request, "bob", "Hello")
@@ -88,26 +137,18 @@ async fn uploads_are_an_outbox_until_marked_notified() {
     assert!(store.videos_to_notify().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn state_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
-    {
-        let store = Store::open(&path).unwrap();
-        store.login(Uuid::new_v4(), "alice").await.unwrap();
-        store
-            .change_subscription(Uuid::new_v4(), "alice", "bob", true)
-            .await
-            .unwrap();
-    }
-    let store = Store::open(&path).unwrap();
+async fn state_survives_reopening(store: Store) {
+    store.login(Uuid::new_v4(), "alice").await.unwrap();
+    store
+        .change_subscription(Uuid::new_v4(), "alice", "bob", true)
+        .await
+        .unwrap();
+    let store = reopen(&store).await;
     assert!(store.user_exists("alice").await.unwrap());
     assert_eq!(store.subscriptions("alice").await.unwrap(), vec!["bob"]);
 }
 
-#[tokio::test]
-async fn overviews_count_subscriptions_videos_and_the_latest() {
-    let (store, _dir) = temp_store();
+async fn overviews_count_subscriptions_videos_and_the_latest(store: Store) {
     store
         .change_subscription(Uuid::new_v4(), "alice", "bob", true)
         .await
@@ -201,9 +242,26 @@ const SCHEMA_BEFORE_BOUNDS: &str = "
     );
 ";
 
-/// Runs SQL on the store's connection, as an operator (or a fault) would.
-fn execute(store: &Store, sql: &str) {
-    store.connection.lock().unwrap().execute_batch(sql).unwrap();
+/// Runs SQL on the store's database, as an operator (or a fault) would.
+async fn execute(store: &Store, sql: &str) {
+    let sql = sql.to_owned();
+    store
+        .db
+        .transact(Mode::Write, async move |tx: &mut Tx<'_>| tx.batch(&sql).await)
+        .await
+        .unwrap();
+}
+
+/// The first column of a query's first row.
+async fn query_value<T: db::FromValue + Send + 'static>(store: &Store, sql: &str) -> T {
+    let sql = sql.to_owned();
+    store
+        .db
+        .transact(Mode::Read, async move |tx: &mut Tx<'_>| {
+            tx.query_value(&sql, &[]).await
+        })
+        .await
+        .unwrap()
 }
 
 fn login(user: &str) -> Request {
@@ -272,16 +330,11 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
             history: false,
         }
     );
-    let indexed: bool = store
-        .connection
-        .lock()
-        .unwrap()
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'applied_requests_by_time')",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let indexed: bool = query_value(
+        &store,
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'applied_requests_by_time')",
+    )
+    .await;
     assert!(indexed, "prune_applied would scan the whole table");
     // An old video gains its counts, from 0, and can be liked.
     execute(
@@ -289,7 +342,7 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
         "INSERT INTO youtubers VALUES ('bob', 1);
          INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified)
          VALUES ('0123abcd-0000-4000-8000-000000000000', 'bob', 'Old one', 1, 1);",
-    );
+    ).await;
     apply_one(
         &store,
         Uuid::new_v4(),
@@ -330,13 +383,10 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
     );
 }
 
-#[tokio::test]
-async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
+async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one(store: Store) {
     let subscribed = Uuid::new_v4();
     {
-        let store = Store::open(&path).unwrap().with_inbox_bound(Some(100));
+        let store = store.clone().with_inbox_bound(Some(100));
         let outcomes = store
             .apply(vec![(subscribed, subscribe("alice", "bob"))])
             .await
@@ -351,7 +401,7 @@ async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
             }
         );
     }
-    let store = Store::open(&path).unwrap().with_inbox_bound(None);
+    let store = reopen(&store).await.with_inbox_bound(None);
     let outcomes = store
         .apply(vec![
             (Uuid::new_v4(), login("alice")),
@@ -394,9 +444,7 @@ async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one() {
     );
 }
 
-#[tokio::test]
-async fn dropped_notifications_are_reported_once_at_the_next_login() {
-    let (store, _dir) = temp_store();
+async fn dropped_notifications_are_reported_once_at_the_next_login(store: Store) {
     store.login(Uuid::new_v4(), "alice").await.unwrap();
     store
         .record_dropped(vec![("alice".into(), 2), ("ghost".into(), 5)])
@@ -441,9 +489,7 @@ fn the_dropped_notice_counts_in_words() {
     );
 }
 
-#[tokio::test]
-async fn pruning_forgets_only_old_requests_which_then_apply_again() {
-    let (store, _dir) = temp_store();
+async fn pruning_forgets_only_old_requests_which_then_apply_again(store: Store) {
     let old_upload = Uuid::new_v4();
     store.upload(old_upload, "bob", "Hello").await.unwrap();
     store.login(Uuid::new_v4(), "alice").await.unwrap();
@@ -452,7 +498,7 @@ async fn pruning_forgets_only_old_requests_which_then_apply_again() {
     execute(
         &store,
         &format!("UPDATE applied_requests SET applied_at_ms = 1000 WHERE id != '{recent}'"),
-    );
+    ).await;
     assert_eq!(store.applied_count().await.unwrap(), 3);
     assert_eq!(store.prune_applied(1000).await.unwrap(), 0);
     assert_eq!(store.prune_applied(1001).await.unwrap(), 2);
@@ -469,28 +515,24 @@ async fn pruning_forgets_only_old_requests_which_then_apply_again() {
     assert_eq!(store.videos_of("bob").await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn a_large_prune_runs_in_chunks_to_the_end() {
-    let (store, _dir) = temp_store();
+async fn a_large_prune_runs_in_chunks_to_the_end(store: Store) {
     execute(
         &store,
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
          INSERT INTO applied_requests (id, reply, applied_at_ms)
          SELECT 'old-' || i, '{}', i FROM n;",
-    );
+    ).await;
     assert_eq!(store.prune_applied(i64::MAX).await.unwrap(), 25_000);
     assert_eq!(store.applied_count().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone() {
-    let (store, _dir) = temp_store();
+async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone(store: Store) {
     let corrupt = Uuid::new_v4();
     store.login(corrupt, "alice").await.unwrap();
     execute(
         &store,
         &format!("UPDATE applied_requests SET reply = 'not json' WHERE id = '{corrupt}'"),
-    );
+    ).await;
     let batch = vec![
         (corrupt, login("alice")),
         (Uuid::new_v4(), subscribe("carol", "bob")),
@@ -515,16 +557,28 @@ async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone() {
     assert!(!again[1].reply.is_new() && !again[2].reply.is_new());
 }
 
-#[tokio::test]
-async fn a_refused_request_is_undone_and_its_refusal_recorded() {
-    let (store, _dir) = temp_store();
+async fn a_refused_request_is_undone_and_its_refusal_recorded(store: Store) {
     // A constraint that only this title breaks, after the request has
     // already added its YouTuber.
-    execute(
-        &store,
-        "CREATE TRIGGER poison BEFORE INSERT ON videos WHEN NEW.title = 'Poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned title'); END;",
-    );
+    let (poison, cure) = if is_postgres(&store) {
+        (
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN
+                 IF NEW.title = 'Poison' THEN
+                     RAISE EXCEPTION 'poisoned title' USING ERRCODE = 'check_violation';
+                 END IF;
+                 RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER poison BEFORE INSERT ON videos FOR EACH ROW EXECUTE FUNCTION poison();",
+            "DROP TRIGGER poison ON videos;",
+        )
+    } else {
+        (
+            "CREATE TRIGGER poison BEFORE INSERT ON videos WHEN NEW.title = 'Poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned title'); END;",
+            "DROP TRIGGER poison;",
+        )
+    };
+    execute(&store, poison).await;
     let poisoned = Uuid::new_v4();
     let outcomes = store
         .apply(vec![
@@ -533,10 +587,16 @@ async fn a_refused_request_is_undone_and_its_refusal_recorded() {
         ])
         .await
         .unwrap();
+    let cause = if is_postgres(&store) {
+        "PostgreSQL: poisoned title"
+    } else {
+        "poisoned title"
+    };
     let refusal = Reply::Refused {
-        reason: "the server's database cannot handle this request (poisoned title); \
-                 it changed nothing now and is refused for good: the server's log has the details"
-            .into(),
+        reason: format!(
+            "the server's database cannot handle this request ({cause}); \
+             it changed nothing now and is refused for good: the server's log has the details"
+        ),
     };
     assert_eq!(
         outcomes[0],
@@ -556,7 +616,7 @@ async fn a_refused_request_is_undone_and_its_refusal_recorded() {
         ["bob"]
     );
     // Once the cause is gone, a redelivery still gets the recorded answer.
-    execute(&store, "DROP TRIGGER poison;");
+    execute(&store, cure).await;
     let again = store
         .apply(vec![(poisoned, upload("mallory", "Poison"))])
         .await
@@ -591,7 +651,7 @@ fn only_errors_of_the_whole_database_fail_a_batch() {
         ffi::SQLITE_CORRUPT,
         ffi::SQLITE_NOMEM,
     ] {
-        assert!(!is_request_error(&sqlite(code)), "{code}");
+        assert!(!sqlite_error_is_the_requests(&sqlite(code)), "{code}");
     }
     for code in [
         ffi::SQLITE_CONSTRAINT,
@@ -599,21 +659,45 @@ fn only_errors_of_the_whole_database_fail_a_batch() {
         ffi::SQLITE_MISMATCH,
         ffi::SQLITE_TOOBIG,
     ] {
-        assert!(is_request_error(&sqlite(code)), "{code}");
+        assert!(sqlite_error_is_the_requests(&sqlite(code)), "{code}");
     }
-    assert!(is_request_error(&rusqlite::Error::QueryReturnedNoRows));
-    assert!(is_request_error(
+    assert!(sqlite_error_is_the_requests(
+        &rusqlite::Error::QueryReturnedNoRows
+    ));
+    assert!(sqlite_error_is_the_requests(
         &rusqlite::Error::FromSqlConversionFailure(
             0,
             rusqlite::types::Type::Text,
             "not json".into(),
         )
     ));
+    use tokio_postgres::error::SqlState;
+    for code in [
+        SqlState::CHECK_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+        SqlState::NOT_NULL_VIOLATION,
+        SqlState::STRING_DATA_RIGHT_TRUNCATION,
+        SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+    ] {
+        assert!(postgres_error_is_the_requests(&code), "{code:?}");
+    }
+    for code in [
+        // Another server stored the same request first: tried again, it replays.
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::DISK_FULL,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ] {
+        assert!(!postgres_error_is_the_requests(&code), "{code:?}");
+    }
 }
 
-#[tokio::test]
-async fn a_login_that_asks_for_the_history_says_so_even_when_replayed() {
-    let (store, _dir) = temp_store();
+async fn a_login_that_asks_for_the_history_says_so_even_when_replayed(store: Store) {
     let id = Uuid::new_v4();
     let live = Request::Login {
         user: "alice".into(),
@@ -629,9 +713,7 @@ async fn a_login_that_asks_for_the_history_says_so_even_when_replayed() {
     }
 }
 
-#[tokio::test]
-async fn a_database_records_its_broker_layout_and_lists_every_inbox() {
-    let (store, _dir) = temp_store();
+async fn a_database_records_its_broker_layout_and_lists_every_inbox(store: Store) {
     assert_eq!(
         store.broker_layout().await.unwrap(),
         1,
@@ -681,9 +763,7 @@ fn reacted(decision: &Decision) -> Option<Reaction> {
     }
 }
 
-#[tokio::test]
-async fn likes_change_once_and_tell_the_creator_of_each_change() {
-    let (store, _dir) = temp_store();
+async fn likes_change_once_and_tell_the_creator_of_each_change(store: Store) {
     let video = store
         .upload(Uuid::new_v4(), "bob", "Hello")
         .await
@@ -767,9 +847,7 @@ async fn likes_change_once_and_tell_the_creator_of_each_change() {
     assert_eq!(unsent[0].event.id(), dislike.tell.unwrap().event.id());
 }
 
-#[tokio::test]
-async fn a_video_is_named_by_an_unambiguous_start_of_its_id() {
-    let (store, _dir) = temp_store();
+async fn a_video_is_named_by_an_unambiguous_start_of_its_id(store: Store) {
     store.upload(Uuid::new_v4(), "bob", "Hello").await.unwrap();
     // Two videos whose ids share their first four characters.
     execute(
@@ -777,7 +855,7 @@ async fn a_video_is_named_by_an_unambiguous_start_of_its_id() {
         "INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified) VALUES
          ('abcd0000-0000-4000-8000-000000000000', 'bob', 'One', 1, 1),
          ('abcd1111-0000-4000-8000-000000000000', 'bob', 'Two', 2, 1)",
-    );
+    ).await;
     let refusal = |decision: Decision| match decision.reply.into_inner() {
         Reply::Refused { reason } => reason,
         other => panic!("{other:?}"),
@@ -826,9 +904,7 @@ async fn a_video_is_named_by_an_unambiguous_start_of_its_id() {
     assert_eq!(reacted(&whole), Some(Reaction::Dislike));
 }
 
-#[tokio::test]
-async fn videos_are_listed_newest_first_with_their_counts() {
-    let (store, _dir) = temp_store();
+async fn videos_are_listed_newest_first_with_their_counts(store: Store) {
     let listing = Request::ListVideos {
         youtuber: "bob".into(),
     };
@@ -906,9 +982,7 @@ async fn videos_are_listed_newest_first_with_their_counts() {
     ));
 }
 
-#[tokio::test]
-async fn a_creator_hears_of_subscribers_from_its_first_upload_on() {
-    let (store, _dir) = temp_store();
+async fn a_creator_hears_of_subscribers_from_its_first_upload_on(store: Store) {
     let before = store
         .apply(vec![(Uuid::new_v4(), subscribe("alice", "bob"))])
         .await

@@ -640,7 +640,9 @@ async fn subscriptions_bound_by_an_older_version_are_moved_to_user_exchanges_onc
             .await
             .unwrap();
     }
-    let store = store::Store::open(&vhost.server_config().db_path).unwrap();
+    let store = store::Store::connect(&vhost.server_config().database)
+        .await
+        .unwrap();
     store.set_broker_layout(1).await.unwrap();
 
     let server = vhost.start_server().await;
@@ -1179,7 +1181,9 @@ async fn a_like_stored_but_not_sent_before_the_server_stopped_reaches_the_creato
     server.stop().await;
     // The server's first step for a like, and no more: as if it crashed
     // between its commit and the send.
-    let store = store::Store::open(&vhost.server_config().db_path).unwrap();
+    let store = store::Store::connect(&vhost.server_config().database)
+        .await
+        .unwrap();
     let like = Request::React {
         user: "alice".into(),
         video,

@@ -1,12 +1,13 @@
 //! What ytnotify's tests share: a private vhost per test, an in-process
-//! server, a private RabbitMQ node for the tests that crash one, and waits
-//! with a timeout.
+//! server, a private RabbitMQ node for the tests that crash one, a private
+//! PostgreSQL database per test, and waits with a timeout.
 //!
 //! Every test gets its own RabbitMQ vhost (created with `rabbitmqctl`, deleted
 //! when the test ends, pass or fail), so tests run in parallel with each other
 //! and beside a running demo without seeing each other's queues.
 
 pub mod broker_node;
+pub mod postgres;
 pub mod tls;
 
 use std::{

@@ -64,7 +64,7 @@ pub async fn run(
     let mut link = server.link();
     let mut app = ServerDashboard::new(
         &broker.redacted(),
-        &store.path().display().to_string(),
+        &store.database().shown(),
         log,
         widgets::local_offset(),
     )

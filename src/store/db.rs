@@ -1,0 +1,740 @@
+//! The two databases the store runs on, behind one small interface, so that
+//! the store's logic is written once: SQLite, embedded, for one server; and
+//! PostgreSQL, for several servers that share their state.
+//!
+//! Statements are written once, in the SQL both understand, with numbered
+//! parameters (`?1`, turned into PostgreSQL's `$1` here) and plain values
+//! ([`Value`]) in and out. Every call of the store is one transaction
+//! ([`Db::transact`]), run on a blocking thread: SQLite's calls block, and
+//! PostgreSQL's are awaited there too, so that both take the same path.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rusqlite::{Connection, ErrorCode};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Where the server keeps its state, as `--db` gives it: a SQLite file, or a
+/// `postgres://` (or `postgresql://`) URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, made if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by every server given the same URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads `--db`: a PostgreSQL URL, or else the path of a SQLite file.
+    pub fn parse(text: &str) -> Database {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// The database as logs and dashboards show it: the file's path, or the
+    /// URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => redact_postgres(url),
+        }
+    }
+}
+
+/// A PostgreSQL URL without its password: `postgres://user:***@host/db`.
+fn redact_postgres(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The last `@` ends the credentials: a password may hold one.
+    let shown = match rest.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    // A password may also come as a parameter.
+    let shown = match shown.split_once("password=") {
+        Some((before, after)) => {
+            let end = after.find('&').map_or("", |at| &after[at..]);
+            format!("{before}password=***{end}")
+        }
+        None => shown,
+    };
+    format!("{scheme}://{shown}")
+}
+
+impl From<PathBuf> for Database {
+    fn from(path: PathBuf) -> Database {
+        Database::Sqlite(path)
+    }
+}
+
+impl From<&Path> for Database {
+    fn from(path: &Path) -> Database {
+        Database::Sqlite(path.to_owned())
+    }
+}
+
+impl fmt::Debug for Database {
+    /// Never the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.shown())
+    }
+}
+
+/// How many connections a server keeps to PostgreSQL: one per request queue
+/// storing a batch, and a few for the rest (outboxes, dashboards, upkeep).
+const POSTGRES_CONNECTIONS: usize = 8;
+
+/// How long connecting to PostgreSQL may take before the call fails (and the
+/// server tries its batch again later).
+const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a failed statement means for the batch it is in.
+#[derive(Debug)]
+pub(super) struct DbError {
+    /// The request's own: its data, a constraint. The request is refused
+    /// alone. Otherwise the database as a whole failed (unreachable, busy,
+    /// full, a conflict with another server): the batch is tried again later.
+    pub(super) of_request: bool,
+    pub(super) message: String,
+}
+
+impl DbError {
+    /// Data read back from the database that does not decode: the request's.
+    pub(super) fn data(message: impl fmt::Display) -> DbError {
+        DbError {
+            of_request: true,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<DbError> for Error {
+    fn from(err: DbError) -> Error {
+        Error::Store(err.message)
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(err: rusqlite::Error) -> DbError {
+        DbError {
+            of_request: sqlite_error_is_the_requests(&err),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(err: tokio_postgres::Error) -> DbError {
+        let of_request = err.code().is_some_and(postgres_error_is_the_requests);
+        // The driver's own text says only "db error"; the server's says what.
+        let message = match err.as_db_error() {
+            Some(db) => format!("PostgreSQL: {}", db.message()),
+            None => format!("PostgreSQL: {err}"),
+        };
+        DbError {
+            of_request,
+            message,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> DbError {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => err.into(),
+            other => DbError {
+                of_request: false,
+                message: format!("PostgreSQL: {other}"),
+            },
+        }
+    }
+}
+
+/// Whether a SQLite error belongs to the request being applied rather than
+/// to the database as a whole: locks held by another writer, the disk, the
+/// file, memory. Those fail the batch, to be tried again when the database
+/// is back; refusing requests for them would lose requests that a retry
+/// would store.
+pub(super) fn sqlite_error_is_the_requests(err: &rusqlite::Error) -> bool {
+    use ErrorCode::*;
+    !matches!(
+        err.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | FileLockingProtocolFailed
+                | SystemIoFailure
+                | DiskFull
+                | CannotOpen
+                | PermissionDenied
+                | ReadOnly
+                | DatabaseCorrupt
+                | NotADatabase
+                | OutOfMemory
+                | OperationInterrupted
+        )
+    )
+}
+
+/// Whether a PostgreSQL error belongs to the request being applied: bad
+/// data (class 22) or a broken constraint (class 23) — except a unique key
+/// taken, which here means another server stored the same request (a
+/// redelivery racing the first attempt) and committed first: tried again,
+/// the batch finds it applied and replays its reply. Everything else (the
+/// connection, a deadlock or serialization failure, resources, the
+/// administrator) is the database's.
+pub(super) fn postgres_error_is_the_requests(code: &tokio_postgres::error::SqlState) -> bool {
+    let code = code.code();
+    (code.starts_with("22") || code.starts_with("23"))
+        && code != tokio_postgres::error::SqlState::UNIQUE_VIOLATION.code()
+}
+
+/// A value in or out of a statement: what both databases store here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Bool(bool),
+}
+
+impl From<i64> for Value {
+    fn from(value: i64) -> Value {
+        Value::Int(value)
+    }
+}
+
+impl From<u32> for Value {
+    fn from(value: u32) -> Value {
+        Value::Int(value.into())
+    }
+}
+
+impl From<usize> for Value {
+    fn from(value: usize) -> Value {
+        Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<&str> for Value {
+    fn from(value: &str) -> Value {
+        Value::Text(value.to_owned())
+    }
+}
+
+impl From<&String> for Value {
+    fn from(value: &String) -> Value {
+        Value::Text(value.clone())
+    }
+}
+
+impl From<String> for Value {
+    fn from(value: String) -> Value {
+        Value::Text(value)
+    }
+}
+
+impl From<Uuid> for Value {
+    /// Ids are stored as text, lowercase, as `Uuid` writes them.
+    fn from(value: Uuid) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+
+impl From<&Uuid> for Value {
+    fn from(value: &Uuid) -> Value {
+        Value::from(*value)
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Value {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The parameters of a statement, `?1` first.
+macro_rules! args {
+    ($($value:expr),* $(,)?) => {
+        &[$($crate::store::db::Value::from($value)),*]
+    };
+}
+pub(super) use args;
+
+/// A value read out of a row.
+pub(super) trait FromValue: Sized {
+    fn from_value(value: &Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(value: &Value) -> Option<i64> {
+        match value {
+            Value::Int(value) => Some(*value),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for u32 {
+    fn from_value(value: &Value) -> Option<u32> {
+        i64::from_value(value).and_then(|value| u32::try_from(value).ok())
+    }
+}
+
+impl FromValue for String {
+    fn from_value(value: &Value) -> Option<String> {
+        match value {
+            Value::Text(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for bool {
+    /// A flag: PostgreSQL's booleans, and the 0 and 1 both store in columns.
+    fn from_value(value: &Value) -> Option<bool> {
+        match value {
+            Value::Bool(flag) => Some(*flag),
+            Value::Int(number) => Some(*number != 0),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Uuid {
+    fn from_value(value: &Value) -> Option<Uuid> {
+        match value {
+            Value::Text(text) => Uuid::parse_str(text).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(value: &Value) -> Option<Option<T>> {
+        match value {
+            Value::Null => Some(None),
+            other => T::from_value(other).map(Some),
+        }
+    }
+}
+
+/// One row of a result.
+#[derive(Debug)]
+pub(super) struct Row(Vec<Value>);
+
+impl Row {
+    /// The column at `index`, as a `T`; an error of the request if it is
+    /// missing or of another type (a database edited by hand, say).
+    pub(super) fn get<T: FromValue>(&self, index: usize) -> Result<T, DbError> {
+        let value = self.0.get(index).unwrap_or(&Value::Null);
+        T::from_value(value).ok_or_else(|| {
+            DbError::data(format!(
+                "column {index} holds {value:?}, not a {}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+/// Whether a transaction writes: SQLite then takes the write lock at once,
+/// so that it never fails half-way for a writer that came in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Read,
+    Write,
+}
+
+/// An opened database.
+#[derive(Clone)]
+pub(super) enum Db {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Pool),
+}
+
+impl Db {
+    /// The SQLite connection, set up by the caller.
+    pub(super) fn sqlite(connection: Connection) -> Db {
+        Db::Sqlite(Arc::new(Mutex::new(connection)))
+    }
+
+    /// A pool of connections to the PostgreSQL database at `url`; none is
+    /// made yet.
+    pub(super) fn postgres(url: &str) -> Result<Db, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|err| format!("{err}"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("youtube_server");
+        }
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // A connection that PostgreSQL closed (a restart) is seen as
+                // closed and replaced; one that broke silently fails its next
+                // statement, which fails that batch only.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(POSTGRES_CONNECTIONS)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|err| err.to_string())
+            .map(Db::Postgres)
+    }
+
+    /// Runs `work` in one transaction, committed if it returns `Ok` and
+    /// rolled back otherwise, on a blocking thread.
+    pub(super) async fn transact<T, W>(&self, mode: Mode, work: W) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        W: AsyncFnOnce(&mut Tx<'_>) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let outcome =
+            tokio::task::spawn_blocking(move || runtime.block_on(db.transact_here(mode, work)))
+                .await;
+        match outcome {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    async fn transact_here<T, W>(&self, mode: Mode, work: W) -> Result<T, DbError>
+    where
+        W: AsyncFnOnce(&mut Tx<'_>) -> Result<T, DbError>,
+    {
+        match self {
+            Db::Sqlite(connection) => {
+                // A panic inside a transaction cannot leave it half-applied
+                // (it is rolled back when dropped), so a poisoned lock is safe
+                // to reuse.
+                let mut connection = connection
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                connection.execute_batch(match mode {
+                    Mode::Read => "BEGIN DEFERRED",
+                    Mode::Write => "BEGIN IMMEDIATE",
+                })?;
+                let mut tx = Tx::Sqlite(SqliteTx {
+                    connection: &mut connection,
+                    open: true,
+                });
+                let value = work(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+            Db::Postgres(pool) => {
+                let client = pool.get().await?;
+                client.batch_execute("BEGIN").await?;
+                let mut tx = Tx::Postgres(PostgresTx {
+                    client: Some(client),
+                });
+                let value = work(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// A transaction in progress.
+pub(super) enum Tx<'c> {
+    Sqlite(SqliteTx<'c>),
+    Postgres(PostgresTx),
+}
+
+pub(super) struct SqliteTx<'c> {
+    connection: &'c mut Connection,
+    open: bool,
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Nothing more can be done about a failed rollback: the next
+            // BEGIN fails, and with it the next batch, which is retried.
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+pub(super) struct PostgresTx {
+    /// `None` once committed.
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Drop for PostgresTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Not committed: the connection leaves the pool and closes, and
+            // PostgreSQL rolls its transaction back. (A rollback cannot be
+            // awaited here, and the connection must not be lent again in the
+            // middle of a transaction.)
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Tx<'_> {
+    /// Runs a statement; how many rows it changed.
+    pub(super) async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut statement = tx.connection.prepare_cached(sql)?;
+                Ok(statement.execute(rusqlite::params_from_iter(params))? as u64)
+            }
+            Tx::Postgres(tx) => {
+                let client = tx.client()?;
+                let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
+                Ok(client.execute(&statement, &postgres_params(params)).await?)
+            }
+        }
+    }
+
+    /// Runs a query; its rows.
+    pub(super) async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut statement = tx.connection.prepare_cached(sql)?;
+                let columns = statement.column_count();
+                let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
+                    (0..columns)
+                        .map(|index| Ok(sqlite_value(row.get_ref(index)?)))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map(Row)
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            }
+            Tx::Postgres(tx) => {
+                let client = tx.client()?;
+                let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
+                let rows = client.query(&statement, &postgres_params(params)).await?;
+                rows.iter().map(postgres_row).collect()
+            }
+        }
+    }
+
+    /// The first row of a query, if any.
+    pub(super) async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// The first column of the first row of a query that always has one
+    /// (a count, `EXISTS`).
+    pub(super) async fn query_value<T: FromValue>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<T, DbError> {
+        match self.query_opt(sql, params).await? {
+            Some(row) => row.get(0),
+            None => Err(DbError::data(format!("no row for: {sql}"))),
+        }
+    }
+
+    /// Runs statements without parameters (a savepoint, a schema).
+    pub(super) async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(tx) => Ok(tx.connection.execute_batch(sql)?),
+            Tx::Postgres(tx) => Ok(tx.client()?.batch_execute(sql).await?),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                tx.connection.execute_batch("COMMIT")?;
+                tx.open = false;
+                Ok(())
+            }
+            Tx::Postgres(tx) => {
+                tx.client()?.batch_execute("COMMIT").await?;
+                // Back to the pool, out of any transaction.
+                tx.client = None;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl PostgresTx {
+    fn client(&self) -> Result<&deadpool_postgres::Object, DbError> {
+        self.client.as_ref().ok_or_else(|| DbError {
+            of_request: false,
+            message: "the transaction is over".to_owned(),
+        })
+    }
+}
+
+/// `sql` with SQLite's numbered parameters (`?1`) written as PostgreSQL's
+/// (`$1`). Statements here hold no `?` of their own.
+fn numbered_for_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn sqlite_value(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(number) => Value::Int(number),
+        ValueRef::Text(text) | ValueRef::Blob(text) => {
+            Value::Text(String::from_utf8_lossy(text).into_owned())
+        }
+        // No column here holds a real; kept as text rather than lost.
+        ValueRef::Real(number) => Value::Text(number.to_string()),
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(number) => ToSqlOutput::Borrowed(ValueRef::Integer(*number)),
+            Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            Value::Bool(flag) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*flag))),
+        })
+    }
+}
+
+fn postgres_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|value| value as &(dyn ToSql + Sync)).collect()
+}
+
+impl ToSql for Value {
+    /// Written as the type PostgreSQL gave the parameter when it prepared
+    /// the statement.
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Int(number), &Type::INT8) => number.to_sql(ty, out),
+            (Value::Int(number), &Type::INT4) => i32::try_from(*number)?.to_sql(ty, out),
+            (Value::Int(number), &Type::INT2) => i16::try_from(*number)?.to_sql(ty, out),
+            (Value::Int(number), &Type::BOOL) => (*number != 0).to_sql(ty, out),
+            (Value::Bool(flag), &Type::BOOL) => flag.to_sql(ty, out),
+            (Value::Bool(flag), &Type::INT8) => i64::from(*flag).to_sql(ty, out),
+            (Value::Text(text), _) => text.as_str().to_sql(ty, out),
+            (value, ty) => Err(format!("cannot pass {value:?} as {ty}").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn postgres_row(row: &tokio_postgres::Row) -> Result<Row, DbError> {
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(index, column)| {
+            let value = match *column.type_() {
+                Type::INT8 => row.try_get::<_, Option<i64>>(index)?.map(Value::Int),
+                Type::INT4 => row
+                    .try_get::<_, Option<i32>>(index)?
+                    .map(|n| Value::Int(n.into())),
+                Type::INT2 => row
+                    .try_get::<_, Option<i16>>(index)?
+                    .map(|n| Value::Int(n.into())),
+                Type::BOOL => row.try_get::<_, Option<bool>>(index)?.map(Value::Bool),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                    row.try_get::<_, Option<String>>(index)?.map(Value::Text)
+                }
+                ref other => {
+                    return Err(DbError::data(format!(
+                        "column {} is of type {other}, which the store does not read",
+                        column.name()
+                    )));
+                }
+            };
+            Ok(value.unwrap_or(Value::Null))
+        })
+        .collect::<Result<Vec<_>, DbError>>()
+        .map(Row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_are_written_for_postgres() {
+        assert_eq!(
+            numbered_for_postgres("SELECT a FROM t WHERE b = ?1 AND c < ?12 || 'g'"),
+            "SELECT a FROM t WHERE b = $1 AND c < $12 || 'g'"
+        );
+        assert_eq!(numbered_for_postgres("SELECT '?'"), "SELECT '?'");
+    }
+
+    #[test]
+    fn a_database_is_a_postgres_url_or_a_file() {
+        assert_eq!(
+            Database::parse("postgres://u:secret@db/ytnotify"),
+            Database::Postgres("postgres://u:secret@db/ytnotify".to_owned())
+        );
+        assert_eq!(
+            Database::parse("postgresql://db/ytnotify"),
+            Database::Postgres("postgresql://db/ytnotify".to_owned())
+        );
+        assert_eq!(
+            Database::parse("state/server.db"),
+            Database::Sqlite(PathBuf::from("state/server.db"))
+        );
+        assert_eq!(
+            Database::parse("postgres://u:s@cret@db/x").shown(),
+            "postgres://u:***@db/x"
+        );
+        assert_eq!(
+            Database::parse("postgresql://db/x?user=u&password=secret&sslmode=disable").shown(),
+            "postgresql://db/x?user=u&password=***&sslmode=disable"
+        );
+        assert!(!format!("{:?}", Database::parse("postgres://u:secret@db/x")).contains("secret"));
+    }
+}
+
