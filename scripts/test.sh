@@ -8,6 +8,12 @@
 # The integration tests create a RabbitMQ vhost per test with rabbitmqctl, so
 # rabbitmqctl must work here (as root or as the rabbitmq user). The broker is
 # YT_TEST_AMQP_URL, else AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/%2f.
+#
+# The store's tests, and the server's, run on SQLite and on PostgreSQL: a
+# local PostgreSQL is installed and started if needed (scripts/lib/postgres.sh),
+# or YT_TEST_POSTGRES_URL names one. With no arguments, the server's and the
+# programs' tests then run a second time with the server on PostgreSQL
+# (YT_TEST_DATABASE=postgres, which also selects it for a run with arguments).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +21,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib/broker.sh
 # shellcheck source=scripts/lib/browser.sh
 source scripts/lib/browser.sh
+# shellcheck source=scripts/lib/postgres.sh
+source scripts/lib/postgres.sh
 
 rust_toolchain_check || exit 1
 ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
@@ -22,6 +30,8 @@ ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 ensure_management "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 # The gateway's page is tested in a real headless Chromium.
 ensure_browser || exit 1
+# The store runs on PostgreSQL as well as SQLite.
+ensure_postgres || exit 1
 
 if ! command -v rabbitmqctl >/dev/null 2>&1; then
     if ctl=$(broker_tool rabbitmqctl); then
@@ -70,4 +80,10 @@ for arg in "${cargo_args[@]}"; do
     fi
 done
 cargo build --workspace --bins --all-features --locked --quiet
-exec cargo test "${workspace[@]}" --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"
+if ((${#cargo_args[@]} > 0 || ${#test_args[@]} > 0)) || [[ -n ${YT_TEST_DATABASE:-} ]]; then
+    exec cargo test "${workspace[@]}" --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"
+fi
+cargo test --workspace --all-features --locked -- "${threads[@]}"
+printf '\n[test] the server and the programs again, with the server on PostgreSQL\n' >&2
+YT_TEST_DATABASE=postgres exec cargo test -p ytnotify --all-features --locked \
+    --test library --test programs -- "${threads[@]}"

@@ -1,13 +1,20 @@
-//! A crash of the broker itself: kill -9 of a private RabbitMQ node, then a
-//! restart on the same data. Confirmed subscriptions and the notifications
-//! waiting for an offline user must all be there afterwards.
+//! Crashes of what the server relies on. The broker: kill -9 of a private
+//! RabbitMQ node, then a restart on the same data; confirmed subscriptions
+//! and the notifications waiting for an offline user must all be there
+//! afterwards. The database: a private PostgreSQL stopped at once under
+//! load, then started again; every upload must be applied and notified once.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::log_in_following;
 use ytnotify::{
     client::{Client, ClientConfig, inbox::Inbox, user, youtuber::publish_video},
-    server::ServerConfig,
+    server::{Event, ServerConfig},
+    store::Database,
 };
-use ytnotify_testkit::{TestServer, broker_node::BrokerNode, within};
+use ytnotify_testkit::{
+    TestServer, TestVhost, broker_node::BrokerNode, postgres::PostgresServer, within,
+};
 
 #[tokio::test]
 async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
@@ -75,5 +82,72 @@ async fn a_broker_crash_loses_no_subscription_and_no_waiting_notification() {
         user::subscriptions(&client, "alice").await.unwrap(),
         ["bob"]
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_crash_under_load_loses_no_upload_and_applies_none_twice() {
+    ytnotify_testkit::logs();
+    let postgres = PostgresServer::start().await;
+    let vhost = TestVhost::new("postgres-crash");
+    let mut config = vhost.server_config();
+    config.database = Database::parse(&postgres.url);
+    let mut server = TestServer::start(config).await;
+    let client_config = ClientConfig {
+        // Long enough for the database to come back and the requests to be
+        // tried again.
+        timeout: Duration::from_secs(60),
+        ..vhost.client_config()
+    };
+    let client = Arc::new(Client::connect(&client_config, "test").await.unwrap());
+    log_in_following(&client, "alice", "bob").await;
+
+    let titles: Vec<String> = (0..40).map(|n| format!("Upload {n}")).collect();
+    let uploads: Vec<_> = titles
+        .iter()
+        .map(|title| {
+            let (client, title) = (Arc::clone(&client), title.clone());
+            tokio::spawn(async move { publish_video(&client, "bob", &title).await })
+        })
+        .collect();
+    // The crash comes once a few are stored, with the rest in flight or queued.
+    let mut stored = 0;
+    while stored < 3 {
+        if let Event::Uploaded { .. } = server.next_event().await {
+            stored += 1;
+        }
+    }
+    postgres.crash().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    postgres.boot().await;
+
+    for upload in uploads {
+        within("an upload to be answered", upload)
+            .await
+            .unwrap()
+            .expect("every upload succeeds once the database is back");
+    }
+    // alice has each upload once: none lost in the crash, none applied twice.
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..titles.len() {
+        let next = within("a notification", inbox.next()).await.unwrap();
+        let shown = next.notification.to_string();
+        assert!(seen.insert(shown.clone()), "shown twice: {shown}");
+        next.ack().await.unwrap();
+    }
+    let expected: HashSet<String> = titles
+        .iter()
+        .map(|title| format!("New Notification: bob uploaded {title}"))
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), inbox.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    inbox.close().await;
+    assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 40);
     server.stop().await;
 }

@@ -640,9 +640,7 @@ async fn subscriptions_bound_by_an_older_version_are_moved_to_user_exchanges_onc
             .await
             .unwrap();
     }
-    let store = store::Store::connect(&vhost.server_config().database)
-        .await
-        .unwrap();
+    let store = vhost.store().await;
     store.set_broker_layout(1).await.unwrap();
 
     let server = vhost.start_server().await;
@@ -1061,14 +1059,55 @@ async fn a_second_server_is_a_hot_standby_that_takes_over() {
     standby.stop().await;
 }
 
+/// The whole database locked by another client, as an operator's long
+/// transaction would.
+enum DatabaseLock {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl DatabaseLock {
+    async fn take(vhost: &TestVhost) -> DatabaseLock {
+        match vhost.database() {
+            store::Database::Sqlite(path) => {
+                let lock = rusqlite::Connection::open(path).unwrap();
+                lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                DatabaseLock::Sqlite(lock)
+            }
+            store::Database::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "BEGIN; LOCK TABLE users, subscriptions, applied_requests \
+                         IN ACCESS EXCLUSIVE MODE",
+                    )
+                    .await
+                    .unwrap();
+                DatabaseLock::Postgres(client)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            DatabaseLock::Sqlite(lock) => lock.execute_batch("ROLLBACK").unwrap(),
+            DatabaseLock::Postgres(lock) => lock.batch_execute("ROLLBACK").await.unwrap(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_after() {
     ytnotify_testkit::logs();
     let vhost = TestVhost::new("db-locked");
     let server = vhost.start_server().await;
     // Another process holds the database's write lock for longer than the
-    // server waits for it: the server's transactions fail meanwhile. The
-    // client waits for the lock and then for the server.
+    // server waits for it: the server's transactions fail (SQLite) or wait
+    // (PostgreSQL) meanwhile. The client waits for the lock and then for the
+    // server.
     let held_for = store::BUSY_TIMEOUT + Duration::from_secs(2);
     let config = ClientConfig {
         timeout: held_for + ytnotify_testkit::WAIT,
@@ -1077,8 +1116,7 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
     let client = std::sync::Arc::new(Client::connect(&config, "test").await.unwrap());
     log_in_following(&client, "alice", "bob").await;
 
-    let lock = rusqlite::Connection::open(vhost.dir.join("server.db")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = DatabaseLock::take(&vhost).await;
     let mut answers = Vec::new();
     for request in [
         Request::ChangeSubscription {
@@ -1102,8 +1140,7 @@ async fn requests_wait_while_the_database_is_locked_and_are_applied_in_order_aft
         answers.iter().all(|answer| !answer.is_finished()),
         "no request is answered while the database is locked"
     );
-    lock.execute_batch("ROLLBACK").unwrap();
-    drop(lock);
+    lock.release().await;
 
     for answer in answers {
         within("the answer once the database is free", answer)
@@ -1181,9 +1218,7 @@ async fn a_like_stored_but_not_sent_before_the_server_stopped_reaches_the_creato
     server.stop().await;
     // The server's first step for a like, and no more: as if it crashed
     // between its commit and the send.
-    let store = store::Store::connect(&vhost.server_config().database)
-        .await
-        .unwrap();
+    let store = vhost.store().await;
     let like = Request::React {
         user: "alice".into(),
         video,

@@ -23,7 +23,7 @@ pub(crate) fn command(program: &str, vhost: &TestVhost, args: &[&str]) -> Comman
     command
         .args(args)
         .env("AMQP_URL", &vhost.url)
-        .env("YT_DB", vhost.dir.join("server.db"))
+        .env("YT_DB", &vhost.db)
         // Accounts saved by one test are not found by another, nor by you.
         .env("XDG_CONFIG_HOME", vhost.dir.join("config"))
         .env_remove("YT_TIMEOUT")
@@ -324,7 +324,7 @@ async fn kill_9_of_the_server_under_load_loses_nothing_and_applies_nothing_twice
     // Ask the store itself: exactly 30 videos, whatever crashed when.
     assert_eq!(alice.interrupt().await, 0);
     assert_eq!(server.interrupt().await, 0);
-    let store = ytnotify::store::Store::open(&vhost.dir.join("server.db")).unwrap();
+    let store = vhost.store().await;
     assert_eq!(store.videos_of("bob").await.unwrap().len(), 30);
 }
 
@@ -477,7 +477,7 @@ async fn ctrl_c_under_load_finishes_what_is_in_hand_and_loses_nothing() {
         );
     }
     assert_eq!(server.interrupt().await, 0);
-    let store = ytnotify::store::Store::open(&vhost.dir.join("server.db")).unwrap();
+    let store = vhost.store().await;
     assert_eq!(
         store.videos_of("carol").await.unwrap().len(),
         30,

@@ -122,6 +122,10 @@ pub struct TestVhost {
     pub url: String,
     _dir: tempfile::TempDir,
     pub dir: PathBuf,
+    /// The server's database, as `--db` takes it: a SQLite file in `dir`,
+    /// or, when [`postgres::selected`], a PostgreSQL database of its own.
+    pub db: String,
+    _postgres: Option<postgres::TestDatabase>,
     /// Broker users are not per vhost: the ones to delete at the end.
     accounts: std::sync::Mutex<Vec<String>>,
 }
@@ -143,9 +147,15 @@ impl TestVhost {
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         let dir = tempfile::tempdir().expect("a temp dir");
+        let postgres = postgres::selected().then(postgres::TestDatabase::create_blocking);
         TestVhost {
             url: with_vhost(&base_url(), &name),
             name,
+            db: match &postgres {
+                Some(database) => database.url.clone(),
+                None => dir.path().join("server.db").display().to_string(),
+            },
+            _postgres: postgres,
             dir: dir.path().to_owned(),
             _dir: dir,
             accounts: std::sync::Mutex::new(Vec::new()),
@@ -294,10 +304,22 @@ impl TestVhost {
     pub fn server_config(&self) -> ServerConfig {
         let mut config = ServerConfig::new(
             ytnotify::broker::Endpoint::new(&self.url),
-            self.dir.join("server.db"),
+            self.database(),
         );
         config.print_events = false;
         config
+    }
+
+    /// The server's database.
+    pub fn database(&self) -> ytnotify::store::Database {
+        ytnotify::store::Database::parse(&self.db)
+    }
+
+    /// The server's store, opened beside the server (or after it).
+    pub async fn store(&self) -> ytnotify::store::Store {
+        ytnotify::store::Store::connect(&self.database())
+            .await
+            .expect("the test's database")
     }
 
     pub fn client_config(&self) -> ClientConfig {
