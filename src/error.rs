@@ -161,13 +161,14 @@ pub enum Error {
     /// The server's database could not be opened.
     #[error("cannot open the database {path}: {reason}; choose another file")]
     StoreOpen { path: String, reason: String },
-    /// PostgreSQL cannot be reached, or refused the connection.
-    #[error(
-        "cannot use the PostgreSQL database {url} ({reason}); start PostgreSQL \
-         (`sudo apt-get install postgresql`, then `sudo pg_ctlcluster 15 main start`), create the \
-         database (`sudo -u postgres createdb ytnotify`), or check the URL's user and password"
-    )]
-    PostgresUnreachable { url: String, reason: String },
+    /// PostgreSQL cannot be reached, refused the connection, or cannot hold
+    /// the tables.
+    #[error("cannot use the PostgreSQL database {url} ({reason}); {advice}")]
+    PostgresUnusable {
+        url: String,
+        reason: String,
+        advice: String,
+    },
     /// The PostgreSQL URL does not parse.
     #[error(
         "{url} is not a PostgreSQL URL ({reason}); write it as postgres://user:password@host:5432/database"
@@ -211,7 +212,7 @@ impl Error {
             Error::AccessRefused(_) | Error::ManagementRefused { .. } => Some(Setting::BrokerUrl),
             Error::Management { .. } => Some(Setting::ManagementUrl),
             Error::StoreOpen { .. }
-            | Error::PostgresUnreachable { .. }
+            | Error::PostgresUnusable { .. }
             | Error::BadPostgresUrl { .. } => Some(Setting::Database),
             Error::Terminal(_) => Some(Setting::PlainOutput),
             _ => None,

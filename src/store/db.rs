@@ -147,16 +147,54 @@ impl From<rusqlite::Error> for DbError {
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(err: tokio_postgres::Error) -> DbError {
-        let of_request = err.code().is_some_and(postgres_error_is_the_requests);
-        // The driver's own text says only "db error"; the server's says what.
-        let message = match err.as_db_error() {
-            Some(db) => format!("PostgreSQL: {}", db.message()),
-            None => format!("PostgreSQL: {err}"),
-        };
         DbError {
-            of_request,
-            message,
+            of_request: err.code().is_some_and(postgres_error_is_the_requests),
+            message: format!("PostgreSQL: {}", postgres_reason(&err)),
         }
+    }
+}
+
+/// What went wrong, in PostgreSQL's words when it said something, else the
+/// driver's with its cause ("error connecting to server" alone says little).
+fn postgres_reason(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return db.message().to_owned();
+    }
+    match std::error::Error::source(err) {
+        Some(cause) => format!("{err}: {cause}"),
+        None => err.to_string(),
+    }
+}
+
+/// What to do about a first connection to PostgreSQL that failed.
+fn postgres_advice(err: &tokio_postgres::Error, config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::error::SqlState;
+    let database = config.get_dbname().unwrap_or("ytnotify");
+    let user = config.get_user().unwrap_or("postgres");
+    match err.code() {
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
+            format!("create it: sudo -u postgres createdb --owner {user} {database}")
+        }
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            format!(
+                "check the URL's user and password (to make the user: \
+                 sudo -u postgres createuser --pwprompt {user})"
+            )
+        }
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => format!(
+            "the user {user} may not create the tables; give it the database \
+             (ALTER DATABASE {database} OWNER TO {user}) or use its owner"
+        ),
+        Some(_) => "check the URL, and PostgreSQL's log".to_owned(),
+        None if postgres_reason(err).contains("TLS") => "this youtube_server talks to \
+             PostgreSQL without TLS: add ?sslmode=disable to the URL, on a trusted network"
+            .to_owned(),
+        None => "start PostgreSQL (sudo apt-get install postgresql, then \
+                 sudo pg_ctlcluster 15 main start), or check the URL's host and port"
+            .to_owned(),
     }
 }
 
@@ -406,6 +444,23 @@ impl Db {
             .build()
             .map_err(|err| err.to_string())
             .map(Db::Postgres)
+    }
+
+    /// Connects to PostgreSQL once, to say at start what is wrong (and what
+    /// to do) rather than at the first request.
+    pub(super) async fn check_postgres(&self, url: &str) -> Result<(), (String, String)> {
+        let Db::Postgres(pool) = self else {
+            return Ok(());
+        };
+        match pool.get().await {
+            Ok(_) => Ok(()),
+            Err(deadpool_postgres::PoolError::Backend(err)) => {
+                let config: tokio_postgres::Config =
+                    url.parse().map_err(|err| (format!("{err}"), String::new()))?;
+                Err((postgres_reason(&err), postgres_advice(&err, &config)))
+            }
+            Err(other) => Err((other.to_string(), "check the URL".to_owned())),
+        }
     }
 
     /// Runs `work` in one transaction, committed if it returns `Ok` and

@@ -213,19 +213,23 @@ impl Store {
             Database::Sqlite(path) => return Store::open(path),
             Database::Postgres(url) => url,
         };
-        let unreachable = |reason: String| Error::PostgresUnreachable {
+        let unusable = |reason: String, advice: String| Error::PostgresUnusable {
             url: database.shown(),
             reason,
+            advice,
         };
         let db = Db::postgres(url).map_err(|reason| Error::BadPostgresUrl {
             url: database.shown(),
             reason,
         })?;
+        db.check_postgres(url)
+            .await
+            .map_err(|(reason, advice)| unusable(reason, advice))?;
         db.transact(Mode::Write, async |tx: &mut Tx<'_>| {
             create_in_postgres(tx).await
         })
         .await
-        .map_err(|err| unreachable(err.message))?;
+        .map_err(|err| unusable(err.message, "check PostgreSQL's log".to_owned()))?;
         Ok(Store {
             db,
             database: database.clone(),
