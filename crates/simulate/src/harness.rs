@@ -15,6 +15,7 @@ use super::SimError;
 use ytnotify::{
     broker_url::BrokerUrl,
     server::{ServerConfig, YoutubeServer},
+    store::Database,
 };
 
 /// Which server the simulator drives.
@@ -74,6 +75,87 @@ fn rabbitmqctl(args: &[&str]) -> Result<(), SimError> {
 }
 
 /// The vhost a run uses; a fresh one is deleted when dropped, unless kept.
+/// A PostgreSQL database made for one run (`ytnotify_sim_<random>`),
+/// dropped when the run ends, pass or fail.
+pub struct ScratchDatabase {
+    /// Its URL, for `--db`.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Makes the database on the server of `admin_url`.
+    pub async fn create(admin_url: &str) -> Result<ScratchDatabase, SimError> {
+        let name = format!(
+            "ytnotify_sim_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        admin(admin_url, &format!("CREATE DATABASE {name}")).await?;
+        let mut config: tokio_postgres::Config = admin_url
+            .parse()
+            .map_err(|err| SimError::Harness(format!("--postgres {admin_url}: {err}")))?;
+        config.dbname(&name);
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config
+            .get_password()
+            .map(|password| format!(":{}", String::from_utf8_lossy(password)))
+            .unwrap_or_default();
+        tracing::info!("the run's database is {name}");
+        Ok(ScratchDatabase {
+            url: format!("postgres://{user}{password}@{host}:{port}/{name}"),
+            admin_url: admin_url.to_owned(),
+            name,
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        // Its own thread and runtime: the run's runtime may be the one this
+        // drop would block.
+        let (admin_url, sql) = (
+            self.admin_url.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(admin(&admin_url, &sql)).ok()
+        })
+        .join();
+    }
+}
+
+/// Runs one statement on the PostgreSQL server of `admin_url`.
+async fn admin(admin_url: &str, sql: &str) -> Result<(), SimError> {
+    let failed = |err: tokio_postgres::Error| {
+        let cause = std::error::Error::source(&err)
+            .map(|cause| format!(": {cause}"))
+            .unwrap_or_default();
+        SimError::Harness(format!(
+            "PostgreSQL at {} ({sql}): {err}{cause}; give --postgres the URL of a role that \
+             may create databases",
+            ytnotify::store::Database::Postgres(admin_url.to_owned()).shown()
+        ))
+    };
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .map_err(failed)?;
+    let driver = tokio::spawn(connection);
+    let outcome = client.batch_execute(sql).await.map_err(failed);
+    drop(client);
+    let _ = driver.await;
+    outcome
+}
+
 pub struct Vhost {
     pub url: String,
     name: Option<String>,
@@ -203,13 +285,17 @@ pub enum Server {
 }
 
 impl Server {
-    /// Starts the server the mode asks for, on `url`, with its database at `db`.
+    /// Starts the server the mode asks for, on `url`, with its state in `database`.
     pub async fn start(
         mode: &ServerMode,
         url: &str,
-        db: &Path,
+        database: &Database,
         log: &Path,
     ) -> Result<Server, SimError> {
+        let db = match database {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => url.clone(),
+        };
         match mode {
             ServerMode::Spawn(exe) => {
                 let log = std::fs::File::create(log).map_err(|e| {
@@ -230,7 +316,8 @@ impl Server {
                 Ok(Server::Child(child))
             }
             ServerMode::InProcess => {
-                let mut config = ServerConfig::new(ytnotify::broker::Endpoint::new(url), db);
+                let mut config =
+                    ServerConfig::new(ytnotify::broker::Endpoint::new(url), database.clone());
                 config.print_events = false;
                 let server = YoutubeServer::start(config).await?;
                 let (shutdown, stopped) = oneshot::channel::<()>();

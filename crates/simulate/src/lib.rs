@@ -118,6 +118,10 @@ pub struct Options {
     /// The `gateway` program for browser clients; `None`: the one beside
     /// this executable.
     pub gateway_bin: Option<PathBuf>,
+    /// Run the server on PostgreSQL: a database made for the run on the
+    /// PostgreSQL server of this URL (whose role may create databases), and
+    /// dropped after it. `None`: a SQLite file.
+    pub postgres: Option<String>,
 }
 
 impl Options {
@@ -131,6 +135,7 @@ impl Options {
             request_timeout: Duration::from_secs(120),
             ceiling: true,
             gateway_bin: None,
+            postgres: None,
         }
     }
 }
@@ -156,13 +161,15 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
     }
     let scratch = ScratchDir::new()?;
     let log = scratch.0.join("youtube_server.log");
-    let mut server = Server::start(
-        &options.server,
-        &vhost.url,
-        &scratch.0.join("server.db"),
-        &log,
-    )
-    .await?;
+    let postgres = match &options.postgres {
+        Some(admin_url) => Some(harness::ScratchDatabase::create(admin_url).await?),
+        None => None,
+    };
+    let database = match &postgres {
+        Some(postgres) => ytnotify::store::Database::Postgres(postgres.url.clone()),
+        None => ytnotify::store::Database::Sqlite(scratch.0.join("server.db")),
+    };
+    let mut server = Server::start(&options.server, &vhost.url, &database, &log).await?;
     let outcome = Simulation {
         scenario,
         plan: &plan,

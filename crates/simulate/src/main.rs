@@ -148,6 +148,10 @@ struct RunArgs {
     /// Use the URL's vhost as it is instead of a fresh one made with rabbitmqctl
     #[arg(long)]
     no_fresh_vhost: bool,
+    /// Run the server on PostgreSQL: a database made for the run on this server (its role
+    /// must be allowed to create databases), dropped after it [default: a SQLite file]
+    #[arg(long, value_name = "URL", conflicts_with = "external_server")]
+    postgres: Option<String>,
     /// Keep the fresh vhost after the run, for inspection
     #[arg(long)]
     keep_vhost: bool,
@@ -282,6 +286,7 @@ impl RunArgs {
         options.progress = !self.quiet;
         options.ceiling = !self.no_ceiling;
         options.gateway_bin = self.gateway_bin.clone();
+        options.postgres = self.postgres.clone();
         if let Some(timeout) = self.request_timeout {
             options.request_timeout = timeout;
         }

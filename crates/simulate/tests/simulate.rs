@@ -1,7 +1,8 @@
 //! The simulator against the real broker and the real `youtube_server`: a tiny
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
 //! and fill every field of the report; likes and comments reach their
-//! creators once each; under load, a broker crash loses no confirmed upload.
+//! creators once each; under load, a broker crash loses no confirmed upload;
+//! a server on PostgreSQL is held to the same check.
 //! (Benchmarks are not tests: see scripts/bench.sh.)
 
 use std::time::Duration;
@@ -253,6 +254,50 @@ async fn likes_and_comments_reach_every_creator_once_and_are_measured_against_th
     ] {
         assert!(text.contains(line), "{line:?} missing in:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgresql_is_checked_the_same_way_and_its_database_dropped() {
+    let vhost = TestVhost::new("simulate-postgres");
+    let mut options = options(&vhost, ServerMode::Spawn(program("youtube_server")));
+    let admin = ytnotify_testkit::postgres::admin_url();
+    options.postgres = Some(admin.clone());
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let run_databases = async || {
+        client
+            .query_one(
+                "SELECT COUNT(*) FROM pg_database WHERE datname LIKE 'ytnotify\\_sim\\_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = run_databases().await;
+    let report = run(&tiny(), &options).await;
+    let text = report.to_string();
+    let check = &report.check;
+    assert!(check.ok, "{text}");
+    assert_eq!(
+        (check.lost, check.duplicates, check.unexpected),
+        (0, 0, 0),
+        "{text}"
+    );
+    assert!(
+        check.expected > 0 && check.received == check.expected,
+        "{text}"
+    );
+    assert_eq!(report.run.failed_requests, 0, "{text}");
+    assert_eq!(report.run.changes, 100, "{text}");
+    // The run's database is gone with the run.
+    assert_eq!(
+        run_databases().await,
+        before,
+        "the run's database was left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
