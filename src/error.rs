@@ -177,6 +177,9 @@ pub enum Error {
     /// A database operation failed.
     #[error("database error: {0}")]
     Store(String),
+    /// The state could not be copied to another database; nothing was.
+    #[error("nothing was copied: {0}")]
+    CopyRefused(String),
     /// A part of the server stopped while others still relied on it.
     #[error("youtube_server stopped: {0}")]
     Stopped(String),

@@ -55,6 +55,13 @@ enum Command {
         )]
         management_url: Option<String>,
     },
+    /// Copy the whole state (the database that --db names) into a new, empty database, for
+    /// example from the SQLite file to PostgreSQL; stop the servers that use it first
+    CopyDb {
+        /// The database to copy into: a SQLite file or a postgres:// URL; it must be empty
+        #[arg(long, value_name = "PATH|URL", value_parser = parse_database)]
+        to: Database,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,24 +105,37 @@ fn log_file() -> PathBuf {
     return PathBuf::new();
 }
 
+/// `youtube_server copy-db`: one line on success, with what was copied.
+async fn copy_db(from: &Database, to: &Database) -> anyhow::Result<()> {
+    let source = ytnotify::store::Store::connect(from).await?;
+    // Its errors name --to, not the --db they would otherwise point at.
+    let target = ytnotify::store::Store::connect(to)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err} (--to)"))?;
+    let copied = source.copy_to(&target).await?;
+    println!("copied {} to {}: {copied}", from.shown(), to.shown());
+    Ok(())
+}
+
 fn parse_database(text: &str) -> Result<Database, std::convert::Infallible> {
     Ok(Database::parse(text))
 }
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Account {
-        action,
-        management_url,
-    }) = cli.command
-    {
-        return account(&cli.broker, management_url, action).await;
-    }
-    let shutdown = cli::shutdown_signal();
     let broker = cli.broker.endpoint();
     let database = cli
         .db
         .unwrap_or_else(|| Database::Sqlite(server::default_db_path(&broker.url)));
+    match cli.command {
+        Some(Command::Account {
+            action,
+            management_url,
+        }) => return account(&cli.broker, management_url, action).await,
+        Some(Command::CopyDb { to }) => return copy_db(&database, &to).await,
+        None => {}
+    }
+    let shutdown = cli::shutdown_signal();
     let mut config = ServerConfig::new(broker.clone(), database);
     config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
     config.secure = cli.secure;

@@ -383,8 +383,8 @@ async fn record(
     now: i64,
 ) -> Result<(), DbError> {
     // Stored as it is sent, so that a replay decodes it like the client did.
-    let reply =
-        String::from_utf8(crate::protocol::encode(&reply.clone().fitted())).map_err(DbError::data)?;
+    let reply = String::from_utf8(crate::protocol::encode(&reply.clone().fitted()))
+        .map_err(DbError::data)?;
     tx.execute(
         "INSERT INTO applied_requests (id, reply, video_id, applied_at_ms) VALUES (?1, ?2, ?3, ?4)",
         args![request_id, reply, video_id, now],

@@ -43,6 +43,25 @@ impl Database {
         }
     }
 
+    /// The URL of another database on the same PostgreSQL server as `url`,
+    /// with the same login: where a test or a benchmark makes its own.
+    pub fn postgres_sibling(url: &str, database: &str) -> Result<String, String> {
+        let config: tokio_postgres::Config = url.parse().map_err(|err| format!("{url}: {err}"))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config
+            .get_password()
+            .map(|password| format!(":{}", String::from_utf8_lossy(password)))
+            .unwrap_or_default();
+        Ok(format!(
+            "postgres://{user}{password}@{host}:{port}/{database}"
+        ))
+    }
+
     /// The database as logs and dashboards show it: the file's path, or the
     /// URL without its password.
     pub fn shown(&self) -> String {
@@ -384,6 +403,11 @@ impl<T: FromValue> FromValue for Option<T> {
 pub(super) struct Row(Vec<Value>);
 
 impl Row {
+    /// The row's values, first column first.
+    pub(super) fn into_values(self) -> Vec<Value> {
+        self.0
+    }
+
     /// The column at `index`, as a `T`; an error of the request if it is
     /// missing or of another type (a database edited by hand, say).
     pub(super) fn get<T: FromValue>(&self, index: usize) -> Result<T, DbError> {
@@ -455,8 +479,9 @@ impl Db {
         match pool.get().await {
             Ok(_) => Ok(()),
             Err(deadpool_postgres::PoolError::Backend(err)) => {
-                let config: tokio_postgres::Config =
-                    url.parse().map_err(|err| (format!("{err}"), String::new()))?;
+                let config: tokio_postgres::Config = url
+                    .parse()
+                    .map_err(|err| (format!("{err}"), String::new()))?;
                 Err((postgres_reason(&err), postgres_advice(&err, &config)))
             }
             Err(other) => Err((other.to_string(), "check the URL".to_owned())),
@@ -693,7 +718,10 @@ impl rusqlite::ToSql for Value {
 }
 
 fn postgres_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|value| value as &(dyn ToSql + Sync)).collect()
+    params
+        .iter()
+        .map(|value| value as &(dyn ToSql + Sync))
+        .collect()
 }
 
 impl ToSql for Value {
@@ -768,6 +796,18 @@ mod tests {
     }
 
     #[test]
+    fn a_sibling_database_keeps_the_server_and_the_login() {
+        assert_eq!(
+            Database::postgres_sibling("postgres://u:pw@db.example:6543/postgres", "other"),
+            Ok("postgres://u:pw@db.example:6543/other".to_owned())
+        );
+        assert_eq!(
+            Database::postgres_sibling("postgres://u@localhost/postgres", "x"),
+            Ok("postgres://u@localhost:5432/x".to_owned())
+        );
+    }
+
+    #[test]
     fn a_database_is_a_postgres_url_or_a_file() {
         assert_eq!(
             Database::parse("postgres://u:secret@db/ytnotify"),
@@ -792,4 +832,3 @@ mod tests {
         assert!(!format!("{:?}", Database::parse("postgres://u:secret@db/x")).contains("secret"));
     }
 }
-

@@ -23,10 +23,7 @@ const AMBIGUOUS_SHOWN: usize = 3;
 
 /// The video that `reference` (its id, or the start of it) names, or why
 /// none does.
-async fn resolve(
-    tx: &mut Tx<'_>,
-    reference: &str,
-) -> Result<Result<NamedVideo, String>, DbError> {
+async fn resolve(tx: &mut Tx<'_>, reference: &str) -> Result<Result<NamedVideo, String>, DbError> {
     // Ids are stored as `Uuid` writes them, in lowercase.
     let reference = reference.to_ascii_lowercase();
     let reference = reference.as_str();
@@ -41,7 +38,13 @@ async fn resolve(
         )
         .await?
         .iter()
-        .map(|row| Ok((row.get::<String>(0)?, row.get::<String>(1)?, row.get::<String>(2)?)))
+        .map(|row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<String>(1)?,
+                row.get::<String>(2)?,
+            ))
+        })
         .collect::<Result<Vec<_>, DbError>>()?;
     Ok(match found.as_slice() {
         [] => Err(format!(

@@ -17,6 +17,7 @@
 //! instead of failing, again and again, every batch it is in.
 
 mod apply;
+mod copy;
 pub(crate) mod db;
 mod interactions;
 mod schema;
@@ -35,6 +36,7 @@ use crate::{
 };
 
 use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
+pub use copy::Copied;
 pub use db::Database;
 use db::{Db, DbError, Mode, Tx, args};
 use schema::{create_in_postgres, create_or_migrate};
@@ -521,7 +523,10 @@ impl Store {
     pub async fn broker_layout(&self) -> Result<u32> {
         self.read(async |tx: &mut Tx<'_>| {
             match tx
-                .query_opt("SELECT value FROM settings WHERE key = 'broker_layout'", &[])
+                .query_opt(
+                    "SELECT value FROM settings WHERE key = 'broker_layout'",
+                    &[],
+                )
                 .await?
             {
                 Some(row) => row.get(0),

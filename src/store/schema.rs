@@ -224,5 +224,7 @@ pub(super) async fn create_in_postgres(tx: &mut Tx<'_>) -> Result<(), DbError> {
     // Any number, as long as it is always the same one: "ytnotify" in ASCII.
     tx.batch("SELECT pg_advisory_xact_lock(8751113753010185337)")
         .await?;
+    // "relation … already exists, skipping" at each start says nothing.
+    tx.batch("SET LOCAL client_min_messages = warning").await?;
     tx.batch(POSTGRES_SCHEMA).await
 }

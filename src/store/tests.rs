@@ -247,7 +247,9 @@ async fn execute(store: &Store, sql: &str) {
     let sql = sql.to_owned();
     store
         .db
-        .transact(Mode::Write, async move |tx: &mut Tx<'_>| tx.batch(&sql).await)
+        .transact(Mode::Write, async move |tx: &mut Tx<'_>| {
+            tx.batch(&sql).await
+        })
         .await
         .unwrap();
 }
@@ -342,7 +344,8 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
         "INSERT INTO youtubers VALUES ('bob', 1);
          INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified)
          VALUES ('0123abcd-0000-4000-8000-000000000000', 'bob', 'Old one', 1, 1);",
-    ).await;
+    )
+    .await;
     apply_one(
         &store,
         Uuid::new_v4(),
@@ -498,7 +501,8 @@ async fn pruning_forgets_only_old_requests_which_then_apply_again(store: Store) 
     execute(
         &store,
         &format!("UPDATE applied_requests SET applied_at_ms = 1000 WHERE id != '{recent}'"),
-    ).await;
+    )
+    .await;
     assert_eq!(store.applied_count().await.unwrap(), 3);
     assert_eq!(store.prune_applied(1000).await.unwrap(), 0);
     assert_eq!(store.prune_applied(1001).await.unwrap(), 2);
@@ -521,7 +525,8 @@ async fn a_large_prune_runs_in_chunks_to_the_end(store: Store) {
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
          INSERT INTO applied_requests (id, reply, applied_at_ms)
          SELECT 'old-' || i, '{}', i FROM n;",
-    ).await;
+    )
+    .await;
     assert_eq!(store.prune_applied(i64::MAX).await.unwrap(), 25_000);
     assert_eq!(store.applied_count().await.unwrap(), 0);
 }
@@ -532,7 +537,8 @@ async fn a_request_whose_recorded_reply_is_corrupt_is_refused_alone(store: Store
     execute(
         &store,
         &format!("UPDATE applied_requests SET reply = 'not json' WHERE id = '{corrupt}'"),
-    ).await;
+    )
+    .await;
     let batch = vec![
         (corrupt, login("alice")),
         (Uuid::new_v4(), subscribe("carol", "bob")),
@@ -855,7 +861,8 @@ async fn a_video_is_named_by_an_unambiguous_start_of_its_id(store: Store) {
         "INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified) VALUES
          ('abcd0000-0000-4000-8000-000000000000', 'bob', 'One', 1, 1),
          ('abcd1111-0000-4000-8000-000000000000', 'bob', 'Two', 2, 1)",
-    ).await;
+    )
+    .await;
     let refusal = |decision: Decision| match decision.reply.into_inner() {
         Reply::Refused { reason } => reason,
         other => panic!("{other:?}"),
@@ -1009,4 +1016,119 @@ async fn a_creator_hears_of_subscribers_from_its_first_upload_on(store: Store) {
     ));
     let refused = apply_one(&store, Uuid::new_v4(), unsubscribe).await;
     assert_eq!(refused.tell, None);
+}
+
+/// A SQLite file with something of everything, copied to PostgreSQL and on
+/// to a second SQLite file: each copy answers every question as the
+/// original does, and remembers every request applied.
+#[tokio::test]
+async fn the_state_copies_from_sqlite_to_postgresql_and_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = Store::open(&dir.path().join("original.db")).unwrap();
+    let login = Uuid::new_v4();
+    let subscribed = Uuid::new_v4();
+    let uploaded = Uuid::new_v4();
+    let liked = Uuid::new_v4();
+    original.login(login, "alice").await.unwrap();
+    apply_one(&original, subscribed, subscribe("alice", "bob")).await;
+    apply_one(&original, Uuid::new_v4(), subscribe("carol", "bob")).await;
+    let video = original
+        .upload(uploaded, "bob", "Hello")
+        .await
+        .unwrap()
+        .into_inner();
+    original
+        .upload(Uuid::new_v4(), "bob", "Again")
+        .await
+        .unwrap();
+    original.mark_notified(vec![video.id]).await.unwrap();
+    let id = video.id.to_string();
+    apply_one(&original, liked, react("alice", &id, Some(Reaction::Like))).await;
+    let comment = Request::Comment {
+        user: "carol".into(),
+        video: id.clone(),
+        text: "Nice".into(),
+    };
+    apply_one(&original, Uuid::new_v4(), comment).await;
+    original
+        .record_dropped(vec![("carol".into(), 2)])
+        .await
+        .unwrap();
+    original.set_broker_layout(BROKER_LAYOUT).await.unwrap();
+
+    let database = ytnotify_testkit::postgres::TestDatabase::create().await;
+    let postgres = Store::connect(&Database::parse(&database.url))
+        .await
+        .unwrap();
+    let copied = original.copy_to(&postgres).await.unwrap();
+    assert_eq!(
+        copied.to_string(),
+        "users 2, youtubers 1, subscriptions 2, videos 2, applied_requests 7, reactions 1, \
+         reactions_told 1, comments 1, creator_events 2, settings 1"
+    );
+    let back = Store::open(&dir.path().join("back.db")).unwrap();
+    postgres.copy_to(&back).await.unwrap();
+
+    let stats = Request::Stats {
+        youtuber: "bob".into(),
+    };
+    let expected_stats = apply_one(&original, Uuid::new_v4(), stats.clone())
+        .await
+        .reply;
+    for copy in [&postgres, &back] {
+        assert_eq!(
+            copy.users_overview().await.unwrap(),
+            original.users_overview().await.unwrap()
+        );
+        assert_eq!(
+            copy.youtubers_overview().await.unwrap(),
+            original.youtubers_overview().await.unwrap()
+        );
+        assert_eq!(
+            copy.every_inbox().await.unwrap(),
+            original.every_inbox().await.unwrap()
+        );
+        assert_eq!(
+            copy.videos_of("bob").await.unwrap(),
+            original.videos_of("bob").await.unwrap()
+        );
+        assert_eq!(
+            copy.videos_to_notify().await.unwrap(),
+            original.videos_to_notify().await.unwrap()
+        );
+        assert_eq!(copy.broker_layout().await.unwrap(), BROKER_LAYOUT);
+        assert_eq!(
+            apply_one(copy, Uuid::new_v4(), stats.clone()).await.reply,
+            expected_stats
+        );
+        assert_eq!(
+            copy.creator_events_to_send("bob", now_ms() + 1, 100)
+                .await
+                .unwrap(),
+            original
+                .creator_events_to_send("bob", now_ms() + 1, 100)
+                .await
+                .unwrap()
+        );
+        // Every request applied before is recognised: replayed, not applied again.
+        for (id, request) in [
+            (subscribed, subscribe("alice", "bob")),
+            (uploaded, upload("bob", "Hello")),
+            (liked, react("alice", &id, Some(Reaction::Like))),
+        ] {
+            assert!(!apply_one(copy, id, request).await.reply.is_new());
+        }
+        // carol's dropped notifications are still to be reported.
+        assert!(matches!(
+            copy.login(Uuid::new_v4(), "carol").await.unwrap().into_inner(),
+            Reply::Done { notice: Some(ref notice) } if notice.starts_with("2 notifications")
+        ));
+    }
+    // A database in use is not copied into: nothing is mixed.
+    let err = original.copy_to(&postgres).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("nothing was copied: ")
+            && err.contains("is not empty (its table users has rows)"),
+        "{err}"
+    );
 }

@@ -91,24 +91,12 @@ impl ScratchDatabase {
             "ytnotify_sim_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let url = Database::postgres_sibling(admin_url, &name)
+            .map_err(|err| SimError::Harness(format!("--postgres: {err}")))?;
         admin(admin_url, &format!("CREATE DATABASE {name}")).await?;
-        let mut config: tokio_postgres::Config = admin_url
-            .parse()
-            .map_err(|err| SimError::Harness(format!("--postgres {admin_url}: {err}")))?;
-        config.dbname(&name);
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "127.0.0.1".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or("postgres");
-        let password = config
-            .get_password()
-            .map(|password| format!(":{}", String::from_utf8_lossy(password)))
-            .unwrap_or_default();
         tracing::info!("the run's database is {name}");
         Ok(ScratchDatabase {
-            url: format!("postgres://{user}{password}@{host}:{port}/{name}"),
+            url,
             admin_url: admin_url.to_owned(),
             name,
         })

@@ -302,10 +302,8 @@ impl TestVhost {
 
     /// The server configuration for this vhost, with a database in the temp dir.
     pub fn server_config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(
-            ytnotify::broker::Endpoint::new(&self.url),
-            self.database(),
-        );
+        let mut config =
+            ServerConfig::new(ytnotify::broker::Endpoint::new(&self.url), self.database());
         config.print_events = false;
         config
     }

@@ -29,11 +29,9 @@ impl TestDatabase {
     pub async fn create() -> TestDatabase {
         let name = format!("ytnotify_test_{}", Uuid::new_v4().simple());
         run_admin(format!("CREATE DATABASE {name}")).await;
-        let admin: tokio_postgres::Config = admin_url().parse().expect("YT_TEST_POSTGRES_URL");
-        let mut config = admin.clone();
-        config.dbname(&name);
         TestDatabase {
-            url: postgres_url(&config),
+            url: ytnotify::store::Database::postgres_sibling(&admin_url(), &name)
+                .expect("YT_TEST_POSTGRES_URL"),
             name,
         }
     }
@@ -64,7 +62,8 @@ impl Drop for TestDatabase {
         // Its own thread and runtime: a test's runtime may be gone (or be
         // the one this drop blocks). FORCE ends the connections left open.
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || current_thread_runtime().block_on(run_admin(sql))).join();
+        let _ =
+            std::thread::spawn(move || current_thread_runtime().block_on(run_admin(sql))).join();
     }
 }
 
@@ -90,22 +89,6 @@ async fn run_admin(sql: String) {
         .unwrap_or_else(|err| panic!("{sql}: {err}"));
     drop(client);
     let _ = driver.await;
-}
-
-/// A URL for `config` (host, port, user, password, database).
-fn postgres_url(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let password = config
-        .get_password()
-        .map(|password| format!(":{}", String::from_utf8_lossy(password)))
-        .unwrap_or_default();
-    let dbname = config.get_dbname().unwrap_or("postgres");
-    format!("postgres://{user}{password}@{host}:{port}/{dbname}")
 }
 
 /// A private PostgreSQL server on a spare port, for tests that crash or
@@ -135,10 +118,10 @@ impl PostgresServer {
             bin,
             dir,
         };
-        run_checked(std::process::Command::new("chown").args([
-            "postgres:",
-            &server.dir.path().display().to_string(),
-        ]));
+        run_checked(
+            std::process::Command::new("chown")
+                .args(["postgres:", &server.dir.path().display().to_string()]),
+        );
         server.as_postgres(
             "initdb",
             &[
@@ -179,7 +162,16 @@ impl PostgresServer {
         let log = self.dir.path().join("log").display().to_string();
         self.as_postgres(
             "pg_ctl",
-            &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"],
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
         );
     }
 
