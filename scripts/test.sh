@@ -32,6 +32,7 @@ ensure_management "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exi
 ensure_browser || exit 1
 # The store runs on PostgreSQL as well as SQLite.
 ensure_postgres || exit 1
+postgres_drop_stale ytnotify_test_
 
 if ! command -v rabbitmqctl >/dev/null 2>&1; then
     if ctl=$(broker_tool rabbitmqctl); then

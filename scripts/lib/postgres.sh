@@ -12,6 +12,9 @@
 #   one given, else postgres with no password if the server trusts it, else a
 #   role ytnotify_test made for the purpose. Exports YT_TEST_POSTGRES_URL.
 #   On another host, or without root, it says what to run and returns 1.
+#
+# postgres_drop_stale PREFIX
+#   Drops the databases named PREFIX… that killed test runs left behind.
 #   YTNOTIFY_NO_INSTALL=1 turns off installing and starting: only reuse.
 #
 # Messages go to stderr, one line each, prefixed with [postgres].
@@ -25,7 +28,8 @@ postgres_log() {
 # postgres_can URL: whether URL logs in and may create databases.
 postgres_can() {
     local out
-    out=$(timeout 10 psql "$1" -XAtqc "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user" 2>/dev/null) || return 1
+    # -w: never ask for a password (it would wait on a terminal no one reads).
+    out=$(timeout 10 psql -w "$1" -XAtqc "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user" 2>/dev/null) || return 1
     [[ $out == t ]]
 }
 
@@ -114,8 +118,18 @@ ensure_postgres() {
         fi
     fi
     if ! postgres_can "$made"; then
-        postgres_log "the role ytnotify_test cannot log in over TCP: check pg_hba.conf, or set YT_TEST_POSTGRES_URL"
+        postgres_log "the role ytnotify_test cannot log in over TCP with the password ytnotify_test (made earlier with another one? check pg_hba.conf too), or set YT_TEST_POSTGRES_URL"
         return 1
     fi
     export YT_TEST_POSTGRES_URL=$made
+}
+
+# postgres_drop_stale PREFIX: drops the databases whose names start with
+# PREFIX (what killed test runs left behind), on YT_TEST_POSTGRES_URL's server.
+postgres_drop_stale() {
+    local name
+    while read -r name; do
+        [[ -n $name ]] || continue
+        psql -w "$YT_TEST_POSTGRES_URL" -XAtqc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done < <(psql -w "$YT_TEST_POSTGRES_URL" -XAtqc "SELECT datname FROM pg_database WHERE starts_with(datname, '$1')" 2>/dev/null)
 }

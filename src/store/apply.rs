@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::{
     Applied, Decision, Effect, InboxSpec, Video,
-    db::{DbError, Row, Tx, args},
+    db::{DbError, Fault, Row, Tx, args},
     interactions::{self, unsent_note},
 };
 use crate::protocol::{Reply, Request};
@@ -21,15 +21,28 @@ pub(super) async fn apply_isolated(
 ) -> Result<Decision, DbError> {
     let is_query = request.is_query();
     tx.batch("SAVEPOINT request").await?;
-    let err = match apply_one(tx, request_id, request, now, inbox_bound).await {
+    let err = match apply_one(tx, request_id, request.clone(), now, inbox_bound).await {
         Ok(outcome) => {
             tx.batch("RELEASE SAVEPOINT request").await?;
             return Ok(outcome);
         }
-        Err(err) if err.of_request => err,
-        Err(err) => return Err(err),
+        Err(err) => err,
     };
     tx.batch("ROLLBACK TO SAVEPOINT request").await?;
+    match err.kind {
+        Fault::Request => {}
+        Fault::Database => return Err(err),
+        // Another server stored this request while this one applied it, and
+        // committed first: now that it is visible, it is replayed.
+        Fault::Duplicate if recorded(tx, request_id).await?.is_some() => {
+            let replayed = apply_one(tx, request_id, request, now, inbox_bound).await?;
+            tx.batch("RELEASE SAVEPOINT request").await?;
+            return Ok(replayed);
+        }
+        // The request's own: a redelivery after its id was pruned, of a
+        // request whose rows keep its id (a comment).
+        Fault::Duplicate => {}
+    }
     tracing::warn!(%request_id, %err, "refusing a request the database cannot store");
     let reply = Reply::Refused {
         reason: format!(
@@ -40,7 +53,7 @@ pub(super) async fn apply_isolated(
     // Recorded, so that a redelivery gets this answer at once instead of
     // failing the same way each time it comes back. A query is not recorded.
     if !is_query && let Err(err) = record_refusal(tx, request_id, &reply, now).await {
-        if !err.of_request {
+        if err.kind == Fault::Database {
             return Err(err);
         }
         // A redelivery fails the same way and is refused again: the same answer.

@@ -46,20 +46,15 @@ impl Database {
     /// The URL of another database on the same PostgreSQL server as `url`,
     /// with the same login: where a test or a benchmark makes its own.
     pub fn postgres_sibling(url: &str, database: &str) -> Result<String, String> {
-        let config: tokio_postgres::Config = url.parse().map_err(|err| format!("{url}: {err}"))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "127.0.0.1".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or("postgres");
-        let password = config
-            .get_password()
-            .map(|password| format!(":{}", String::from_utf8_lossy(password)))
-            .unwrap_or_default();
-        Ok(format!(
-            "postgres://{user}{password}@{host}:{port}/{database}"
-        ))
+        let shown = redact_postgres(url);
+        let mut parsed = url::Url::parse(url).map_err(|err| format!("{shown}: {err}"))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(format!("{shown} is not a postgres:// URL"));
+        }
+        // Everything else stays as given: the login (still percent-encoded),
+        // the host, the parameters.
+        parsed.set_path(&format!("/{database}"));
+        Ok(parsed.to_string())
     }
 
     /// The database as logs and dashboards show it: the file's path, or the
@@ -123,21 +118,48 @@ const POSTGRES_CONNECTIONS: usize = 8;
 /// server tries its batch again later).
 const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long PostgreSQL may stay silent on a connection before it is taken
+/// for gone.
+const POSTGRES_DEAD_AFTER: Duration = Duration::from_secs(30);
+
+/// The longest one statement may run (the largest is a chunk of a prune).
+const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What a failed statement means for the batch it is in.
 #[derive(Debug)]
 pub(super) struct DbError {
-    /// The request's own: its data, a constraint. The request is refused
-    /// alone. Otherwise the database as a whole failed (unreachable, busy,
-    /// full, a conflict with another server): the batch is tried again later.
-    pub(super) of_request: bool,
+    pub(super) kind: Fault,
     pub(super) message: String,
+}
+
+/// Whose fault a failed statement is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The request's own: its data, a constraint. The request is refused
+    /// alone.
+    Request,
+    /// A key already taken, in PostgreSQL: either another server stored the
+    /// same request first (it is then recorded, and replayed), or the
+    /// request's own (a redelivery past the horizon of idempotency).
+    /// `apply::apply_isolated` tells which.
+    Duplicate,
+    /// The database as a whole (unreachable, busy, full, a deadlock with
+    /// another server): the batch is tried again later.
+    Database,
 }
 
 impl DbError {
     /// Data read back from the database that does not decode: the request's.
     pub(super) fn data(message: impl fmt::Display) -> DbError {
         DbError {
-            of_request: true,
+            kind: Fault::Request,
+            message: message.to_string(),
+        }
+    }
+
+    fn database(message: impl fmt::Display) -> DbError {
+        DbError {
+            kind: Fault::Database,
             message: message.to_string(),
         }
     }
@@ -157,8 +179,14 @@ impl From<DbError> for Error {
 
 impl From<rusqlite::Error> for DbError {
     fn from(err: rusqlite::Error) -> DbError {
+        // One writer at a time: no other server can have taken a key.
+        let kind = if sqlite_error_is_the_requests(&err) {
+            Fault::Request
+        } else {
+            Fault::Database
+        };
         DbError {
-            of_request: sqlite_error_is_the_requests(&err),
+            kind,
             message: err.to_string(),
         }
     }
@@ -167,7 +195,7 @@ impl From<rusqlite::Error> for DbError {
 impl From<tokio_postgres::Error> for DbError {
     fn from(err: tokio_postgres::Error) -> DbError {
         DbError {
-            of_request: err.code().is_some_and(postgres_error_is_the_requests),
+            kind: postgres_fault(err.code()),
             message: format!("PostgreSQL: {}", postgres_reason(&err)),
         }
     }
@@ -212,7 +240,7 @@ fn postgres_advice(err: &tokio_postgres::Error, config: &tokio_postgres::Config)
              PostgreSQL without TLS: add ?sslmode=disable to the URL, on a trusted network"
             .to_owned(),
         None => "start PostgreSQL (sudo apt-get install postgresql, then \
-                 sudo pg_ctlcluster 15 main start), or check the URL's host and port"
+                 sudo service postgresql start), or check the URL's host and port"
             .to_owned(),
     }
 }
@@ -221,10 +249,7 @@ impl From<deadpool_postgres::PoolError> for DbError {
     fn from(err: deadpool_postgres::PoolError) -> DbError {
         match err {
             deadpool_postgres::PoolError::Backend(err) => err.into(),
-            other => DbError {
-                of_request: false,
-                message: format!("PostgreSQL: {other}"),
-            },
+            other => DbError::database(format!("PostgreSQL: {other}")),
         }
     }
 }
@@ -255,17 +280,21 @@ pub(super) fn sqlite_error_is_the_requests(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// Whether a PostgreSQL error belongs to the request being applied: bad
-/// data (class 22) or a broken constraint (class 23) — except a unique key
-/// taken, which here means another server stored the same request (a
-/// redelivery racing the first attempt) and committed first: tried again,
-/// the batch finds it applied and replays its reply. Everything else (the
-/// connection, a deadlock or serialization failure, resources, the
-/// administrator) is the database's.
-pub(super) fn postgres_error_is_the_requests(code: &tokio_postgres::error::SqlState) -> bool {
-    let code = code.code();
-    (code.starts_with("22") || code.starts_with("23"))
-        && code != tokio_postgres::error::SqlState::UNIQUE_VIOLATION.code()
+/// Whose fault a PostgreSQL error is: bad data (class 22) or a broken
+/// constraint (class 23) is the request's, a key taken is told apart
+/// ([`Fault::Duplicate`]); everything else (the connection, a deadlock or
+/// serialization failure, a timeout, resources, the administrator) is the
+/// database's. No SQLSTATE: the connection, or a value the driver could not
+/// convert (none of the store's can fail so).
+pub(super) fn postgres_fault(code: Option<&tokio_postgres::error::SqlState>) -> Fault {
+    use tokio_postgres::error::SqlState;
+    match code {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => Fault::Duplicate,
+        Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
+            Fault::Request
+        }
+        _ => Fault::Database,
+    }
 }
 
 /// A value in or out of a statement: what both databases store here.
@@ -452,6 +481,24 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name("youtube_server");
         }
+        // A PostgreSQL that stops answering (its host gone from the network)
+        // is noticed within half a minute, not the two hours of TCP's
+        // defaults; a lock held by someone else fails the batch after
+        // BUSY_TIMEOUT, as SQLite's does, and it is tried again later. A
+        // statement that hangs would hold its queue and the server's stop.
+        config.keepalives_idle(POSTGRES_DEAD_AFTER);
+        config.tcp_user_timeout(POSTGRES_DEAD_AFTER);
+        let timeouts = format!(
+            "-c lock_timeout={} -c statement_timeout={}",
+            super::BUSY_TIMEOUT.as_millis(),
+            POSTGRES_STATEMENT_TIMEOUT.as_millis()
+        );
+        let options = match config.get_options() {
+            // The URL's own settings come last, and win.
+            Some(given) => format!("{timeouts} {given}"),
+            None => timeouts,
+        };
+        config.options(options);
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -468,6 +515,16 @@ impl Db {
             .build()
             .map_err(|err| err.to_string())
             .map(Db::Postgres)
+    }
+
+    /// The most requests, each in its savepoint, one transaction takes:
+    /// PostgreSQL keeps the savepoints that wrote in a per-session cache of
+    /// 64, past which every other session's reads must look them up on disk.
+    pub(super) fn most_savepoints(&self) -> usize {
+        match self {
+            Db::Sqlite(_) => usize::MAX,
+            Db::Postgres(_) => 64,
+        }
     }
 
     /// Connects to PostgreSQL once, to say at start what is wrong (and what
@@ -506,6 +563,10 @@ impl Db {
         }
     }
 
+    // SQLite's connection stays locked across the work's awaits: none of
+    // them waits for anything (SQLite's calls block), and this runs on a
+    // blocking thread of its own, where another call waits for the lock.
+    #[allow(clippy::await_holding_lock)]
     async fn transact_here<T, W>(&self, mode: Mode, work: W) -> Result<T, DbError>
     where
         W: AsyncFnOnce(&mut Tx<'_>) -> Result<T, DbError>,
@@ -533,9 +594,10 @@ impl Db {
             Db::Postgres(pool) => {
                 let client = pool.get().await?;
                 client.batch_execute("BEGIN").await?;
-                let mut tx = Tx::Postgres(PostgresTx {
+                let mut tx = Tx::Postgres(Box::new(PostgresTx {
                     client: Some(client),
-                });
+                    failed: false,
+                }));
                 let value = work(&mut tx).await?;
                 tx.commit().await?;
                 Ok(value)
@@ -547,7 +609,7 @@ impl Db {
 /// A transaction in progress.
 pub(super) enum Tx<'c> {
     Sqlite(SqliteTx<'c>),
-    Postgres(PostgresTx),
+    Postgres(Box<PostgresTx>),
 }
 
 pub(super) struct SqliteTx<'c> {
@@ -568,6 +630,9 @@ impl Drop for SqliteTx<'_> {
 pub(super) struct PostgresTx {
     /// `None` once committed.
     client: Option<deadpool_postgres::Object>,
+    /// A statement failed and no rollback to a savepoint followed: PostgreSQL
+    /// would turn the COMMIT into a rollback, and answer it as if it were one.
+    failed: bool,
 }
 
 impl Drop for PostgresTx {
@@ -591,9 +656,13 @@ impl Tx<'_> {
                 Ok(statement.execute(rusqlite::params_from_iter(params))? as u64)
             }
             Tx::Postgres(tx) => {
-                let client = tx.client()?;
-                let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
-                Ok(client.execute(&statement, &postgres_params(params)).await?)
+                let outcome = async {
+                    let client = tx.client()?;
+                    let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
+                    Ok(client.execute(&statement, &postgres_params(params)).await?)
+                }
+                .await;
+                tx.note(outcome)
             }
         }
     }
@@ -613,10 +682,14 @@ impl Tx<'_> {
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             }
             Tx::Postgres(tx) => {
-                let client = tx.client()?;
-                let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
-                let rows = client.query(&statement, &postgres_params(params)).await?;
-                rows.iter().map(postgres_row).collect()
+                let outcome = async {
+                    let client = tx.client()?;
+                    let statement = client.prepare_cached(&numbered_for_postgres(sql)).await?;
+                    let rows = client.query(&statement, &postgres_params(params)).await?;
+                    rows.iter().map(postgres_row).collect()
+                }
+                .await;
+                tx.note(outcome)
             }
         }
     }
@@ -647,7 +720,13 @@ impl Tx<'_> {
     pub(super) async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
             Tx::Sqlite(tx) => Ok(tx.connection.execute_batch(sql)?),
-            Tx::Postgres(tx) => Ok(tx.client()?.batch_execute(sql).await?),
+            Tx::Postgres(tx) => {
+                let outcome = async { Ok(tx.client()?.batch_execute(sql).await?) }.await;
+                if outcome.is_ok() && sql.starts_with("ROLLBACK TO SAVEPOINT") {
+                    tx.failed = false;
+                }
+                tx.note(outcome)
+            }
         }
     }
 
@@ -659,6 +738,11 @@ impl Tx<'_> {
                 Ok(())
             }
             Tx::Postgres(tx) => {
+                if tx.failed {
+                    return Err(DbError::database(
+                        "a statement failed and was not rolled back; nothing is committed",
+                    ));
+                }
                 tx.client()?.batch_execute("COMMIT").await?;
                 // Back to the pool, out of any transaction.
                 tx.client = None;
@@ -669,11 +753,18 @@ impl Tx<'_> {
 }
 
 impl PostgresTx {
+    /// Remembers a failed statement (see [`PostgresTx::failed`]).
+    fn note<T>(&mut self, outcome: Result<T, DbError>) -> Result<T, DbError> {
+        if outcome.is_err() {
+            self.failed = true;
+        }
+        outcome
+    }
+
     fn client(&self) -> Result<&deadpool_postgres::Object, DbError> {
-        self.client.as_ref().ok_or_else(|| DbError {
-            of_request: false,
-            message: "the transaction is over".to_owned(),
-        })
+        self.client
+            .as_ref()
+            .ok_or_else(|| DbError::database("the transaction is over"))
     }
 }
 
@@ -802,9 +893,14 @@ mod tests {
             Ok("postgres://u:pw@db.example:6543/other".to_owned())
         );
         assert_eq!(
-            Database::postgres_sibling("postgres://u@localhost/postgres", "x"),
-            Ok("postgres://u@localhost:5432/x".to_owned())
+            Database::postgres_sibling(
+                "postgres://u%40x:p%2Fw@localhost/postgres?sslmode=disable",
+                "x"
+            ),
+            Ok("postgres://u%40x:p%2Fw@localhost/x?sslmode=disable".to_owned())
         );
+        let refused = Database::postgres_sibling("mysql://u:secret@db/x", "y").unwrap_err();
+        assert!(!refused.contains("secret"), "{refused}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! on SQLite and on PostgreSQL ([`on_both`]), each on a database of its own.
 
 use super::apply::dropped_notice;
-use super::db::{postgres_error_is_the_requests, sqlite_error_is_the_requests};
+use super::db::{Fault, postgres_fault, sqlite_error_is_the_requests};
 use super::*;
 use crate::protocol::{CreatorEvent, Reaction};
 
@@ -54,6 +54,7 @@ on_both!(
     a_video_is_named_by_an_unambiguous_start_of_its_id,
     videos_are_listed_newest_first_with_their_counts,
     a_creator_hears_of_subscribers_from_its_first_upload_on,
+    a_comment_sent_again_after_its_id_was_forgotten_is_refused_alone,
 );
 
 /// The same database, opened again: a restarted server.
@@ -686,21 +687,32 @@ fn only_errors_of_the_whole_database_fail_a_batch() {
         SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
         SqlState::CHARACTER_NOT_IN_REPERTOIRE,
     ] {
-        assert!(postgres_error_is_the_requests(&code), "{code:?}");
+        assert_eq!(postgres_fault(Some(&code)), Fault::Request, "{code:?}");
     }
+    // Another server stored the same request first, or it is the request's
+    // own: apply_isolated looks.
+    assert_eq!(
+        postgres_fault(Some(&SqlState::UNIQUE_VIOLATION)),
+        Fault::Duplicate
+    );
     for code in [
-        // Another server stored the same request first: tried again, it replays.
-        SqlState::UNIQUE_VIOLATION,
         SqlState::T_R_SERIALIZATION_FAILURE,
         SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
         SqlState::ADMIN_SHUTDOWN,
         SqlState::CONNECTION_FAILURE,
         SqlState::DISK_FULL,
         SqlState::TOO_MANY_CONNECTIONS,
         SqlState::READ_ONLY_SQL_TRANSACTION,
     ] {
-        assert!(!postgres_error_is_the_requests(&code), "{code:?}");
+        assert_eq!(postgres_fault(Some(&code)), Fault::Database, "{code:?}");
     }
+    assert_eq!(
+        postgres_fault(None),
+        Fault::Database,
+        "no SQLSTATE: the connection"
+    );
 }
 
 async fn a_login_that_asks_for_the_history_says_so_even_when_replayed(store: Store) {
@@ -1131,4 +1143,33 @@ async fn the_state_copies_from_sqlite_to_postgresql_and_back_whole() {
             && err.contains("is not empty (its table users has rows)"),
         "{err}"
     );
+}
+
+async fn a_comment_sent_again_after_its_id_was_forgotten_is_refused_alone(store: Store) {
+    let video = store
+        .upload(Uuid::new_v4(), "bob", "Hello")
+        .await
+        .unwrap()
+        .into_inner();
+    let id = Uuid::new_v4();
+    let comment = Request::Comment {
+        user: "alice".into(),
+        video: video.id.to_string(),
+        text: "First!".into(),
+    };
+    apply_one(&store, id, comment.clone()).await;
+    // Past the horizon of idempotency, the comment comes back: its id is a
+    // key of the comments already (a key no other server holds).
+    store.prune_applied(now_ms() + 1).await.unwrap();
+    let outcomes = store
+        .apply(vec![(id, comment), (Uuid::new_v4(), login("carol"))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0].reply, Applied::New(Reply::Refused { .. })),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(outcomes[1].reply.is_new(), "the login beside it is stored");
+    assert!(store.user_exists("carol").await.unwrap());
 }

@@ -118,6 +118,13 @@ async fn a_database_crash_under_load_loses_no_upload_and_applies_none_twice() {
         }
     }
     postgres.crash().await;
+    // What was not answered when PostgreSQL went down rode through the crash.
+    let in_flight = uploads
+        .iter()
+        .filter(|upload| !upload.is_finished())
+        .count();
+    assert!(in_flight > 0, "every upload was answered before the crash");
+    eprintln!("{in_flight} of 40 uploads were not answered yet when PostgreSQL crashed");
     tokio::time::sleep(Duration::from_secs(1)).await;
     postgres.boot().await;
 

@@ -289,11 +289,12 @@ impl Server {
                 let log = std::fs::File::create(log).map_err(|e| {
                     SimError::Harness(format!("cannot create {}: {e}", log.display()))
                 })?;
+                // The broker and the database by the environment: a
+                // password on the command line would be on show to every
+                // user of the machine.
                 let child = Command::new(exe)
-                    .arg("--amqp-url")
-                    .arg(url)
-                    .arg("--db")
-                    .arg(db)
+                    .env("AMQP_URL", url)
+                    .env("YT_DB", &db)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log)

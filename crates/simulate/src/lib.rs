@@ -1273,6 +1273,12 @@ impl Simulation<'_> {
             check,
             server: ServerUsage {
                 mode: self.options.server.label().to_owned(),
+                database: if self.options.postgres.is_some() {
+                    "postgres"
+                } else {
+                    "sqlite"
+                }
+                .to_owned(),
                 rss_mb_after_setup: after_setup.map(|u| u.rss_mb),
                 rss_mb_end: after_run.map(|u| u.rss_mb),
                 peak_rss_mb: after_run.map(|u| u.peak_rss_mb),

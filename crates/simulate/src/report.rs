@@ -94,6 +94,10 @@ pub struct Check {
 pub struct ServerUsage {
     /// `process` (a child `youtube_server`, measured), `in-process` or `external` (not measured).
     pub mode: String,
+    /// Where the server kept its state: `sqlite` or `postgres` (reports
+    /// from before PostgreSQL are SQLite's).
+    #[serde(default = "sqlite")]
+    pub database: String,
     pub rss_mb_after_setup: Option<f64>,
     pub rss_mb_end: Option<f64>,
     pub peak_rss_mb: Option<f64>,
@@ -101,6 +105,10 @@ pub struct ServerUsage {
     pub cpu_seconds: Option<f64>,
     /// Cores busy on average during the measured run.
     pub cpu_cores: Option<f64>,
+}
+
+fn sqlite() -> String {
+    "sqlite".to_owned()
 }
 
 /// The same shape with plain lapin and no application logic, measured in the same run.
@@ -509,8 +517,9 @@ impl fmt::Display for Report {
         let v = &self.server;
         let _ = writeln!(
             out,
-            "server      {}: memory {} after set-up, {} at the end, peak {}; CPU {}",
+            "server      {} on {}: memory {} after set-up, {} at the end, peak {}; CPU {}",
             v.mode,
+            v.database,
             mb(v.rss_mb_after_setup),
             mb(v.rss_mb_end),
             mb(v.peak_rss_mb),
@@ -801,6 +810,7 @@ pub(crate) mod tests {
             },
             server: ServerUsage {
                 mode: "process".to_owned(),
+                database: "sqlite".to_owned(),
                 rss_mb_after_setup: Some(12.5),
                 rss_mb_end: Some(13.0),
                 peak_rss_mb: Some(13.2),
@@ -821,7 +831,7 @@ pub(crate) mod tests {
             "deliveries  1,234 (34 catch-up after coming back), 494 notifications/s",
             "latency     p50 0.840 ms, p90 1.20 ms, p99 1.90 ms, max 3.25 ms (1,200 samples)",
             "check       OK: 1,234 expected, 1,234 received, 0 lost, 0 duplicates, 0 unexpected",
-            "server      process: memory 12.5 MB after set-up, 13.0 MB at the end, peak 13.2 MB; CPU 0.80 s during the run (32% of one core)",
+            "server      process on sqlite: memory 12.5 MB after set-up, 13.0 MB at the end, peak 13.2 MB; CPU 0.80 s during the run (32% of one core)",
             "ours/ceiling deliveries/s 0.49, latency p50 4.00, p99 5.00, changes/s n/a",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

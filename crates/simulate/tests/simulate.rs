@@ -73,7 +73,7 @@ async fn a_tiny_run_with_churn_and_offline_users_loses_and_duplicates_nothing() 
     assert_eq!(run.uploads, 12);
     assert_eq!(run.changes, 100);
     assert_eq!(run.failed_requests, 0, "{text}");
-    assert!(run.deliveries >= check.expected, "{text}");
+    assert!(run.deliveries >= report.check.expected, "{text}");
     assert!(
         run.catch_up_deliveries > 0,
         "offline users caught up: {text}"
@@ -97,6 +97,7 @@ async fn a_tiny_run_with_churn_and_offline_users_loses_and_duplicates_nothing() 
     assert_eq!(report.setup.requests, 40);
     assert!(report.setup.requests_per_s > 0.0);
     assert_eq!(report.server.mode, "process");
+    assert_eq!(report.server.database, "sqlite");
     assert!(
         report.server.peak_rss_mb.is_some_and(|mb| mb > 1.0),
         "{text}"
@@ -284,6 +285,7 @@ async fn a_server_on_postgresql_is_checked_the_same_way_and_its_database_dropped
     let report = run(&tiny(), &options).await;
     let text = report.to_string();
     assert_exactly_once(&report);
+    assert_eq!(report.server.database, "postgres", "{text}");
     assert_eq!(report.run.failed_requests, 0, "{text}");
     assert_eq!(report.run.changes, 100, "{text}");
     // The run's database is gone with the run.

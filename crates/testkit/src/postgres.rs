@@ -28,12 +28,10 @@ impl TestDatabase {
     /// Creates an empty database with a unique name.
     pub async fn create() -> TestDatabase {
         let name = format!("ytnotify_test_{}", Uuid::new_v4().simple());
+        let url = ytnotify::store::Database::postgres_sibling(&admin_url(), &name)
+            .unwrap_or_else(|err| panic!("YT_TEST_POSTGRES_URL: {err}"));
         run_admin(format!("CREATE DATABASE {name}")).await;
-        TestDatabase {
-            url: ytnotify::store::Database::postgres_sibling(&admin_url(), &name)
-                .expect("YT_TEST_POSTGRES_URL"),
-            name,
-        }
+        TestDatabase { url, name }
     }
 
     /// [`TestDatabase::create`], for code that is not async.
@@ -71,16 +69,17 @@ impl Drop for TestDatabase {
 /// do when PostgreSQL does not answer.
 async fn run_admin(sql: String) {
     let url = admin_url();
+    let shown = ytnotify::store::Database::Postgres(url.clone()).shown();
     let connecting = tokio_postgres::connect(&url, tokio_postgres::NoTls);
     let (client, connection) = match tokio::time::timeout(Duration::from_secs(10), connecting).await
     {
         Ok(Ok(pair)) => pair,
         Ok(Err(err)) => panic!(
-            "no PostgreSQL at {url} ({err}; CI={}): run the tests with scripts/test.sh, which \
-             starts one, or start it with `sudo pg_ctlcluster 15 main start`",
+            "no PostgreSQL at {shown} ({err}; CI={}): run the tests with scripts/test.sh, which \
+             starts one, or start it with `sudo service postgresql start`",
             std::env::var("CI").unwrap_or_default()
         ),
-        Err(_) => panic!("PostgreSQL at {url} did not answer within 10 s"),
+        Err(_) => panic!("PostgreSQL at {shown} did not answer within 10 s"),
     };
     let driver = tokio::spawn(connection);
     client
