@@ -14,7 +14,7 @@
 //! - [`broker`]: opening a connection to RabbitMQ and publishing with confirms.
 //! - [`link`]: the supervised connection: reconnection, consumers that
 //!   outlive connections ([`link::Feed`]), channels opened again.
-//! - [`store`]: the server's SQLite database.
+//! - [`store`]: the server's database, in SQLite or PostgreSQL.
 //! - [`server`]: `youtube_server` — requests applied in batches through a
 //!   two-stage pipeline, and `bindings`, which keeps inboxes and bindings in
 //!   step with the database.

@@ -9,7 +9,7 @@
 //! 1. decode and validate (a message it cannot read goes to the dead-letter
 //!    queue with the reason attached);
 //! 2. apply it — with the other requests of its batch, in delivery order — in
-//!    one SQLite transaction that also records the request id, so a
+//!    one database transaction that also records the request id, so a
 //!    redelivery is recognised and applied once;
 //! 3. make the broker match the database (declare the inbox, bind or unbind,
 //!    publish the notification, send the creator's events, and wait for the
