@@ -314,16 +314,48 @@ async fn the_in_process_server_is_checked_the_same_way() {
     assert_eq!(report.ratios.deliveries_per_s, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
-    logs();
-    require_broker();
-    let node = BrokerNode::start().await;
-    // 300 users following 10 YouTubers, 200 uploads at 20/s, all online: the
-    // real youtube_server as a child process, the simulator's clients and
-    // receivers, and a kill -9 of the broker in the middle of it.
-    let scenario = Scenario {
-        name: "broker-crash".to_owned(),
+/// Waits until the run's uploads have begun: every inbox has its consumer
+/// (the receivers open them right before the uploads start), plus a second.
+async fn uploads_under_way(url: &str, scenario: &Scenario) {
+    let probe = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(url), "probe")
+        .await
+        .unwrap();
+    let watched = [
+        simulate::scenario::user_name(0),
+        simulate::scenario::user_name(scenario.users - 1),
+    ];
+    let started = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let mut open = true;
+            for user in &watched {
+                // Not declared yet is not open yet (and closes the channel).
+                let channel = probe.create_channel().await.unwrap();
+                let consumers = match topology::inspect(&channel, &topology::inbox(user)).await {
+                    Ok((_, consumers)) => consumers,
+                    Err(_) => 0,
+                };
+                let _ = channel.close(200, "probed".into()).await;
+                open &= consumers > 0;
+            }
+            if open {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.is_ok(),
+        "the simulator opened every inbox within 120 s"
+    );
+    let _ = probe.close(200, "bye".into()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// 300 users following 10 YouTubers, 200 uploads at 20/s, all online.
+fn steady_uploads(name: &str) -> Scenario {
+    Scenario {
+        name: name.to_owned(),
         users: 300,
         youtubers: 10,
         subscriptions: 900,
@@ -337,7 +369,68 @@ async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
         drain_timeout: Duration::from_secs(60),
         seed: 11,
         ..Scenario::default()
+    }
+}
+
+/// Every confirmed upload reached every subscriber, and none was shown
+/// twice: the copies of notifications whose ack a crash lost are dropped by
+/// id, as a user session drops them (`check.redelivered`).
+fn assert_nothing_lost_through_the_crash(report: &simulate::report::Report) {
+    let (check, text) = (&report.check, report.to_string());
+    assert!(check.expected > 0, "{text}");
+    assert_eq!(
+        (check.lost, check.duplicates, check.unexpected),
+        (0, 0, 0),
+        "{text}"
+    );
+    assert!(check.ok, "{text}");
+    assert_eq!(check.received, check.expected, "{text}");
+    assert_eq!(report.run.failed_requests, 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulated_load_a_postgresql_crash_loses_no_confirmed_upload() {
+    logs();
+    let vhost = TestVhost::new("simulate-postgres-crash");
+    let postgres = ytnotify_testkit::postgres::PostgresServer::start().await;
+    // The real youtube_server as a child process on a private PostgreSQL,
+    // the simulator's clients and receivers, and PostgreSQL stopped at once
+    // (no checkpoint) in the middle of it, then started again.
+    let scenario = steady_uploads("postgres-crash");
+    let mut options = options(&vhost, ServerMode::Spawn(program("youtube_server")));
+    options.ceiling = false;
+    options.request_timeout = Duration::from_secs(120);
+    options.postgres = Some(postgres.url.clone());
+    let crash = async {
+        uploads_under_way(&vhost.url, &scenario).await;
+        let crashed = std::time::Instant::now();
+        postgres.crash().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        postgres.boot().await;
+        crashed.elapsed()
     };
+    let simulation =
+        tokio::time::timeout(Duration::from_secs(150), simulate::run(&scenario, &options));
+    let (report, down) = tokio::join!(simulation, crash);
+    let report = report
+        .expect("the simulation finished within 150 s")
+        .expect("the simulation ran");
+    eprintln!(
+        "PostgreSQL down {:.1} s during the run\n{report}",
+        down.as_secs_f64()
+    );
+    assert_eq!(report.server.database, "postgres");
+    assert_nothing_lost_through_the_crash(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
+    logs();
+    require_broker();
+    let node = BrokerNode::start().await;
+    // The real youtube_server as a child process, the simulator's clients
+    // and receivers, and a kill -9 of the broker in the middle of it.
+    let scenario = steady_uploads("broker-crash");
     let mut options = Options::new(node.url.clone());
     options.fresh_vhost = false;
     options.ceiling = false;
@@ -347,40 +440,7 @@ async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
     // Crash it once the run has begun: every inbox has its consumer (the
     // receivers open them right before the uploads start), plus a second.
     let crash = async {
-        let probe = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(&node.url), "probe")
-            .await
-            .unwrap();
-        let watched = [
-            simulate::scenario::user_name(0),
-            simulate::scenario::user_name(scenario.users - 1),
-        ];
-        let started = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                let mut open = true;
-                for user in &watched {
-                    // Not declared yet is not open yet (and closes the channel).
-                    let channel = probe.create_channel().await.unwrap();
-                    let consumers = match topology::inspect(&channel, &topology::inbox(user)).await
-                    {
-                        Ok((_, consumers)) => consumers,
-                        Err(_) => 0,
-                    };
-                    let _ = channel.close(200, "probed".into()).await;
-                    open &= consumers > 0;
-                }
-                if open {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        assert!(
-            started.is_ok(),
-            "the simulator opened every inbox within 120 s"
-        );
-        let _ = probe.close(200, "bye".into()).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        uploads_under_way(&node.url, &scenario).await;
         let killed = std::time::Instant::now();
         node.kill9().await;
         node.boot().await;
@@ -397,19 +457,7 @@ async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
         "broker down {:.1} s during the run\n{text}",
         down.as_secs_f64()
     );
-    let check = &report.check;
-    assert!(check.expected > 0, "{text}");
-    // Every confirmed upload reached every subscriber, and none was shown
-    // twice: the copies of notifications whose ack the crash lost are
-    // dropped by id, as a user session drops them (`check.redelivered`).
-    assert_eq!(
-        (check.lost, check.duplicates, check.unexpected),
-        (0, 0, 0),
-        "{text}"
-    );
-    assert!(check.ok, "{text}");
-    assert_eq!(check.received, check.expected, "{text}");
-    assert_eq!(report.run.failed_requests, 0, "{text}");
+    assert_nothing_lost_through_the_crash(&report);
 }
 
 /// Ten SSE and ten WebSocket clients, one per user, on two `gateway`
