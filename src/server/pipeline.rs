@@ -196,6 +196,13 @@ impl YoutubeServer {
                 && !video.notified
                 && lock(unrecorded).insert(video.id)
             {
+                // A copy of an upload read its video while an earlier batch
+                // still had the notification in flight; that batch may have
+                // recorded it sent and let it go since. Look again.
+                if !outcome.reply.is_new() && self.store.is_notified(video.id).await? {
+                    lock(unrecorded).remove(&video.id);
+                    continue;
+                }
                 let unconfirmed = publish_notification(publisher, video).await?;
                 notifications.push((video.id, index, unconfirmed));
             }

@@ -516,6 +516,21 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
+    /// Whether the broker has confirmed the notification of this video (no
+    /// such video: no).
+    pub async fn is_notified(&self, video: Uuid) -> Result<bool> {
+        self.read(async move |tx: &mut Tx<'_>| {
+            match tx
+                .query_opt("SELECT notified FROM videos WHERE id = ?1", args![video])
+                .await?
+            {
+                Some(row) => row.get(0),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
     /// Videos whose notification the broker has not confirmed yet, oldest first:
     /// what a crash between storing and notifying left behind.
     pub async fn videos_to_notify(&self) -> Result<Vec<Video>> {

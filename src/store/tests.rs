@@ -134,8 +134,14 @@ async fn uploads_are_an_outbox_until_marked_notified(store: Store) {
     let replayed = store.upload(request, "bob", "Hello").await.unwrap();
     assert_eq!(replayed, Applied::Replayed(video.clone()));
     assert_eq!(store.videos_of("bob").await.unwrap().len(), 1);
+    assert!(!store.is_notified(video.id).await.unwrap());
     store.mark_notified(vec![video.id]).await.unwrap();
     assert!(store.videos_to_notify().await.unwrap().is_empty());
+    assert!(store.is_notified(video.id).await.unwrap());
+    assert!(
+        !store.is_notified(Uuid::new_v4()).await.unwrap(),
+        "no such video"
+    );
 }
 
 async fn state_survives_reopening(store: Store) {
