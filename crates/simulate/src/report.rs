@@ -403,6 +403,27 @@ pub fn short(value: f64) -> String {
 }
 
 /// An integer with thousands separators: 12,345.
+/// The head of a check line: "OK: 1,000 expected, 1,000 received, 0 lost,
+/// 0 duplicates, 0 unexpected".
+fn tally(
+    ok: bool,
+    expected: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    unexpected: u64,
+) -> String {
+    format!(
+        "{}: {} expected, {} received, {} lost, {} duplicates, {} unexpected",
+        if ok { "OK" } else { "FAILED" },
+        thousands(expected),
+        thousands(received),
+        thousands(lost),
+        thousands(duplicates),
+        thousands(unexpected),
+    )
+}
+
 pub fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
@@ -490,13 +511,15 @@ impl fmt::Display for Report {
         let c = &self.check;
         let _ = writeln!(
             out,
-            "check       {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}{}",
-            if c.ok { "OK" } else { "FAILED" },
-            thousands(c.expected),
-            thousands(c.received),
-            thousands(c.lost),
-            thousands(c.duplicates),
-            thousands(c.unexpected),
+            "check       {}{}{}",
+            tally(
+                c.ok,
+                c.expected,
+                c.received,
+                c.lost,
+                c.duplicates,
+                c.unexpected
+            ),
             if c.redelivered > 0 {
                 format!(
                     "; {} redelivered copies dropped by id, as a user session does",
@@ -600,13 +623,15 @@ impl Interactions {
         let c = &self.check;
         let _ = writeln!(
             out,
-            "  check     {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected{}{}",
-            if c.ok { "OK" } else { "FAILED" },
-            thousands(c.expected),
-            thousands(c.received),
-            thousands(c.lost),
-            thousands(c.duplicates),
-            thousands(c.unexpected),
+            "  check     {}{}{}",
+            tally(
+                c.ok,
+                c.expected,
+                c.received,
+                c.lost,
+                c.duplicates,
+                c.unexpected
+            ),
             if c.redelivered > 0 {
                 format!(
                     "; {} redelivered copies dropped by id, as a creator's feed does",
@@ -677,13 +702,15 @@ impl Browsers {
         let c = &self.check;
         let _ = writeln!(
             out,
-            "  check      {}: {} expected, {} received, {} lost, {} duplicates, {} unexpected; {} of {} clients complete{}{}{}",
-            if c.ok { "OK" } else { "FAILED" },
-            thousands(c.expected),
-            thousands(c.received),
-            thousands(c.lost),
-            thousands(c.duplicates),
-            thousands(c.unexpected),
+            "  check      {}; {} of {} clients complete{}{}{}",
+            tally(
+                c.ok,
+                c.expected,
+                c.received,
+                c.lost,
+                c.duplicates,
+                c.unexpected
+            ),
             thousands(c.complete),
             thousands(c.clients),
             if c.not_connected > 0 {

@@ -45,6 +45,22 @@ async fn run(scenario: &Scenario, options: &Options) -> simulate::report::Report
         .expect("the simulation ran")
 }
 
+/// The JSON report has a value at each of `paths`, and the text report each
+/// of `lines`.
+fn assert_reported(report: &simulate::report::Report, paths: &[&str], lines: &[&str]) {
+    let json: serde_json::Value = serde_json::to_value(report).unwrap();
+    for path in paths {
+        assert!(
+            json.pointer(path).is_some_and(|v| !v.is_null()),
+            "{path} missing"
+        );
+    }
+    let text = report.to_string();
+    for line in lines {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+}
+
 /// Every notification that should have arrived did, once, and nothing else.
 fn assert_exactly_once(report: &simulate::report::Report) {
     let (check, text) = (&report.check, report.to_string());
@@ -118,29 +134,24 @@ async fn a_tiny_run_with_churn_and_offline_users_loses_and_duplicates_nothing() 
     assert!(report.ratios.changes_per_s.is_some(), "{text}");
 
     // The JSON report carries the same figures under stable names.
-    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-    for path in [
-        "/run/requests_per_s",
-        "/run/deliveries_per_s",
-        "/run/latency_ms/p50",
-        "/run/latency_ms/p90",
-        "/run/latency_ms/p99",
-        "/run/latency_ms/max",
-        "/check/lost",
-        "/check/duplicates",
-        "/server/peak_rss_mb",
-        "/server/cpu_seconds",
-        "/ceiling/deliveries_per_s",
-        "/ratios/deliveries_per_s",
-    ] {
-        assert!(
-            json.pointer(path).is_some_and(|v| !v.is_null()),
-            "{path} missing"
-        );
-    }
-    for line in ["latency ", "check       OK", "ours/ceiling"] {
-        assert!(text.contains(line), "{line:?} missing in:\n{text}");
-    }
+    assert_reported(
+        &report,
+        &[
+            "/run/requests_per_s",
+            "/run/deliveries_per_s",
+            "/run/latency_ms/p50",
+            "/run/latency_ms/p90",
+            "/run/latency_ms/p99",
+            "/run/latency_ms/max",
+            "/check/lost",
+            "/check/duplicates",
+            "/server/peak_rss_mb",
+            "/server/cpu_seconds",
+            "/ceiling/deliveries_per_s",
+            "/ratios/deliveries_per_s",
+        ],
+        &["latency ", "check       OK", "ours/ceiling"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,32 +244,27 @@ async fn likes_and_comments_reach_every_creator_once_and_are_measured_against_th
         "{text}"
     );
 
-    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-    for path in [
-        "/interactions/requests_per_s",
-        "/interactions/events_per_s",
-        "/interactions/latency_ms/p50",
-        "/interactions/latency_ms/p90",
-        "/interactions/latency_ms/p99",
-        "/interactions/latency_ms/max",
-        "/interactions/check/lost",
-        "/interactions/check/duplicates",
-        "/interactions/check/unexpected",
-        "/interactions/ceiling/deliveries_per_s",
-        "/interactions/ratios/events_per_s",
-    ] {
-        assert!(
-            json.pointer(path).is_some_and(|v| !v.is_null()),
-            "{path} missing"
-        );
-    }
-    for line in [
-        "interactions ",
-        "  check     OK",
-        "  ours/ceiling requests/s",
-    ] {
-        assert!(text.contains(line), "{line:?} missing in:\n{text}");
-    }
+    assert_reported(
+        &report,
+        &[
+            "/interactions/requests_per_s",
+            "/interactions/events_per_s",
+            "/interactions/latency_ms/p50",
+            "/interactions/latency_ms/p90",
+            "/interactions/latency_ms/p99",
+            "/interactions/latency_ms/max",
+            "/interactions/check/lost",
+            "/interactions/check/duplicates",
+            "/interactions/check/unexpected",
+            "/interactions/ceiling/deliveries_per_s",
+            "/interactions/ratios/events_per_s",
+        ],
+        &[
+            "interactions ",
+            "  check     OK",
+            "  ours/ceiling requests/s",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,26 +555,21 @@ async fn browser_clients_through_two_gateways_get_every_notification_once() {
         assert!(gateway.cpu_seconds_run.is_some(), "{text}");
     }
 
-    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-    for path in [
-        "/browsers/check/lost",
-        "/browsers/check/duplicates",
-        "/browsers/deliveries_per_s",
-        "/browsers/latency_ms/p99",
-        "/browsers/ratios/latency_p50",
-        "/browsers/gateways/0/kb_per_connection",
-        "/browsers/gateways/1/cpu_seconds_run",
-    ] {
-        assert!(
-            json.pointer(path).is_some_and(|v| !v.is_null()),
-            "{path} missing"
-        );
-    }
-    for line in [
-        "browsers    10 SSE + 10 WebSocket",
-        "  check      OK",
-        "browser/AMQP",
-    ] {
-        assert!(text.contains(line), "{line:?} missing in:\n{text}");
-    }
+    assert_reported(
+        &report,
+        &[
+            "/browsers/check/lost",
+            "/browsers/check/duplicates",
+            "/browsers/deliveries_per_s",
+            "/browsers/latency_ms/p99",
+            "/browsers/ratios/latency_p50",
+            "/browsers/gateways/0/kb_per_connection",
+            "/browsers/gateways/1/cpu_seconds_run",
+        ],
+        &[
+            "browsers    10 SSE + 10 WebSocket",
+            "  check      OK",
+            "browser/AMQP",
+        ],
+    );
 }
