@@ -24,6 +24,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The AMQP URL; its user is the account, its vhost the ytnotify stack.
+    /// Several URLs separated by commas are the nodes of one cluster, tried
+    /// in turn ([`crate::broker_url::parse_list`]).
     pub url: String,
     /// A PEM file of the certificate authority that signed the broker's
     /// certificate, for a private CA.
@@ -42,6 +44,29 @@ impl Endpoint {
     /// The URL to show in messages and logs: the password hidden.
     pub fn redacted(&self) -> String {
         redact(&self.url)
+    }
+
+    /// The URL of each node, in the order given.
+    pub fn urls(&self) -> Result<Vec<BrokerUrl>> {
+        crate::broker_url::parse_list(&self.url)
+    }
+
+    /// The first node's URL: its vhost and user are every node's.
+    pub fn first_url(&self) -> Result<BrokerUrl> {
+        Ok(self.urls()?.swap_remove(0))
+    }
+
+    /// The same nodes and CA, logged in as `user` with `password`.
+    pub fn with_login(&self, user: &str, password: &str) -> Result<Endpoint> {
+        let urls: Vec<String> = self
+            .urls()?
+            .iter()
+            .map(|url| url.with_login(user, password).to_string())
+            .collect();
+        Ok(Endpoint {
+            url: urls.join(","),
+            ca_cert: self.ca_cert.clone(),
+        })
     }
 
     /// The certificates to trust besides the system's, read from
@@ -99,8 +124,42 @@ pub const HEARTBEAT_SECS: u16 = 10;
 /// The connection does not recover by itself: [`crate::link::Link`] owns
 /// reconnection, and every program connects through it.
 pub async fn connect(endpoint: &Endpoint, connection_name: &str) -> Result<Connection> {
-    let url: BrokerUrl = endpoint.url.parse()?;
+    Ok(connect_from(endpoint, 0, connection_name).await?.0)
+}
+
+/// [`connect`] to the first node that answers, of the endpoint's nodes
+/// taken in turn from the `start`th (wrapping round), and which one that
+/// was. A node that refuses the login refuses it for all: that error is
+/// final. When none answers, the error names each node and what it said.
+pub async fn connect_from(
+    endpoint: &Endpoint,
+    start: usize,
+    connection_name: &str,
+) -> Result<(Connection, usize)> {
+    let urls = endpoint.urls()?;
     let tls = endpoint.tls()?;
+    let mut unreachable = Vec::new();
+    for index in (0..urls.len()).map(|i| (start + i) % urls.len()) {
+        match connect_to(&urls[index], &tls, connection_name).await {
+            Ok(connection) => return Ok((connection, index)),
+            Err(Error::BrokerUnreachable { address, reason }) if urls.len() > 1 => {
+                tracing::debug!("{connection_name}: {address} did not answer ({reason})");
+                unreachable.push(format!("{address}: {reason}"));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(Error::BrokerUnreachable {
+        address: format!("any of its {} nodes", urls.len()),
+        reason: unreachable.join("; "),
+    })
+}
+
+async fn connect_to(
+    url: &BrokerUrl,
+    tls: &OwnedTLSConfig,
+    connection_name: &str,
+) -> Result<Connection> {
     let address = url.redacted();
     let mut uri = url.uri().clone();
     uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
@@ -175,6 +234,17 @@ pub fn is_unavailable(err: &lapin::Error) -> bool {
     is_not_found(err) && amqp_reason(err).contains("is down or inaccessible")
 }
 
+/// Whether the broker refused a declaration whose settings differ from the
+/// existing queue's or exchange's.
+pub fn is_precondition_failed(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
+}
+
 /// Whether the broker refused an operation that the account may not do.
 pub fn is_access_refused(err: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -219,6 +289,17 @@ pub fn topology_error(url: &str, err: lapin::Error) -> Error {
         };
     }
     match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp
+                .get_message()
+                .as_str()
+                .contains("inequivalent arg 'x-queue-type'") =>
+        {
+            Error::MixedQueueTypes {
+                address: redact(url),
+                reason: amqp.to_string(),
+            }
+        }
         lapin::ErrorKind::ProtocolError(amqp) => Error::Topology {
             address: redact(url),
             reason: amqp.to_string(),

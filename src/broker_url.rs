@@ -1,6 +1,7 @@
 //! The broker's address, an AMQP URL, read once with lapin's own parser
 //! (`AMQPUri`): what a program connects to, what it prints (never the
-//! password), and the same broker on another vhost.
+//! password), and the same broker on another vhost. A cluster's nodes are
+//! several URLs separated by commas ([`parse_list`]).
 
 use std::{fmt, str::FromStr};
 
@@ -132,11 +133,64 @@ fn minimally_encoded(text: &str) -> String {
     encoded
 }
 
-/// Hides the password of a URL in a message, whether or not it parses.
+/// The URLs of a list that names several nodes of one cluster, separated by
+/// commas: `amqp://guest:guest@10.0.0.1/%2f,amqp://guest:guest@10.0.0.2/%2f`.
+/// A comma that no `amqp://` or `amqps://` follows is part of the URL before
+/// it (a password may hold one). Every node must be reached with the same
+/// login on the same vhost: they are one broker to the programs.
+pub fn parse_list(text: &str) -> Result<Vec<BrokerUrl>, Error> {
+    let urls = split_list(text)
+        .into_iter()
+        .map(str::parse::<BrokerUrl>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = &urls[0];
+    if let Some(other) = urls
+        .iter()
+        .find(|url| url.vhost() != first.vhost() || url.user() != first.user())
+    {
+        return Err(Error::BadUrl {
+            address: redact(text),
+            reason: format!(
+                "{} and {} name another vhost or user; the URLs of a list are nodes of one \
+                 cluster, each with the same user and vhost",
+                first.redacted(),
+                other.redacted()
+            ),
+        });
+    }
+    Ok(urls)
+}
+
+/// `text` cut at each comma that starts another URL.
+fn split_list(text: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start();
+        rest.starts_with("amqp://") || rest.starts_with("amqps://")
+    };
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (comma, _) in text.match_indices(',') {
+        if starts_url(&text[comma + 1..]) {
+            parts.push(text[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    parts.push(text[start..].trim());
+    parts
+}
+
+/// Hides the password of a URL, or of each URL of a list, in a message,
+/// whether or not it parses.
 pub fn redact(url: &str) -> String {
-    url.parse::<BrokerUrl>()
-        .map(|url| url.redacted())
-        .unwrap_or_else(|_| unparsed_redacted(url))
+    split_list(url)
+        .into_iter()
+        .map(|url| {
+            url.parse::<BrokerUrl>()
+                .map(|url| url.redacted())
+                .unwrap_or_else(|_| unparsed_redacted(url))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A URL that does not parse, as a message may show it: whatever stands
@@ -192,6 +246,25 @@ mod tests {
         let bare: BrokerUrl = "amqp://localhost".parse().unwrap();
         assert_eq!(bare.vhost(), "/");
         assert_eq!(bare.host_port(), ("localhost", 5672));
+    }
+
+    #[test]
+    fn a_list_names_the_nodes_of_one_cluster() {
+        let urls = parse_list("amqp://a:p,w@h1:5672/v, amqp://a:p,w@h2:5673/v,amqps://a:p,w@h3/v")
+            .unwrap();
+        let hosts: Vec<_> = urls.iter().map(BrokerUrl::host_port).collect();
+        assert_eq!(hosts, [("h1", 5672), ("h2", 5673), ("h3", 5671)]);
+        assert!(urls.iter().all(|url| url.password() == "p,w"));
+        assert_eq!(
+            redact("amqp://a:secret@h1/v,amqp://a:secret@h2/v"),
+            "amqp://a:***@h1:5672/v,amqp://a:***@h2:5672/v"
+        );
+        assert_eq!(parse_list("amqp://h1").unwrap().len(), 1);
+        let err = parse_list("amqp://a:s3cret@h1/v,amqp://a:s3cret@h2/w").unwrap_err();
+        assert!(err.to_string().contains("same user and vhost"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = parse_list("amqp://h1,amqp://h2:port").unwrap_err();
+        assert!(matches!(err, Error::BadUrl { .. }), "{err}");
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub enum Error {
          (install it with `sudo apt-get install rabbitmq-server`), or give the URL of a running broker"
     )]
     BrokerUnreachable { address: String, reason: String },
+    /// A server asked for queues of one type on a vhost whose queues are of
+    /// the other.
+    #[error(
+        "the queues of vhost {vhost} are {found} queues, and --queue-type asks for {wanted}; \
+         move them with `youtube_server migrate-queues --to {wanted}` (it loses nothing), or \
+         leave out --queue-type to use them as they are"
+    )]
+    QueueTypeMismatch {
+        vhost: String,
+        found: crate::topology::QueueType,
+        wanted: crate::topology::QueueType,
+    },
     /// The broker answered but refused the connection (credentials, vhost).
     #[error(
         "RabbitMQ at {address} refused the connection ({reason}); check the user, password and \
@@ -85,6 +97,14 @@ pub enum Error {
          (`rabbitmqctl delete_queue -p <vhost> <name>` for a queue)"
     )]
     Topology { address: String, reason: String },
+    /// A queue of the vhost has another type than the request queues: a
+    /// move between types that stopped half-way.
+    #[error(
+        "RabbitMQ at {address} holds a queue of another type than the vhost's request queues \
+         ({reason}); a move between queue types stopped half-way: finish it with \
+         `youtube_server migrate-queues --to <type>` (the type of the request queues, or the other)"
+    )]
+    MixedQueueTypes { address: String, reason: String },
     /// The account may not declare the topology, and nobody has.
     #[error(
         "RabbitMQ at {address} has no ytnotify exchanges yet, and this account may not declare \
@@ -180,6 +200,10 @@ pub enum Error {
     /// The state could not be copied to another database; nothing was.
     #[error("nothing was copied: {0}")]
     CopyRefused(String),
+    /// The queues could not be moved to another type now; what was moved is
+    /// kept, and running the command again finishes the move.
+    #[error("the queues were not all moved: {0}")]
+    MigrationRefused(String),
     /// A part of the server stopped while others still relied on it.
     #[error("youtube_server stopped: {0}")]
     Stopped(String),

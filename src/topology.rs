@@ -24,9 +24,9 @@
 //! the user (`user watch`, a browser tab through `gateway`) reads from its
 //! own position. Everything is durable; every message is persistent.
 
-use crate::protocol::Request;
+use crate::{broker, protocol::Request};
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{
         ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
         QueueDeclareOptions,
@@ -198,7 +198,20 @@ pub fn creator_inbox(youtuber: &str) -> String {
 /// Declares a creator's inbox, as the server does before it sends to it.
 /// Idempotent with the same arguments; one that exists with other settings
 /// is refused with `PRECONDITION_FAILED`, which closes the channel.
-pub async fn declare_creator_inbox(channel: &Channel, youtuber: &str) -> Result<(), lapin::Error> {
+pub async fn declare_creator_inbox(
+    channel: &Channel,
+    youtuber: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
+    declare_queue(
+        channel,
+        &creator_inbox(youtuber),
+        queue_type.arguments(creator_inbox_arguments()),
+    )
+    .await
+}
+
+fn creator_inbox_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
         ShortString::from("x-max-length-bytes"),
@@ -208,14 +221,51 @@ pub async fn declare_creator_inbox(channel: &Channel, youtuber: &str) -> Result<
         ShortString::from("x-overflow"),
         AMQPValue::LongString("reject-publish".into()),
     );
-    channel
-        .queue_declare(
-            creator_inbox(youtuber).as_str().into(),
-            durable_queue(),
-            arguments,
-        )
-        .await?;
-    Ok(())
+    arguments
+}
+
+/// What kind of queue a vhost's durable queues are: its request queues,
+/// inboxes, creators' inboxes, dead letters and dropped notifications.
+/// Chosen once per vhost, by the first program that declares them
+/// (`youtube_server --queue-type`); the request queues record it, since the
+/// type of a queue never changes (`youtube_server migrate-queues` moves a
+/// vhost to the other type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// One node holds each queue (with a RabbitMQ cluster, a queue is gone
+    /// while its node is down). The fastest on one machine.
+    Classic,
+    /// Raft-replicated over the cluster's nodes: a queue lives on while a
+    /// majority of them do.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name RabbitMQ and `--queue-type` give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+
+    /// `arguments` with the type's own added: a classic queue is declared
+    /// without `x-queue-type`, as queues declared before there was a choice.
+    fn arguments(self, mut arguments: FieldTable) -> FieldTable {
+        if self == QueueType::Quorum {
+            arguments.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -249,32 +299,140 @@ fn request_queue_arguments() -> FieldTable {
     arguments
 }
 
+/// How a program declares the vhost's durable queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declaring {
+    /// A server's way: every queue of this type. One that exists with
+    /// another type is refused by the broker (`PRECONDITION_FAILED`).
+    As(QueueType),
+    /// A client's way: a queue that exists is used as it is, whatever its
+    /// type (the server chose it); one that does not is made classic.
+    AsFound,
+}
+
 /// Declares the exchanges and queues shared by all programs. Idempotent: every
 /// program calls it after connecting, so they can start in any order without a
 /// message ever being published to a queue that does not exist yet.
-pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
-    declare_with(channel, &REQUEST_QUEUES).await
+pub async fn declare(connection: &Connection, declaring: Declaring) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let queues = match declaring {
+        Declaring::As(queue_type) => Queues::Of(queue_type),
+        // A passive declaration of a missing queue closes its channel: it
+        // has one of its own.
+        Declaring::AsFound => Queues::AsFound {
+            connection,
+            probe: tokio::sync::Mutex::new(connection.create_channel().await?),
+        },
+    };
+    declare_with(&channel, &REQUEST_QUEUES, &queues).await?;
+    if let Queues::AsFound { probe, .. } = queues {
+        probe.into_inner().close(200, "declared".into()).await?;
+    }
+    channel.close(200, "declared".into()).await
 }
 
-/// [`declare`] with, of the two request queues, only `queue` if it is one:
-/// what a server's consumer of `queue` declares when it sets itself up
-/// again.
+/// How [`declare_with`] declares each durable queue.
+enum Queues<'a> {
+    /// Of this type.
+    Of(QueueType),
+    /// As found, or classic if missing ([`Declaring::AsFound`]), looked for
+    /// on `probe`.
+    AsFound {
+        connection: &'a Connection,
+        probe: tokio::sync::Mutex<Channel>,
+    },
+}
+
+impl Queues<'_> {
+    async fn declare(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        arguments: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        match self {
+            Queues::Of(queue_type) => {
+                declare_queue(channel, queue, queue_type.arguments(arguments)).await
+            }
+            Queues::AsFound { connection, probe } => {
+                let mut probe = probe.lock().await;
+                match exists(&probe, queue).await {
+                    Err(err) if broker::is_not_found(&err) => {
+                        *probe = connection.create_channel().await?;
+                        declare_queue(&probe, queue, arguments).await
+                    }
+                    found => found,
+                }
+            }
+        }
+    }
+}
+
+/// [`declare`] the server's way with, of the request queues, only `queue`
+/// if it is one: what a server's consumer of `queue` declares when it sets
+/// itself up again.
 ///
 /// RabbitMQ 3.10 can leave a consumer registered on a queue yet never fed,
 /// and never cancelled, when the queue is declared at the moment it is
 /// deleted (`ARCHITECTURE.md`). A consumer whose queue was deleted must not
 /// declare its neighbour's queue, which may be being deleted too.
-pub async fn declare_for_consumer(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+pub async fn declare_for_consumer(
+    channel: &Channel,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
     let request_queues: &[&str] = match queue {
         USER_REQUESTS => &[USER_REQUESTS],
         YOUTUBER_REQUESTS => &[YOUTUBER_REQUESTS],
         INTERACTIONS => &[INTERACTIONS],
         _ => &[],
     };
-    declare_with(channel, request_queues).await
+    declare_with(channel, request_queues, &Queues::Of(queue_type)).await
 }
 
-async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), lapin::Error> {
+/// The type of the vhost's request queues, `None` before any program has
+/// declared them: the vhost's choice, which a server follows.
+pub async fn vhost_queue_type(connection: &Connection) -> Result<Option<QueueType>, lapin::Error> {
+    let user_requests = DurableQueue {
+        name: USER_REQUESTS.to_owned(),
+        arguments: request_queue_arguments(),
+        source: None,
+    };
+    user_requests.queue_type(connection).await
+}
+
+async fn exists(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(drop)
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(queue.into(), durable_queue(), arguments)
+        .await
+        .map(drop)
+}
+
+/// Declares the exchanges, bindings and durable queues (as `queues` says)
+/// shared by all programs, with `request_queues` of the request queues.
+async fn declare_with(
+    channel: &Channel,
+    request_queues: &[&str],
+    queues: &Queues<'_>,
+) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             DEAD_LETTER_EXCHANGE.into(),
@@ -283,8 +441,8 @@ async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), 
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(DEAD_LETTERS.into(), durable_queue(), FieldTable::default())
+    queues
+        .declare(channel, DEAD_LETTERS, FieldTable::default())
         .await?;
     channel
         .queue_bind(
@@ -296,8 +454,8 @@ async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), 
         )
         .await?;
     for &queue in request_queues {
-        channel
-            .queue_declare(queue.into(), durable_queue(), request_queue_arguments())
+        queues
+            .declare(channel, queue, request_queue_arguments())
             .await?;
         let exchange = request_exchange(queue);
         channel
@@ -326,13 +484,8 @@ async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), 
             FieldTable::default(),
         )
         .await?;
-    let mut overflow = FieldTable::default();
-    overflow.insert(
-        ShortString::from("x-max-length"),
-        AMQPValue::LongLongInt(OVERFLOW_BOUND),
-    );
-    channel
-        .queue_declare(INBOX_OVERFLOW_QUEUE.into(), durable_queue(), overflow)
+    queues
+        .declare(channel, INBOX_OVERFLOW_QUEUE, overflow_arguments())
         .await?;
     channel
         .queue_bind(
@@ -352,6 +505,124 @@ async fn declare_with(channel: &Channel, request_queues: &[&str]) -> Result<(), 
         )
         .await?;
     Ok(())
+}
+
+fn overflow_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(OVERFLOW_BOUND),
+    );
+    arguments
+}
+
+/// One of a vhost's durable queues, described for moving it to another
+/// type (`server::migrate`): its name, its arguments but the type's, and
+/// the exchange that feeds it.
+#[derive(Debug, Clone)]
+pub struct DurableQueue {
+    /// The queue's name.
+    pub name: String,
+    arguments: FieldTable,
+    /// The exchange bound to it, with an empty key; `None` for a creator's
+    /// inbox, which the server publishes to through the default exchange.
+    pub source: Option<String>,
+}
+
+impl DurableQueue {
+    /// The queues every vhost has, the request queues last: their type is
+    /// the vhost's ([`vhost_queue_type`]).
+    pub fn shared() -> Vec<DurableQueue> {
+        let mut shared = vec![
+            DurableQueue {
+                name: DEAD_LETTERS.to_owned(),
+                arguments: FieldTable::default(),
+                source: Some(DEAD_LETTER_EXCHANGE.to_owned()),
+            },
+            DurableQueue {
+                name: INBOX_OVERFLOW_QUEUE.to_owned(),
+                arguments: overflow_arguments(),
+                source: Some(INBOX_OVERFLOW.to_owned()),
+            },
+        ];
+        shared.extend(REQUEST_QUEUES.map(|queue| DurableQueue {
+            name: queue.to_owned(),
+            arguments: request_queue_arguments(),
+            source: Some(request_exchange(queue).to_owned()),
+        }));
+        shared
+    }
+
+    /// A user's inbox, declared with `bound` ([`declare_inbox`]).
+    pub fn inbox(user: &str, bound: Option<u32>) -> DurableQueue {
+        DurableQueue {
+            name: inbox(user),
+            arguments: inbox_arguments(user, bound),
+            source: Some(user_exchange(user)),
+        }
+    }
+
+    /// A creator's inbox ([`declare_creator_inbox`]).
+    pub fn creator_inbox(youtuber: &str) -> DurableQueue {
+        DurableQueue {
+            name: creator_inbox(youtuber),
+            arguments: creator_inbox_arguments(),
+            source: None,
+        }
+    }
+
+    /// A queue without arguments that holds another's messages for a while.
+    pub fn holding(name: &str) -> DurableQueue {
+        DurableQueue {
+            name: name.to_owned(),
+            arguments: FieldTable::default(),
+            source: None,
+        }
+    }
+
+    /// Declares it as `queue_type`; a queue of that name with another type
+    /// or other arguments is refused (`PRECONDITION_FAILED`).
+    pub async fn declare(
+        &self,
+        channel: &Channel,
+        queue_type: QueueType,
+    ) -> Result<(), lapin::Error> {
+        declare_queue(
+            channel,
+            &self.name,
+            queue_type.arguments(self.arguments.clone()),
+        )
+        .await
+    }
+
+    /// Its type, `None` if it does not exist. Each guess is tried on a
+    /// channel of its own, since a wrong one closes it; a queue that is
+    /// neither (declared first by another client, with settings of its own)
+    /// is the broker's refusal.
+    pub async fn queue_type(
+        &self,
+        connection: &Connection,
+    ) -> Result<Option<QueueType>, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        match exists(&channel, &self.name).await {
+            Ok(()) => channel.close(200, "found".into()).await?,
+            Err(err) if broker::is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        let mut refusal = None;
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let channel = connection.create_channel().await?;
+            match self.declare(&channel, queue_type).await {
+                Ok(()) => {
+                    channel.close(200, "found".into()).await?;
+                    return Ok(Some(queue_type));
+                }
+                Err(err) if broker::is_precondition_failed(&err) => refusal = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(refusal.expect("refused twice"))
+    }
 }
 
 /// Whether the request exchanges exist, without declaring them: what a client
@@ -388,13 +659,14 @@ pub async fn declare_inbox(
     channel: &Channel,
     user: &str,
     bound: Option<u32>,
+    queue_type: QueueType,
 ) -> Result<(u32, u32), lapin::Error> {
     declare_user_exchange(channel, user).await?;
     let queue = channel
         .queue_declare(
             inbox(user).as_str().into(),
             durable_queue(),
-            inbox_arguments(user, bound),
+            queue_type.arguments(inbox_arguments(user, bound)),
         )
         .await?;
     channel

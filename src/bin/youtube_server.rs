@@ -10,6 +10,7 @@ use ytnotify::{
     cli::{self, BrokerArgs},
     server::{self, ServerConfig, YoutubeServer},
     store::Database,
+    topology::QueueType,
 };
 
 /// The YouTube server: stores users, subscriptions, YouTubers and videos, and
@@ -35,6 +36,11 @@ struct Cli {
     /// keep the bound they were created with
     #[arg(long, env = "YT_INBOX_BOUND", value_name = "N", default_value_t = ytnotify::store::DEFAULT_INBOX_BOUND)]
     inbox_bound: u32,
+    /// The type of the vhost's queues: classic (one node holds each), or quorum (replicated
+    /// over a RabbitMQ cluster's nodes). Chosen once per vhost; `migrate-queues` changes it
+    /// [default: the type the vhost's queues have, classic on a new vhost]
+    #[arg(long, env = "YT_QUEUE_TYPE", value_name = "TYPE")]
+    queue_type: Option<QueueType>,
     /// Show a live dashboard (users online, YouTubers, events, rates) instead of event lines
     #[arg(long)]
     tui: bool,
@@ -61,6 +67,14 @@ enum Command {
         /// The database to copy into: a SQLite file or a postgres:// URL; it must be empty
         #[arg(long, value_name = "PATH|URL", value_parser = parse_database)]
         to: Database,
+    },
+    /// Move every queue of the vhost (inboxes, request queues, …) to another type, keeping
+    /// their messages; stop the servers and the users' live sessions first. Running it again
+    /// finishes a move that stopped half-way
+    MigrateQueues {
+        /// The type to move to
+        #[arg(long, value_name = "TYPE")]
+        to: QueueType,
     },
 }
 
@@ -133,12 +147,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             management_url,
         }) => return account(&cli.broker, management_url, action).await,
         Some(Command::CopyDb { to }) => return copy_db(&database, &to).await,
+        Some(Command::MigrateQueues { to }) => {
+            let config = ServerConfig::new(broker.clone(), database);
+            let migrated = server::migrate_queues(&config, to).await?;
+            println!(
+                "moved the queues of {} to {to}: {migrated}",
+                broker.redacted()
+            );
+            return Ok(());
+        }
         None => {}
     }
     let shutdown = cli::shutdown_signal();
     let mut config = ServerConfig::new(broker.clone(), database);
     config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
     config.secure = cli.secure;
+    config.queue_type = cli.queue_type;
     if !cli.tui {
         return server::run(config, shutdown)
             .await
@@ -166,7 +190,8 @@ async fn account(
     action: AccountAction,
 ) -> anyhow::Result<()> {
     let endpoint = broker.endpoint();
-    let url: BrokerUrl = endpoint.url.parse()?;
+    // Accounts are the cluster's: any node's management API adds them.
+    let url: BrokerUrl = endpoint.first_url()?;
     let management = Management::new(&ManagementConfig {
         url: management_url.unwrap_or_else(|| accounts::default_management_url(&url)),
         broker: url.clone(),
@@ -183,7 +208,7 @@ async fn account(
                 .close()
                 .await;
             let password = management.add(&account).await?;
-            let client_url = url.with_login(&account.login(), &password).to_string();
+            let client_url = endpoint.with_login(&account.login(), &password)?.url;
             eprintln!("added the account {account} on vhost {vhost}");
             if save {
                 let saved = SavedAccount {

@@ -11,11 +11,11 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lapin::{
-    Channel,
+    Channel, Connection,
     options::BasicConsumeOptions,
     types::{FieldTable, ShortString},
 };
@@ -28,7 +28,7 @@ use crate::{
     link::{Feed, Link, LinkState, Opened, SessionChannel},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
     sync::lock,
-    topology,
+    topology::{self, Declaring},
 };
 
 /// How long a client waits for the server unless told otherwise.
@@ -41,6 +41,13 @@ const LOOK_AT_QUEUE: Duration = Duration::from_secs(2);
 /// How many times a publish is tried again on a live connection whose
 /// channel failed, before the error is returned.
 const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// How long a request that the broker refuses with a negative confirm is
+/// sent again. A quorum queue refuses what it is sent while it elects a new
+/// leader (its node went down), which takes a few seconds.
+const NACKED_FOR_AT_MOST: Duration = Duration::from_secs(20);
+/// The pause before a refused request is sent again.
+const AFTER_A_NACK: Duration = Duration::from_millis(250);
 
 /// What a client needs to reach the server.
 #[derive(Debug, Clone)]
@@ -349,6 +356,7 @@ async fn publish_surely(
     body: &[u8],
 ) -> Result<()> {
     let mut failures = 0;
+    let mut first_nack = None;
     loop {
         let (session, channel) = publisher.get().await?;
         let sent = match publish_request(&channel, queue, sender, id, body).await {
@@ -362,13 +370,19 @@ async fn publish_surely(
             Err(Error::Broker(err)) if broker::is_access_refused(&err) => {
                 return Err(Error::AccessRefused(broker::amqp_reason(&err)));
             }
+            Err(Error::Nacked(target))
+                if first_nack.get_or_insert_with(Instant::now).elapsed() < NACKED_FOR_AT_MOST =>
+            {
+                tracing::debug!("RabbitMQ refused the request for {target}; sending it again");
+                tokio::time::sleep(AFTER_A_NACK).await;
+            }
             Err(Error::Unroutable(target)) => {
                 failures += 1;
                 if failures >= PUBLISH_ATTEMPTS {
                     return Err(Error::Unroutable(target));
                 }
                 tracing::warn!("{queue} is missing on the broker; declaring it again");
-                declare_again(&channel, queue).await?;
+                declare_again(session.connection(), queue).await?;
             }
             // The request exchange itself was deleted.
             Err(Error::Broker(err)) if broker::is_not_found(&err) => {
@@ -376,11 +390,11 @@ async fn publish_surely(
                 if failures >= PUBLISH_ATTEMPTS {
                     return Err(Error::Broker(err));
                 }
-                let (_, channel) = publisher.get().await?;
+                let (session, _) = publisher.get().await?;
                 tracing::warn!(
                     "the exchange for {queue} is missing on the broker; declaring it again"
                 );
-                declare_again(&channel, queue).await?;
+                declare_again(session.connection(), queue).await?;
             }
             Err(Error::Broker(err)) => {
                 failures += 1;
@@ -395,14 +409,16 @@ async fn publish_surely(
 
 /// Declares the topology again, for a request queue or exchange that
 /// someone deleted. An account that may not declare it (secure mode) says so.
-async fn declare_again(channel: &Channel, queue: &str) -> Result<()> {
-    topology::declare(channel).await.map_err(|err| {
-        if broker::is_access_refused(&err) {
-            Error::QueueMissing(queue.to_owned())
-        } else {
-            Error::Broker(err)
-        }
-    })
+async fn declare_again(connection: &Connection, queue: &str) -> Result<()> {
+    topology::declare(connection, Declaring::AsFound)
+        .await
+        .map_err(|err| {
+            if broker::is_access_refused(&err) {
+                Error::QueueMissing(queue.to_owned())
+            } else {
+                Error::Broker(err)
+            }
+        })
 }
 
 /// After the reply queue is declared again, sends every request still

@@ -21,7 +21,10 @@
 //! these states.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -40,7 +43,7 @@ use crate::{
     broker,
     broker_url::BrokerUrl,
     error::{Error, Result},
-    topology,
+    topology::{self, Declaring, QueueType},
 };
 
 /// The first pause before connecting again; it doubles up to [`MAX_BACKOFF`].
@@ -129,6 +132,10 @@ struct Shared {
     /// The URL's user: the account that the link logs in as.
     login: String,
     name: String,
+    /// Which of the endpoint's nodes the session is connected to.
+    node: AtomicUsize,
+    /// How each new session declares the topology.
+    declaring: Declaring,
     /// The live session, `None` while reconnecting.
     session: watch::Sender<Option<Session>>,
     state: watch::Sender<LinkState>,
@@ -141,8 +148,47 @@ impl Link {
     /// whether the broker is missing or refused us; later losses are ridden
     /// out. `name` labels the connection in `rabbitmqctl list_connections`
     /// and in log lines.
+    ///
+    /// The queues that exist are used as they are; the ones that do not are
+    /// made classic (a client's way, [`topology::Declaring::AsFound`]).
     pub async fn connect(endpoint: &broker::Endpoint, name: &str) -> Result<Link> {
-        let url: BrokerUrl = endpoint.url.parse()?;
+        Link::connect_declaring(endpoint, name, Declaring::AsFound).await
+    }
+
+    /// [`Link::connect`] for a server, which declares every queue of the
+    /// vhost's type ([`Link::queue_type`]): `wanted` if given, else the
+    /// type the vhost's request queues have, else classic. A vhost whose
+    /// queues are of another type than `wanted` is an error that says how to
+    /// move them.
+    pub async fn connect_server(
+        endpoint: &broker::Endpoint,
+        name: &str,
+        wanted: Option<QueueType>,
+    ) -> Result<Link> {
+        let (connection, _) = broker::connect_from(endpoint, 0, name).await?;
+        let found = topology::vhost_queue_type(&connection).await;
+        let _ = connection.close(200, "found the queue type".into()).await;
+        let found = found.map_err(|err| broker::topology_error(&endpoint.url, err))?;
+        let queue_type = match (wanted, found) {
+            (Some(wanted), Some(found)) if wanted != found => {
+                return Err(Error::QueueTypeMismatch {
+                    vhost: endpoint.first_url()?.vhost().to_owned(),
+                    found,
+                    wanted,
+                });
+            }
+            (Some(queue_type), _) | (None, Some(queue_type)) => queue_type,
+            (None, None) => QueueType::Classic,
+        };
+        Link::connect_declaring(endpoint, name, Declaring::As(queue_type)).await
+    }
+
+    async fn connect_declaring(
+        endpoint: &broker::Endpoint,
+        name: &str,
+        declaring: Declaring,
+    ) -> Result<Link> {
+        let url: BrokerUrl = endpoint.first_url()?;
         if endpoint.ca_cert.is_some() && !url.is_tls() {
             tracing::warn!(
                 "{name}: the CA certificate is not used: the broker's URL is amqp://, so the \
@@ -150,9 +196,9 @@ impl Link {
             );
         }
         let mut cuts = 0;
-        let connection = loop {
-            match open(endpoint, name).await {
-                Ok(connection) => break connection,
+        let (connection, node) = loop {
+            match open(endpoint, 0, name, declaring).await {
+                Ok(opened) => break opened,
                 // Cut while declaring the topology: as during the handshake,
                 // try again a few times.
                 Err(Error::Broker(err)) if broker::is_cut(&err) && cuts < FIRST_CONNECT_CUTS => {
@@ -170,6 +216,8 @@ impl Link {
             endpoint: endpoint.clone(),
             login: url.user().to_owned(),
             name: name.to_owned(),
+            node: AtomicUsize::new(node),
+            declaring,
             session: watch::channel(Some(session.clone())).0,
             state: watch::channel(LinkState::Connected).0,
             closed: watch::channel(false).0,
@@ -184,6 +232,15 @@ impl Link {
     /// from, as RabbitMQ checks it (`user_id`).
     pub fn login(&self) -> &str {
         &self.handle.shared.login
+    }
+
+    /// The type of the queues the link declares: for a server's, the
+    /// vhost's; a client's link makes the missing ones classic.
+    pub fn queue_type(&self) -> QueueType {
+        match self.handle.shared.declaring {
+            Declaring::As(queue_type) => queue_type,
+            Declaring::AsFound => QueueType::Classic,
+        }
     }
 
     /// The label given at [`Link::connect`].
@@ -260,21 +317,25 @@ fn closed_error(name: &str) -> Error {
     Error::Stopped(format!("{name}: the connection to RabbitMQ was closed"))
 }
 
-/// Opens a connection (without lapin's recovery) and declares the topology.
-/// An account that may not declare it (a user's or YouTuber's, in secure
-/// mode) checks that the server has.
-async fn open(endpoint: &broker::Endpoint, name: &str) -> Result<Connection> {
-    let connection = broker::connect(endpoint, name).await?;
+/// Opens a connection (without lapin's recovery) to the first node that
+/// answers, from the `start`th, and declares the topology. An account that
+/// may not declare it (a user's or YouTuber's, in secure mode) checks that
+/// the server has.
+async fn open(
+    endpoint: &broker::Endpoint,
+    start: usize,
+    name: &str,
+    declaring: Declaring,
+) -> Result<(Connection, usize)> {
+    let (connection, node) = broker::connect_from(endpoint, start, name).await?;
     let declared = async {
-        let channel = connection.create_channel().await?;
-        match topology::declare(&channel).await {
+        match topology::declare(&connection, declaring).await {
             Err(err) if broker::is_access_refused(&err) => {
                 let channel = connection.create_channel().await?;
                 topology::check_declared(&channel).await?;
                 channel.close(200, "checked".into()).await
             }
-            Err(err) => Err(err),
-            Ok(()) => channel.close(200, "declared".into()).await,
+            result => result,
         }
     }
     .await;
@@ -282,7 +343,19 @@ async fn open(endpoint: &broker::Endpoint, name: &str) -> Result<Connection> {
         let _ = connection.close(200, "declare failed".into()).await;
         return Err(broker::topology_error(&endpoint.url, err));
     }
-    Ok(connection)
+    Ok((connection, node))
+}
+
+/// Which node a connection went to, for a cluster's log lines: nothing for
+/// a single broker.
+fn node_shown(endpoint: &broker::Endpoint, node: usize) -> String {
+    match endpoint.urls() {
+        Ok(urls) if urls.len() > 1 => {
+            let (host, port) = urls[node].host_port();
+            format!(" through {host}:{port}")
+        }
+        _ => String::new(),
+    }
 }
 
 /// The pauses between attempts: exponential, with jitter, without end.
@@ -320,15 +393,24 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
         let started = Instant::now();
         let mut waits = pauses();
         let mut attempts = 0u32;
-        let connection = loop {
+        // The node that was lost is tried last: it is likely down.
+        let lost_node = shared.node.load(Ordering::Relaxed);
+        let (connection, node) = loop {
             let pause = waits.next().unwrap_or(MAX_BACKOFF);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 _ = closed.wait_for(|closed| *closed) => return,
             }
             attempts += 1;
-            match open(&shared.endpoint, &shared.name).await {
-                Ok(connection) => break connection,
+            match open(
+                &shared.endpoint,
+                lost_node + 1,
+                &shared.name,
+                shared.declaring,
+            )
+            .await
+            {
+                Ok(opened) => break opened,
                 Err(err) => {
                     tracing::debug!(%err, attempts, "{label}: could not reconnect yet");
                     shared
@@ -345,10 +427,12 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
             connection: Arc::new(connection),
             generation: session.generation + 1,
         };
+        shared.node.store(node, Ordering::Relaxed);
         tracing::warn!(
-            "{label}: connected to RabbitMQ again after {:.1} s ({attempts} attempt{}); restoring consumers",
+            "{label}: connected to RabbitMQ again{} after {:.1} s ({attempts} attempt{}); restoring consumers",
+            node_shown(&shared.endpoint, node),
             started.elapsed().as_secs_f64(),
-            if attempts == 1 { "" } else { "s" }
+            if attempts == 1 { "" } else { "s" },
         );
         shared.state.send_replace(LinkState::Connected);
         shared.session.send_replace(Some(session.clone()));

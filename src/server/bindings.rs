@@ -32,7 +32,7 @@ use crate::{
     error::{Error, Result},
     link::{Link, Session},
     store::{Decision, Effect, InboxSpec},
-    topology,
+    topology::{self, QueueType},
 };
 
 /// Lanes, each with a channel, that carry declarations and bindings.
@@ -297,7 +297,7 @@ impl Work {
         if let Some(lane) = current.as_mut() {
             lane.operations += self.size();
         }
-        match self.run(&channel).await {
+        match self.run(&channel, link.queue_type()).await {
             Ok(()) => return Ok(Failures::new()),
             Err(err) if !session.is_alive() => return Err(err.into()),
             Err(err) => {
@@ -307,7 +307,7 @@ impl Work {
         let mut failures = Failures::new();
         for one in self.by_user() {
             let (session, channel) = lane_channel(link, current).await?;
-            match one.run(&channel).await {
+            match one.run(&channel, link.queue_type()).await {
                 Ok(()) => {}
                 Err(err) if !session.is_alive() => return Err(err.into()),
                 Err(err) => {
@@ -384,11 +384,11 @@ impl Work {
 
     /// Declares the inboxes, binds and unbinds, pipelined on `channel`,
     /// then declares the histories.
-    async fn run(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    async fn run(&self, channel: &Channel, queue_type: QueueType) -> Result<(), lapin::Error> {
         futures::future::try_join_all(
-            self.inboxes
-                .iter()
-                .map(|inbox| topology::declare_inbox(channel, &inbox.user, inbox.bound)),
+            self.inboxes.iter().map(|inbox| {
+                topology::declare_inbox(channel, &inbox.user, inbox.bound, queue_type)
+            }),
         )
         .await?;
         futures::future::try_join_all(self.pairs.iter().map(
@@ -410,7 +410,7 @@ impl Work {
         futures::future::try_join_all(
             self.creators
                 .iter()
-                .map(|youtuber| topology::declare_creator_inbox(channel, youtuber)),
+                .map(|youtuber| topology::declare_creator_inbox(channel, youtuber, queue_type)),
         )
         .await?;
         // Last, and never a failure of the request: a user without a

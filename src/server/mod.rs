@@ -62,21 +62,22 @@ use uuid::Uuid;
 
 mod bindings;
 mod creators;
+mod migrate;
 mod pipeline;
 mod upkeep;
 
 use bindings::Bindings;
+pub use migrate::{Migrated, migrate_queues};
 pub use pipeline::MAX_ATTEMPTS;
 pub use upkeep::REDELIVERY_HORIZON;
 
 use crate::{
     broker,
-    broker_url::BrokerUrl,
     error::Result,
     link::{Feed, Link, LinkState, Opened, Opening, Session, SessionChannel},
     protocol::Reaction,
     store::{self, Store},
-    topology,
+    topology::{self, QueueType},
 };
 
 /// What the server says once, at start, in open mode.
@@ -103,6 +104,10 @@ pub struct ServerConfig {
     /// user or YouTuber it names (see [`crate::accounts`]). Otherwise any
     /// client can act as any user.
     pub secure: bool,
+    /// The type of the vhost's queues (`--queue-type`): `None` to use the
+    /// queues as they are (classic on a new vhost). A vhost whose queues
+    /// are of another type than the one asked for is an error.
+    pub queue_type: Option<QueueType>,
 }
 
 impl ServerConfig {
@@ -120,6 +125,7 @@ impl ServerConfig {
             print_events: true,
             inbox_bound: Some(store::DEFAULT_INBOX_BOUND),
             secure: false,
+            queue_type: None,
         }
     }
 }
@@ -127,9 +133,8 @@ impl ServerConfig {
 /// The default database file for a broker URL: one file per vhost, in the
 /// user's data directory, so two stacks on two vhosts never share state.
 pub fn default_db_path(amqp_url: &str) -> PathBuf {
-    let vhost = amqp_url
-        .parse::<BrokerUrl>()
-        .map(|url| url.vhost().to_owned())
+    let vhost = crate::broker_url::parse_list(amqp_url)
+        .map(|urls| urls[0].vhost().to_owned())
         .unwrap_or_default();
     let vhost: String = vhost
         .chars()
@@ -255,7 +260,8 @@ impl YoutubeServer {
         let store = Store::connect(&config.database)
             .await?
             .with_inbox_bound(config.inbox_bound);
-        let link = Link::connect(&config.broker, "youtube_server").await?;
+        let link =
+            Link::connect_server(&config.broker, "youtube_server", config.queue_type).await?;
         // The first line of the log, once there is something to run: a
         // server that cannot start says only why.
         tracing::info!(
@@ -272,11 +278,7 @@ impl YoutubeServer {
         let (_, channel) = publisher.get().await?;
         let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
         let (events, _) = broadcast::channel(1024);
-        let vhost = config
-            .broker
-            .url
-            .parse::<BrokerUrl>()
-            .map(|url| url.vhost().to_owned())?;
+        let vhost = config.broker.first_url()?.vhost().to_owned();
         let user_requests =
             Some(server_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
         let youtuber_requests =
@@ -434,13 +436,14 @@ async fn next_batch(
 /// with `prefetch`, the topology declared again (someone may have deleted
 /// the queue; the other request queue is left alone), and the consumer.
 async fn server_feed(link: &Link, queue: &'static str, prefetch: u16) -> Result<Feed> {
+    let queue_type = link.queue_type();
     let opener = Box::new(move |session: Session| {
         Box::pin(async move {
             let channel = session.connection().create_channel().await?;
             channel
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
-            topology::declare_for_consumer(&channel, queue).await?;
+            topology::declare_for_consumer(&channel, queue, queue_type).await?;
             let consumer = channel
                 .basic_consume(
                     queue.into(),

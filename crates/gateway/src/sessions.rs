@@ -22,8 +22,6 @@ use std::{
 use axum::http::{HeaderMap, StatusCode, header};
 use ytnotify::{
     accounts::Account,
-    broker::Endpoint,
-    broker_url::BrokerUrl,
     client::{Client, ClientConfig},
     error::Error,
 };
@@ -141,12 +139,11 @@ impl Logins {
 /// Connects as `user`'s account, which checks the password.
 async fn connect(config: &ClientConfig, user: &str, password: &str) -> Result<Client, ApiError> {
     let account = Account::user(user).login();
-    let url: BrokerUrl = config.broker.url.parse().map_err(ApiError::from)?;
     let client_config = ClientConfig {
-        broker: Endpoint {
-            url: url.with_login(&account, password).to_string(),
-            ca_cert: config.broker.ca_cert.clone(),
-        },
+        broker: config
+            .broker
+            .with_login(&account, password)
+            .map_err(ApiError::from)?,
         timeout: config.timeout,
     };
     match Client::connect(&client_config, &format!("gateway for {user}")).await {
