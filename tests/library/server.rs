@@ -84,7 +84,12 @@ async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
     let channel = broker::confirming_channel(&connection)
         .await
         .expect("channel");
-    topology::declare(&channel).await.expect("declare");
+    topology::declare(
+        &connection,
+        topology::Declaring::As(ytnotify_testkit::queue_type()),
+    )
+    .await
+    .expect("declare");
     (connection, channel)
 }
 
@@ -203,9 +208,14 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
     let vhost = TestVhost::new("dedup");
     let client = vhost.client("test").await;
     let (_connection, channel) = raw_channel(&vhost).await;
-    topology::declare_inbox(&channel, "alice", Some(10_000))
-        .await
-        .unwrap();
+    topology::declare_inbox(
+        &channel,
+        "alice",
+        Some(10_000),
+        ytnotify_testkit::queue_type(),
+    )
+    .await
+    .unwrap();
     // The same notification twice, as a server that crashed between the
     // broker's confirm and recording it would send it.
     let notification = Notification::VideoUploaded {
@@ -1658,7 +1668,7 @@ async fn a_consumer_the_broker_keeps_but_never_feeds_is_set_up_again() {
             let channel = connection.create_channel().await.unwrap();
             let until = tokio::time::Instant::now() + Duration::from_millis(50);
             while tokio::time::Instant::now() < until {
-                if topology::declare_for_consumer(&channel, queue)
+                if topology::declare_for_consumer(&channel, queue, ytnotify_testkit::queue_type())
                     .await
                     .is_err()
                 {

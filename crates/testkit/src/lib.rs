@@ -139,6 +139,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{n}-{}", &random[..8])
 }
 
+/// The type of the queues that the tests' servers declare: `YT_QUEUE_TYPE`
+/// (`classic` or `quorum`, which the built `youtube_server` reads too),
+/// classic if unset. `scripts/test.sh` runs the server's tests once with
+/// quorum queues.
+pub fn queue_type() -> ytnotify::topology::QueueType {
+    use ytnotify::topology::QueueType;
+    match std::env::var("YT_QUEUE_TYPE").as_deref() {
+        Ok("quorum") => QueueType::Quorum,
+        Ok("classic") | Err(_) => QueueType::Classic,
+        Ok(other) => panic!("YT_QUEUE_TYPE={other}: give classic or quorum"),
+    }
+}
+
 impl TestVhost {
     /// Creates a fresh vhost named after the test, with a temp dir for databases.
     pub fn new(test: &str) -> TestVhost {
@@ -305,6 +318,7 @@ impl TestVhost {
         let mut config =
             ServerConfig::new(ytnotify::broker::Endpoint::new(&self.url), self.database());
         config.print_events = false;
+        config.queue_type = Some(queue_type());
         config
     }
 
