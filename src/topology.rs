@@ -306,7 +306,8 @@ pub enum Declaring {
     /// another type is refused by the broker (`PRECONDITION_FAILED`).
     As(QueueType),
     /// A client's way: a queue that exists is used as it is, whatever its
-    /// type (the server chose it); one that does not is made classic.
+    /// type (the server chose it); one that does not is made of the type of
+    /// the vhost's other shared queues, classic on a new vhost.
     AsFound,
 }
 
@@ -322,6 +323,7 @@ pub async fn declare(connection: &Connection, declaring: Declaring) -> Result<()
         Declaring::AsFound => Queues::AsFound {
             connection,
             probe: tokio::sync::Mutex::new(connection.create_channel().await?),
+            vhost_type: tokio::sync::OnceCell::new(),
         },
     };
     declare_with(&channel, &REQUEST_QUEUES, &queues).await?;
@@ -332,14 +334,20 @@ pub async fn declare(connection: &Connection, declaring: Declaring) -> Result<()
 }
 
 /// How [`declare_with`] declares each durable queue.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one lives for the time of a declaration"
+)]
 enum Queues<'a> {
     /// Of this type.
     Of(QueueType),
-    /// As found, or classic if missing ([`Declaring::AsFound`]), looked for
-    /// on `probe`.
+    /// As found, looked for on `probe`; a missing one is made of the type
+    /// of the vhost's other shared queues, classic if there are none
+    /// ([`Declaring::AsFound`]).
     AsFound {
         connection: &'a Connection,
         probe: tokio::sync::Mutex<Channel>,
+        vhost_type: tokio::sync::OnceCell<QueueType>,
     },
 }
 
@@ -354,12 +362,22 @@ impl Queues<'_> {
             Queues::Of(queue_type) => {
                 declare_queue(channel, queue, queue_type.arguments(arguments)).await
             }
-            Queues::AsFound { connection, probe } => {
+            Queues::AsFound {
+                connection,
+                probe,
+                vhost_type,
+            } => {
                 let mut probe = probe.lock().await;
                 match exists(&probe, queue).await {
                     Err(err) if broker::is_not_found(&err) => {
+                        // Someone deleted it, or no server has declared the
+                        // vhost yet: a queue of another type than the rest
+                        // would stop the servers from consuming it.
+                        let queue_type = vhost_type
+                            .get_or_try_init(|| type_of_shared_queues(connection))
+                            .await?;
                         *probe = connection.create_channel().await?;
-                        declare_queue(&probe, queue, arguments).await
+                        declare_queue(&probe, queue, queue_type.arguments(arguments)).await
                     }
                     found => found,
                 }
@@ -367,6 +385,29 @@ impl Queues<'_> {
         }
     }
 }
+
+/// The type of the first of the vhost's shared queues that exists with
+/// ytnotify's settings. On a new vhost, where none does, a server started
+/// at the same time as this client is given [`FIRST_DECLARATION`] to
+/// declare them with the type it was asked for; then they are classic.
+async fn type_of_shared_queues(connection: &Connection) -> Result<QueueType, lapin::Error> {
+    let deadline = tokio::time::Instant::now() + FIRST_DECLARATION;
+    loop {
+        for queue in DurableQueue::shared() {
+            if let Ok(Some(queue_type)) = queue.queue_type(connection).await {
+                return Ok(queue_type);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(QueueType::Classic);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a client that comes first to a new vhost waits for a server to
+/// declare its queues before it declares them itself.
+const FIRST_DECLARATION: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// [`declare`] the server's way with, of the request queues, only `queue`
 /// if it is one: what a server's consumer of `queue` declares when it sets

@@ -39,7 +39,7 @@ struct Cli {
     /// The type of the vhost's queues: classic (one node holds each), or quorum (replicated
     /// over a RabbitMQ cluster's nodes). Chosen once per vhost; `migrate-queues` changes it
     /// [default: the type the vhost's queues have, classic on a new vhost]
-    #[arg(long, env = "YT_QUEUE_TYPE", value_name = "TYPE")]
+    #[arg(long, env = "YT_QUEUE_TYPE", value_name = "TYPE", global = true)]
     queue_type: Option<QueueType>,
     /// Show a live dashboard (users online, YouTubers, events, rates) instead of event lines
     #[arg(long)]
@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Account {
             action,
             management_url,
-        }) => return account(&cli.broker, management_url, action).await,
+        }) => return account(&cli.broker, cli.queue_type, management_url, action).await,
         Some(Command::CopyDb { to }) => return copy_db(&database, &to).await,
         Some(Command::MigrateQueues { to }) => {
             let config = ServerConfig::new(broker.clone(), database);
@@ -186,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// new account's URL, the list); what is done is said on stderr.
 async fn account(
     broker: &BrokerArgs,
+    queue_type: Option<QueueType>,
     management_url: Option<String>,
     action: AccountAction,
 ) -> anyhow::Result<()> {
@@ -202,8 +203,9 @@ async fn account(
         AccountAction::Add { role, name, save } => {
             let account = Account::new(role, &name)?;
             // The exchanges the account may publish to exist before its
-            // client first connects, whether or not a server runs yet.
-            ytnotify::link::Link::connect(&endpoint, "youtube_server account")
+            // client first connects, whether or not a server runs yet; the
+            // queues are of the type the servers will use.
+            ytnotify::link::Link::connect_server(&endpoint, "youtube_server account", queue_type)
                 .await?
                 .close()
                 .await;

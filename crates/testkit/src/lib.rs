@@ -152,6 +152,35 @@ pub fn queue_type() -> ytnotify::topology::QueueType {
     }
 }
 
+/// Declares a new vhost's queues as quorum queues, as a server started
+/// first with `--queue-type quorum` does: a client that came first would
+/// make them classic. On a thread of its own, since a test's runtime may
+/// not block.
+fn declare_quorum_queues(url: &str) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(within("the quorum queues to be declared", async {
+            let endpoint = ytnotify::broker::Endpoint::new(&url);
+            let connection = ytnotify::broker::connect(&endpoint, "test: quorum queues")
+                .await
+                .expect("connect");
+            ytnotify::topology::declare(
+                &connection,
+                ytnotify::topology::Declaring::As(ytnotify::topology::QueueType::Quorum),
+            )
+            .await
+            .expect("quorum queues");
+            let _ = connection.close(200, "declared".into()).await;
+        }));
+    })
+    .join()
+    .expect("the quorum queues are declared");
+}
+
 impl TestVhost {
     /// Creates a fresh vhost named after the test, with a temp dir for databases.
     pub fn new(test: &str) -> TestVhost {
@@ -161,8 +190,12 @@ impl TestVhost {
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         let dir = tempfile::tempdir().expect("a temp dir");
         let postgres = postgres::selected().then(postgres::TestDatabase::create_blocking);
+        let url = with_vhost(&base_url(), &name);
+        if queue_type() == ytnotify::topology::QueueType::Quorum {
+            declare_quorum_queues(&url);
+        }
         TestVhost {
-            url: with_vhost(&base_url(), &name),
+            url,
             name,
             db: match &postgres {
                 Some(database) => database.url.clone(),
