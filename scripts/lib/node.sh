@@ -3,8 +3,9 @@
 # touching the machine's shared broker: the bash twin of
 # tests/common/broker_node.rs. Source scripts/lib/broker.sh first.
 #
-#   node_create DIR      # picks ports and a name, writes DIR/rabbitmq.conf
+#   node_create DIR [NAME]  # picks ports (and a name), writes DIR/rabbitmq.conf
 #   node_boot            # starts it on DIR's data, waits until it serves AMQP
+#   node_alive [PID]     # true while its Erlang VM runs
 #   node_kill9           # kill -9 of its Erlang VM, waits until the port is closed
 #   node_freeze / node_thaw   # SIGSTOP / SIGCONT
 #   node_ctl ARGS...     # rabbitmqctl -n <node> ARGS (60 s at most)
@@ -50,6 +51,7 @@ node_free_port() {
 # shellcheck disable=SC2034 # NODE_URL is for the callers
 node_create() {
     NODE_DIR=$1
+    local name=${2:-ytnotify-chaos-$$-$RANDOM@localhost}
     if ((EUID != 0)); then
         node_log "a private RabbitMQ node is started as root (its Erlang cookie must be root's); run this with sudo"
         return 1
@@ -63,7 +65,7 @@ node_create() {
     while [[ $NODE_DIST_PORT == "$NODE_PORT" ]]; do
         NODE_DIST_PORT=$(node_free_port) || return 1
     done
-    NODE_NAME="ytnotify-chaos-$$-$RANDOM@localhost"
+    NODE_NAME=$name
     NODE_URL="amqp://guest:guest@127.0.0.1:$NODE_PORT/%2f"
     mkdir -p "$NODE_DIR/mnesia" "$NODE_DIR/log" || return 1
     # Its own listener: the machine's rabbitmq.conf pins the shared port.
@@ -113,6 +115,18 @@ node_boot() {
         tries=$((tries - 1))
     done
     node_pid >/dev/null
+}
+
+# node_alive [PID]: true while the node's Erlang VM runs: the process in its
+# pid file (or PID), if that process runs as this node (not one that got the
+# pid of a node killed long ago). A node removes its pid file as it begins to
+# stop: to wait for the end of a stop, pass the pid read before.
+node_alive() {
+    local pid=${1:-}
+    if [[ -z $pid ]]; then
+        pid=$(node_pid) || return 1
+    fi
+    grep -qzxF "RABBITMQ_NODENAME=$NODE_NAME" "/proc/$pid/environ" 2>/dev/null
 }
 
 node_kill9() {

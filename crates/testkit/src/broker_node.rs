@@ -3,8 +3,9 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -28,14 +29,64 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The server script: as root, the one under /usr/lib, since the /usr/sbin
-/// wrapper switches to the rabbitmq user, who cannot write our temp dir.
-fn server_script() -> PathBuf {
-    let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+/// A RabbitMQ program: as root, the one under /usr/lib, since the /usr/sbin
+/// wrappers switch to the rabbitmq user, who cannot write our temp dir and
+/// whose Erlang cookie is not our nodes'.
+fn tool(name: &str) -> PathBuf {
+    let direct = Path::new("/usr/lib/rabbitmq/bin").join(name);
     if direct.exists() {
-        direct.to_owned()
+        direct
     } else {
-        PathBuf::from("rabbitmq-server")
+        PathBuf::from(name)
+    }
+}
+
+fn server_script() -> PathBuf {
+    tool("rabbitmq-server")
+}
+
+/// Runs the CLI program `name` (rabbitmqctl, rabbitmq-queues…) quietly
+/// against `node` for at most `bound`: its stdout, or what went wrong.
+pub(crate) fn run_cli(
+    name: &str,
+    node: &str,
+    args: &[&str],
+    bound: Duration,
+) -> Result<String, String> {
+    let command = format!("{name} -n {node} {}", args.join(" "));
+    let child = Command::new(tool(name))
+        .args(["-q", "-n", node])
+        .args(args)
+        // Its own process group, so that a timeout kills the CLI's Erlang VM
+        // too, not only the shell wrapper.
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run {command}: {err} (is rabbitmq-server installed?)"))?;
+    let group = child.id();
+    // Read on another thread, so that a long output cannot block the child.
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(bound) {
+        Ok(Ok(output)) if output.status.success() => {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        Ok(Ok(output)) => Err(format!(
+            "{command} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Ok(Err(err)) => Err(format!("{command}: {err}")),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{group}")])
+                .status();
+            Err(format!("{command} did not finish within {bound:?}"))
+        }
     }
 }
 
@@ -52,14 +103,25 @@ impl BrokerNode {
     }
 
     async fn start_with(tls: Option<&crate::tls::TestCa>) -> BrokerNode {
+        let node = BrokerNode::create(
+            format!(
+                "ytnotify-test-{}@localhost",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            tls,
+        );
+        node.boot().await;
+        node
+    }
+
+    /// A node called `name` on spare ports, with its directory and
+    /// configuration written, not started yet ([`BrokerNode::boot`]).
+    pub(crate) fn create(name: String, tls: Option<&crate::tls::TestCa>) -> BrokerNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
         let mut node = BrokerNode {
             tls_url: None,
-            name: format!(
-                "ytnotify-test-{}@localhost",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            name,
             port,
             dist_port: free_port(),
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
@@ -86,8 +148,40 @@ impl BrokerNode {
         }
         std::fs::write(node.dir.path().join("rabbitmq.conf"), config).unwrap();
         std::fs::write(node.dir.path().join("enabled_plugins"), "[].\n").unwrap();
-        node.boot().await;
         node
+    }
+
+    /// The node's Erlang name, as `rabbitmqctl -n` takes it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its AMQP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn dist_port(&self) -> u16 {
+        self.dist_port
+    }
+
+    /// Where its logs are.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Whether its Erlang VM runs: the process in its pid file, if that
+    /// process was started as this node (not one that got the pid since).
+    pub fn is_running(&self) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.pid_file()) else {
+            return false;
+        };
+        let marker = format!("RABBITMQ_NODENAME={}", self.name);
+        std::fs::read(format!("/proc/{}/environ", pid.trim())).is_ok_and(|environ| {
+            environ
+                .split(|&b| b == 0)
+                .any(|var| var == marker.as_bytes())
+        })
     }
 
     fn pid_file(&self) -> PathBuf {
@@ -134,17 +228,32 @@ impl BrokerNode {
 
     /// Crashes the node: kill -9 of its Erlang VM, no shutdown of any kind.
     pub async fn kill9(&self) {
+        self.send_kill9();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(started.elapsed() < BOOT, "the node did not die");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`BrokerNode::kill9`] without an await: its port closes within
+    /// milliseconds of the kill, a wait too short to yield for.
+    pub fn kill9_blocking(&self) {
+        self.send_kill9();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(started.elapsed() < BOOT, "the node did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn send_kill9(&self) {
         let pid = std::fs::read_to_string(self.pid_file()).expect("the node wrote its pid");
         let status = Command::new("kill")
             .args(["-9", pid.trim()])
             .status()
             .unwrap();
         assert!(status.success());
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(started.elapsed() < BOOT, "the node did not die");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
@@ -183,13 +292,7 @@ impl BrokerNode {
     /// (the /usr/sbin wrapper would switch to the rabbitmq user, whose Erlang
     /// cookie is not this node's).
     pub fn ctl(&self, args: &[&str]) {
-        let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
-        let ctl = if direct.exists() {
-            direct.to_owned()
-        } else {
-            PathBuf::from("rabbitmqctl")
-        };
-        let output = Command::new(ctl)
+        let output = Command::new(tool("rabbitmqctl"))
             .arg("-n")
             .arg(&self.name)
             .args(args)

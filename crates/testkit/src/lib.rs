@@ -7,6 +7,7 @@
 //! and beside a running demo without seeing each other's queues.
 
 pub mod broker_node;
+pub mod cluster;
 pub mod postgres;
 pub mod tls;
 
