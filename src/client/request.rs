@@ -178,12 +178,18 @@ impl Client {
                         )
                         .await?;
                     // Replies sent while the queue did not exist went
-                    // nowhere: ask again, in the order first sent.
-                    let sender = Sender {
-                        login: &login,
-                        reply_queue: Some(&reply_queue),
-                    };
-                    resend_pending(&publisher, sender, &waiters).await;
+                    // nowhere: ask again, in the order first sent, beside
+                    // the consumer, so that replies flow meanwhile.
+                    let pending = lock(&waiters).pending();
+                    if !pending.is_empty() {
+                        tokio::spawn(async move {
+                            let sender = Sender {
+                                login: &login,
+                                reply_queue: Some(&reply_queue),
+                            };
+                            resend(&publisher, sender, pending).await;
+                        });
+                    }
                     Ok(Opened {
                         channel,
                         consumer,
@@ -421,35 +427,24 @@ async fn declare_again(connection: &Connection, queue: &str) -> Result<()> {
         })
 }
 
-/// After the reply queue is declared again, sends every request still
-/// waiting for its reply again, oldest first: a reply sent while the
-/// connection was down went nowhere.
-async fn resend_pending(publisher: &SessionChannel, sender: Sender<'_>, waiters: &Mutex<Waiters>) {
-    let pending = lock(waiters).pending();
-    if pending.is_empty() {
-        return;
-    }
-    let Ok((_, channel)) = publisher.get().await else {
-        return;
-    };
+/// After the reply queue is declared again, sends the requests that were
+/// still waiting for their reply again, oldest first, each confirmed before
+/// the next (a request refused while a quorum queue elects its leader is
+/// sent again, as at first).
+async fn resend(
+    publisher: &SessionChannel,
+    sender: Sender<'_>,
+    pending: Vec<(String, &'static str, Vec<u8>)>,
+) {
     tracing::warn!(
         "sending again {} request{} still waiting for a reply",
         pending.len(),
         if pending.len() == 1 { "" } else { "s" }
     );
-    let mut confirms = Vec::with_capacity(pending.len());
     for (id, queue, body) in &pending {
-        match publish_request(&channel, queue, sender, id, body).await {
-            Ok(confirm) => confirms.push(confirm),
-            Err(err) => {
-                tracing::warn!(%err, "could not send a request again after reconnecting");
-                return;
-            }
-        }
-    }
-    for confirm in confirms {
-        if let Err(err) = confirm.confirmed().await {
-            tracing::warn!(%err, "a request sent again was not confirmed");
+        if let Err(err) = publish_surely(publisher, queue, sender, id, body).await {
+            tracing::warn!(%err, "could not send a request again after reconnecting");
+            return;
         }
     }
 }

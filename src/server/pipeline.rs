@@ -628,8 +628,10 @@ fn dead_letter_properties(original: &BasicProperties) -> BasicProperties {
     copy
 }
 
-/// The first pause before requests that failed are tried again.
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The first pause before requests that failed are tried again. The five
+/// attempts span about 6 s: a quorum queue whose leader went down refuses
+/// what it is sent until it has elected another, which takes a few seconds.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(400);
 
 /// How many times a request whose effects fail is tried before it is
 /// refused and dead-lettered.
