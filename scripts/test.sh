@@ -13,7 +13,9 @@
 # local PostgreSQL is installed and started if needed (scripts/lib/postgres.sh),
 # or YT_TEST_POSTGRES_URL names one. With no arguments, the server's and the
 # programs' tests then run a second time with the server on PostgreSQL
-# (YT_TEST_DATABASE=postgres, which also selects it for a run with arguments).
+# (YT_TEST_DATABASE=postgres, which also selects it for a run with arguments)
+# and its queues quorum queues (YT_QUEUE_TYPE=quorum, the same). The cluster
+# tests (tests/cluster) start three private RabbitMQ nodes.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -85,6 +87,6 @@ if ((${#cargo_args[@]} > 0 || ${#test_args[@]} > 0)) || [[ -n ${YT_TEST_DATABASE
     exec cargo test "${workspace[@]}" --all-features --locked "${cargo_args[@]}" -- "${threads[@]}" "${test_args[@]}"
 fi
 cargo test --workspace --all-features --locked -- "${threads[@]}"
-printf '\n[test] the server and the programs again, with the server on PostgreSQL\n' >&2
-YT_TEST_DATABASE=postgres exec cargo test -p ytnotify --all-features --locked \
+printf '\n[test] the server and the programs again, with the server on PostgreSQL and quorum queues\n' >&2
+YT_TEST_DATABASE=postgres YT_QUEUE_TYPE=quorum exec cargo test -p ytnotify --all-features --locked \
     --test library --test programs -- "${threads[@]}"

@@ -474,6 +474,11 @@ pub struct Unconfirmed {
 }
 
 impl Unconfirmed {
+    /// What the message was published to, as errors name it.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     /// Waits for the broker's confirm.
     pub async fn confirmed(self) -> Result<()> {
         let target = self.target;

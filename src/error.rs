@@ -143,6 +143,10 @@ pub enum Error {
     /// The broker refused to take a message (a negative publisher confirm).
     #[error("RabbitMQ did not take the message for {0} (negative publisher confirm); try again")]
     Nacked(String),
+    /// The broker did not confirm a message in time while it accepted
+    /// publishing: the channel is taken for stuck, and the message sent again.
+    #[error("RabbitMQ did not confirm the message for {0} in time; try again")]
+    Unconfirmed(String),
     /// A mandatory message reached no queue.
     #[error(
         "no queue took the message for {0}; run any ytnotify program once to declare the queues"

@@ -366,7 +366,7 @@ async fn publish_surely(
     loop {
         let (session, channel) = publisher.get().await?;
         let sent = match publish_request(&channel, queue, sender, id, body).await {
-            Ok(unconfirmed) => unconfirmed.confirmed().await,
+            Ok(unconfirmed) => publisher.confirmed(unconfirmed).await,
             Err(err) => Err(err),
         };
         match sent {
@@ -376,10 +376,16 @@ async fn publish_surely(
             Err(Error::Broker(err)) if broker::is_access_refused(&err) => {
                 return Err(Error::AccessRefused(broker::amqp_reason(&err)));
             }
+            // The channel was renewed: send it again at once.
+            Err(Error::Unconfirmed(_))
+                if first_nack.get_or_insert_with(Instant::now).elapsed() < NACKED_FOR_AT_MOST => {}
             Err(Error::Nacked(target))
                 if first_nack.get_or_insert_with(Instant::now).elapsed() < NACKED_FOR_AT_MOST =>
             {
-                tracing::debug!("RabbitMQ refused the request for {target}; sending it again");
+                tracing::debug!(
+                    "RabbitMQ refused the request for {target}; sending it again on another channel"
+                );
+                publisher.renew().await;
                 tokio::time::sleep(AFTER_A_NACK).await;
             }
             Err(Error::Unroutable(target)) => {

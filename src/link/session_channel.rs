@@ -3,8 +3,11 @@
 
 use lapin::Channel;
 
-use super::{Link, Session};
-use crate::{broker, error::Result};
+use super::{Link, LinkState, Session};
+use crate::{
+    broker,
+    error::{Error, Result},
+};
 
 /// A channel on the live session, opened again on the next session after a
 /// loss, with publisher confirms if asked.
@@ -55,4 +58,59 @@ impl SessionChannel {
             }
         }
     }
+
+    /// Stops handing out the channel of the moment: the next
+    /// [`SessionChannel::get`] opens another. For a channel that refuses
+    /// every publish to a quorum queue whose leader moved: RabbitMQ 3.10
+    /// sends them to the leader the queue had when the channel first
+    /// published to it, for good, while a new channel finds the new leader
+    /// (`ARCHITECTURE.md`). It is closed a while later, once what was sent on
+    /// it has been answered.
+    pub async fn renew(&self) {
+        if let Some((_, stale)) = self.current.lock().await.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(STALE_CHANNEL_LINGERS).await;
+                let _ = stale.close(200, "replaced".into()).await;
+            });
+        }
+    }
+
+    /// Waits for the confirm of a message published on this channel. On a
+    /// cluster, RabbitMQ 3.10 can leave a channel's confirms pending for good
+    /// once a quorum queue or stream it published to lost its leader: a
+    /// confirm that has not come within [`CONFIRM_PATIENCE`] while the broker
+    /// accepts publishing (not blocked by an alarm, connected) renews the
+    /// channel and is [`Error::Unconfirmed`], so that the caller sends the
+    /// message again on the new one (every message carries an id, and a copy
+    /// is dropped by it).
+    pub async fn confirmed(&self, unconfirmed: broker::Unconfirmed) -> Result<()> {
+        let target = unconfirmed.target().to_owned();
+        let mut confirm = std::pin::pin!(unconfirmed.confirmed());
+        let state = self.link.state();
+        loop {
+            match tokio::time::timeout(CONFIRM_PATIENCE, &mut confirm).await {
+                Ok(confirmed) => return confirmed,
+                Err(_) if *state.borrow() == LinkState::Connected => {
+                    tracing::warn!(
+                        "RabbitMQ has not confirmed the message for {target} within {} s; \
+                         sending it again on another channel",
+                        CONFIRM_PATIENCE.as_secs()
+                    );
+                    self.renew().await;
+                    return Err(Error::Unconfirmed(target));
+                }
+                // Blocked publishers, or a connection going away: the
+                // confirm comes, or fails, with the broker.
+                Err(_) => {}
+            }
+        }
+    }
 }
+
+/// How long a confirm may take while the broker accepts publishing before
+/// the channel is taken for stuck ([`SessionChannel::confirmed`]).
+pub const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a replaced channel stays open for the answers to what was
+/// published on it.
+const STALE_CHANNEL_LINGERS: std::time::Duration = std::time::Duration::from_secs(10);

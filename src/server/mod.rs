@@ -268,6 +268,7 @@ impl YoutubeServer {
             broker = %config.broker.redacted(),
             database = %store.database().shown(),
             inbox_bound = %config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
+            queues = %link.queue_type(),
             "youtube_server starting in {} mode",
             config.mode(),
         );

@@ -271,9 +271,18 @@ impl YoutubeServer {
             let mut outcome = Ok(());
             for (video, index, notification) in notifications {
                 settled.push(video);
-                match reported(queue, "a notification's confirm", notification.confirmed()).await {
+                match reported(
+                    queue,
+                    "a notification's confirm",
+                    publisher.confirmed(notification),
+                )
+                .await
+                {
                     Ok(()) => sent.push(video),
                     Err(err @ (Error::Nacked(_) | Error::Unroutable(_))) => {
+                        if matches!(err, Error::Nacked(_)) {
+                            publisher.renew().await;
+                        }
                         failures.insert(
                             index,
                             Failure {
@@ -300,8 +309,8 @@ impl YoutubeServer {
         }
         let carried = started.elapsed();
 
-        let (_, publisher) = publisher.get().await?;
-        let publisher = &publisher;
+        let (_, channel) = publisher.get().await?;
+        let channel = &channel;
         let mut answers = Vec::new();
         let mut settle = Vec::with_capacity(deliveries.len());
         let mut applied = applied.into_iter().enumerate();
@@ -312,11 +321,11 @@ impl YoutubeServer {
                     let refusal = Reply::Refused {
                         reason: reason.clone(),
                     };
-                    answers.extend(self.reply(publisher, &delivery, &refusal).await?);
+                    answers.extend(self.reply(channel, &delivery, &refusal).await?);
                     Settle::DeadLetter(reason.clone())
                 }
                 Triaged::Refuse(reply) => {
-                    answers.extend(self.reply(publisher, &delivery, reply).await?);
+                    answers.extend(self.reply(channel, &delivery, reply).await?);
                     Settle::Ack
                 }
                 Triaged::Apply(_) => {
@@ -326,7 +335,7 @@ impl YoutubeServer {
                     match failures.remove(&index) {
                         None => {
                             lock(&self.attempts).remove(&request.id);
-                            answers.extend(self.reply(publisher, &delivery, &request.reply).await?);
+                            answers.extend(self.reply(channel, &delivery, &request.reply).await?);
                             Settle::Ack
                         }
                         Some(failure) => {
@@ -341,7 +350,7 @@ impl YoutubeServer {
                                 let refusal = Reply::Refused {
                                     reason: reason.clone(),
                                 };
-                                answers.extend(self.reply(publisher, &delivery, &refusal).await?);
+                                answers.extend(self.reply(channel, &delivery, &refusal).await?);
                                 Settle::DeadLetter(reason)
                             } else {
                                 tracing::warn!(
@@ -359,8 +368,8 @@ impl YoutubeServer {
             settle.push((delivery, action));
         }
         for answer in answers {
-            match reported(queue, "a reply's confirm", answer.confirmed()).await {
-                Err(Error::Broker(err)) => return Err(Error::Broker(err)),
+            match reported(queue, "a reply's confirm", publisher.confirmed(answer)).await {
+                Err(err @ (Error::Broker(_) | Error::Unconfirmed(_))) => return Err(err),
                 Err(err) => {
                     tracing::warn!(%err, "could not send a reply; the request is applied all the same")
                 }
@@ -385,7 +394,7 @@ impl YoutubeServer {
                 }
                 Settle::Ack => last_ack = Some(delivery),
                 Settle::DeadLetter(reason) => {
-                    let moving = self.dead_letter(publisher, queue, &delivery, reason);
+                    let moving = self.dead_letter(channel, queue, &delivery, reason);
                     reported(queue, "a dead letter's confirm", moving).await?
                 }
                 Settle::Retry(attempt) => self.retry_later(delivery, attempt),

@@ -95,9 +95,74 @@ async fn a_killed_node_loses_no_upload_and_shows_none_twice() {
         if shown.len() == UPLOADS * 3 / 4 {
             cluster.restart(0).await;
         }
-        let next = within("the next notification", session.next())
-            .await
-            .unwrap();
+        let next = match tokio::time::timeout(Duration::from_secs(15), session.next()).await {
+            Ok(next) => next.unwrap(),
+            Err(_) => {
+                for node in [1, 2] {
+                    for queue in [topology::YOUTUBER_REQUESTS, &topology::inbox("alice")] {
+                        eprintln!(
+                            "node {node}: {queue}: {}",
+                            cluster.queues(
+                                node,
+                                &[
+                                    "quorum_status",
+                                    queue,
+                                    "--vhost",
+                                    &vhost,
+                                    "--formatter",
+                                    "json"
+                                ]
+                            )
+                        );
+                    }
+                    eprintln!(
+                        "node {node}: {}",
+                        cluster.ctl(
+                            node,
+                            &[
+                                "list_queues",
+                                "-p",
+                                &vhost,
+                                "name",
+                                "type",
+                                "messages",
+                                "messages_unacknowledged",
+                                "consumers",
+                                "leader",
+                                "members",
+                                "online"
+                            ]
+                        )
+                    );
+                    eprintln!(
+                        "node {node}: {}",
+                        cluster.ctl(
+                            node,
+                            &[
+                                "list_consumers",
+                                "-p",
+                                &vhost,
+                                "queue_name",
+                                "channel_pid",
+                                "consumer_tag",
+                                "active",
+                                "activity_status"
+                            ]
+                        )
+                    );
+                }
+                let late = tokio::time::timeout(Duration::from_secs(60), session.next()).await;
+                panic!(
+                    "no notification within 15 s after {} shown; 60 s later: {}",
+                    shown.len(),
+                    if late.is_ok() {
+                        "it came"
+                    } else {
+                        "still nothing"
+                    }
+                );
+            }
+        };
         let id = next.notification.id();
         assert!(seen.insert(id), "shown twice: {}", next.notification);
         let ytnotify::protocol::Notification::VideoUploaded { video, .. } = &next.notification;
