@@ -139,20 +139,39 @@ pub async fn connect_from(
     let urls = endpoint.urls()?;
     let tls = endpoint.tls()?;
     let mut unreachable = Vec::new();
+    let mut last = None;
     for index in (0..urls.len()).map(|i| (start + i) % urls.len()) {
         match connect_to(&urls[index], &tls, connection_name).await {
             Ok(connection) => return Ok((connection, index)),
-            Err(Error::BrokerUnreachable { address, reason }) if urls.len() > 1 => {
+            Err(err) if urls.len() == 1 || is_the_clusters(&err) => return Err(err),
+            Err(Error::BrokerUnreachable { address, reason }) => {
                 tracing::debug!("{connection_name}: {address} did not answer ({reason})");
                 unreachable.push(format!("{address}: {reason}"));
             }
-            Err(err) => return Err(err),
+            // This node's own trouble (shutting down, a vhost down on it,
+            // something else listening): the next may serve.
+            Err(err) => {
+                tracing::debug!(%err, "{connection_name}: a node refused the connection");
+                last = Some(err);
+            }
         }
     }
-    Err(Error::BrokerUnreachable {
+    Err(last.unwrap_or_else(|| Error::BrokerUnreachable {
         address: format!("any of its {} nodes", urls.len()),
         reason: unreachable.join("; "),
-    })
+    }))
+}
+
+/// Whether a refused connection would be refused by every node of the
+/// cluster alike: the login, or a vhost that does not exist.
+fn is_the_clusters(err: &Error) -> bool {
+    match err {
+        Error::BrokerRefused { reason, .. } => {
+            reason.contains("ACCESS_REFUSED") || reason.contains("not found")
+        }
+        Error::BadUrl { .. } | Error::CaCert { .. } | Error::UntrustedCertificate { .. } => true,
+        _ => false,
+    }
 }
 
 async fn connect_to(

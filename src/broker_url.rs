@@ -139,6 +139,23 @@ fn minimally_encoded(text: &str) -> String {
 /// it (a password may hold one). Every node must be reached with the same
 /// login on the same vhost: they are one broker to the programs.
 pub fn parse_list(text: &str) -> Result<Vec<BrokerUrl>, Error> {
+    if text.trim().is_empty() {
+        return Err(Error::BadUrl {
+            address: "\"\"".to_owned(),
+            reason: "it is empty".to_owned(),
+        });
+    }
+    if split_list(text)
+        .into_iter()
+        .any(|part| part.is_empty() || part.ends_with(','))
+    {
+        return Err(Error::BadUrl {
+            address: redact(text),
+            reason: "an empty URL between commas; separate the URLs of a cluster's nodes with \
+                     single commas"
+                .to_owned(),
+        });
+    }
     let urls = split_list(text)
         .into_iter()
         .map(str::parse::<BrokerUrl>)
@@ -265,6 +282,10 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         let err = parse_list("amqp://h1,amqp://h2:port").unwrap_err();
         assert!(matches!(err, Error::BadUrl { .. }), "{err}");
+        for bad in ["", " ", "amqp://h1,", ",amqp://h1", "amqp://h1,,amqp://h2"] {
+            let err = parse_list(bad).unwrap_err();
+            assert!(matches!(err, Error::BadUrl { .. }), "{bad:?}: {err}");
+        }
     }
 
     #[test]

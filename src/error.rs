@@ -97,12 +97,12 @@ pub enum Error {
          (`rabbitmqctl delete_queue -p <vhost> <name>` for a queue)"
     )]
     Topology { address: String, reason: String },
-    /// A queue of the vhost has another type than the request queues: a
-    /// move between types that stopped half-way.
+    /// A queue of the vhost has another type than the request queues.
     #[error(
         "RabbitMQ at {address} holds a queue of another type than the vhost's request queues \
-         ({reason}); a move between queue types stopped half-way: finish it with \
-         `youtube_server migrate-queues --to <type>` (the type of the request queues, or the other)"
+         ({reason}); a move between queue types stopped half-way, a client came first to a new \
+         vhost, or an older program made it: move them all to one type with \
+         `youtube_server migrate-queues --to <type>` (it loses nothing)"
     )]
     MixedQueueTypes { address: String, reason: String },
     /// The account may not declare the topology, and nobody has.
@@ -204,6 +204,13 @@ pub enum Error {
     /// The state could not be copied to another database; nothing was.
     #[error("nothing was copied: {0}")]
     CopyRefused(String),
+    /// A move between queue types has not finished: a server must not
+    /// take requests from queues that are half moved.
+    #[error(
+        "the move of {0} to another queue type has not finished; run `youtube_server \
+         migrate-queues --to <type>` again to finish it, then start the server"
+    )]
+    MoveUnfinished(String),
     /// The queues could not be moved to another type now; what was moved is
     /// kept, and running the command again finishes the move.
     #[error("the queues were not all moved: {0}")]

@@ -434,13 +434,44 @@ pub async fn declare_for_consumer(
 /// The type of the vhost's request queues, `None` before any program has
 /// declared them: the vhost's choice, which a server follows.
 pub async fn vhost_queue_type(connection: &Connection) -> Result<Option<QueueType>, lapin::Error> {
-    let user_requests = DurableQueue {
-        name: USER_REQUESTS.to_owned(),
-        arguments: request_queue_arguments(),
-        source: None,
-    };
-    user_requests.queue_type(connection).await
+    // The request queues first; then, for a vhost where someone deleted
+    // them, the other shared queues.
+    let mut shared = DurableQueue::shared();
+    shared.rotate_right(REQUEST_QUEUES.len());
+    for queue in shared {
+        if let Some(queue_type) = queue.queue_type(connection).await? {
+            return Ok(Some(queue_type));
+        }
+    }
+    Ok(None)
 }
+
+/// The shared queues whose move to another type has not finished: a
+/// holding queue of `migrate-queues` exists for them. A server refuses to
+/// start on such a vhost (what it would take from those queues could be
+/// applied out of order when the move finishes).
+pub async fn unfinished_moves(connection: &Connection) -> Result<Vec<String>, lapin::Error> {
+    let mut unfinished = Vec::new();
+    for queue in DurableQueue::shared() {
+        let channel = connection.create_channel().await?;
+        match exists(&channel, &holding_queue(&queue.name)).await {
+            Ok(()) => {
+                unfinished.push(queue.name);
+                channel.close(200, "found".into()).await?;
+            }
+            Err(err) if broker::is_not_found(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(unfinished)
+}
+
+/// The queue that holds `queue`'s messages while `migrate-queues` moves it.
+pub fn holding_queue(queue: &str) -> String {
+    format!("{HOLDING_PREFIX}{queue}")
+}
+
+const HOLDING_PREFIX: &str = "ytnotify.migrating.";
 
 async fn exists(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
     channel
@@ -612,10 +643,11 @@ impl DurableQueue {
         }
     }
 
-    /// A queue without arguments that holds another's messages for a while.
-    pub fn holding(name: &str) -> DurableQueue {
+    /// The queue without arguments that holds `queue`'s messages while it
+    /// is moved to another type ([`holding_queue`]).
+    pub fn holding(queue: &str) -> DurableQueue {
         DurableQueue {
-            name: name.to_owned(),
+            name: holding_queue(queue),
             arguments: FieldTable::default(),
             source: None,
         }

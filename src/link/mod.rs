@@ -150,7 +150,8 @@ impl Link {
     /// and in log lines.
     ///
     /// The queues that exist are used as they are; the ones that do not are
-    /// made classic (a client's way, [`topology::Declaring::AsFound`]).
+    /// made of the vhost's type (a client's way,
+    /// [`topology::Declaring::AsFound`]).
     pub async fn connect(endpoint: &broker::Endpoint, name: &str) -> Result<Link> {
         Link::connect_declaring(endpoint, name, Declaring::AsFound).await
     }
@@ -166,9 +167,17 @@ impl Link {
         wanted: Option<QueueType>,
     ) -> Result<Link> {
         let (connection, _) = broker::connect_from(endpoint, 0, name).await?;
-        let found = topology::vhost_queue_type(&connection).await;
+        let looked = async {
+            let unfinished = topology::unfinished_moves(&connection).await?;
+            Ok((unfinished, topology::vhost_queue_type(&connection).await?))
+        }
+        .await;
         let _ = connection.close(200, "found the queue type".into()).await;
-        let found = found.map_err(|err| broker::topology_error(&endpoint.url, err))?;
+        let (unfinished, found) =
+            looked.map_err(|err| broker::topology_error(&endpoint.url, err))?;
+        if !unfinished.is_empty() {
+            return Err(Error::MoveUnfinished(unfinished.join(", ")));
+        }
         let queue_type = match (wanted, found) {
             (Some(wanted), Some(found)) if wanted != found => {
                 return Err(Error::QueueTypeMismatch {
@@ -234,8 +243,9 @@ impl Link {
         &self.handle.shared.login
     }
 
-    /// The type of the queues the link declares: for a server's, the
-    /// vhost's; a client's link makes the missing ones classic.
+    /// The type of the queues a server's link declares, the vhost's.
+    /// (A client's link says classic, but makes a missing queue of the type
+    /// of the vhost's other queues.)
     pub fn queue_type(&self) -> QueueType {
         match self.handle.shared.declaring {
             Declaring::As(queue_type) => queue_type,
@@ -402,14 +412,10 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
                 _ = closed.wait_for(|closed| *closed) => return,
             }
             attempts += 1;
-            match open(
-                &shared.endpoint,
-                lost_node + 1,
-                &shared.name,
-                shared.declaring,
-            )
-            .await
-            {
+            // Each attempt starts from the next node: one that answers
+            // wrongly holds up no other.
+            let start = lost_node + attempts as usize;
+            match open(&shared.endpoint, start, &shared.name, shared.declaring).await {
                 Ok(opened) => break opened,
                 Err(err) => {
                     tracing::debug!(%err, attempts, "{label}: could not reconnect yet");

@@ -64,12 +64,12 @@ impl SessionChannel {
     /// every publish to a quorum queue whose leader moved: RabbitMQ 3.10
     /// sends them to the leader the queue had when the channel first
     /// published to it, for good, while a new channel finds the new leader
-    /// (`ARCHITECTURE.md`). It is closed a while later, once what was sent on
-    /// it has been answered.
+    /// (`ARCHITECTURE.md`). It is closed once what was sent on it has been
+    /// confirmed, or after [`STALE_CHANNEL_LINGERS`] at most.
     pub async fn renew(&self) {
         if let Some((_, stale)) = self.current.lock().await.take() {
             tokio::spawn(async move {
-                tokio::time::sleep(STALE_CHANNEL_LINGERS).await;
+                let _ = tokio::time::timeout(STALE_CHANNEL_LINGERS, stale.wait_for_confirms()).await;
                 let _ = stale.close(200, "replaced".into()).await;
             });
         }
@@ -111,6 +111,6 @@ impl SessionChannel {
 /// the channel is taken for stuck ([`SessionChannel::confirmed`]).
 pub const CONFIRM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a replaced channel stays open for the answers to what was
-/// published on it.
-const STALE_CHANNEL_LINGERS: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a replaced channel stays open at most for the confirms of what
+/// was published on it.
+const STALE_CHANNEL_LINGERS: std::time::Duration = std::time::Duration::from_secs(30);

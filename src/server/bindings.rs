@@ -440,6 +440,17 @@ fn failure(user: &str, vhost: &str, err: &lapin::Error) -> Failure {
         _ => None,
     };
     match soft {
+        Some((AMQPSoftError::PRECONDITIONFAILED, text)) if text.contains("'x-queue-type'") => {
+            Failure {
+                reason: format!(
+                    "{user}'s inbox {queue} is of another queue type than the vhost's ({text}); \
+                     a move between queue types has not finished: stop the servers and run \
+                     `youtube_server migrate-queues --to <the vhost's type>`, then {user} logs \
+                     in again (nothing waiting in it is lost)"
+                ),
+                permanent: true,
+            }
+        }
         Some((AMQPSoftError::PRECONDITIONFAILED, text)) => Failure {
             reason: format!(
                 "{user}'s inbox {queue} exists on the broker with other settings than \

@@ -36,14 +36,12 @@ use lapin::{
 use crate::{
     broker,
     error::{Error, Result},
-    store::Store,
+    store::{Database, Store},
     topology::{self, DurableQueue, QueueType},
 };
 
 use super::ServerConfig;
 
-/// What the holding queue of a queue being moved is called.
-const HOLDING_PREFIX: &str = "ytnotify.migrating.";
 /// How many messages are moved between two waits for the broker's confirms.
 const MOVE_BATCH: usize = 500;
 /// How long the broker may take to hand out the next message to move.
@@ -77,10 +75,28 @@ impl std::fmt::Display for Migrated {
 /// `to`. Refused while any program consumes one of them: the servers and
 /// the users' live sessions are stopped first.
 pub async fn migrate_queues(config: &ServerConfig, to: QueueType) -> Result<Migrated> {
+    // A new, empty database would list no inbox: the users' would be left
+    // behind, and refused at their next login.
+    if let Database::Sqlite(path) = &config.database
+        && !path.exists()
+    {
+        return Err(Error::MigrationRefused(format!(
+            "there is no database at {}; give the server's with --db, which lists the users \
+             whose inboxes to move",
+            path.display()
+        )));
+    }
     let store = Store::connect(&config.database).await?;
+    let vhost = config.broker.first_url()?.vhost().to_owned();
     let mut queues = Vec::new();
     for (inbox, _) in store.every_inbox().await? {
         queues.push(DurableQueue::inbox(&inbox.user, inbox.bound));
+    }
+    if queues.is_empty() {
+        tracing::warn!(
+            "the database {} has no users: only the shared queues are moved",
+            config.database.shown()
+        );
     }
     for youtuber in store.youtubers_overview().await? {
         queues.push(DurableQueue::creator_inbox(&youtuber.name));
@@ -89,10 +105,10 @@ pub async fn migrate_queues(config: &ServerConfig, to: QueueType) -> Result<Migr
 
     let connection = broker::connect(&config.broker, "youtube_server migrate-queues").await?;
     let result = async {
-        refuse_if_consumed(&connection, &queues).await?;
+        refuse_unless_quiet(&connection, &queues).await?;
         let mut migrated = Migrated::default();
         for (done, queue) in queues.iter().enumerate() {
-            match migrate(&connection, queue, to).await? {
+            match migrate(&connection, &vhost, queue, to).await? {
                 Some(messages) => {
                     migrated.queues += 1;
                     migrated.messages += messages;
@@ -110,13 +126,26 @@ pub async fn migrate_queues(config: &ServerConfig, to: QueueType) -> Result<Migr
     result
 }
 
-/// Refuses while a program reads one of the queues: it would lose its
+/// Refuses while a program reads one of the queues (it would lose its
 /// consumer in the middle, and a server would declare the queue again with
-/// the old type.
-async fn refuse_if_consumed(connection: &Connection, queues: &[DurableQueue]) -> Result<()> {
+/// the old type), and while requests wait: each carries its sender's
+/// account as `user_id`, which a copy published under another login may
+/// not carry (secure mode), and a server applies them before anything sent
+/// during the move.
+async fn refuse_unless_quiet(connection: &Connection, queues: &[DurableQueue]) -> Result<()> {
     let mut channel = connection.create_channel().await?;
     for queue in queues {
         match topology::inspect(&channel, &queue.name).await {
+            Ok((waiting, 0))
+                if waiting > 0 && topology::REQUEST_QUEUES.contains(&queue.name.as_str()) =>
+            {
+                return Err(Error::MigrationRefused(format!(
+                    "{} holds {waiting} request{} not applied yet: start youtube_server until \
+                     they are, stop it, then run this again",
+                    queue.name,
+                    if waiting == 1 { "" } else { "s" }
+                )));
+            }
             Ok((_, 0)) => {}
             Ok((_, consumers)) => {
                 return Err(Error::MigrationRefused(format!(
@@ -144,14 +173,15 @@ async fn refuse_if_consumed(connection: &Connection, queues: &[DurableQueue]) ->
 /// when it is next declared).
 async fn migrate(
     connection: &Connection,
+    vhost: &str,
     queue: &DurableQueue,
     to: QueueType,
 ) -> Result<Option<u64>> {
-    let holding = DurableQueue::holding(&format!("{HOLDING_PREFIX}{}", queue.name));
+    let holding = DurableQueue::holding(&queue.name);
     let found = queue
         .queue_type(connection)
         .await
-        .map_err(|err| refused(queue, &err))?;
+        .map_err(|err| refused(vhost, queue, &err))?;
     let half_done = holding.queue_type(connection).await?.is_some();
     let other_type = found.is_some_and(|found| found != to);
     if !other_type && !half_done {
@@ -174,7 +204,7 @@ async fn migrate(
     queue
         .declare(&channel, to)
         .await
-        .map_err(|err| refused(queue, &err))?;
+        .map_err(|err| refused(vhost, queue, &err))?;
     rebind(&channel, queue, &queue.name, &holding.name).await?;
     close(channel).await;
     move_messages(connection, &holding.name, &queue.name).await?;
@@ -193,7 +223,13 @@ async fn close(channel: Channel) {
 /// (running it again finishes the move). Quorum queues do not take
 /// `if_empty`, hence the look; nothing publishes to the queue any more.
 async fn delete_emptied(channel: &Channel, queue: &str) -> Result<()> {
-    let (waiting, _) = topology::inspect(channel, queue).await?;
+    let (waiting, consumers) = topology::inspect(channel, queue).await?;
+    if consumers > 0 {
+        return Err(Error::MigrationRefused(format!(
+            "a program started reading {queue} during the move: stop it, then run this again \
+             to finish"
+        )));
+    }
     if waiting > 0 {
         return Err(Error::MigrationRefused(format!(
             "{queue} still holds {waiting} messages after the move; run it again to finish"
@@ -206,10 +242,15 @@ async fn delete_emptied(channel: &Channel, queue: &str) -> Result<()> {
 }
 
 /// A queue that is of neither type as ytnotify declares it: someone else's.
-fn refused(queue: &DurableQueue, err: &lapin::Error) -> Error {
+fn refused(vhost: &str, queue: &DurableQueue, err: &lapin::Error) -> Error {
+    let lost = if topology::inbox_owner(&queue.name).is_some() {
+        " (the notifications waiting in it go with it)"
+    } else {
+        ""
+    };
     Error::MigrationRefused(format!(
-        "{} was declared by another program, with settings of its own ({}); delete it \
-         (`rabbitmqctl delete_queue {}`) and run this again",
+        "{} has settings ytnotify does not give it ({}); if another program declared it, \
+         delete it with `rabbitmqctl delete_queue -p {vhost} {}`{lost}, then run this again",
         queue.name,
         broker::amqp_reason(err),
         queue.name
@@ -300,7 +341,9 @@ async fn move_on(channel: &Channel, from: &str, to: &str) -> Result<u64> {
             if copies.len() == MOVE_BATCH || taken == u64::from(waiting) {
                 moved += copies.len() as u64;
                 for copy in copies.drain(..) {
-                    copy.confirmed().await?;
+                    copy.confirmed()
+                        .await
+                        .map_err(|err| impersonation_advice(from, err))?;
                 }
                 broker::ack(&delivery.acker, BasicAckOptions { multiple: true }).await?;
             }
@@ -317,9 +360,10 @@ fn impersonation_advice(queue: &str, err: Error) -> Error {
     match &err {
         Error::Broker(lapin) if broker::is_precondition_failed(lapin) => {
             Error::MigrationRefused(format!(
-                "RabbitMQ refused a copy of a message of {queue} ({}); its sender is another \
-                 account: let the server apply what waits (start it, then stop it when the \
-                 request queues are empty) and run this again",
+                "RabbitMQ refused a copy of a message of {queue} ({}); another account sent \
+                 it during the move: stop every client of the vhost, then run this again logged \
+                 in as a user tagged impersonator (`rabbitmqctl set_user_tags <user> \
+                 administrator impersonator`), which may copy it",
                 broker::amqp_reason(lapin)
             ))
         }
