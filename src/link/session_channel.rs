@@ -69,7 +69,8 @@ impl SessionChannel {
     pub async fn renew(&self) {
         if let Some((_, stale)) = self.current.lock().await.take() {
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(STALE_CHANNEL_LINGERS, stale.wait_for_confirms()).await;
+                let _ =
+                    tokio::time::timeout(STALE_CHANNEL_LINGERS, stale.wait_for_confirms()).await;
                 let _ = stale.close(200, "replaced".into()).await;
             });
         }
