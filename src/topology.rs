@@ -474,17 +474,7 @@ pub fn holding_queue(queue: &str) -> String {
 const HOLDING_PREFIX: &str = "ytnotify.migrating.";
 
 async fn exists(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(drop)
+    inspect(channel, queue).await.map(drop)
 }
 
 async fn declare_queue(

@@ -132,11 +132,35 @@ impl Running {
         kill(pid, signal).expect("the signal is delivered");
     }
 
+    /// Waits until a `youtube_server` says it is ready: it has installed
+    /// its Ctrl-C handler and declared its queues.
+    pub async fn ready(&self) {
+        within("the server to be ready", async {
+            while !std::fs::read_to_string(&self.stderr)
+                .unwrap_or_default()
+                .contains("youtube_server ready")
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
     /// Ctrl-C, then the exit code.
     pub async fn interrupt(mut self) -> i32 {
         self.signal(Signal::SIGINT);
         match tokio::time::timeout(ytnotify_testkit::WAIT, self.child.wait()).await {
-            Ok(status) => status.unwrap().code().expect("exited, not killed"),
+            Ok(status) => {
+                let status = status.unwrap();
+                status.code().unwrap_or_else(|| {
+                    use std::os::unix::process::ExitStatusExt;
+                    panic!(
+                        "the program was killed by signal {:?} after Ctrl-C; its stderr:\n{}",
+                        status.signal(),
+                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                    )
+                })
+            }
             Err(_) => panic!(
                 "the program did not exit within {:?} after Ctrl-C; its stderr:\n{}",
                 ytnotify_testkit::WAIT,
@@ -293,6 +317,8 @@ async fn kill_9_of_the_server_under_load_loses_nothing_and_applies_nothing_twice
     );
 
     let server = Running::spawn(SERVER, &vhost, &[]);
+    // Ready before the Ctrl-C at the end: it would find no handler before.
+    server.ready().await;
     for upload in uploads {
         let output = within("an upload to finish", upload)
             .await
@@ -464,6 +490,9 @@ async fn ctrl_c_under_load_finishes_what_is_in_hand_and_loses_nothing() {
     );
 
     let server = Running::spawn(SERVER, &vhost, &[]);
+    // The first server may have finished every upload in the batch it had
+    // in hand: a Ctrl-C before this one is ready would find no handler.
+    server.ready().await;
     for upload in uploads {
         let output = within("an upload to finish", upload)
             .await

@@ -41,15 +41,7 @@ async fn types(vhost: &TestVhost) -> (Option<QueueType>, Option<QueueType>) {
 /// vhost would make them classic.
 async fn server_with(vhost: &TestVhost, extra: &[&str]) -> Running {
     let mut server = Running::spawn(SERVER, vhost, extra);
-    within("the server to be ready", async {
-        while !std::fs::read_to_string(&server.stderr)
-            .unwrap_or_default()
-            .contains("youtube_server ready")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    server.ready().await;
     let probe = run(USER, vhost, &["login", "alice", "--timeout", "15s"]).await;
     assert_eq!(probe.stdout, "SUCCESS\n", "{}", probe.stderr);
     // What waited in the request queues comes first.
