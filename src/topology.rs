@@ -393,10 +393,8 @@ impl Queues<'_> {
 async fn type_of_shared_queues(connection: &Connection) -> Result<QueueType, lapin::Error> {
     let deadline = tokio::time::Instant::now() + FIRST_DECLARATION;
     loop {
-        for queue in DurableQueue::shared() {
-            if let Ok(Some(queue_type)) = queue.queue_type(connection).await {
-                return Ok(queue_type);
-            }
+        if let Some(queue_type) = vhost_queue_type(connection).await? {
+            return Ok(queue_type);
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(QueueType::Classic);
@@ -439,8 +437,13 @@ pub async fn vhost_queue_type(connection: &Connection) -> Result<Option<QueueTyp
     let mut shared = DurableQueue::shared();
     shared.rotate_right(REQUEST_QUEUES.len());
     for queue in shared {
-        if let Some(queue_type) = queue.queue_type(connection).await? {
-            return Ok(Some(queue_type));
+        match queue.queue_type(connection).await {
+            Ok(Some(queue_type)) => return Ok(Some(queue_type)),
+            // Missing, or declared by another client with settings of its
+            // own: the next one says.
+            Ok(None) => {}
+            Err(err) if broker::is_precondition_failed(&err) => {}
+            Err(err) => return Err(err),
         }
     }
     Ok(None)
