@@ -151,6 +151,21 @@ impl Request {
         }
     }
 
+    /// The user or YouTuber the request is about: its partition follows
+    /// the name (`topology::partition_of`).
+    pub fn subject(&self) -> &str {
+        match self {
+            Request::Login { user, .. }
+            | Request::ChangeSubscription { user, .. }
+            | Request::ListSubscriptions { user }
+            | Request::React { user, .. }
+            | Request::Comment { user, .. } => user,
+            Request::Upload { youtuber, .. }
+            | Request::ListVideos { youtuber }
+            | Request::Stats { youtuber } => youtuber,
+        }
+    }
+
     /// The type tag, as it appears on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -235,17 +235,19 @@ const QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// declares the inbox and binds it, and declares the history if `history`.
 async fn request_login(session: &Session, login: &str, user: &str, history: bool) -> Result<()> {
     let channel = broker::confirming_channel(session.connection()).await?;
-    let envelope = RequestEnvelope::new(Request::Login {
+    let request = Request::Login {
         user: user.to_owned(),
         history,
-    });
+    };
+    let queue = topology::RequestQueue::of(&request);
+    let envelope = RequestEnvelope::new(request);
     let sender = Sender {
         login,
         reply_queue: None,
     };
     let sent = match publish_request(
         &channel,
-        topology::USER_REQUESTS,
+        queue,
         sender,
         &envelope.id.to_string(),
         &protocol::encode(&envelope),

@@ -28,7 +28,7 @@ use crate::{
     link::{Feed, Link, LinkState, Opened, SessionChannel},
     protocol::{self, DecodeError, Reply, Request, RequestEnvelope},
     sync::lock,
-    topology::{self, Declaring},
+    topology::{self, Declaring, RequestQueue},
 };
 
 /// How long a client waits for the server unless told otherwise.
@@ -74,7 +74,7 @@ impl Default for ClientConfig {
 struct Waiter {
     id: String,
     reply: oneshot::Sender<Result<Reply, DecodeError>>,
-    queue: &'static str,
+    queue: RequestQueue,
     body: Vec<u8>,
 }
 
@@ -101,7 +101,7 @@ impl Waiters {
     }
 
     /// Copies of every waiting request, oldest first.
-    fn pending(&self) -> Vec<(String, &'static str, Vec<u8>)> {
+    fn pending(&self) -> Vec<(String, RequestQueue, Vec<u8>)> {
         self.by_order
             .values()
             .map(|waiter| (waiter.id.clone(), waiter.queue, waiter.body.clone()))
@@ -124,7 +124,7 @@ pub struct Client {
 #[must_use = "wait for the reply with Client::wait"]
 pub struct PendingReply {
     id: Uuid,
-    queue: &'static str,
+    queue: RequestQueue,
     reply: oneshot::Receiver<Result<Reply, DecodeError>>,
 }
 
@@ -241,7 +241,7 @@ impl Client {
     /// request sent again (the same id makes a copy that did arrive harmless).
     pub async fn send(&self, request: Request) -> Result<PendingReply> {
         request.validate()?;
-        let queue = topology::queue_for(&request);
+        let queue = RequestQueue::of(&request);
         let envelope = RequestEnvelope::new(request);
         let id = envelope.id.to_string();
         let body = protocol::encode(&envelope);
@@ -304,9 +304,9 @@ impl Client {
     }
 
     /// How many servers consume a request queue now.
-    async fn server_consumers(&self, queue: &str) -> Result<u32> {
+    async fn server_consumers(&self, queue: RequestQueue) -> Result<u32> {
         let (_, channel) = self.publisher.get().await?;
-        let (_, consumers) = topology::inspect(&channel, queue).await?;
+        let (_, consumers) = topology::inspect(&channel, queue.name()).await?;
         Ok(consumers)
     }
 
@@ -336,7 +336,7 @@ pub(super) struct Sender<'a> {
 /// caller waits for the confirm.
 pub(super) async fn publish_request(
     channel: &Channel,
-    queue: &str,
+    queue: RequestQueue,
     sender: Sender<'_>,
     id: &str,
     body: &[u8],
@@ -348,15 +348,22 @@ pub(super) async fn publish_request(
     if let Some(reply_queue) = sender.reply_queue {
         properties = properties.with_reply_to(ShortString::from(reply_queue));
     }
-    let exchange = topology::request_exchange(queue);
-    broker::publish(channel, exchange, "", true, body, properties).await
+    broker::publish(
+        channel,
+        queue.exchange(),
+        queue.routing_key(),
+        true,
+        body,
+        properties,
+    )
+    .await
 }
 
 /// Publishes a request until the broker confirms it: a lost connection is
 /// waited out, and a request queue that someone deleted is declared again.
 async fn publish_surely(
     publisher: &SessionChannel,
-    queue: &'static str,
+    queue: RequestQueue,
     sender: Sender<'_>,
     id: &str,
     body: &[u8],
@@ -421,12 +428,12 @@ async fn publish_surely(
 
 /// Declares the topology again, for a request queue or exchange that
 /// someone deleted. An account that may not declare it (secure mode) says so.
-async fn declare_again(connection: &Connection, queue: &str) -> Result<()> {
+async fn declare_again(connection: &Connection, queue: RequestQueue) -> Result<()> {
     topology::declare(connection, Declaring::AsFound)
         .await
         .map_err(|err| {
             if broker::is_access_refused(&err) {
-                Error::QueueMissing(queue.to_owned())
+                Error::QueueMissing(queue.name().to_owned())
             } else {
                 Error::Broker(err)
             }
@@ -440,7 +447,7 @@ async fn declare_again(connection: &Connection, queue: &str) -> Result<()> {
 async fn resend(
     publisher: &SessionChannel,
     sender: Sender<'_>,
-    pending: Vec<(String, &'static str, Vec<u8>)>,
+    pending: Vec<(String, RequestQueue, Vec<u8>)>,
 ) {
     tracing::warn!(
         "sending again {} request{} still waiting for a reply",
@@ -448,7 +455,7 @@ async fn resend(
         if pending.len() == 1 { "" } else { "s" }
     );
     for (id, queue, body) in &pending {
-        if let Err(err) = publish_surely(publisher, queue, sender, id, body).await {
+        if let Err(err) = publish_surely(publisher, *queue, sender, id, body).await {
             tracing::warn!(%err, "could not send a request again after reconnecting");
             return;
         }
@@ -466,7 +473,7 @@ mod tests {
             waiters.insert(Waiter {
                 id: id.to_owned(),
                 reply: oneshot::channel().0,
-                queue: topology::USER_REQUESTS,
+                queue: RequestQueue::of(&Request::login("alice")),
                 body: id.as_bytes().to_vec(),
             });
         }

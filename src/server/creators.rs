@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -151,7 +150,8 @@ impl YoutubeServer {
     /// message or a creator inbox that could not be declared left behind.
     /// Each creator is served on its own: one whose inbox keeps refusing is
     /// tried again less and less often, and never holds up the others. A
-    /// hot standby leaves them to the active server.
+    /// creator's events are the business of the server that takes the
+    /// creator's uploads (its partition), not of a hot standby.
     pub(super) async fn tell_creators_later(
         &self,
         mut stopped: watch::Receiver<bool>,
@@ -161,9 +161,6 @@ impl YoutubeServer {
             tokio::select! {
                 _ = stopped.wait_for(|stop| *stop) => return Ok(()),
                 () = tokio::time::sleep(TELL_LATER_EVERY) => {}
-            }
-            if !self.outbox_flushed.load(Ordering::Acquire) {
-                continue;
             }
             if let Err(err) = self.tell_creators_now(&mut waiting).await {
                 tracing::warn!(%err, "could not send the creator events left unsent; trying again later");
@@ -179,7 +176,7 @@ impl YoutubeServer {
             .creators_with_unsent(before)
             .await?
             .into_iter()
-            .filter(|youtuber| waiting.due(youtuber, now))
+            .filter(|youtuber| self.serves_uploads_of(youtuber) && waiting.due(youtuber, now))
             .collect();
         if due.is_empty() {
             return Ok(());

@@ -137,7 +137,7 @@ async fn refuse_unless_quiet(connection: &Connection, queues: &[DurableQueue]) -
     for queue in queues {
         match topology::inspect(&channel, &queue.name).await {
             Ok((waiting, 0))
-                if waiting > 0 && topology::REQUEST_QUEUES.contains(&queue.name.as_str()) =>
+                if waiting > 0 && topology::RequestQueue::named(&queue.name).is_some() =>
             {
                 return Err(Error::MigrationRefused(format!(
                     "{} holds {waiting} request{} not applied yet: start youtube_server until \

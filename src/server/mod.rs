@@ -63,11 +63,14 @@ use uuid::Uuid;
 mod bindings;
 mod creators;
 mod migrate;
+mod partitions;
 mod pipeline;
 mod upkeep;
 
 use bindings::Bindings;
 pub use migrate::{Migrated, migrate_queues};
+pub use partitions::BALANCE_EVERY;
+use partitions::Partitions;
 pub use pipeline::MAX_ATTEMPTS;
 pub use upkeep::REDELIVERY_HORIZON;
 
@@ -77,7 +80,7 @@ use crate::{
     link::{Feed, Link, LinkState, Opened, Opening, Session, SessionChannel},
     protocol::Reaction,
     store::{self, Store},
-    topology::{self, QueueType},
+    topology::{self, PARTITIONS, QueueType},
 };
 
 /// What the server says once, at start, in open mode.
@@ -230,14 +233,15 @@ pub struct YoutubeServer {
     publisher: SessionChannel,
     events: broadcast::Sender<Event>,
     config: ServerConfig,
-    user_requests: Option<Feed>,
-    youtuber_requests: Option<Feed>,
-    interactions: Option<Feed>,
+    /// The partitions of the request queues taken at start, until
+    /// [`YoutubeServer::serve`] consumes them.
+    partitions: Option<Partitions>,
     bindings: Bindings,
     /// How many times each request's effects failed, for those that did.
     attempts: Mutex<HashMap<Uuid, u32>>,
-    /// Whether the notifications a crash left unsent have been sent.
-    outbox_flushed: AtomicBool,
+    /// Whether the notifications a crash left unsent have been sent, per
+    /// partition.
+    outbox_flushed: [AtomicBool; PARTITIONS as usize],
     /// Requests held back to be tried again: while there are any, batches
     /// are acknowledged one request at a time (a `multiple` acknowledgement
     /// would settle them too).
@@ -276,44 +280,24 @@ impl YoutubeServer {
             tracing::warn!("{OPEN_MODE_WARNING}");
         }
         let publisher = SessionChannel::new(&link, true);
-        let (_, channel) = publisher.get().await?;
-        let (_, active_servers) = topology::inspect(&channel, topology::YOUTUBER_REQUESTS).await?;
         let (events, _) = broadcast::channel(1024);
         let vhost = config.broker.first_url()?.vhost().to_owned();
-        let user_requests =
-            Some(server_feed(&link, topology::USER_REQUESTS, config.prefetch).await?);
-        let youtuber_requests =
-            Some(server_feed(&link, topology::YOUTUBER_REQUESTS, config.prefetch).await?);
-        let interactions = Some(server_feed(&link, topology::INTERACTIONS, config.prefetch).await?);
-        let server = YoutubeServer {
+        let mut server = YoutubeServer {
             bindings: Bindings::start(&link, &vhost),
             link,
             store,
             publisher,
             events,
             config,
-            user_requests,
-            youtuber_requests,
-            interactions,
+            partitions: None,
             attempts: Mutex::new(HashMap::new()),
-            outbox_flushed: AtomicBool::new(false),
+            outbox_flushed: std::array::from_fn(|_| AtomicBool::new(false)),
             held: std::sync::Arc::new(AtomicUsize::new(0)),
         };
         server.move_to_user_exchanges().await?;
-        if active_servers == 0 {
-            server.flush_outbox().await?;
-        } else {
-            tracing::info!(
-                "another youtube_server consumes {}: this one is a hot standby",
-                topology::YOUTUBER_REQUESTS
-            );
-        }
-        tracing::info!(
-            "youtube_server ready: consuming {}, {} and {}",
-            topology::USER_REQUESTS,
-            topology::YOUTUBER_REQUESTS,
-            topology::INTERACTIONS,
-        );
+        let partitions = server.take_partitions().await?;
+        tracing::info!("youtube_server ready: consuming {}", partitions.describe());
+        server.partitions = Some(partitions);
         Ok(server)
     }
 
@@ -343,15 +327,11 @@ impl YoutubeServer {
     /// takes them in order), and closes the connection.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop, stopped) = watch::channel(false);
-        // `start` always fills both slots and `serve` consumes the server.
-        let users = self.user_requests.take().expect("consumer started");
-        let youtubers = self.youtuber_requests.take().expect("consumer started");
-        let interactions = self.interactions.take().expect("consumer started");
+        // `start` always fills the slot and `serve` consumes the server.
+        let partitions = self.partitions.take().expect("partitions taken");
         let work = async {
             tokio::try_join!(
-                self.consume_requests(topology::USER_REQUESTS, users, stopped.clone()),
-                self.consume_requests(topology::YOUTUBER_REQUESTS, youtubers, stopped.clone()),
-                self.consume_requests(topology::INTERACTIONS, interactions, stopped.clone()),
+                self.consume_partitions(partitions, stopped.clone()),
                 self.count_dropped(stopped.clone()),
                 self.prune_applied(stopped.clone()),
                 self.tell_creators_later(stopped.clone()),

@@ -30,7 +30,7 @@ use crate::{
     protocol::{self, CreatorEvent, Reply, Request, RequestEnvelope},
     store::{Applied, CreatorNote, Decision, Effect},
     sync::lock,
-    topology,
+    topology::{self, RequestKind, RequestQueue},
 };
 
 impl YoutubeServer {
@@ -44,7 +44,7 @@ impl YoutubeServer {
     /// one request's effects is that request's alone ([`Self::finish`]).
     pub(super) async fn consume_requests(
         &self,
-        queue: &'static str,
+        queue: RequestQueue,
         mut feed: Feed,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<()> {
@@ -61,12 +61,12 @@ impl YoutubeServer {
             };
             feed.reset("requests go back to the queue");
             if self.link.current().map(|session| session.generation()) != started_on {
-                tracing::warn!(%failure, queue, "the connection to RabbitMQ changed under a batch; taking its requests again");
+                tracing::warn!(%failure, queue = queue.name(), "the connection to RabbitMQ changed under a batch; taking its requests again");
                 continue;
             }
             tracing::warn!(
                 %failure,
-                queue,
+                queue = queue.name(),
                 "could not apply requests; they go back to the queue and are tried again in {delay:?}"
             );
             tokio::select! {
@@ -78,8 +78,8 @@ impl YoutubeServer {
         // Hand-over: what was prefetched behind the last batch goes back to
         // the queue now, ahead of anything a standby could take.
         feed.close().await;
-        tracing::info!(
-            queue,
+        tracing::debug!(
+            queue = queue.name(),
             "stopped consuming; requests not taken are back in the queue"
         );
         Ok(())
@@ -101,7 +101,7 @@ impl YoutubeServer {
     /// the order they were delivered.
     async fn pipeline(
         &self,
-        queue: &'static str,
+        queue: RequestQueue,
         publisher: &SessionChannel,
         feed: &mut Feed,
         stopped: &mut watch::Receiver<bool>,
@@ -117,12 +117,13 @@ impl YoutubeServer {
         let prepare = async move {
             while let Some(batch) = next_batch(feed, stopped).await? {
                 let batch = reported(
-                    queue,
+                    queue.name(),
                     "storing it and setting its effects going",
                     self.prepare(queue, publisher, batch, unrecorded),
                 )
                 .await?;
-                let handed = reported(queue, "the batch before it", prepared.send(batch)).await;
+                let handed =
+                    reported(queue.name(), "the batch before it", prepared.send(batch)).await;
                 if handed.is_err() {
                     break;
                 }
@@ -142,7 +143,7 @@ impl YoutubeServer {
     /// The first stage: stores the batch and sets its effects going.
     async fn prepare(
         &self,
-        queue: &'static str,
+        queue: RequestQueue,
         publisher: &SessionChannel,
         batch: Vec<Delivery>,
         unrecorded: &Mutex<HashSet<Uuid>>,
@@ -152,10 +153,12 @@ impl YoutubeServer {
         // connection took away is replaced before it is used.
         let (_, publisher) = publisher.get().await?;
         let publisher = &publisher;
-        if queue == topology::YOUTUBER_REQUESTS && !self.outbox_flushed.load(Ordering::Acquire) {
-            // This server has just become the one that takes uploads: send
-            // what a crash left unsent before anything else.
-            self.flush_outbox().await?;
+        if queue.kind == RequestKind::Youtubers
+            && !self.outbox_flushed[usize::from(queue.partition)].load(Ordering::Acquire)
+        {
+            // This server has just become the one that takes the partition's
+            // uploads: send what a crash left unsent before anything else.
+            self.flush_outbox(queue.partition).await?;
         }
         let requests: Vec<Triaged> = batch
             .iter()
@@ -240,7 +243,7 @@ impl YoutubeServer {
     /// request of the same user.
     async fn finish(
         &self,
-        queue: &'static str,
+        queue: RequestQueue,
         publisher: &SessionChannel,
         batch: Prepared,
         unrecorded: &Mutex<HashSet<Uuid>>,
@@ -254,9 +257,9 @@ impl YoutubeServer {
             tell,
             started,
         } = batch;
-        let failed_users = reported(queue, "its bindings", bindings.done()).await?;
+        let failed_users = reported(queue.name(), "its bindings", bindings.done()).await?;
         if !tell.is_empty() {
-            self.tell_creators(queue, publisher, tell, &failed_users, unrecorded)
+            self.tell_creators(queue.name(), publisher, tell, &failed_users, unrecorded)
                 .await?;
         }
         let mut failures: HashMap<usize, Failure> = HashMap::new();
@@ -272,7 +275,7 @@ impl YoutubeServer {
             for (video, index, notification) in notifications {
                 settled.push(video);
                 match reported(
-                    queue,
+                    queue.name(),
                     "a notification's confirm",
                     publisher.confirmed(notification),
                 )
@@ -368,7 +371,13 @@ impl YoutubeServer {
             settle.push((delivery, action));
         }
         for answer in answers {
-            match reported(queue, "a reply's confirm", publisher.confirmed(answer)).await {
+            match reported(
+                queue.name(),
+                "a reply's confirm",
+                publisher.confirmed(answer),
+            )
+            .await
+            {
                 Err(err @ (Error::Broker(_) | Error::Unconfirmed(_))) => return Err(err),
                 Err(err) => {
                     tracing::warn!(%err, "could not send a reply; the request is applied all the same")
@@ -394,8 +403,8 @@ impl YoutubeServer {
                 }
                 Settle::Ack => last_ack = Some(delivery),
                 Settle::DeadLetter(reason) => {
-                    let moving = self.dead_letter(channel, queue, &delivery, reason);
-                    reported(queue, "a dead letter's confirm", moving).await?
+                    let moving = self.dead_letter(channel, queue.name(), &delivery, reason);
+                    reported(queue.name(), "a dead letter's confirm", moving).await?
                 }
                 Settle::Retry(attempt) => self.retry_later(delivery, attempt),
             }
@@ -404,7 +413,7 @@ impl YoutubeServer {
             broker::ack(&last.acker, BasicAckOptions { multiple: true }).await?;
         }
         tracing::debug!(
-            queue,
+            queue = queue.name(),
             requests = requests.len(),
             ?carried,
             ?replied,
@@ -703,13 +712,16 @@ enum Triaged {
     Apply(RequestEnvelope),
 }
 
-fn triage(queue: &str, delivery: &Delivery, secure: bool) -> Triaged {
+fn triage(queue: RequestQueue, delivery: &Delivery, secure: bool) -> Triaged {
     let envelope = match protocol::decode_request(&delivery.data) {
         Ok(envelope) => envelope,
         Err(reason) => return Triaged::DeadLetter(reason.to_string()),
     };
-    let expected = topology::queue_for(&envelope.request);
-    if queue != expected {
+    // A request in another partition of its kind is applied: only its own
+    // sender's order is at stake, and a client that routes by no key at all
+    // lands on partition 0.
+    let expected = RequestQueue::of(&envelope.request);
+    if queue.kind != expected.kind {
         return Triaged::DeadLetter(format!(
             "{} requests belong on {expected}, not {queue}",
             envelope.request.kind()

@@ -50,18 +50,26 @@ impl YoutubeServer {
         self.store.set_broker_layout(store::BROKER_LAYOUT).await
     }
 
-    /// Sends, and records as sent, every notification that a crash left
-    /// unsent, oldest first.
-    pub(super) async fn flush_outbox(&self) -> Result<()> {
-        self.outbox_flushed.store(true, Ordering::Release);
-        for video in self.store.videos_to_notify().await? {
+    /// Sends, and records as sent, every notification of a partition's
+    /// YouTubers that a crash left unsent, oldest first.
+    pub(super) async fn flush_outbox(&self, partition: u16) -> Result<()> {
+        let flushed = &self.outbox_flushed[usize::from(partition)];
+        flushed.store(true, Ordering::Release);
+        let videos = self.store.videos_to_notify().await?.into_iter();
+        for video in videos.filter(|video| topology::partition_of(&video.youtuber) == partition) {
             tracing::info!(video = %video.id, "sending a notification left unsent by a crash");
             if let Err(err) = self.notify_users(&video).await {
-                self.outbox_flushed.store(false, Ordering::Release);
+                flushed.store(false, Ordering::Release);
                 return Err(err);
             }
         }
         Ok(())
+    }
+
+    /// Whether this server is the one that takes `youtuber`'s uploads now:
+    /// it holds the partition, and has sent what a crash left in its outbox.
+    pub(super) fn serves_uploads_of(&self, youtuber: &str) -> bool {
+        self.outbox_flushed[usize::from(topology::partition_of(youtuber))].load(Ordering::Acquire)
     }
 
     /// Notifies every subscriber of an upload: one persistent publish to the

@@ -157,7 +157,7 @@ impl DbError {
         }
     }
 
-    fn database(message: impl fmt::Display) -> DbError {
+    pub(super) fn database(message: impl fmt::Display) -> DbError {
         DbError {
             kind: Fault::Database,
             message: message.to_string(),

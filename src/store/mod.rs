@@ -17,6 +17,7 @@
 //! instead of failing, again and again, every batch it is in.
 
 mod apply;
+mod claims;
 mod copy;
 pub(crate) mod db;
 mod interactions;
@@ -36,6 +37,7 @@ use crate::{
 };
 
 use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
+pub use claims::Claims;
 pub use copy::Copied;
 pub use db::Database;
 use db::{Db, DbError, Mode, Tx, args};
@@ -245,6 +247,16 @@ impl Store {
     pub fn with_inbox_bound(mut self, bound: Option<u32>) -> Store {
         self.inbox_bound = bound;
         self
+    }
+
+    /// This server's claims on the partitions of the request queues, for a
+    /// database that several servers share (PostgreSQL); `None` for a
+    /// SQLite file, whose one server takes every partition.
+    pub async fn claims(&self) -> Result<Option<Claims>> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(_) => Ok(Some(Claims::open(&self.db).await?)),
+        }
     }
 
     /// Where the state lives.

@@ -64,7 +64,10 @@ async fn a_killed_node_loses_no_upload_and_shows_none_twice() {
     .await
     .unwrap();
     // Every queue has its three replicas: losing one leaves a majority.
-    for queue in [topology::YOUTUBER_REQUESTS, &topology::inbox("alice")] {
+    let upload_queue = topology::RequestQueue::of(&ytnotify::protocol::Request::Stats {
+        youtuber: "bob".into(),
+    });
+    for queue in [upload_queue.name(), &topology::inbox("alice")] {
         assert_eq!(members(&cluster, &vhost, queue), 3, "{queue}");
     }
 
@@ -99,7 +102,7 @@ async fn a_killed_node_loses_no_upload_and_shows_none_twice() {
             Ok(next) => next.unwrap(),
             Err(_) => {
                 for node in [1, 2] {
-                    for queue in [topology::YOUTUBER_REQUESTS, &topology::inbox("alice")] {
+                    for queue in [upload_queue.name(), &topology::inbox("alice")] {
                         eprintln!(
                             "node {node}: {queue}: {}",
                             cluster.queues(

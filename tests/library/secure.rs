@@ -24,7 +24,7 @@ use ytnotify::{
     server::Event,
     topology,
 };
-use ytnotify_testkit::{TestServer, TestVhost, unique, within};
+use ytnotify_testkit::{TestServer, TestVhost, unique, user_queue, within, youtuber_queue};
 
 /// A user, a second user and a YouTuber, each with an account, on a vhost
 /// with a secure server.
@@ -382,7 +382,7 @@ async fn an_account_may_not_touch_what_is_not_its_own() {
                 .await,
         );
     }
-    for queue in [topology::USER_REQUESTS, topology::YOUTUBER_REQUESTS] {
+    for queue in [user_queue("alice"), youtuber_queue("bob")] {
         let channel = confirming(&connection).await;
         assert_refused(
             &format!("consuming {queue}"),

@@ -26,7 +26,7 @@ use ytnotify::{
     server::Event,
     store, topology,
 };
-use ytnotify_testkit::{TestVhost, within};
+use ytnotify_testkit::{TestVhost, user_queue, within, youtuber_queue};
 
 /// Reads the next notification from an inbox and acknowledges it.
 async fn next_notification(inbox: &mut Inbox) -> Notification {
@@ -269,7 +269,7 @@ async fn a_redelivered_request_is_applied_once() {
     for _ in 0..3 {
         publish_raw(
             &channel,
-            topology::YOUTUBER_REQUESTS,
+            youtuber_queue("bob"),
             &protocol::encode(&upload),
             broker::persistent_json(),
         )
@@ -296,7 +296,7 @@ async fn a_redelivered_request_is_applied_once() {
     });
     publish_raw(
         &channel,
-        topology::USER_REQUESTS,
+        user_queue("alice"),
         &protocol::encode(&subscribe),
         broker::persistent_json(),
     )
@@ -306,7 +306,7 @@ async fn a_redelivered_request_is_applied_once() {
         .unwrap();
     publish_raw(
         &channel,
-        topology::USER_REQUESTS,
+        user_queue("alice"),
         &protocol::encode(&subscribe),
         broker::persistent_json(),
     )
@@ -450,23 +450,23 @@ async fn unreadable_messages_are_dead_lettered_with_a_reason_and_the_server_carr
     }));
     let poison: Vec<(&str, Vec<u8>, &str)> = vec![
         (
-            topology::USER_REQUESTS,
+            user_queue("alice"),
             b"not json".to_vec(),
             "not a JSON object",
         ),
         (
-            topology::USER_REQUESTS,
+            user_queue("alice"),
             br#"{"v":1,"type":"like","video":"x"}"#.to_vec(),
             "unknown message type \"like\"",
         ),
         (
-            topology::YOUTUBER_REQUESTS,
+            youtuber_queue("bob"),
             br#"{"v":9,"type":"upload"}"#.to_vec(),
             "unsupported protocol version 9",
         ),
-        (topology::YOUTUBER_REQUESTS, oversized, "exceeds the limit"),
+        (youtuber_queue("bob"), oversized, "exceeds the limit"),
         (
-            topology::USER_REQUESTS,
+            user_queue("alice"),
             upload_on_user_queue,
             "upload requests belong on ytnotify.youtuber_requests",
         ),
@@ -541,7 +541,7 @@ async fn unreadable_messages_are_dead_lettered_with_a_reason_and_the_server_carr
         assert_eq!(added.len(), 2, "only the server's headers: {added:?}");
     }
     assert_eq!(
-        depth(&channel, topology::USER_REQUESTS).await,
+        depth(&channel, user_queue("alice")).await,
         0,
         "no stuck queue"
     );
@@ -556,8 +556,18 @@ async fn a_request_from_a_foreign_client_without_reply_to_is_still_applied() {
     let (_connection, channel) = raw_channel(&vhost).await;
     // What a minimal client in another language would send: no reply-to, no confirms awaited.
     let body = br#"{"v":1,"id":"6a1f8e3c-8a45-4a43-9d5e-0e7d0f5b7a11","type":"login","user":"py_student"}"#;
+    // To the users' exchange with no routing key: it lands on partition 0.
     let properties = BasicProperties::default().with_message_id(ShortString::from("x"));
-    publish_raw(&channel, topology::USER_REQUESTS, body, properties).await;
+    broker::publish_confirmed(
+        &channel,
+        topology::USER_REQUESTS_EXCHANGE,
+        "",
+        true,
+        body,
+        properties,
+    )
+    .await
+    .expect("published");
     assert_eq!(
         server.next_event().await.to_string(),
         "py_student logged in"
@@ -1585,7 +1595,7 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
     let client = vhost.client("test").await;
     publish_video(&client, "bob", "Before").await.unwrap();
     let (_connection, channel) = raw_channel(&vhost).await;
-    for queue in [topology::YOUTUBER_REQUESTS, topology::USER_REQUESTS] {
+    for queue in [youtuber_queue("bob"), user_queue("alice")] {
         channel
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await
@@ -1610,7 +1620,7 @@ async fn a_request_queue_deleted_while_the_server_runs_is_declared_and_consumed_
             vhost.consumers()
         );
     }
-    for queue in [topology::YOUTUBER_REQUESTS, topology::USER_REQUESTS] {
+    for queue in [youtuber_queue("bob"), user_queue("alice")] {
         let (_, consumers) = topology::inspect(&channel, queue).await.unwrap();
         assert_eq!(
             consumers, 1,
@@ -1642,7 +1652,7 @@ async fn a_consumer_the_broker_keeps_but_never_feeds_is_set_up_again() {
     for _ in 0..3 {
         declaring.push(raw_channel(&vhost).await.0);
     }
-    let queue = topology::USER_REQUESTS;
+    let queue = user_queue("alice");
     let server_consumer = || async {
         let waiting = tokio::time::timeout(Duration::from_secs(15), async {
             loop {

@@ -152,7 +152,7 @@ async fn a_migration_killed_half_way_is_finished_by_running_it_again_and_loses_n
         &format!(
             "{} holds {QUEUED} requests not applied yet: start youtube_server until they are, \
              stop it, then run this again",
-            topology::YOUTUBER_REQUESTS
+            ytnotify_testkit::youtuber_queue("bob")
         ),
     );
     let server = server_with(&vhost, &["--queue-type", from.name()]).await;

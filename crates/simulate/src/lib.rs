@@ -931,13 +931,13 @@ impl Simulation<'_> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut ready = true;
-            let queues = if self.scenario.has_interactions() {
-                &topology::REQUEST_QUEUES[..]
+            let kinds = if self.scenario.has_interactions() {
+                &topology::RequestKind::ALL[..]
             } else {
-                &topology::REQUEST_QUEUES[..2]
+                &topology::RequestKind::ALL[..2]
             };
-            for &queue in queues {
-                let (_, consumers) = topology::inspect(&channel, queue).await?;
+            for queue in kinds.iter().flat_map(|kind| kind.queues()) {
+                let (_, consumers) = topology::inspect(&channel, queue.name()).await?;
                 ready &= consumers > 0;
             }
             if ready {
@@ -951,8 +951,8 @@ impl Simulation<'_> {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(SimError::Harness(format!(
-                    "no youtube_server consumes {} on {} after 30s; start one, or drop --external-server",
-                    topology::USER_REQUESTS,
+                    "no youtube_server consumes every partition of {} on {} after 30s; start one, or drop --external-server",
+                    topology::RequestKind::Users.unpartitioned(),
                     ytnotify::broker::redact(self.url)
                 )));
             }

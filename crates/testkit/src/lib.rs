@@ -536,3 +536,17 @@ pub fn logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The request queue that a user's logins and subscription changes travel
+/// on (the partition of the name).
+pub fn user_queue(user: &str) -> &'static str {
+    ytnotify::topology::RequestQueue::of(&ytnotify::protocol::Request::login(user)).name()
+}
+
+/// The request queue that a YouTuber's uploads travel on.
+pub fn youtuber_queue(youtuber: &str) -> &'static str {
+    ytnotify::topology::RequestQueue::of(&ytnotify::protocol::Request::Stats {
+        youtuber: youtuber.into(),
+    })
+    .name()
+}

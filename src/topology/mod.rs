@@ -2,16 +2,17 @@
 //! every program calls after connecting.
 //!
 //! ```text
-//! user ──► ytnotify.requests.user ──► ytnotify.user_requests ─────┐
-//!                                                                  ├─► youtube_server ──► ytnotify.notifications
-//! youtuber ─► ytnotify.requests.youtuber ─► ytnotify.youtuber_requests┘   (direct exchange, routing key = YouTuber)
+//! user ──► ytnotify.requests.user ──► ytnotify.user_requests.<0-7> ─────┐
+//!                                                                         ├─► youtube_server(s) ──► ytnotify.notifications
+//! youtuber ─► ytnotify.requests.youtuber ─► ytnotify.youtuber_requests.<0-7>┘   (direct exchange, routing key = YouTuber)
 //!
 //!                        ┌─(key "bob")─► ytnotify.user.alice ─┬─► ytnotify.inbox.alice    (durable queue: what no session has shown yet)
 //! ytnotify.notifications ┤               (fanout, per user)   └─► ytnotify.history.alice  (stream: every notification, kept a while)
 //!                        └─(key "bob")─► ytnotify.user.carol ─► …
 //! ```
 //!
-//! Clients publish requests to an exchange of their own kind, never to the
+//! Clients publish requests to an exchange of their own kind, keyed by the
+//! partition of the name they are about ([`requests`]), never to the
 //! default exchange: an account that may publish there may reach no other
 //! queue (see [`crate::accounts`]). The server answers on each client's
 //! reply queue, `ytnotify.reply.<account>.<random>`.
@@ -24,7 +25,12 @@
 //! the user (`user watch`, a browser tab through `gateway`) reads from its
 //! own position. Everything is durable; every message is persistent.
 
-use crate::{broker, protocol::Request};
+mod requests;
+
+pub use requests::{PARTITIONS, RequestKind, RequestQueue, bound_keys, partition_of};
+use requests::{declare_routing, request_queue_arguments};
+
+use crate::broker;
 use lapin::{
     Channel, Connection, ExchangeKind,
     options::{
@@ -34,17 +40,11 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-/// Queue of requests from users: logins, subscription changes, queries.
-pub const USER_REQUESTS: &str = "ytnotify.user_requests";
-/// Queue of upload requests from YouTubers.
-pub const YOUTUBER_REQUESTS: &str = "ytnotify.youtuber_requests";
-/// Queue of users' likes, dislikes and comments.
-pub const INTERACTIONS: &str = "ytnotify.interactions";
-/// Fanout exchange that users publish their interactions to; it feeds [`INTERACTIONS`].
+/// Fanout exchange that users publish their likes and comments to ([`RequestKind::Interactions`]).
 pub const INTERACTIONS_EXCHANGE: &str = "ytnotify.requests.interaction";
-/// Fanout exchange that users publish their requests to; it feeds [`USER_REQUESTS`].
+/// Fanout exchange that users publish their other requests to ([`RequestKind::Users`]).
 pub const USER_REQUESTS_EXCHANGE: &str = "ytnotify.requests.user";
-/// Fanout exchange that YouTubers publish uploads to; it feeds [`YOUTUBER_REQUESTS`].
+/// Fanout exchange that YouTubers publish uploads to ([`RequestKind::Youtubers`]).
 pub const YOUTUBER_REQUESTS_EXCHANGE: &str = "ytnotify.requests.youtuber";
 /// Direct exchange the server publishes uploads to, with the YouTuber as routing key.
 pub const NOTIFICATIONS: &str = "ytnotify.notifications";
@@ -91,32 +91,6 @@ pub const HISTORY_MAX_AGE: &str = "7D";
 
 /// What every reply queue's name begins with.
 pub const REPLY_PREFIX: &str = "ytnotify.reply.";
-
-/// The request queues the server consumes.
-pub const REQUEST_QUEUES: [&str; 3] = [USER_REQUESTS, YOUTUBER_REQUESTS, INTERACTIONS];
-
-/// The exchange a client publishes to for a request queue.
-pub fn request_exchange(queue: &str) -> &'static str {
-    match queue {
-        YOUTUBER_REQUESTS => YOUTUBER_REQUESTS_EXCHANGE,
-        INTERACTIONS => INTERACTIONS_EXCHANGE,
-        _ => USER_REQUESTS_EXCHANGE,
-    }
-}
-
-/// The queue a request travels on: a YouTuber's on the YouTubers' queue,
-/// likes and comments on their own (a viral video's burst never delays a
-/// login), the rest of a user's on the users' queue.
-pub fn queue_for(request: &Request) -> &'static str {
-    match request {
-        Request::Upload { .. } | Request::Stats { .. } => YOUTUBER_REQUESTS,
-        Request::React { .. } | Request::Comment { .. } => INTERACTIONS,
-        Request::Login { .. }
-        | Request::ChangeSubscription { .. }
-        | Request::ListSubscriptions { .. }
-        | Request::ListVideos { .. } => USER_REQUESTS,
-    }
-}
 
 /// A fresh name for a reply queue of the client logged in as `account`.
 /// Each client declares its own, exclusive to its connection: RabbitMQ
@@ -282,23 +256,6 @@ fn durable_exchange() -> ExchangeDeclareOptions {
     }
 }
 
-/// Request queues dead-letter what is rejected, and deliver to one server at
-/// a time (single active consumer): a second `youtube_server` waits as a hot
-/// standby and takes over if the first stops, and requests are never applied
-/// by two servers at once, which keeps each user's requests in order.
-fn request_queue_arguments() -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-dead-letter-exchange"),
-        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-    );
-    arguments.insert(
-        ShortString::from("x-single-active-consumer"),
-        AMQPValue::Boolean(true),
-    );
-    arguments
-}
-
 /// How a program declares the vhost's durable queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Declaring {
@@ -326,7 +283,8 @@ pub async fn declare(connection: &Connection, declaring: Declaring) -> Result<()
             vhost_type: tokio::sync::OnceCell::new(),
         },
     };
-    declare_with(&channel, &REQUEST_QUEUES, &queues).await?;
+    let request_queues: Vec<RequestQueue> = RequestQueue::all().collect();
+    declare_with(&channel, &request_queues, &queues).await?;
     if let Queues::AsFound { probe, .. } = queues {
         probe.into_inner().close(200, "declared".into()).await?;
     }
@@ -420,22 +378,21 @@ pub async fn declare_for_consumer(
     queue: &str,
     queue_type: QueueType,
 ) -> Result<(), lapin::Error> {
-    let request_queues: &[&str] = match queue {
-        USER_REQUESTS => &[USER_REQUESTS],
-        YOUTUBER_REQUESTS => &[YOUTUBER_REQUESTS],
-        INTERACTIONS => &[INTERACTIONS],
-        _ => &[],
-    };
-    declare_with(channel, request_queues, &Queues::Of(queue_type)).await
+    let request_queues: Vec<RequestQueue> = RequestQueue::named(queue).into_iter().collect();
+    declare_with(channel, &request_queues, &Queues::Of(queue_type)).await
 }
 
 /// The type of the vhost's request queues, `None` before any program has
 /// declared them: the vhost's choice, which a server follows.
 pub async fn vhost_queue_type(connection: &Connection) -> Result<Option<QueueType>, lapin::Error> {
-    // The request queues first; then, for a vhost where someone deleted
-    // them, the other shared queues.
+    // Each kind's first request queue; then, for a vhost where someone
+    // deleted them, the other shared queues. (All of a vhost's queues are
+    // of one type: the others need no look.)
     let mut shared = DurableQueue::shared();
-    shared.rotate_right(REQUEST_QUEUES.len());
+    shared.retain(|queue| {
+        RequestQueue::named(&queue.name).is_none_or(|request_queue| request_queue.partition == 0)
+    });
+    shared.rotate_right(RequestKind::ALL.len());
     for queue in shared {
         match queue.queue_type(connection).await {
             Ok(Some(queue_type)) => return Ok(Some(queue_type)),
@@ -495,7 +452,7 @@ async fn declare_queue(
 /// shared by all programs, with `request_queues` of the request queues.
 async fn declare_with(
     channel: &Channel,
-    request_queues: &[&str],
+    request_queues: &[RequestQueue],
     queues: &Queues<'_>,
 ) -> Result<(), lapin::Error> {
     channel
@@ -518,28 +475,14 @@ async fn declare_with(
             FieldTable::default(),
         )
         .await?;
+    for kind in RequestKind::ALL {
+        declare_routing(channel, kind).await?;
+    }
     for &queue in request_queues {
         queues
-            .declare(channel, queue, request_queue_arguments())
+            .declare(channel, queue.name(), request_queue_arguments())
             .await?;
-        let exchange = request_exchange(queue);
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Fanout,
-                durable_exchange(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        requests::bind(channel, queue).await?;
     }
     channel
         .exchange_declare(
@@ -589,9 +532,11 @@ pub struct DurableQueue {
     /// The queue's name.
     pub name: String,
     arguments: FieldTable,
-    /// The exchange bound to it, with an empty key; `None` for a creator's
-    /// inbox, which the server publishes to through the default exchange.
+    /// The exchange bound to it; `None` for a creator's inbox, which the
+    /// server publishes to through the default exchange.
     pub source: Option<String>,
+    /// The routing keys of that binding: `""` but for request queues.
+    pub keys: Vec<&'static str>,
 }
 
 impl DurableQueue {
@@ -603,17 +548,20 @@ impl DurableQueue {
                 name: DEAD_LETTERS.to_owned(),
                 arguments: FieldTable::default(),
                 source: Some(DEAD_LETTER_EXCHANGE.to_owned()),
+                keys: vec![""],
             },
             DurableQueue {
                 name: INBOX_OVERFLOW_QUEUE.to_owned(),
                 arguments: overflow_arguments(),
                 source: Some(INBOX_OVERFLOW.to_owned()),
+                keys: vec![""],
             },
         ];
-        shared.extend(REQUEST_QUEUES.map(|queue| DurableQueue {
-            name: queue.to_owned(),
+        shared.extend(RequestQueue::all().map(|queue| DurableQueue {
+            name: queue.name().to_owned(),
             arguments: request_queue_arguments(),
-            source: Some(request_exchange(queue).to_owned()),
+            source: Some(queue.kind.partition_exchange().to_owned()),
+            keys: bound_keys(queue),
         }));
         shared
     }
@@ -624,6 +572,7 @@ impl DurableQueue {
             name: inbox(user),
             arguments: inbox_arguments(user, bound),
             source: Some(user_exchange(user)),
+            keys: vec![""],
         }
     }
 
@@ -633,6 +582,7 @@ impl DurableQueue {
             name: creator_inbox(youtuber),
             arguments: creator_inbox_arguments(),
             source: None,
+            keys: Vec::new(),
         }
     }
 
@@ -643,6 +593,7 @@ impl DurableQueue {
             name: holding_queue(queue),
             arguments: FieldTable::default(),
             source: None,
+            keys: Vec::new(),
         }
     }
 
@@ -695,11 +646,17 @@ impl DurableQueue {
 /// whose account may not declare the topology checks instead (a missing
 /// exchange is an error, and closes the channel).
 pub async fn check_declared(channel: &Channel) -> Result<(), lapin::Error> {
-    for exchange in REQUEST_QUEUES.map(request_exchange) {
+    let exchanges = RequestKind::ALL.into_iter().flat_map(|kind| {
+        [
+            (kind.exchange(), ExchangeKind::Fanout),
+            (kind.partition_exchange(), ExchangeKind::Direct),
+        ]
+    });
+    for (exchange, exchange_kind) in exchanges {
         channel
             .exchange_declare(
                 exchange.into(),
-                ExchangeKind::Fanout,
+                exchange_kind,
                 ExchangeDeclareOptions {
                     passive: true,
                     ..durable_exchange()
@@ -902,19 +859,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_request_has_its_queue_and_exchange() {
-        let like = Request::React {
-            user: "alice".into(),
-            video: "3f".into(),
-            reaction: None,
-        };
-        assert_eq!(queue_for(&like), INTERACTIONS);
-        assert_eq!(request_exchange(INTERACTIONS), INTERACTIONS_EXCHANGE);
-        let stats = Request::Stats {
-            youtuber: "bob".into(),
-        };
-        assert_eq!(queue_for(&stats), YOUTUBER_REQUESTS);
-        assert_eq!(queue_for(&Request::login("alice")), USER_REQUESTS);
+    fn creators_have_inboxes() {
         assert_eq!(creator_inbox("bob"), "ytnotify.creator.bob");
     }
 
@@ -922,7 +867,10 @@ mod tests {
     fn inbox_names_round_trip() {
         assert_eq!(inbox("alice"), "ytnotify.inbox.alice");
         assert_eq!(inbox_owner(&inbox("alice")), Some("alice"));
-        assert_eq!(inbox_owner(USER_REQUESTS), None);
+        assert_eq!(
+            inbox_owner(RequestQueue::all().next().unwrap().name()),
+            None
+        );
     }
 
     #[test]
