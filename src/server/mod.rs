@@ -236,6 +236,8 @@ pub struct YoutubeServer {
     /// The partitions of the request queues taken at start, until
     /// [`YoutubeServer::serve`] consumes them.
     partitions: Option<Partitions>,
+    /// The partitions this server consumes now.
+    serving: watch::Sender<Vec<u16>>,
     bindings: Bindings,
     /// How many times each request's effects failed, for those that did.
     attempts: Mutex<HashMap<Uuid, u32>>,
@@ -290,6 +292,7 @@ impl YoutubeServer {
             events,
             config,
             partitions: None,
+            serving: watch::channel(Vec::new()).0,
             attempts: Mutex::new(HashMap::new()),
             outbox_flushed: std::array::from_fn(|_| AtomicBool::new(false)),
             held: std::sync::Arc::new(AtomicUsize::new(0)),
@@ -297,6 +300,7 @@ impl YoutubeServer {
         server.move_to_user_exchanges().await?;
         let partitions = server.take_partitions().await?;
         tracing::info!("youtube_server ready: consuming {}", partitions.describe());
+        server.serving.send_replace(partitions.serving());
         server.partitions = Some(partitions);
         Ok(server)
     }
@@ -309,6 +313,12 @@ impl YoutubeServer {
     /// The state of the server's connection to RabbitMQ.
     pub fn link(&self) -> watch::Receiver<LinkState> {
         self.link.state()
+    }
+
+    /// The partitions of the request queues this server consumes now (on
+    /// SQLite every one, as the active server or its hot standby).
+    pub fn partitions(&self) -> watch::Receiver<Vec<u16>> {
+        self.serving.subscribe()
     }
 
     /// How the server was set up.

@@ -139,6 +139,7 @@ impl YoutubeServer {
                     }
                 }
             }
+            self.serving.send_replace(partitions.serving());
         };
         for held in partitions.held.values() {
             let _ = held.stop.send(true);
@@ -302,6 +303,15 @@ impl YoutubeServer {
 }
 
 impl Partitions {
+    /// The partitions consumed now, but those being handed over.
+    pub(super) fn serving(&self) -> Vec<u16> {
+        self.held
+            .iter()
+            .filter(|(_, held)| !held.releasing)
+            .map(|(&partition, _)| partition)
+            .collect()
+    }
+
     fn claims(&self) -> Option<&Claims> {
         self.shared
             .as_ref()

@@ -26,7 +26,7 @@ use ytnotify::{
     server::Event,
     store, topology,
 };
-use ytnotify_testkit::{TestVhost, user_queue, within, youtuber_queue};
+use ytnotify_testkit::{TestServer, TestVhost, user_queue, within, youtuber_queue};
 
 /// Reads the next notification from an inbox and acknowledges it.
 async fn next_notification(inbox: &mut Inbox) -> Notification {
@@ -75,6 +75,28 @@ async fn publish_raw(channel: &Channel, queue: &str, body: &[u8], properties: Ba
     broker::publish_confirmed(channel, "", queue, true, body, properties)
         .await
         .expect("raw publish confirmed");
+}
+
+/// Two servers on the vhost: the one that applies `name`'s requests, and
+/// the one that takes over when it stops. On SQLite the second is a hot
+/// standby for every partition; on PostgreSQL both are active, each on half
+/// of them, and the second takes `name`'s when the first hands it over.
+async fn active_and_standby(vhost: &TestVhost, name: &str) -> (TestServer, TestServer) {
+    let mut active = vhost.start_server().await;
+    let mut standby = vhost.start_server().await;
+    if ytnotify_testkit::postgres::selected() {
+        let half = usize::from(topology::PARTITIONS) / 2;
+        active.serving(half).await;
+        standby.serving(half).await;
+        if !active
+            .partitions
+            .borrow()
+            .contains(&topology::partition_of(name))
+        {
+            std::mem::swap(&mut active, &mut standby);
+        }
+    }
+    (active, standby)
 }
 
 async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
@@ -1057,8 +1079,7 @@ async fn a_notification_taken_but_not_shown_stays_in_the_inbox_through_a_reconne
 #[tokio::test]
 async fn a_second_server_is_a_hot_standby_that_takes_over() {
     let vhost = TestVhost::new("standby");
-    let mut active = vhost.start_server().await;
-    let mut standby = vhost.start_server().await;
+    let (mut active, mut standby) = active_and_standby(&vhost, "alice").await;
     let client = vhost.client("test").await;
 
     user::login(&client, "alice").await.unwrap();
@@ -1784,8 +1805,7 @@ async fn cut_connections_are_ridden_out_and_a_confirmed_unsubscribe_holds() {
 async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
     ytnotify_testkit::logs();
     let vhost = TestVhost::new("handover");
-    let mut active = vhost.start_server().await;
-    let mut standby = vhost.start_server().await;
+    let (mut active, mut standby) = active_and_standby(&vhost, "alice").await;
     let client = std::sync::Arc::new(vhost.client("test").await);
     user::login(&client, "alice").await.unwrap();
     // 300 changes of one pair that are each valid only in the order sent:
@@ -1848,7 +1868,7 @@ async fn a_stopping_server_hands_over_to_the_standby_without_reordering() {
 async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
     ytnotify_testkit::logs();
     let vhost = TestVhost::new("standby-outbox");
-    let active = vhost.start_server().await;
+    let (active, standby) = active_and_standby(&vhost, "bob").await;
     let client = vhost.client("test").await;
     log_in_following(&client, "alice", "bob").await;
     // An upload stored and not yet notified: what the active server has in
@@ -1859,7 +1879,6 @@ async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
         .await
         .unwrap()
         .into_inner();
-    let standby = vhost.start_server().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_connection, channel) = raw_channel(&vhost).await;
     assert_eq!(

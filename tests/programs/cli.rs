@@ -170,7 +170,7 @@ impl Running {
     }
 
     /// kill -9: no clean shutdown of any kind.
-    async fn kill9(mut self) {
+    pub async fn kill9(mut self) {
         self.signal(Signal::SIGKILL);
         within("the program to die", self.child.wait())
             .await

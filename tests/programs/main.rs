@@ -10,3 +10,4 @@ mod dashboard;
 mod interactions;
 mod queues;
 mod secure;
+mod servers;

@@ -464,6 +464,8 @@ pub struct TestServer {
     handle: Option<JoinHandle<ytnotify::Result<()>>>,
     pub events: tokio::sync::broadcast::Receiver<Event>,
     pub store: ytnotify::store::Store,
+    /// The partitions of the request queues it consumes now.
+    pub partitions: tokio::sync::watch::Receiver<Vec<u16>>,
 }
 
 impl TestServer {
@@ -472,6 +474,7 @@ impl TestServer {
             .await
             .expect("server starts");
         let events = server.events();
+        let partitions = server.partitions();
         let store = server.store().clone();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.serve(async {
@@ -482,7 +485,19 @@ impl TestServer {
             handle: Some(handle),
             events,
             store,
+            partitions,
         }
+    }
+
+    /// Waits until it consumes `count` partitions: on PostgreSQL, until
+    /// the servers sharing them have shared them out.
+    pub async fn serving(&mut self, count: usize) {
+        within(
+            "the partitions to be shared out",
+            self.partitions.wait_for(|held| held.len() == count),
+        )
+        .await
+        .expect("the server is running");
     }
 
     /// Waits for the next event other than a dead-letter, failing after [`WAIT`].
