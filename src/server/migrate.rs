@@ -26,6 +26,7 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use lapin::{
     Channel, Connection,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
         QueueBindOptions, QueueDeleteOptions,
@@ -36,8 +37,9 @@ use lapin::{
 use crate::{
     broker,
     error::{Error, Result},
+    protocol,
     store::{Database, Store},
-    topology::{self, DurableQueue, QueueType},
+    topology::{self, DurableQueue, QueueType, RequestKind, RequestQueue},
 };
 
 use super::ServerConfig;
@@ -214,6 +216,68 @@ async fn migrate(
     Ok(Some(moved))
 }
 
+/// Moves the requests left in the single request queue of each kind that a
+/// vhost had before requests were partitioned to their partitions, and
+/// deletes it: what a server does at start. Each is unbound first (it would
+/// otherwise get a copy of every request for good). Returns how many moved.
+///
+/// A request that waited there since before the vhost's clients moved to
+/// the partitions comes after what they sent since.
+pub(super) async fn move_unpartitioned(connection: &Connection) -> Result<u64> {
+    let mut moved = 0;
+    for kind in RequestKind::ALL {
+        let queue = kind.unpartitioned();
+        let channel = connection.create_channel().await?;
+        let (waiting, consumers) = match topology::inspect(&channel, queue).await {
+            Ok(found) => found,
+            Err(err) if broker::is_not_found(&err) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        channel
+            .queue_unbind(
+                queue.into(),
+                kind.exchange().into(),
+                "".into(),
+                FieldTable::default(),
+            )
+            .await?;
+        if consumers > 0 {
+            tracing::warn!(
+                queue,
+                waiting,
+                "a youtube_server of an older version still consumes {queue}: stop it; the \
+                 requests it leaves there are moved to their partitions at this server's next start"
+            );
+            close(channel).await;
+            continue;
+        }
+        if waiting > 0 {
+            tracing::info!(
+                queue,
+                waiting,
+                "moving the requests of a vhost set up before request queues were partitioned"
+            );
+            let confirming = broker::confirming_channel(connection).await?;
+            confirming
+                .basic_qos(MOVE_BATCH as u16, BasicQosOptions::default())
+                .await?;
+            let route = |delivery: &Delivery| {
+                let partition = protocol::decode_request(&delivery.data)
+                    .map_or(0, |envelope| RequestQueue::of(&envelope.request).partition);
+                // One unreadable goes to partition 0, whose server
+                // dead-letters it.
+                RequestQueue { kind, partition }.name().to_owned()
+            };
+            let done = move_on(&confirming, queue, &route).await;
+            close(confirming).await;
+            moved += done?;
+        }
+        delete_emptied(&channel, queue).await?;
+        close(channel).await;
+    }
+    Ok(moved)
+}
+
 async fn close(channel: Channel) {
     let _ = channel.close(200, "done".into()).await;
 }
@@ -292,12 +356,17 @@ async fn move_messages(connection: &Connection, from: &str, to: &str) -> Result<
     channel
         .basic_qos(MOVE_BATCH as u16, BasicQosOptions::default())
         .await?;
-    let moved = move_on(&channel, from, to).await;
+    let moved = move_on(&channel, from, &|_| to.to_owned()).await;
     close(channel).await;
     moved
 }
 
-async fn move_on(channel: &Channel, from: &str, to: &str) -> Result<u64> {
+/// [`move_messages`] on `channel`, each message to the queue `route` names.
+async fn move_on(
+    channel: &Channel,
+    from: &str,
+    route: &(dyn Fn(&Delivery) -> String + Sync),
+) -> Result<u64> {
     let mut moved = 0;
     loop {
         // Nothing else consumes the queue, and nothing is published to it
@@ -330,7 +399,7 @@ async fn move_on(channel: &Channel, from: &str, to: &str) -> Result<u64> {
             let copy = broker::publish(
                 channel,
                 "",
-                to,
+                &route(&delivery),
                 true,
                 &delivery.data,
                 delivery.properties.clone(),

@@ -298,6 +298,11 @@ impl YoutubeServer {
             held: std::sync::Arc::new(AtomicUsize::new(0)),
         };
         server.move_to_user_exchanges().await?;
+        let (session, _) = server.publisher.get().await?;
+        let moved = migrate::move_unpartitioned(session.connection()).await?;
+        if moved > 0 {
+            tracing::info!(moved, "moved the requests left in the older request queues");
+        }
         let partitions = server.take_partitions().await?;
         tracing::info!("youtube_server ready: consuming {}", partitions.describe());
         server.serving.send_replace(partitions.serving());

@@ -87,7 +87,8 @@ impl YoutubeServer {
                 );
             }
         } else {
-            self.balance(&mut partitions).await?;
+            // Said by the server's "ready" line.
+            self.balance(&mut partitions, false).await?;
         }
         Ok(partitions)
     }
@@ -125,7 +126,7 @@ impl YoutubeServer {
                     partitions.handed_over(partition).await;
                 }
                 Some(None) => {
-                    if let Err(err) = self.balance(&mut partitions).await {
+                    if let Err(err) = self.balance(&mut partitions, true).await {
                         tracing::warn!(%err, "could not balance the partitions with the other servers; trying again in {BALANCE_EVERY:?}");
                     }
                     for (&partition, held) in &mut partitions.held {
@@ -174,7 +175,7 @@ impl YoutubeServer {
 
     /// Claims partitions up to this server's share, or hands over those
     /// beyond it (on PostgreSQL).
-    async fn balance(&self, partitions: &mut Partitions) -> Result<()> {
+    async fn balance(&self, partitions: &mut Partitions, say: bool) -> Result<()> {
         let Some(shared) = &mut partitions.shared else {
             return Ok(());
         };
@@ -220,9 +221,8 @@ impl YoutubeServer {
         if active.len() > share {
             let extra = &active[share..];
             tracing::info!(
-                servers,
-                partitions = %listed(extra),
-                "handing partitions over to the other servers"
+                "{servers} servers share the partitions: handing {} over",
+                listed(extra)
             );
             for partition in extra {
                 let held = partitions.held.get_mut(partition).expect("held");
@@ -252,16 +252,16 @@ impl YoutubeServer {
                 return Err(err);
             }
         }
-        if !claimed.is_empty() {
+        if say && !claimed.is_empty() {
             let mut now: Vec<u16> = active;
             now.extend(&claimed);
             now.sort_unstable();
             tracing::info!(
-                servers,
-                partitions = %listed(&now),
-                "took partitions {}; consuming {} of {PARTITIONS}",
+                "took partitions {}: consuming {} ({} of {PARTITIONS}; {servers} server{} share them)",
                 listed(&claimed),
-                now.len()
+                listed(&now),
+                now.len(),
+                if servers == 1 { "" } else { "s" }
             );
         }
         Ok(())
@@ -329,9 +329,14 @@ impl Partitions {
             (Some(_), 0) => "no partition yet: the other servers hold them all, and hand \
                              this one its share within a few seconds"
                 .to_owned(),
+            (Some(_), count) if count == usize::from(PARTITIONS) => format!(
+                "every partition of the request queues (0-{}) until other servers on the same \
+                 PostgreSQL come and take their share",
+                PARTITIONS - 1
+            ),
             (Some(_), count) => format!(
-                "partitions {} of the request queues ({count} of {PARTITIONS}; other servers \
-                 on the same PostgreSQL take the rest)",
+                "partitions {} of the request queues ({count} of {PARTITIONS}; the other \
+                 servers on the same PostgreSQL have the rest)",
                 listed(&held)
             ),
         }

@@ -652,6 +652,99 @@ async fn state_survives_a_server_restart() {
     server.stop().await;
 }
 
+/// A vhost set up before request queues were partitioned: one queue per
+/// kind, bound to its exchange, with requests waiting in it.
+#[tokio::test]
+async fn requests_left_in_the_older_unpartitioned_queue_are_applied_and_the_queue_goes() {
+    let vhost = TestVhost::new("unpartitioned");
+    let (connection, channel) = raw_channel(&vhost).await;
+    let older = topology::RequestKind::Users.unpartitioned();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(topology::DEAD_LETTER_EXCHANGE.into()),
+    );
+    arguments.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
+    if ytnotify_testkit::queue_type() == topology::QueueType::Quorum {
+        arguments.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    channel
+        .queue_declare(
+            older.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            older.into(),
+            topology::USER_REQUESTS_EXCHANGE.into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Users of several partitions, each a login then a subscription.
+    let users: Vec<String> = (0..6).map(|n| format!("user{n}")).collect();
+    for user in &users {
+        for request in [
+            Request::login(user.as_str()),
+            Request::ChangeSubscription {
+                user: user.clone(),
+                youtuber: "bob".into(),
+                subscribe: true,
+            },
+        ] {
+            publish_raw(
+                &channel,
+                older,
+                &protocol::encode(&RequestEnvelope::new(request)),
+                broker::persistent_json(),
+            )
+            .await;
+        }
+    }
+
+    let server = vhost.start_server().await;
+    let store = server.store.clone();
+    within("the older requests to be applied", async {
+        loop {
+            let mut applied = 0;
+            for user in &users {
+                if store.subscriptions(user).await.unwrap() == ["bob"] {
+                    applied += 1;
+                }
+            }
+            if applied == users.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let gone = topology::inspect(&connection.create_channel().await.unwrap(), older).await;
+    assert!(
+        gone.as_ref().is_err_and(broker::is_not_found),
+        "the older queue is deleted: {gone:?}"
+    );
+    // The server goes on with the partitions alone.
+    let client = vhost.client("test").await;
+    user::login(&client, "carol").await.unwrap();
+    connection.close(200, "".into()).await.unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn subscriptions_bound_by_an_older_version_are_moved_to_user_exchanges_once() {
     let vhost = TestVhost::new("layout");
