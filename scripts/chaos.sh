@@ -17,8 +17,8 @@
 #                    then a cut on demand while the programs are reconnecting
 #   server crash     kill -9 of youtube_server, restart on the same database
 #   broker stall     SIGSTOP of the node for 3 s, then SIGCONT
-#   queue deleted    rabbitmqctl delete_queue of ytnotify.youtuber_requests,
-#                    then (next round) ytnotify.user_requests
+#   queue deleted    rabbitmqctl delete_queue of ytnotify.youtuber_requests.0-7,
+#                    then (next round) ytnotify.user_requests.0-7
 #
 # Recovery time of a fault: from the fault until both paths work again for
 # requests sent after it: the upload path (the first probe upload, a real
@@ -482,12 +482,16 @@ inject() {
             node_thaw
             ;;
         delete_youtuber_requests | delete_user_requests)
-            queue=ytnotify.${kind#delete_}
-            say "fault: delete_queue $queue"
-            record "queue deleted" "$queue"
-            if ! out=$(node_ctl delete_queue -p "$vhost" "$queue" 2>&1); then
-                say "delete_queue $queue failed: $(printf '%s' "$out" | tr '\n' ' ')"
-            fi
+            # Every partition of the kind: the probes' among them.
+            queues=ytnotify.${kind#delete_}.0-7
+            say "fault: delete_queue $queues"
+            record "queue deleted" "$queues"
+            for partition in 0 1 2 3 4 5 6 7; do
+                queue=ytnotify.${kind#delete_}.$partition
+                if ! out=$(node_ctl delete_queue -p "$vhost" "$queue" 2>&1); then
+                    say "delete_queue $queue failed: $(printf '%s' "$out" | tr '\n' ' ')"
+                fi
+            done
             ;;
     esac
 }

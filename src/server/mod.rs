@@ -244,6 +244,8 @@ pub struct YoutubeServer {
     /// Whether the notifications a crash left unsent have been sent, per
     /// partition.
     outbox_flushed: [AtomicBool; PARTITIONS as usize],
+    /// Held while a partition's outbox is sent.
+    outbox_sending: [tokio::sync::Mutex<()>; PARTITIONS as usize],
     /// Requests held back to be tried again: while there are any, batches
     /// are acknowledged one request at a time (a `multiple` acknowledgement
     /// would settle them too).
@@ -295,6 +297,7 @@ impl YoutubeServer {
             serving: watch::channel(Vec::new()).0,
             attempts: Mutex::new(HashMap::new()),
             outbox_flushed: std::array::from_fn(|_| AtomicBool::new(false)),
+            outbox_sending: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             held: std::sync::Arc::new(AtomicUsize::new(0)),
         };
         server.move_to_user_exchanges().await?;
@@ -350,6 +353,7 @@ impl YoutubeServer {
                 self.count_dropped(stopped.clone()),
                 self.prune_applied(stopped.clone()),
                 self.tell_creators_later(stopped.clone()),
+                self.flush_outboxes_left_behind(stopped.clone()),
             )
         };
         let mut shutdown = std::pin::pin!(shutdown);

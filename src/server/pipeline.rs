@@ -157,7 +157,8 @@ impl YoutubeServer {
             && !self.outbox_flushed[usize::from(queue.partition)].load(Ordering::Acquire)
         {
             // This server has just become the one that takes the partition's
-            // uploads: send what a crash left unsent before anything else.
+            // uploads (or sends them now): what a crash left unsent goes
+            // before anything else.
             self.flush_outbox(queue.partition).await?;
         }
         let requests: Vec<Triaged> = batch

@@ -16,6 +16,10 @@ use crate::{
     topology,
 };
 
+/// How often a server looks whether it consumes alone a partition whose
+/// outbox it has not sent.
+const LOOK_FOR_OUTBOXES_EVERY: Duration = Duration::from_secs(2);
+
 impl YoutubeServer {
     /// Moves a database's subscriptions from the older broker layout (each
     /// inbox bound straight to the notifications exchange) to the users'
@@ -51,17 +55,64 @@ impl YoutubeServer {
     }
 
     /// Sends, and records as sent, every notification of a partition's
-    /// YouTubers that a crash left unsent, oldest first.
+    /// YouTubers that a crash left unsent, oldest first, unless that is done
+    /// already. An upload of the partition waits until it is: it must be
+    /// notified after those.
     pub(super) async fn flush_outbox(&self, partition: u16) -> Result<()> {
-        let flushed = &self.outbox_flushed[usize::from(partition)];
-        flushed.store(true, Ordering::Release);
+        let index = usize::from(partition);
+        let _sending = self.outbox_sending[index].lock().await;
+        if self.outbox_flushed[index].load(Ordering::Acquire) {
+            return Ok(());
+        }
         let videos = self.store.videos_to_notify().await?.into_iter();
         for video in videos.filter(|video| topology::partition_of(&video.youtuber) == partition) {
             tracing::info!(video = %video.id, "sending a notification left unsent by a crash");
-            if let Err(err) = self.notify_users(&video).await {
-                flushed.store(false, Ordering::Release);
-                return Err(err);
+            self.notify_users(&video).await?;
+        }
+        self.outbox_flushed[index].store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sends the outbox of each partition that this server has come to
+    /// consume alone since it took it behind another server (a hot standby
+    /// whose active server stopped): one whose first upload has not come
+    /// yet would otherwise keep it, and its creators' events, waiting.
+    pub(super) async fn flush_outboxes_left_behind(
+        &self,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Result<()> {
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+                () = tokio::time::sleep(LOOK_FOR_OUTBOXES_EVERY) => {}
             }
+            let waiting: Vec<u16> = self
+                .serving
+                .borrow()
+                .iter()
+                .copied()
+                .filter(|&partition| {
+                    !self.outbox_flushed[usize::from(partition)].load(Ordering::Acquire)
+                })
+                .collect();
+            for partition in waiting {
+                if let Err(err) = self.flush_outbox_if_alone(partition).await {
+                    tracing::warn!(%err, partition, "could not send the notifications a crash left unsent; trying again later");
+                }
+            }
+        }
+    }
+
+    async fn flush_outbox_if_alone(&self, partition: u16) -> Result<()> {
+        let uploads = topology::RequestQueue {
+            kind: topology::RequestKind::Youtubers,
+            partition,
+        };
+        let (_, channel) = self.publisher.get().await?;
+        let (_, consumers) = topology::inspect(&channel, uploads.name()).await?;
+        // This server's consumer alone.
+        if consumers == 1 {
+            self.flush_outbox(partition).await?;
         }
         Ok(())
     }

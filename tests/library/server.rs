@@ -1980,11 +1980,12 @@ async fn a_standby_does_not_send_what_the_active_server_has_in_flight() {
         "the standby sent nothing at start"
     );
     // Left unsent by the active server (as if it crashed): the standby
-    // sends it once it takes over, before anything else.
+    // sends it once it takes over, before anything else, without waiting
+    // for the partition's next upload.
     active.stop().await;
-    publish_video(&client, "bob", "Next").await.unwrap();
     let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
     assert_eq!(next_notification(&mut inbox).await.id(), in_flight.id);
+    publish_video(&client, "bob", "Next").await.unwrap();
     assert_eq!(title(&next_notification(&mut inbox).await), "Next");
     inbox.close().await;
     standby.stop().await;

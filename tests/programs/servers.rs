@@ -179,7 +179,7 @@ async fn servers_share_the_partitions_and_keep_each_users_and_youtubers_order() 
     for user in 0..USERS {
         assert_eq!(
             store.subscriptions(&format!("user{user}")).await.unwrap(),
-            [last.clone()],
+            [last.as_str()],
             "user{user}"
         );
     }
