@@ -9,8 +9,10 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use crate::log_in_following;
 use ytnotify::{
     client::{Client, ClientConfig, inbox::Inbox, user, youtuber::publish_video},
+    protocol::{Notification, Request},
     server::{Event, ServerConfig},
     store::Database,
+    topology,
 };
 use ytnotify_testkit::{
     TestServer, TestVhost, broker_node::BrokerNode, postgres::PostgresServer, within,
@@ -157,4 +159,105 @@ async fn a_database_crash_under_load_loses_no_upload_and_applies_none_twice() {
     inbox.close().await;
     assert_eq!(server.store.videos_of("bob").await.unwrap().len(), 40);
     server.stop().await;
+}
+
+/// Two servers share the partitions of one PostgreSQL, which crashes under
+/// a stream of uploads from two YouTubers, one in a partition of each
+/// server: both lose their claims with their connections, stop, and share
+/// the partitions out again when it is back; every upload is answered,
+/// shown once, and in each YouTuber's order.
+#[tokio::test]
+async fn two_servers_ride_out_a_database_crash_and_share_the_partitions_again() {
+    ytnotify_testkit::logs();
+    let postgres = PostgresServer::start().await;
+    let vhost = TestVhost::new("postgres-crash-two");
+    let mut config = vhost.server_config();
+    config.database = Database::parse(&postgres.url);
+    let mut first = TestServer::start(config.clone()).await;
+    let mut second = TestServer::start(config).await;
+    let half = usize::from(topology::PARTITIONS) / 2;
+    first.serving(half).await;
+    second.serving(half).await;
+    // A YouTuber in a partition of each server.
+    let held_by = |server: &TestServer| {
+        let held = server.partitions.borrow().clone();
+        (0..)
+            .map(|n| format!("creator{n}"))
+            .find(|name| held.contains(&topology::partition_of(name)))
+            .expect("a name in one of its partitions")
+    };
+    let youtubers = [held_by(&first), held_by(&second)];
+
+    let client_config = ClientConfig {
+        timeout: Duration::from_secs(60),
+        ..vhost.client_config()
+    };
+    let client = Arc::new(Client::connect(&client_config, "test").await.unwrap());
+    for youtuber in &youtubers {
+        log_in_following(&client, "alice", youtuber).await;
+    }
+    const UPLOADS: usize = 30;
+    let sending = {
+        let (client, youtubers) = (Arc::clone(&client), youtubers.clone());
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for n in 0..UPLOADS {
+                for youtuber in &youtubers {
+                    let upload = Request::Upload {
+                        youtuber: youtuber.clone(),
+                        video: format!("Upload {n}"),
+                    };
+                    pending.push(client.send(upload).await?);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            for reply in pending {
+                client.wait(reply).await?;
+            }
+            Ok::<_, ytnotify::Error>(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!sending.is_finished(), "the crash comes under the uploads");
+    postgres.crash().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    postgres.boot().await;
+    within("every upload to be answered", sending)
+        .await
+        .unwrap()
+        .expect("every upload succeeds once the database is back");
+    first.serving(half).await;
+    second.serving(half).await;
+
+    let mut inbox = Inbox::open(client.link(), "alice").await.unwrap();
+    let mut shown: Vec<(String, String)> = Vec::new();
+    for _ in 0..2 * UPLOADS {
+        let next = within("a notification", inbox.next()).await.unwrap();
+        let Notification::VideoUploaded {
+            youtuber, video, ..
+        } = &next.notification;
+        shown.push((youtuber.clone(), video.clone()));
+        next.ack().await.unwrap();
+    }
+    for youtuber in &youtubers {
+        let titles: Vec<&str> = shown
+            .iter()
+            .filter(|(by, _)| by == youtuber)
+            .map(|(_, title)| title.as_str())
+            .collect();
+        let expected: Vec<String> = (0..UPLOADS).map(|n| format!("Upload {n}")).collect();
+        assert_eq!(
+            titles, expected,
+            "{youtuber}'s uploads, once each, in order"
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), inbox.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    inbox.close().await;
+    first.stop().await;
+    second.stop().await;
 }
