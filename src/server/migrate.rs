@@ -327,23 +327,27 @@ async fn rebind(channel: &Channel, queue: &DurableQueue, to: &str, from: &str) -
     let Some(source) = &queue.source else {
         return Ok(());
     };
-    channel
-        .queue_bind(
-            to.into(),
-            source.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_unbind(
-            from.into(),
-            source.as_str().into(),
-            "".into(),
-            FieldTable::default(),
-        )
-        .await?;
+    for &key in &queue.keys {
+        channel
+            .queue_bind(
+                to.into(),
+                source.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for &key in &queue.keys {
+        channel
+            .queue_unbind(
+                from.into(),
+                source.as_str().into(),
+                key.into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -377,11 +381,16 @@ async fn move_on(
             return Ok(moved);
         }
         let tag = format!("migrate {from}");
+        // Exclusive: a second mover (two servers starting at once) is
+        // refused at once rather than left waiting behind the first.
         let mut deliveries = channel
             .basic_consume(
                 from.into(),
                 tag.as_str().into(),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;

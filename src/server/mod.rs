@@ -302,9 +302,17 @@ impl YoutubeServer {
         };
         server.move_to_user_exchanges().await?;
         let (session, _) = server.publisher.get().await?;
-        let moved = migrate::move_unpartitioned(session.connection()).await?;
-        if moved > 0 {
-            tracing::info!(moved, "moved the requests left in the older request queues");
+        match migrate::move_unpartitioned(session.connection()).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::info!(moved, "moved the requests left in the older request queues");
+            }
+            // They wait there, unbound: nothing else is lost, and the
+            // server serves the partitions meanwhile.
+            Err(err) => tracing::warn!(
+                "could not move every request left in the older request queues ({err}); \
+                 they wait there, and the next start tries again"
+            ),
         }
         let partitions = server.take_partitions().await?;
         tracing::info!("youtube_server ready: consuming {}", partitions.describe());

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::{YoutubeServer, server_feed};
 use crate::{
     error::Result,
-    link::Feed,
+    link::{Feed, LinkState},
     store::Claims,
     topology::{self, PARTITIONS, RequestKind, RequestQueue},
 };
@@ -44,11 +44,19 @@ pub(super) struct Partitions {
 
 /// The claims of a server on PostgreSQL.
 struct Shared {
-    /// `None` while PostgreSQL cannot be reached.
+    /// `None` while PostgreSQL cannot be reached, or RabbitMQ has been
+    /// away too long.
     claims: Option<Claims>,
     /// Whether the loss of the claims has been said.
     lost_said: bool,
+    /// Since when RabbitMQ has been away, if it is.
+    broker_away_since: Option<tokio::time::Instant>,
 }
+
+/// How long a server keeps its claims while RabbitMQ is away from it: past
+/// that, servers that still reach it take the partitions (and consume them
+/// once the broker has seen this one's consumers go).
+const CLAIMS_WITHOUT_BROKER: Duration = Duration::from_secs(15);
 
 struct Held {
     stop: watch::Sender<bool>,
@@ -70,6 +78,7 @@ impl YoutubeServer {
             shared: claims.map(|claims| Shared {
                 claims: Some(claims),
                 lost_said: false,
+                broker_away_since: None,
             }),
             held: BTreeMap::new(),
         };
@@ -127,7 +136,12 @@ impl YoutubeServer {
                 }
                 Some(None) => {
                     if let Err(err) = self.balance(&mut partitions, true).await {
-                        tracing::warn!(%err, "could not balance the partitions with the other servers; trying again in {BALANCE_EVERY:?}");
+                        // A claim taken or released halfway is not known
+                        // for sure: the connection goes, and every claim
+                        // with it.
+                        partitions.lose_claims(&format!(
+                            "could not balance the partitions with the other servers ({err})"
+                        ));
                     }
                     for (&partition, held) in &mut partitions.held {
                         if let Some(feeds) = held.feeds.take() {
@@ -179,20 +193,32 @@ impl YoutubeServer {
         let Some(shared) = &mut partitions.shared else {
             return Ok(());
         };
+        let broker_here = matches!(*self.link.state().borrow(), LinkState::Connected);
+        let now = tokio::time::Instant::now();
+        let away_since = if broker_here {
+            shared.broker_away_since = None;
+            None
+        } else {
+            Some(*shared.broker_away_since.get_or_insert(now))
+        };
         if shared.claims.as_ref().is_some_and(Claims::is_lost) {
-            // Another server may claim them now: stop at once; the single
-            // active consumer keeps it from starting before this one ends.
-            shared.claims = None;
-            let held: Vec<u16> = partitions.held.keys().copied().collect();
-            tracing::warn!(
-                partitions = %listed(&held),
-                "lost the connection to PostgreSQL that holds this server's partitions; handing them over"
+            partitions.lose_claims(
+                "lost the connection to PostgreSQL that holds this server's partitions",
             );
-            for held in partitions.held.values_mut() {
-                held.claimed = false;
-                held.releasing = true;
-                let _ = held.stop.send(true);
-            }
+        } else if shared.claims.is_some()
+            && away_since.is_some_and(|since| now - since >= CLAIMS_WITHOUT_BROKER)
+        {
+            partitions.lose_claims(&format!(
+                "RabbitMQ has been away for {CLAIMS_WITHOUT_BROKER:?}; letting the other servers \
+                 take this one's partitions"
+            ));
+        }
+        let Some(shared) = &mut partitions.shared else {
+            return Ok(());
+        };
+        if !broker_here {
+            // Claims come back with the broker.
+            return Ok(());
         }
         let claims = match &shared.claims {
             Some(claims) => claims,
@@ -276,13 +302,18 @@ impl YoutubeServer {
             kind: RequestKind::Youtubers,
             partition,
         };
-        let (_, channel) = self.publisher.get().await?;
+        // Declared first: someone may have deleted it while no server held it.
+        let (session, _) = self.publisher.get().await?;
+        let channel = session.connection().create_channel().await?;
+        topology::declare_for_consumer(&channel, uploads.name(), self.link.queue_type()).await?;
         let (_, consumers) = topology::inspect(&channel, uploads.name()).await?;
+        let _ = channel.close(200, "looked".into()).await;
+        // Whatever this server knew of the partition's outbox is from an
+        // earlier claim.
+        self.outbox_flushed[usize::from(partition)].store(false, Ordering::Release);
         let first = consumers == 0;
         if first {
             self.flush_outbox(partition).await?;
-        } else {
-            self.outbox_flushed[usize::from(partition)].store(false, Ordering::Release);
         }
         let mut feeds = Vec::with_capacity(3);
         for queue in RequestQueue::in_partition(partition) {
@@ -303,6 +334,26 @@ impl YoutubeServer {
 }
 
 impl Partitions {
+    /// Gives up every claim (the connection goes, and PostgreSQL releases
+    /// them), and stops consuming every partition at once: another server
+    /// may claim them now, and the single active consumer keeps it from
+    /// starting before this one ends.
+    fn lose_claims(&mut self, why: &str) {
+        let Some(shared) = &mut self.shared else {
+            return;
+        };
+        if shared.claims.take().is_none() {
+            return;
+        }
+        let held: Vec<u16> = self.held.keys().copied().collect();
+        tracing::warn!(partitions = %listed(&held), "{why}; handing them over");
+        for held in self.held.values_mut() {
+            held.claimed = false;
+            held.releasing = true;
+            let _ = held.stop.send(true);
+        }
+    }
+
     /// The partitions consumed now, but those being handed over.
     pub(super) fn serving(&self) -> Vec<u16> {
         self.held
@@ -350,8 +401,9 @@ impl Partitions {
         if let (true, Some(claims)) = (held.claimed, self.claims()) {
             match claims.release(partition).await {
                 Ok(()) => tracing::info!(partition, "handed the partition over"),
-                // The connection is gone, and the claim with it.
-                Err(err) => tracing::debug!(%err, partition, "could not release a claim"),
+                Err(err) => {
+                    self.lose_claims(&format!("could not release partition {partition} ({err})"))
+                }
             }
         }
     }

@@ -110,8 +110,8 @@ impl YoutubeServer {
         };
         let (_, channel) = self.publisher.get().await?;
         let (_, consumers) = topology::inspect(&channel, uploads.name()).await?;
-        // This server's consumer alone.
-        if consumers == 1 {
+        // This server's consumer alone, on a partition it still holds.
+        if consumers == 1 && self.serving.borrow().contains(&partition) {
             self.flush_outbox(partition).await?;
         }
         Ok(())
@@ -120,7 +120,9 @@ impl YoutubeServer {
     /// Whether this server is the one that takes `youtuber`'s uploads now:
     /// it holds the partition, and has sent what a crash left in its outbox.
     pub(super) fn serves_uploads_of(&self, youtuber: &str) -> bool {
-        self.outbox_flushed[usize::from(topology::partition_of(youtuber))].load(Ordering::Acquire)
+        let partition = topology::partition_of(youtuber);
+        self.outbox_flushed[usize::from(partition)].load(Ordering::Acquire)
+            && self.serving.borrow().contains(&partition)
     }
 
     /// Notifies every subscriber of an upload: one persistent publish to the

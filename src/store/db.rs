@@ -488,10 +488,18 @@ impl Db {
         // statement that hangs would hold its queue and the server's stop.
         config.keepalives_idle(POSTGRES_DEAD_AFTER);
         config.tcp_user_timeout(POSTGRES_DEAD_AFTER);
+        // PostgreSQL's side notices a server that vanished (its host gone)
+        // within as long too: until then it would keep the server's claims
+        // on partitions (`store::Claims`), which no other server could take.
+        let dead_after = POSTGRES_DEAD_AFTER.as_secs();
         let timeouts = format!(
-            "-c lock_timeout={} -c statement_timeout={}",
+            "-c lock_timeout={} -c statement_timeout={} -c tcp_keepalives_idle={} \
+             -c tcp_keepalives_interval={} -c tcp_keepalives_count=3 -c tcp_user_timeout={}",
             super::BUSY_TIMEOUT.as_millis(),
-            POSTGRES_STATEMENT_TIMEOUT.as_millis()
+            POSTGRES_STATEMENT_TIMEOUT.as_millis(),
+            dead_after / 3,
+            dead_after / 6,
+            POSTGRES_DEAD_AFTER.as_millis()
         );
         let options = match config.get_options() {
             // The URL's own settings come last, and win.

@@ -197,6 +197,21 @@ async fn a_migration_killed_half_way_is_finished_by_running_it_again_and_loses_n
         again.stdout
     );
     assert_eq!(types(&vhost).await, (Some(to), Some(to)));
+    // Each partition is bound as before: with its number (and partition 0
+    // with the empty key too), before any server declares them again.
+    let bindings = request_bindings(&vhost);
+    let expected: BTreeSet<(String, String, String)> = topology::RequestQueue::all()
+        .flat_map(|queue| {
+            topology::bound_keys(queue).into_iter().map(move |key| {
+                (
+                    queue.kind.partition_exchange().to_owned(),
+                    queue.name().to_owned(),
+                    key.to_owned(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(bindings, expected);
 
     // Every notification is in the moved inbox (a copy taken just before
     // the kill may be there twice; the programs drop it by id).
@@ -205,6 +220,39 @@ async fn a_migration_killed_half_way_is_finished_by_running_it_again_and_loses_n
     let shown = read_inbox(&connection, expected.len()).await;
     assert_eq!(shown, expected);
     assert_eq!(server.interrupt().await, 0);
+}
+
+/// The bindings of the vhost from the partition exchanges: (exchange,
+/// queue, routing key), as `rabbitmqctl list_bindings` has them.
+fn request_bindings(vhost: &TestVhost) -> BTreeSet<(String, String, String)> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_bindings",
+            "-p",
+            &vhost.name,
+            "source_name",
+            "destination_name",
+            "routing_key",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl list_bindings");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut columns = line.split('\t');
+            let binding = (
+                columns.next()?.to_owned(),
+                columns.next()?.to_owned(),
+                columns.next().unwrap_or_default().to_owned(),
+            );
+            binding
+                .0
+                .starts_with("ytnotify.partitions.")
+                .then_some(binding)
+        })
+        .collect()
 }
 
 /// The distinct titles of the notifications in alice's inbox, read until
