@@ -213,12 +213,18 @@ pub fn markdown(reports: &[Report], machine: &str, plot: Option<&str>) -> String
                 String::new()
             }
         );
-        let server = match (r.server.peak_rss_mb, r.server.cpu_cores) {
+        let mut server = match (r.server.peak_rss_mb, r.server.cpu_cores) {
             (Some(peak), Some(cores)) => {
                 format!("peak {peak:.1} MB<br>{:.0}% of a core", cores * 100.0)
             }
             _ => r.server.mode.clone(),
         };
+        if r.server.servers > 1 {
+            server.push_str(&format!("<br>{} servers (sum)", r.server.servers));
+        }
+        if r.server.cluster {
+            server.push_str("<br>3-node cluster, quorum");
+        }
         let _ = writeln!(
             out,
             "| {} | {shape} | {setup} | {ours} | {ceiling} | {ratios} | {latency} | {check} | {server} |",

@@ -13,9 +13,10 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::SimError;
 use ytnotify::{
-    broker_url::BrokerUrl,
+    broker_url,
     server::{ServerConfig, YoutubeServer},
     store::Database,
+    topology::QueueType,
 };
 
 /// Which server the simulator drives.
@@ -53,24 +54,58 @@ impl ServerMode {
     }
 }
 
-fn rabbitmqctl(args: &[&str]) -> Result<(), SimError> {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| {
+/// The `rabbitmqctl` a run's vhost is made with: the machine's, which
+/// talks to the broker of this machine, or one aimed at a node of a private
+/// cluster (`-n`), as `scripts/cluster.sh` calls it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rabbitmqctl {
+    /// `None`: the machine's broker.
+    node: Option<String>,
+}
+
+impl Rabbitmqctl {
+    /// Talks to the cluster through its node `node` (any node will do).
+    pub fn on_node(node: impl Into<String>) -> Rabbitmqctl {
+        Rabbitmqctl {
+            node: Some(node.into()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<(), SimError> {
+        let mut command = match &self.node {
+            Some(node) => {
+                // The nodes run with root's Erlang cookie; the wrapper in
+                // /usr/sbin would run the tool as the rabbitmq user.
+                let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+                let mut command = Command::new(if direct.is_file() {
+                    direct
+                } else {
+                    Path::new("rabbitmqctl")
+                });
+                command.args(["-n", node]);
+                command
+            }
+            None => Command::new("rabbitmqctl"),
+        };
+        let output = command.args(args).output().map_err(|e| {
             SimError::Harness(format!(
                 "cannot run rabbitmqctl ({e}); a fresh vhost per run needs it on this machine \
-             (or pass --no-fresh-vhost to use the URL's vhost as it is)"
+                 (or pass --no-fresh-vhost to use the URL's vhost as it is)"
             ))
         })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(SimError::Harness(format!(
-            "rabbitmqctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(SimError::Harness(format!(
+                "rabbitmqctl {}{} failed: {}",
+                self.node
+                    .as_ref()
+                    .map(|node| format!("-n {node} "))
+                    .unwrap_or_default(),
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
     }
 }
 
@@ -145,30 +180,40 @@ async fn admin(admin_url: &str, sql: &str) -> Result<(), SimError> {
 }
 
 pub struct Vhost {
+    /// The run's URL, or the URLs of a cluster's nodes, comma-separated.
     pub url: String,
     name: Option<String>,
+    ctl: Rabbitmqctl,
     pub keep: bool,
 }
 
 impl Vhost {
-    /// Creates `ytnotify-sim-<random>` and gives `user` (from the URL) every permission.
-    pub fn fresh(base_url: &str) -> Result<Vhost, SimError> {
+    /// Creates `ytnotify-sim-<random>` and gives `user` (from the URL) every
+    /// permission. `base_url` may list a cluster's nodes: the vhost is the
+    /// cluster's, and the run's URL lists every node on it.
+    pub fn fresh(base_url: &str, ctl: &Rabbitmqctl) -> Result<Vhost, SimError> {
         let name = format!(
             "ytnotify-sim-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let base: BrokerUrl = base_url.parse()?;
-        rabbitmqctl(&["add_vhost", &name])?;
+        let nodes = broker_url::parse_list(base_url)?;
+        ctl.run(&["add_vhost", &name])?;
         let vhost = Vhost {
-            url: base.with_vhost(&name).to_string(),
+            url: nodes
+                .iter()
+                .map(|node| node.with_vhost(&name).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             name: Some(name.clone()),
+            ctl: ctl.clone(),
             keep: false,
         };
-        rabbitmqctl(&[
+        // Every node of a list has the same user (`parse_list` checks it).
+        ctl.run(&[
             "set_permissions",
             "-p",
             &name,
-            base.user(),
+            nodes[0].user(),
             ".*",
             ".*",
             ".*",
@@ -181,6 +226,7 @@ impl Vhost {
         Vhost {
             url: url.to_owned(),
             name: None,
+            ctl: Rabbitmqctl::default(),
             keep: true,
         }
     }
@@ -194,7 +240,7 @@ impl Drop for Vhost {
     fn drop(&mut self) {
         if let (Some(name), false) = (&self.name, self.keep) {
             // Best effort: a leftover vhost is harmless and easy to delete by hand.
-            let _ = rabbitmqctl(&["delete_vhost", name]);
+            let _ = self.ctl.run(&["delete_vhost", name]);
         }
     }
 }
@@ -273,11 +319,14 @@ pub enum Server {
 }
 
 impl Server {
-    /// Starts the server the mode asks for, on `url`, with its state in `database`.
+    /// Starts the server the mode asks for, on `url`, with its state in
+    /// `database`, declaring the vhost's queues as `queue_type` says (`None`:
+    /// the server's own choice).
     pub async fn start(
         mode: &ServerMode,
         url: &str,
         database: &Database,
+        queue_type: Option<QueueType>,
         log: &Path,
     ) -> Result<Server, SimError> {
         let db = match database {
@@ -292,9 +341,12 @@ impl Server {
                 // The broker and the database by the environment: a
                 // password on the command line would be on show to every
                 // user of the machine.
-                let child = Command::new(exe)
-                    .env("AMQP_URL", url)
-                    .env("YT_DB", &db)
+                let mut command = Command::new(exe);
+                command.env("AMQP_URL", url).env("YT_DB", &db);
+                if let Some(queue_type) = queue_type {
+                    command.env("YT_QUEUE_TYPE", queue_type.name());
+                }
+                let child = command
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -308,6 +360,7 @@ impl Server {
                 let mut config =
                     ServerConfig::new(ytnotify::broker::Endpoint::new(url), database.clone());
                 config.print_events = false;
+                config.queue_type = queue_type;
                 let server = YoutubeServer::start(config).await?;
                 let (shutdown, stopped) = oneshot::channel::<()>();
                 let handle = tokio::spawn(server.serve(async {
@@ -365,9 +418,248 @@ impl Server {
     }
 }
 
+/// The servers under test: one, or several on one PostgreSQL database,
+/// which share the request queues' partitions.
+pub struct Servers {
+    running: Vec<Server>,
+}
+
+impl Servers {
+    /// Starts `count` servers as `mode` says, all on `url` and `database`;
+    /// server `i` logs to `youtube_server-<i>.log` in `logs`.
+    pub async fn start(
+        count: u32,
+        mode: &ServerMode,
+        url: &str,
+        database: &Database,
+        queue_type: Option<QueueType>,
+        logs: &Path,
+    ) -> Result<Servers, SimError> {
+        let mut servers = Servers {
+            running: Vec::new(),
+        };
+        for i in 0..count {
+            let log = Servers::log(logs, i);
+            match Server::start(mode, url, database, queue_type, &log).await {
+                Ok(server) => servers.running.push(server),
+                Err(err) => {
+                    servers.stop().await;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Where server `i` writes its log.
+    pub fn log(logs: &Path, i: u32) -> PathBuf {
+        logs.join(format!("youtube_server-{i}.log"))
+    }
+
+    pub fn count(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Each server's memory and CPU, when they are child processes.
+    pub fn usage(&self) -> Vec<Option<Usage>> {
+        self.running.iter().map(Server::usage).collect()
+    }
+
+    /// The first server that has already exited, by index, with its status.
+    pub fn exited(&mut self) -> Option<(usize, String)> {
+        self.running
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, server)| server.exited().map(|status| (i, status)))
+    }
+
+    /// Stops every server, all at once.
+    pub async fn stop(self) {
+        futures::future::join_all(self.running.into_iter().map(Server::stop)).await;
+    }
+}
+
+/// Memory and CPU summed over servers: `None` unless every one was read (a
+/// sum that misses a server would be taken for the whole).
+pub fn summed(usage: &[Option<Usage>]) -> Option<Usage> {
+    usage.iter().try_fold(
+        Usage {
+            rss_mb: 0.0,
+            peak_rss_mb: 0.0,
+            cpu_seconds: 0.0,
+        },
+        |sum, one| {
+            let one = (*one)?;
+            Some(Usage {
+                rss_mb: sum.rss_mb + one.rss_mb,
+                peak_rss_mb: sum.peak_rss_mb + one.peak_rss_mb,
+                cpu_seconds: sum.cpu_seconds + one.cpu_seconds,
+            })
+        },
+    )
+}
+
+/// A RabbitMQ cluster of three private nodes, from `scripts/cluster.sh up`;
+/// stopped when dropped if this run started it.
+pub struct Cluster {
+    script: PathBuf,
+    /// The nodes' AMQP URLs on vhost `/`, comma-separated.
+    pub urls: String,
+    /// A node's Erlang name, for `rabbitmqctl -n`.
+    pub node: String,
+    /// Whether this run started it (and so stops it).
+    started: bool,
+}
+
+impl Cluster {
+    /// The script: `explicit`, else `scripts/cluster.sh` of the workspace
+    /// this program was built in, else of the current directory or one
+    /// above it.
+    pub fn find_script(explicit: Option<&Path>) -> Result<PathBuf, SimError> {
+        if let Some(path) = explicit {
+            return if path.is_file() {
+                Ok(path.to_owned())
+            } else {
+                Err(SimError::Harness(format!(
+                    "there is no cluster script at {}",
+                    path.display()
+                )))
+            };
+        }
+        let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let here = std::env::current_dir().unwrap_or_default();
+        std::iter::once(built_in.as_path())
+            .chain(here.ancestors())
+            .map(|dir| dir.join("scripts/cluster.sh"))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| {
+                SimError::Harness(
+                    "--cluster needs scripts/cluster.sh: run from the workspace, or give its \
+                     path with --cluster-script"
+                        .to_owned(),
+                )
+            })
+    }
+
+    /// Starts the cluster with `script up`, or joins the one already up
+    /// (left running at the end). Blocks while the nodes boot (about 20 s).
+    pub fn up(script: &Path) -> Result<Cluster, SimError> {
+        if !is_root() {
+            return Err(SimError::Harness(
+                "--cluster needs root: the cluster's nodes run with root's Erlang cookie (run \
+                 simulate with sudo)"
+                    .to_owned(),
+            ));
+        }
+        let state = cluster_dir();
+        let already = state.join("ready").is_file();
+        tracing::info!(
+            "{} the RabbitMQ cluster with {} up",
+            if already { "joining" } else { "starting" },
+            script.display()
+        );
+        let output = Command::new(script)
+            .arg("up")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| SimError::Harness(format!("cannot run {}: {e}", script.display())))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            let last = stderr.lines().last().unwrap_or_default();
+            return Err(SimError::Harness(format!(
+                "{} up failed ({}): {last}",
+                script.display(),
+                output.status
+            )));
+        }
+        let mut cluster = Cluster {
+            script: script.to_owned(),
+            urls: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            node: String::new(),
+            started: !already,
+        };
+        // Lines `n name amqp_port dist_port pid_file`, as the script writes them.
+        let nodes = std::fs::read_to_string(state.join("nodes")).unwrap_or_default();
+        cluster.node = nodes
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| line.split_whitespace().nth(1))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                SimError::Harness(format!(
+                    "{} lists no node of the cluster",
+                    state.join("nodes").display()
+                ))
+            })?;
+        if cluster.urls.is_empty() {
+            return Err(SimError::Harness(format!(
+                "{} up printed no URL",
+                script.display()
+            )));
+        }
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.started {
+            let stopped = Command::new(&self.script)
+                .arg("down")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !stopped.is_ok_and(|status| status.success()) {
+                tracing::warn!(
+                    "could not stop the cluster: run {} down",
+                    self.script.display()
+                );
+            }
+        }
+    }
+}
+
+/// The cluster script's state directory, as it finds it.
+fn cluster_dir() -> PathBuf {
+    std::env::var_os("YT_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/ytnotify-cluster"))
+}
+
+/// Whether this process runs as root (user id 0, from `/proc`).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                .map(|effective| effective == "0")
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_summed_only_when_every_server_was_read() {
+        let one = Usage {
+            rss_mb: 10.0,
+            peak_rss_mb: 12.0,
+            cpu_seconds: 1.5,
+        };
+        let sum = summed(&[Some(one), Some(one)]).unwrap();
+        assert_eq!(
+            (sum.rss_mb, sum.peak_rss_mb, sum.cpu_seconds),
+            (20.0, 24.0, 3.0)
+        );
+        assert_eq!(summed(&[Some(one), None]), None);
+    }
 
     #[test]
     fn usage_reads_proc_files() {

@@ -5,7 +5,11 @@
 //! A run, in order:
 //!
 //! 1. a fresh vhost and database; the server under test (a child
-//!    `youtube_server` when one is found, so that its memory and CPU can be read);
+//!    `youtube_server` when one is found, so that its memory and CPU can be
+//!    read), or several on one PostgreSQL database ([`Options::servers`]),
+//!    waited for until each holds its share of the request queues'
+//!    partitions; the broker is the URL's, or a three-node cluster on
+//!    quorum queues ([`Options::cluster`]);
 //! 2. set-up, not measured: every subscription made through the server, pipelined
 //!    on a few [`Client`]s;
 //! 3. the run: every inbox consumed on a few connections; uploads (one at a
@@ -67,18 +71,18 @@ use uuid::Uuid;
 use browser::{Browsers, Gateways};
 use check::{Answer, ChangeRecord, Expectations, InteractionRecord, UploadRecord};
 use creators::{CreatorReaders, CreatorTally};
-use harness::{ScratchDir, Server, ServerMode, Usage, Vhost};
+use harness::{Cluster, Rabbitmqctl, ScratchDir, ServerMode, Servers, Usage, Vhost};
 use receiver::{Receivers, Tally, title};
 use report::{
-    BrowserRatios, Ceiling, GatewayUsage, InteractionRatios, Interactions, Latency, Ratios, Report,
-    Run, ServerUsage, Setup,
+    BrowserRatios, Ceiling, GatewayUsage, InteractionRatios, Interactions, Latency, OneServer,
+    Ratios, Report, Run, ServerUsage, Setup,
 };
 use scenario::{Interaction, InteractionKind, Plan, user_name, youtuber_name};
 pub use scenario::{PRESETS, Scenario, Spread, WsAcks};
 use ytnotify::{
     client::{Client, ClientConfig},
     protocol::{CreatorEvent, CreatorEvents, Reaction, Reply, Request},
-    topology,
+    topology::{self, QueueType},
 };
 
 /// Why a simulation could not run. (A run that loses notifications is not an
@@ -122,6 +126,17 @@ pub struct Options {
     /// PostgreSQL server of this URL (whose role may create databases), and
     /// dropped after it. `None`: a SQLite file.
     pub postgres: Option<String>,
+    /// How many servers to start, sharing the request queues' partitions;
+    /// more than one needs `postgres`.
+    pub servers: u32,
+    /// Run on a three-node RabbitMQ cluster (`scripts/cluster.sh up`), on
+    /// quorum queues, instead of `amqp_url`'s broker.
+    pub cluster: bool,
+    /// The cluster script; `None`: the workspace's `scripts/cluster.sh`.
+    pub cluster_script: Option<PathBuf>,
+    /// Where the servers write their logs (`youtube_server-<i>.log`), kept
+    /// after the run; `None`: a scratch directory, removed with it.
+    pub server_logs: Option<PathBuf>,
 }
 
 impl Options {
@@ -136,13 +151,46 @@ impl Options {
             ceiling: true,
             gateway_bin: None,
             postgres: None,
+            servers: 1,
+            cluster: false,
+            cluster_script: None,
+            server_logs: None,
         }
+    }
+
+    /// Whether the options go together, before anything starts.
+    pub fn check(&self) -> Result<(), SimError> {
+        let servers = self.servers;
+        if servers == 0 {
+            return Err(SimError::Scenario(
+                "--servers must be at least 1".to_owned(),
+            ));
+        }
+        if servers > 1 && self.server == ServerMode::External {
+            return Err(SimError::Scenario(format!(
+                "--servers {servers} starts servers; an external server is one the simulator does not start"
+            )));
+        }
+        if servers > 1 && self.postgres.is_none() {
+            return Err(SimError::Scenario(format!(
+                "--servers {servers} needs --postgres URL: on SQLite one server consumes and the other {} would be hot standbys",
+                servers - 1
+            )));
+        }
+        if self.cluster && self.server == ServerMode::External {
+            return Err(SimError::Scenario(
+                "--cluster starts a cluster for the run's own servers: it does not go with an external server"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
 /// Runs a scenario from start to report. See the module documentation for the steps.
 pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimError> {
     scenario.validate().map_err(SimError::Scenario)?;
+    options.check()?;
     // Found before anything starts, so that a missing program costs nothing.
     let gateway = if scenario.browser_clients() > 0 {
         Some(browser::find_gateway(options.gateway_bin.as_deref())?)
@@ -150,17 +198,35 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         None
     };
     let plan = scenario.plan();
-    let mut vhost = if options.fresh_vhost && options.server != ServerMode::External {
-        Vhost::fresh(&options.amqp_url)?
+    // Declared before the vhost, so dropped after it.
+    let cluster = if options.cluster {
+        let script = Cluster::find_script(options.cluster_script.as_deref())?;
+        Some(tokio::task::block_in_place(|| Cluster::up(&script))?)
     } else {
-        Vhost::existing(&options.amqp_url)
+        None
+    };
+    let (broker_url, ctl) = match &cluster {
+        Some(cluster) => (cluster.urls.as_str(), Rabbitmqctl::on_node(&cluster.node)),
+        None => (options.amqp_url.as_str(), Rabbitmqctl::default()),
+    };
+    let mut vhost = if options.fresh_vhost && options.server != ServerMode::External {
+        Vhost::fresh(broker_url, &ctl)?
+    } else {
+        Vhost::existing(broker_url)
     };
     vhost.keep |= options.keep_vhost;
     if let (true, Some(name)) = (options.keep_vhost, vhost.name()) {
         tracing::info!("the run's vhost {name} is kept");
     }
     let scratch = ScratchDir::new()?;
-    let log = scratch.0.join("youtube_server.log");
+    let logs = match &options.server_logs {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SimError::Harness(format!("cannot create {}: {e}", dir.display())))?;
+            dir.clone()
+        }
+        None => scratch.0.clone(),
+    };
     let postgres = match &options.postgres {
         Some(admin_url) => Some(harness::ScratchDatabase::create(admin_url).await?),
         None => None,
@@ -169,7 +235,16 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         Some(postgres) => ytnotify::store::Database::Postgres(postgres.url.clone()),
         None => ytnotify::store::Database::Sqlite(scratch.0.join("server.db")),
     };
-    let mut server = Server::start(&options.server, &vhost.url, &database, &log).await?;
+    let queue_type = cluster.as_ref().map(|_| QueueType::Quorum);
+    let mut servers = Servers::start(
+        options.servers,
+        &options.server,
+        &vhost.url,
+        &database,
+        queue_type,
+        &logs,
+    )
+    .await?;
     let outcome = Simulation {
         scenario,
         plan: &plan,
@@ -177,29 +252,39 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         options,
         scratch: &scratch.0,
         gateway: gateway.as_deref(),
+        postgres: postgres.as_ref().map(|p| p.url.as_str()),
+        cluster: cluster.is_some(),
     }
-    .run(&mut server)
+    .run(&mut servers)
     .await;
     let outcome = match outcome {
         Err(err) => {
-            let exited = server.exited();
-            server.stop().await;
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            let last = log.lines().last().unwrap_or_default();
+            let exited = servers.exited();
+            servers.stop().await;
             return Err(match exited {
-                Some(status) => SimError::Harness(format!(
-                    "youtube_server exited ({status}): {last}; the simulation stopped: {err}"
-                )),
+                Some((i, status)) => {
+                    let log = Servers::log(&logs, i as u32);
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or_default();
+                    SimError::Harness(format!(
+                        "youtube_server {i} exited ({status}): {last}; the simulation stopped: {err}"
+                    ))
+                }
                 None => err,
             });
         }
         Ok(outcome) => outcome,
     };
     let (mut report, sent) = outcome;
-    let ended = server.usage();
-    report.server.rss_mb_end = ended.map(|u| u.rss_mb);
-    report.server.peak_rss_mb = ended.map(|u| u.peak_rss_mb);
-    server.stop().await;
+    let ended = servers.usage();
+    let sum = harness::summed(&ended);
+    report.server.rss_mb_end = sum.map(|u| u.rss_mb);
+    report.server.peak_rss_mb = sum.map(|u| u.peak_rss_mb);
+    for (one, ended) in report.server.each.iter_mut().zip(&ended) {
+        one.rss_mb_end = ended.map(|u| u.rss_mb);
+        one.peak_rss_mb = ended.map(|u| u.peak_rss_mb);
+    }
+    servers.stop().await;
     if options.ceiling {
         let simulation = Simulation {
             scenario,
@@ -208,6 +293,8 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
             options,
             scratch: &scratch.0,
             gateway: None,
+            postgres: None,
+            cluster: cluster.is_some(),
         };
         report.ceiling = simulation.ceiling(&sent.changes).await?;
         report.ratios = Ratios::of(&report.run, &report.ceiling);
@@ -246,6 +333,10 @@ struct Simulation<'a> {
     scratch: &'a Path,
     /// The `gateway` program, when the scenario has browser clients.
     gateway: Option<&'a Path>,
+    /// The servers' PostgreSQL database, where their claims can be seen.
+    postgres: Option<&'a str>,
+    /// Whether the broker is a cluster, on quorum queues.
+    cluster: bool,
 }
 
 /// Send and answer times of a batch of requests: 0 = not yet, else nanoseconds + 1.
@@ -520,8 +611,65 @@ async fn drain_events(
     bar.finish();
 }
 
+/// The servers' claims on the request queues' partitions, as PostgreSQL
+/// shows them: advisory locks in the claims' namespace ("ytn2"), one
+/// connection (pid) per server.
+struct ClaimsView {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl ClaimsView {
+    async fn connect(url: &str) -> Result<ClaimsView, SimError> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|err| SimError::Harness(format!("cannot read the servers' claims: {err}")))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(ClaimsView { client, driver })
+    }
+
+    /// How many partitions each server claims, most first.
+    async fn holders(&self) -> Result<Vec<u32>, SimError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT count(*) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+                   AND classid = x'79746e32'::int::oid \
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 GROUP BY pid ORDER BY 1 DESC",
+                &[],
+            )
+            .await
+            .map_err(|err| SimError::Harness(format!("cannot read the servers' claims: {err}")))?;
+        Ok(rows
+            .iter()
+            .map(|row| u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX))
+            .collect())
+    }
+}
+
+impl Drop for ClaimsView {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Whether `servers` servers hold every partition between them, none more
+/// than its share (partitions over servers, rounded up): `claims` is each
+/// holder's count.
+fn shares_out(claims: &[u32], servers: usize) -> bool {
+    let partitions = u32::from(topology::PARTITIONS);
+    let share = partitions.div_ceil(servers.max(1) as u32);
+    claims.len() == servers
+        && claims.iter().sum::<u32>() == partitions
+        && claims.iter().all(|&held| held <= share)
+}
+
 impl Simulation<'_> {
-    async fn run(&self, server: &mut Server) -> Result<(Report, Sent), SimError> {
+    async fn run(&self, server: &mut Servers) -> Result<(Report, Sent), SimError> {
         let s = self.scenario;
         let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let config = ClientConfig {
@@ -648,7 +796,7 @@ impl Simulation<'_> {
         clients: &[Arc<Client>],
         tally: &Arc<Tally>,
         uploads: &[UploadRecord],
-        server: &Server,
+        server: &Servers,
     ) -> Result<(Interactions, Vec<CreatorEvents>), SimError> {
         let s = self.scenario;
         // Only videos whose upload was answered: their creator inbox exists.
@@ -673,7 +821,7 @@ impl Simulation<'_> {
         let creator_tally = CreatorTally::new(tally.start());
         let readers =
             CreatorReaders::open(self.url, s.receivers, &creators, &creator_tally).await?;
-        let before = server.usage();
+        let before = harness::summed(&server.usage());
         let sending = bar(self.options, "interact", planned.len() as u64);
         let records = self
             .send_interactions(clients, &planned, uploads, tally, &sending)
@@ -693,7 +841,7 @@ impl Simulation<'_> {
             .collect();
         let draining = bar(self.options, "creators", 0);
         drain_events(&creator_tally, &expected, s.drain_timeout, &draining).await;
-        let after = server.usage();
+        let after = harness::summed(&server.usage());
         readers.shut().await;
 
         let told = records
@@ -919,8 +1067,13 @@ impl Simulation<'_> {
         (browsing, left)
     }
 
-    /// Waits until a server consumes the request queues the run uses.
-    async fn wait_for_server(&self, client: &Client, server: &mut Server) -> Result<(), SimError> {
+    /// Waits until the servers consume every partition of the request
+    /// queues the run uses and, with several, until each holds its share.
+    async fn wait_for_server(
+        &self,
+        client: &Client,
+        servers: &mut Servers,
+    ) -> Result<(), SimError> {
         let channel = client
             .link()
             .session()
@@ -928,33 +1081,57 @@ impl Simulation<'_> {
             .connection()
             .create_channel()
             .await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let count = servers.count();
+        let claims = match (self.postgres, count > 1) {
+            (Some(url), true) => Some(ClaimsView::connect(url).await?),
+            _ => None,
+        };
+        // Several servers take their shares a balancing round (1 s) at a time.
+        let wait = Duration::from_secs(if count > 1 { 60 } else { 30 });
+        let deadline = tokio::time::Instant::now() + wait;
+        let kinds = if self.scenario.has_interactions() {
+            &topology::RequestKind::ALL[..]
+        } else {
+            &topology::RequestKind::ALL[..2]
+        };
         loop {
-            let mut ready = true;
-            let kinds = if self.scenario.has_interactions() {
-                &topology::RequestKind::ALL[..]
-            } else {
-                &topology::RequestKind::ALL[..2]
+            let shared = match &claims {
+                Some(claims) => claims.holders().await?,
+                None => Vec::new(),
             };
-            for queue in kinds.iter().flat_map(|kind| kind.queues()) {
-                let (_, consumers) = topology::inspect(&channel, queue.name()).await?;
-                ready &= consumers > 0;
+            let mut ready = claims.is_none() || shares_out(&shared, count);
+            if ready {
+                for queue in kinds.iter().flat_map(|kind| kind.queues()) {
+                    let (_, consumers) = topology::inspect(&channel, queue.name()).await?;
+                    ready &= consumers > 0;
+                }
             }
             if ready {
                 let _ = channel.close(200, "ready".into()).await;
                 return Ok(());
             }
-            if let Some(status) = server.exited() {
+            if let Some((i, status)) = servers.exited() {
                 return Err(SimError::Harness(format!(
-                    "youtube_server exited at start-up ({status})"
+                    "youtube_server {i} exited at start-up ({status})"
                 )));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(SimError::Harness(format!(
-                    "no youtube_server consumes every partition of {} on {} after 30s; start one, or drop --external-server",
-                    topology::RequestKind::Users.unpartitioned(),
-                    ytnotify::broker::redact(self.url)
-                )));
+                return Err(SimError::Harness(if claims.is_some() {
+                    format!(
+                        "the {count} servers did not share the {} partitions out within {}s: \
+                         claims per server {:?}; see their logs",
+                        topology::PARTITIONS,
+                        wait.as_secs(),
+                        shared
+                    )
+                } else {
+                    format!(
+                        "no youtube_server consumes every partition of {} on {} after {}s; start one, or drop --external-server",
+                        topology::RequestKind::Users.unpartitioned(),
+                        ytnotify::broker::redact(self.url),
+                        wait.as_secs()
+                    )
+                }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1052,6 +1229,11 @@ impl Simulation<'_> {
         let s = self.scenario;
         let stamps = Stamps::new(self.plan.uploads.len());
         let window = Arc::new(Semaphore::new(s.upload_window as usize));
+        if s.upload_senders > 1 {
+            self.upload_lanes(clients, tally, progress, &stamps, &window)
+                .await?;
+            return Ok(self.upload_records(&stamps));
+        }
         let started = tokio::time::Instant::now();
         let mut waits = Vec::new();
         for (seq, &youtuber) in self.plan.uploads.iter().enumerate() {
@@ -1100,8 +1282,11 @@ impl Simulation<'_> {
         for wait in waits {
             wait.await.map_err(wait_failed)?;
         }
-        Ok(self
-            .plan
+        Ok(self.upload_records(&stamps))
+    }
+
+    fn upload_records(&self, stamps: &Stamps) -> Vec<UploadRecord> {
+        self.plan
             .uploads
             .iter()
             .enumerate()
@@ -1110,7 +1295,71 @@ impl Simulation<'_> {
                 sent: Stamps::get(&stamps.sent[seq]),
                 done: Stamps::get(&stamps.done[seq]),
             })
-            .collect())
+            .collect()
+    }
+
+    /// Sends every upload from `upload_senders` tasks at once, in one
+    /// window: each task a share of the YouTubers, their uploads in order.
+    async fn upload_lanes(
+        &self,
+        clients: &[Arc<Client>],
+        tally: &Arc<Tally>,
+        progress: &ProgressBar,
+        stamps: &Arc<Stamps>,
+        window: &Arc<Semaphore>,
+    ) -> Result<(), SimError> {
+        let senders = self.scenario.upload_senders as usize;
+        let mut lanes = vec![Vec::new(); senders];
+        for (seq, &youtuber) in self.plan.uploads.iter().enumerate() {
+            lanes[youtuber as usize % senders].push((seq, youtuber));
+        }
+        let mut tasks = Vec::new();
+        for (lane, uploads) in lanes.into_iter().enumerate() {
+            let (client, window, stamps, tally, progress) = (
+                Arc::clone(&clients[lane % clients.len()]),
+                Arc::clone(window),
+                Arc::clone(stamps),
+                Arc::clone(tally),
+                progress.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut waits = Vec::new();
+                for (seq, youtuber) in uploads {
+                    let seq32 = seq as u32;
+                    let permit = Arc::clone(&window).acquire_owned().await;
+                    Stamps::set(&stamps.sent[seq], tally.mark_sent(seq32));
+                    let pending = client
+                        .send(Request::Upload {
+                            youtuber: youtuber_name(youtuber),
+                            video: title(seq32),
+                        })
+                        .await?;
+                    let (client, stamps, tally, progress) = (
+                        Arc::clone(&client),
+                        Arc::clone(&stamps),
+                        Arc::clone(&tally),
+                        progress.clone(),
+                    );
+                    waits.push(tokio::spawn(async move {
+                        let reply = client.wait(pending).await;
+                        drop(permit);
+                        match reply {
+                            Ok(_) => Stamps::set(&stamps.done[seq], tally.now()),
+                            Err(err) => tracing::warn!(%err, "an upload was not answered"),
+                        }
+                        progress.inc(1);
+                    }));
+                }
+                for wait in waits {
+                    wait.await.map_err(wait_failed)?;
+                }
+                Ok::<(), SimError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(wait_failed)??;
+        }
+        Ok(())
     }
 
     /// Sends the churn: each user's changes on one client, in order.
@@ -1209,7 +1458,7 @@ impl Simulation<'_> {
         uploads: &[UploadRecord],
         changes: &[ChangeRecord],
         expectations: &Expectations,
-        [after_setup, before_run, after_run]: [Option<Usage>; 3],
+        [after_setup, before_run, after_run]: [Vec<Option<Usage>>; 3],
     ) -> Report {
         let s = self.scenario;
         let sent = uploads
@@ -1246,10 +1495,35 @@ impl Simulation<'_> {
             .max(tally.last_delivery())
             .saturating_sub(first_sent) as f64
             / 1e9;
-        let cpu = before_run
-            .zip(after_run)
-            .map(|(a, b)| b.cpu_seconds - a.cpu_seconds);
         let run_wall = tally.now().saturating_sub(run_started) as f64 / 1e9;
+        let cpu_of = |before: &Option<Usage>, after: &Option<Usage>| {
+            before
+                .zip(*after)
+                .map(|(a, b)| b.cpu_seconds - a.cpu_seconds)
+        };
+        let each: Vec<OneServer> = if after_run.len() > 1 {
+            before_run
+                .iter()
+                .zip(&after_run)
+                .map(|(before, after)| {
+                    let cpu = cpu_of(before, after);
+                    OneServer {
+                        rss_mb_end: after.map(|u| u.rss_mb),
+                        peak_rss_mb: after.map(|u| u.peak_rss_mb),
+                        cpu_seconds: cpu,
+                        cpu_cores: cpu.map(|cpu| cpu / run_wall.max(1e-9)),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (after_setup, before_run, after_run) = (
+            harness::summed(&after_setup),
+            harness::summed(&before_run),
+            harness::summed(&after_run),
+        );
+        let cpu = cpu_of(&before_run, &after_run);
         Report {
             scenario: s.clone(),
             started_at,
@@ -1279,6 +1553,9 @@ impl Simulation<'_> {
                     "sqlite"
                 }
                 .to_owned(),
+                servers: self.options.servers,
+                cluster: self.cluster,
+                each,
                 rss_mb_after_setup: after_setup.map(|u| u.rss_mb),
                 rss_mb_end: after_run.map(|u| u.rss_mb),
                 peak_rss_mb: after_run.map(|u| u.peak_rss_mb),
@@ -1376,5 +1653,23 @@ impl Simulation<'_> {
             lost: check.lost,
             duplicates: check.duplicates,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_shared_out_when_every_server_holds_its_share() {
+        assert!(shares_out(&[8], 1));
+        assert!(shares_out(&[4, 4], 2));
+        assert!(shares_out(&[3, 3, 2], 3));
+        assert!(shares_out(&[2, 2, 2, 2], 4));
+        // A server still without partitions, one over its share, one unclaimed.
+        assert!(!shares_out(&[8], 2));
+        assert!(!shares_out(&[5, 3], 2));
+        assert!(!shares_out(&[4, 3], 2));
+        assert!(!shares_out(&[], 1));
     }
 }

@@ -74,6 +74,10 @@ struct RunArgs {
     /// Uploads in flight at most (1: one at a time)
     #[arg(long)]
     upload_window: Option<u32>,
+    /// Tasks sending uploads at once, each a share of the YouTubers in order (1: one sender,
+    /// which waits for each upload's confirm); more need no rate and no offline users
+    #[arg(long, value_name = "N")]
+    upload_senders: Option<u32>,
     /// Share of users (0 to 1) that close their inbox for a while and come back
     #[arg(long)]
     offline_share: Option<f64>,
@@ -152,6 +156,21 @@ struct RunArgs {
     /// must be allowed to create databases), dropped after it [default: a SQLite file]
     #[arg(long, value_name = "URL", conflicts_with = "external_server")]
     postgres: Option<String>,
+    /// youtube_server processes to start on the same vhost and database; more than one
+    /// needs --postgres (the servers share the request queues' partitions)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    servers: u32,
+    /// Run on a three-node RabbitMQ cluster started with scripts/cluster.sh (left up if it was
+    /// up already), on quorum queues, instead of --amqp-url's broker; needs root
+    #[arg(long, conflicts_with = "external_server")]
+    cluster: bool,
+    /// The cluster script [default: scripts/cluster.sh of the workspace]
+    #[arg(long, env = "YT_CLUSTER_SCRIPT", value_name = "PATH")]
+    cluster_script: Option<PathBuf>,
+    /// Write the servers' logs (youtube_server-<i>.log) into this directory and keep them
+    /// [default: a scratch directory, removed after the run]
+    #[arg(long, value_name = "DIR")]
+    server_logs: Option<PathBuf>,
     /// Keep the fresh vhost after the run, for inspection
     #[arg(long)]
     keep_vhost: bool,
@@ -243,6 +262,7 @@ impl RunArgs {
             uploads,
             upload_rate,
             upload_window,
+            upload_senders,
             offline_share,
             churn,
             churn_users,
@@ -270,7 +290,7 @@ impl RunArgs {
         Ok(scenario)
     }
 
-    fn options(&self) -> Options {
+    fn options(&self) -> anyhow::Result<Options> {
         let mut options = Options::new(self.broker.endpoint().url);
         options.server = if self.external_server {
             ServerMode::External
@@ -287,17 +307,23 @@ impl RunArgs {
         options.ceiling = !self.no_ceiling;
         options.gateway_bin = self.gateway_bin.clone();
         options.postgres = self.postgres.clone();
+        options.servers = self.servers;
+        options.cluster = self.cluster;
+        options.cluster_script = self.cluster_script.clone();
+        options.server_logs = self.server_logs.clone();
         if let Some(timeout) = self.request_timeout {
             options.request_timeout = timeout;
         }
-        options
+        options.check()?;
+        Ok(options)
     }
 }
 
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let scenario = args.scenario()?;
-    let report = simulate::run(&scenario, &args.options())
+    let options = args.options()?;
+    let report = simulate::run(&scenario, &options)
         .await
         .with_context(|| format!("scenario {} did not run", scenario.name))?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -511,6 +537,25 @@ mod tests {
         assert_eq!(asked.interaction_window, 32);
         let err = parse(&["--like-share", "1.5"]).unwrap_err().to_string();
         assert!(err.contains("like_share"), "{err}");
+    }
+
+    #[test]
+    fn several_servers_need_postgresql() {
+        let options = |extra: &[&str]| {
+            let mut args = vec!["simulate", "run", "--preset", "churn"];
+            args.extend_from_slice(extra);
+            let Command::Run(args) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("run")
+            };
+            args.options()
+        };
+        let err = options(&["--servers", "2"]).unwrap_err().to_string();
+        assert!(err.contains("--postgres"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(options(&[]).unwrap().servers, 1);
+        let shared = options(&["--servers", "4", "--postgres", "postgres://127.0.0.1/x"]).unwrap();
+        assert_eq!(shared.servers, 4);
+        assert!(options(&["--servers", "0"]).is_err());
     }
 
     #[test]

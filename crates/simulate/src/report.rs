@@ -98,6 +98,15 @@ pub struct ServerUsage {
     /// from before PostgreSQL are SQLite's).
     #[serde(default = "sqlite")]
     pub database: String,
+    /// How many servers ran, sharing the request queues' partitions
+    /// (reports from before several servers are one server's).
+    #[serde(default = "one")]
+    pub servers: u32,
+    /// Whether the broker was a three-node cluster, on quorum queues (else
+    /// one broker, on the vhost's default queue type).
+    #[serde(default)]
+    pub cluster: bool,
+    /// Memory and CPU below are the sums over the servers.
     pub rss_mb_after_setup: Option<f64>,
     pub rss_mb_end: Option<f64>,
     pub peak_rss_mb: Option<f64>,
@@ -105,10 +114,44 @@ pub struct ServerUsage {
     pub cpu_seconds: Option<f64>,
     /// Cores busy on average during the measured run.
     pub cpu_cores: Option<f64>,
+    /// Each server's own figures, when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub each: Vec<OneServer>,
+}
+
+/// One server's memory and CPU, of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OneServer {
+    pub rss_mb_end: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_cores: Option<f64>,
+}
+
+impl ServerUsage {
+    /// `process on sqlite`, `2 × process on postgres, a 3-node cluster (quorum
+    /// queues)`: how many servers, how they ran, on what.
+    pub fn described(&self) -> String {
+        let servers = if self.servers > 1 {
+            format!("{} × {}", self.servers, self.mode)
+        } else {
+            self.mode.clone()
+        };
+        let broker = if self.cluster {
+            ", a 3-node cluster (quorum queues)"
+        } else {
+            ""
+        };
+        format!("{servers} on {}{broker}", self.database)
+    }
 }
 
 fn sqlite() -> String {
     "sqlite".to_owned()
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The same shape with plain lapin and no application logic, measured in the same run.
@@ -540,9 +583,9 @@ impl fmt::Display for Report {
         let v = &self.server;
         let _ = writeln!(
             out,
-            "server      {} on {}: memory {} after set-up, {} at the end, peak {}; CPU {}",
-            v.mode,
-            v.database,
+            "server      {}: memory {}{} after set-up, {} at the end, peak {}; CPU {}",
+            v.described(),
+            if v.servers > 1 { "(sum) " } else { "" },
             mb(v.rss_mb_after_setup),
             mb(v.rss_mb_end),
             mb(v.peak_rss_mb),
@@ -554,6 +597,21 @@ impl fmt::Display for Report {
                 _ => "not measured".to_owned(),
             }
         );
+        for (i, one) in v.each.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  server {i}  memory {} at the end, peak {}; CPU {}",
+                mb(one.rss_mb_end),
+                mb(one.peak_rss_mb),
+                match (one.cpu_seconds, one.cpu_cores) {
+                    (Some(seconds), Some(cores)) => format!(
+                        "{seconds:.2} s during the run ({:.0}% of one core)",
+                        cores * 100.0
+                    ),
+                    _ => "not measured".to_owned(),
+                }
+            );
+        }
         let g = &self.ceiling;
         let _ = writeln!(
             out,
@@ -838,6 +896,9 @@ pub(crate) mod tests {
             server: ServerUsage {
                 mode: "process".to_owned(),
                 database: "sqlite".to_owned(),
+                servers: 1,
+                cluster: false,
+                each: Vec::new(),
                 rss_mb_after_setup: Some(12.5),
                 rss_mb_end: Some(13.0),
                 peak_rss_mb: Some(13.2),

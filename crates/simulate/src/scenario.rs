@@ -142,6 +142,12 @@ pub struct Scenario {
     pub interaction_spread: Spread,
     /// Likes and comments in flight (sent, not yet answered) at most.
     pub interaction_window: u32,
+    /// Tasks that send uploads at once, each a share of the YouTubers in
+    /// order, on clients of their own where there are enough. One sender
+    /// waits for each upload's publish to be confirmed before the next,
+    /// which caps uploads at about one per broker round trip however wide
+    /// the window; more need no rate and no offline users.
+    pub upload_senders: u32,
 }
 
 impl Default for Scenario {
@@ -173,6 +179,7 @@ impl Default for Scenario {
             comment_share: 0.0,
             interaction_spread: Spread::Zipf { exponent: 1.0 },
             interaction_window: 256,
+            upload_senders: 1,
         }
     }
 }
@@ -322,6 +329,12 @@ impl Scenario {
         }
         if self.interaction_window == 0 {
             return fail("interaction_window must be at least 1");
+        }
+        if self.upload_senders == 0 {
+            return fail("upload_senders must be at least 1");
+        }
+        if self.upload_senders > 1 && (self.upload_rate > 0.0 || self.offline_share > 0.0) {
+            return fail("several upload_senders need upload_rate 0 and offline_share 0");
         }
         Ok(())
     }

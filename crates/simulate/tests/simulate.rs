@@ -2,7 +2,7 @@
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
 //! and fill every field of the report; likes and comments reach their
 //! creators once each; under load, a broker crash loses no confirmed upload;
-//! a server on PostgreSQL is held to the same check.
+//! a server on PostgreSQL is held to the same check, and so are two sharing one.
 //! (Benchmarks are not tests: see scripts/bench.sh.)
 
 use std::time::Duration;
@@ -299,6 +299,34 @@ async fn a_server_on_postgresql_is_checked_the_same_way_and_its_database_dropped
         run_databases().await,
         before,
         "the run's database was left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_postgresql_share_the_partitions_and_are_both_measured() {
+    let vhost = TestVhost::new("simulate-servers");
+    let mut options = options(&vhost, ServerMode::Spawn(program("youtube_server")));
+    options.postgres = Some(ytnotify_testkit::postgres::admin_url());
+    options.servers = 2;
+    options.ceiling = false;
+    let report = run(&tiny(), &options).await;
+    let text = report.to_string();
+    assert_exactly_once(&report);
+    assert_eq!(report.run.failed_requests, 0, "{text}");
+    assert_eq!(report.server.servers, 2, "{text}");
+    assert_eq!(report.server.each.len(), 2, "{text}");
+    let each: f64 = report
+        .server
+        .each
+        .iter()
+        .map(|one| one.peak_rss_mb.expect("each server's memory"))
+        .sum();
+    let sum = report.server.peak_rss_mb.expect("the servers' memory");
+    assert!((each - sum).abs() < 1e-6, "{text}");
+    assert_reported(
+        &report,
+        &["/server/servers", "/server/each/1/cpu_seconds"],
+        &["2 × process on postgres", "  server 1  memory"],
     );
 }
 
