@@ -209,8 +209,12 @@ async fn likes_and_comments_reach_every_creator_once_and_are_measured_against_th
         interactions.creators > 0 && interactions.messages > 0,
         "{text}"
     );
-    // Several events to a message, at least sometimes.
-    assert!(interactions.messages <= interactions.events, "{text}");
+    // Several events to a message, at least sometimes (the subscribers'
+    // comings and goings travel in the same messages).
+    assert!(
+        interactions.messages < interactions.events + interactions.subscriber_events,
+        "{text}"
+    );
     assert!(
         interactions.requests_per_s > 0.0 && interactions.events_per_s > 0.0,
         "{text}"
