@@ -250,7 +250,11 @@ pub fn is_not_found(err: &lapin::Error) -> bool {
 /// home node is down, or (RabbitMQ 3.10, a stream declared just before the
 /// broker crashed) its replica never came back (`ARCHITECTURE.md`).
 pub fn is_unavailable(err: &lapin::Error) -> bool {
-    is_not_found(err) && amqp_reason(err).contains("is down or inaccessible")
+    let reason = amqp_reason(err);
+    (is_not_found(err) && reason.contains("is down or inaccessible"))
+        // A stream whose member on this node is not running (yet): RabbitMQ
+        // 3.10 says so to a consumer of a stream just declared under load.
+        || (is_precondition_failed(err) && reason.contains("does not have a replica on the local node"))
 }
 
 /// Whether the broker refused a declaration whose settings differ from the

@@ -546,9 +546,17 @@ async fn consume_from(channel: &Channel, user: &str, start: AMQPValue) -> Result
             arguments,
         )
         .await
-        .map_err(|err| match broker::is_access_refused(&err) {
-            true => Error::AccessRefused(broker::amqp_reason(&err)),
-            false => Error::Broker(err),
+        .map_err(|err| {
+            if broker::is_access_refused(&err) {
+                Error::AccessRefused(broker::amqp_reason(&err))
+            } else if broker::is_unavailable(&err) {
+                Error::HistoryUnavailable {
+                    user: user.to_owned(),
+                    reason: broker::amqp_reason(&err),
+                }
+            } else {
+                Error::Broker(err)
+            }
         })
 }
 
