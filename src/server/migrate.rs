@@ -381,16 +381,14 @@ async fn move_on(
             return Ok(moved);
         }
         let tag = format!("migrate {from}");
-        // Exclusive: a second mover (two servers starting at once) is
-        // refused at once rather than left waiting behind the first.
+        // Not exclusive: RabbitMQ refuses an exclusive consumer on a queue
+        // with a single active consumer. A second mover (two servers
+        // starting at once) waits behind the first, then gives up.
         let mut deliveries = channel
             .basic_consume(
                 from.into(),
                 tag.as_str().into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
