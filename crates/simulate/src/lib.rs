@@ -1257,27 +1257,9 @@ impl Simulation<'_> {
                 let due = Duration::from_secs_f64(seq as f64 / s.upload_rate);
                 tokio::time::sleep_until(started + due).await;
             }
-            let permit = Arc::clone(&window).acquire_owned().await;
-            let client = Arc::clone(&clients[seq % clients.len()]);
-            let sent = tally.mark_sent(seq32);
-            Stamps::set(&stamps.sent[seq], sent);
-            let pending = client
-                .send(Request::Upload {
-                    youtuber: youtuber_name(youtuber),
-                    video: title(seq32),
-                })
-                .await?;
-            let (stamps, tally, progress) =
-                (Arc::clone(&stamps), Arc::clone(tally), progress.clone());
-            waits.push(tokio::spawn(async move {
-                let reply = client.wait(pending).await;
-                drop(permit);
-                match reply {
-                    Ok(_) => Stamps::set(&stamps.done[seq], tally.now()),
-                    Err(err) => tracing::warn!(%err, "an upload was not answered"),
-                }
-                progress.inc(1);
-            }));
+            let client = &clients[seq % clients.len()];
+            waits
+                .push(send_upload(client, &window, seq, youtuber, &stamps, tally, progress).await?);
         }
         for wait in waits {
             wait.await.map_err(wait_failed)?;
@@ -1325,30 +1307,10 @@ impl Simulation<'_> {
             tasks.push(tokio::spawn(async move {
                 let mut waits = Vec::new();
                 for (seq, youtuber) in uploads {
-                    let seq32 = seq as u32;
-                    let permit = Arc::clone(&window).acquire_owned().await;
-                    Stamps::set(&stamps.sent[seq], tally.mark_sent(seq32));
-                    let pending = client
-                        .send(Request::Upload {
-                            youtuber: youtuber_name(youtuber),
-                            video: title(seq32),
-                        })
-                        .await?;
-                    let (client, stamps, tally, progress) = (
-                        Arc::clone(&client),
-                        Arc::clone(&stamps),
-                        Arc::clone(&tally),
-                        progress.clone(),
+                    waits.push(
+                        send_upload(&client, &window, seq, youtuber, &stamps, &tally, &progress)
+                            .await?,
                     );
-                    waits.push(tokio::spawn(async move {
-                        let reply = client.wait(pending).await;
-                        drop(permit);
-                        match reply {
-                            Ok(_) => Stamps::set(&stamps.done[seq], tally.now()),
-                            Err(err) => tracing::warn!(%err, "an upload was not answered"),
-                        }
-                        progress.inc(1);
-                    }));
                 }
                 for wait in waits {
                     wait.await.map_err(wait_failed)?;
@@ -1654,6 +1616,44 @@ impl Simulation<'_> {
             duplicates: check.duplicates,
         })
     }
+}
+
+/// Sends upload `seq` once the window has room, stamping when it went, and
+/// waits for its reply in a task of its own, which stamps when it came and
+/// gives the room back.
+async fn send_upload(
+    client: &Arc<Client>,
+    window: &Arc<Semaphore>,
+    seq: usize,
+    youtuber: u32,
+    stamps: &Arc<Stamps>,
+    tally: &Arc<Tally>,
+    progress: &ProgressBar,
+) -> Result<tokio::task::JoinHandle<()>, SimError> {
+    let seq32 = seq as u32;
+    let permit = Arc::clone(window).acquire_owned().await;
+    Stamps::set(&stamps.sent[seq], tally.mark_sent(seq32));
+    let pending = client
+        .send(Request::Upload {
+            youtuber: youtuber_name(youtuber),
+            video: title(seq32),
+        })
+        .await?;
+    let (client, stamps, tally, progress) = (
+        Arc::clone(client),
+        Arc::clone(stamps),
+        Arc::clone(tally),
+        progress.clone(),
+    );
+    Ok(tokio::spawn(async move {
+        let reply = client.wait(pending).await;
+        drop(permit);
+        match reply {
+            Ok(_) => Stamps::set(&stamps.done[seq], tally.now()),
+            Err(err) => tracing::warn!(%err, "an upload was not answered"),
+        }
+        progress.inc(1);
+    }))
 }
 
 #[cfg(test)]
