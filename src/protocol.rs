@@ -77,6 +77,17 @@ pub enum Request {
     ListVideos { youtuber: String },
     /// A YouTuber asks for its subscribers and its videos' counts.
     Stats { youtuber: String },
+    /// A live session asks which YouTubers its user follows publish to a
+    /// stream (celebrities: `topology::celebrity_stream`), and what of theirs
+    /// the user has not been shown yet.
+    Celebrities { user: String },
+    /// A session says it has shown the user `youtuber`'s streamed uploads up
+    /// to number `seq`. Sent without waiting for a reply.
+    Seen {
+        user: String,
+        youtuber: String,
+        seq: u64,
+    },
 }
 
 /// What a user thinks of a video.
@@ -109,10 +120,10 @@ impl Request {
     /// Checks every name the request carries.
     pub fn validate(&self) -> Result<(), InvalidName> {
         match self {
-            Request::Login { user, .. } | Request::ListSubscriptions { user } => {
-                names::check_user(user)
-            }
-            Request::ChangeSubscription { user, youtuber, .. } => {
+            Request::Login { user, .. }
+            | Request::ListSubscriptions { user }
+            | Request::Celebrities { user } => names::check_user(user),
+            Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
                 names::check_user(user)?;
                 names::check_youtuber(youtuber)
             }
@@ -139,7 +150,10 @@ impl Request {
     pub fn is_query(&self) -> bool {
         matches!(
             self,
-            Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. }
+            Request::ListSubscriptions { .. }
+                | Request::ListVideos { .. }
+                | Request::Stats { .. }
+                | Request::Celebrities { .. }
         )
     }
 
@@ -159,7 +173,9 @@ impl Request {
             | Request::ChangeSubscription { user, .. }
             | Request::ListSubscriptions { user }
             | Request::React { user, .. }
-            | Request::Comment { user, .. } => user,
+            | Request::Comment { user, .. }
+            | Request::Celebrities { user }
+            | Request::Seen { user, .. } => user,
             Request::Upload { youtuber, .. }
             | Request::ListVideos { youtuber }
             | Request::Stats { youtuber } => youtuber,
@@ -177,12 +193,14 @@ impl Request {
             Request::Comment { .. } => "comment",
             Request::ListVideos { .. } => "videos",
             Request::Stats { .. } => "stats",
+            Request::Celebrities { .. } => "celebrities",
+            Request::Seen { .. } => "seen",
         }
     }
 }
 
 /// The type tags of [`Request`], as on the wire.
-const REQUEST_TYPES: [&str; 8] = [
+const REQUEST_TYPES: [&str; 10] = [
     "login",
     "subscription",
     "subscriptions",
@@ -191,6 +209,8 @@ const REQUEST_TYPES: [&str; 8] = [
     "comment",
     "videos",
     "stats",
+    "celebrities",
+    "seen",
 ];
 
 /// A request with the id that makes it idempotent: the server applies each id once.
@@ -232,7 +252,30 @@ pub enum Reply {
     },
     /// The request was refused and changed nothing.
     Refused { reason: String },
+    /// The celebrities a user follows: for each, the uploads the user has
+    /// not been shown (the latest [`MAX_MISSED_LISTED`] at most), and the
+    /// number of its latest upload. A session reads each one's stream from
+    /// `read_from_ms` on, and takes from it the uploads numbered after that.
+    Celebrities {
+        read_from_ms: i64,
+        celebrities: Vec<Celebrity>,
+    },
 }
+
+/// A celebrity a user follows, in [`Reply::Celebrities`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Celebrity {
+    pub youtuber: String,
+    /// The number of its latest upload (0: none yet).
+    pub latest: u64,
+    /// Its uploads numbered up to `latest` that the user has not been shown,
+    /// oldest first, each with its `seq`.
+    pub missed: Vec<Notification>,
+}
+
+/// The most uploads of one celebrity that a [`Reply::Celebrities`] brings:
+/// the latest. Like a full inbox, a user away for longer is shown those.
+pub const MAX_MISSED_LISTED: usize = 100;
 
 impl Reply {
     /// The reply with its texts escaped and cut to fit [`Reply::validate`]:
@@ -246,7 +289,9 @@ impl Reply {
             Reply::Refused { reason } => Reply::Refused {
                 reason: fit_reply_text(&reason),
             },
-            listing @ (Reply::Subscriptions { .. } | Reply::Videos { .. }) => listing,
+            listing @ (Reply::Subscriptions { .. }
+            | Reply::Videos { .. }
+            | Reply::Celebrities { .. }) => listing,
         }
     }
 
@@ -282,6 +327,28 @@ impl Reply {
                     })
                 })
             }
+            Reply::Celebrities { celebrities, .. } => {
+                celebrities.iter().enumerate().try_for_each(|(index, celebrity)| {
+                    let invalid = |field: String, invalid: InvalidName| InvalidReply {
+                        field,
+                        problem: format!("holds an {invalid}"),
+                    };
+                    names::check_youtuber(&celebrity.youtuber)
+                        .map_err(|e| invalid(format!("celebrities[{index}].youtuber"), e))?;
+                    celebrity.missed.iter().enumerate().try_for_each(|(at, missed)| {
+                        missed.validate().map_err(|e| {
+                            invalid(format!("celebrities[{index}].missed[{at}]"), e)
+                        })?;
+                        if missed.youtuber() != celebrity.youtuber || missed.seq().is_none() {
+                            return Err(InvalidReply {
+                                field: format!("celebrities[{index}].missed[{at}]"),
+                                problem: "is not a numbered upload of that YouTuber".to_owned(),
+                            });
+                        }
+                        Ok(())
+                    })
+                })
+            }
         }
     }
 
@@ -292,6 +359,7 @@ impl Reply {
             Reply::Subscriptions { .. } => "subscriptions",
             Reply::Videos { .. } => "videos",
             Reply::Refused { .. } => "refused",
+            Reply::Celebrities { .. } => "celebrities",
         }
     }
 }
@@ -366,10 +434,29 @@ pub enum Notification {
         video: String,
         /// Upload time, in milliseconds since the Unix epoch.
         uploaded_at_ms: i64,
+        /// The upload's number among its YouTuber's uploads (1, 2, …):
+        /// how a reader of a celebrity's stream keeps its place. Absent
+        /// from uploads stored by older servers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
 }
 
 impl Notification {
+    /// The YouTuber who uploaded.
+    pub fn youtuber(&self) -> &str {
+        match self {
+            Notification::VideoUploaded { youtuber, .. } => youtuber,
+        }
+    }
+
+    /// The upload's number among its YouTuber's uploads, if known.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Notification::VideoUploaded { seq, .. } => *seq,
+        }
+    }
+
     /// The id clients de-duplicate by.
     pub fn id(&self) -> Uuid {
         match self {
@@ -630,7 +717,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
 /// a client prints what it gets, and the server writes only replies that
 /// pass (see [`fit_reply_text`]).
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
-    let reply: Reply = decode(bytes, &["done", "subscriptions", "videos", "refused"])?;
+    let reply: Reply = decode(bytes, &["done", "subscriptions", "videos", "refused", "celebrities"])?;
     match reply.validate() {
         Ok(()) => Ok(reply),
         Err(invalid) => Err(DecodeError::Malformed {
@@ -736,6 +823,7 @@ mod tests {
             youtuber: "bob".into(),
             video: "Hello".into(),
             uploaded_at_ms: 1_700_000_000_000,
+            seq: None,
         };
         assert_eq!(
             decode_notification(&encode(&notification)),
@@ -815,6 +903,7 @@ mod tests {
             youtuber: youtuber.into(),
             video: video.into(),
             uploaded_at_ms: 0,
+            seq: None,
         }
     }
 

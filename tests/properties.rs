@@ -25,6 +25,7 @@ use ytnotify::names::{
     escape_for_terminal,
 };
 use ytnotify::protocol::{
+    Celebrity,
     self, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reaction, Reply,
     Request, RequestEnvelope, VideoStats, decode_notification, decode_reply, decode_request,
     encode,
@@ -427,6 +428,12 @@ fn any_request() -> impl Strategy<Value = Request> {
         }),
         any_text().prop_map(|youtuber| Request::ListVideos { youtuber }),
         any_text().prop_map(|youtuber| Request::Stats { youtuber }),
+        any_text().prop_map(|user| Request::Celebrities { user }),
+        (any_text(), any_text(), any::<u64>()).prop_map(|(user, youtuber, seq)| Request::Seen {
+            user,
+            youtuber,
+            seq
+        }),
     ]
 }
 
@@ -443,7 +450,32 @@ fn valid_reply() -> impl Strategy<Value = Reply> {
         reply_text().prop_map(|reason| Reply::Refused { reason }),
         (valid_name(), prop::collection::vec(valid_video(), 0..5))
             .prop_map(|(youtuber, titles)| videos_reply(youtuber, titles)),
+        (valid_name(), prop::collection::vec(valid_video(), 0..5))
+            .prop_map(|(youtuber, titles)| celebrities_reply(youtuber, titles)),
     ]
+}
+
+/// A celebrity followed, with these uploads missed.
+fn celebrities_reply(youtuber: String, titles: Vec<String>) -> Reply {
+    let missed = titles
+        .into_iter()
+        .enumerate()
+        .map(|(n, video)| Notification::VideoUploaded {
+            id: Uuid::from_u128(n as u128),
+            youtuber: youtuber.clone(),
+            video,
+            uploaded_at_ms: n as i64,
+            seq: Some(n as u64 + 1),
+        })
+        .collect::<Vec<_>>();
+    Reply::Celebrities {
+        read_from_ms: 0,
+        celebrities: vec![Celebrity {
+            latest: missed.len() as u64,
+            youtuber,
+            missed,
+        }],
+    }
 }
 
 /// A listing of a YouTuber's videos with these titles.
@@ -498,6 +530,18 @@ fn reference_reply_ok(reply: &Reply) -> bool {
             reference_name_ok(youtuber)
                 && videos.iter().all(|video| reference_video_ok(&video.title))
         }
+        Reply::Celebrities { celebrities, .. } => celebrities.iter().all(|celebrity| {
+            reference_name_ok(&celebrity.youtuber)
+                && celebrity.missed.iter().all(|missed| {
+                    let Notification::VideoUploaded {
+                        youtuber,
+                        video,
+                        seq,
+                        ..
+                    } = missed;
+                    *youtuber == celebrity.youtuber && reference_video_ok(video) && seq.is_some()
+                })
+        }),
     }
 }
 
@@ -509,6 +553,7 @@ fn valid_notification() -> impl Strategy<Value = Notification> {
             youtuber,
             video,
             uploaded_at_ms,
+            seq: None,
         },
     )
 }
@@ -530,6 +575,7 @@ fn any_notification() -> impl Strategy<Value = Notification> {
                 youtuber,
                 video,
                 uploaded_at_ms,
+                seq: None,
             },
         )
 }
@@ -969,10 +1015,10 @@ fn check_name_error(
 /// order user, YouTuber, video.
 fn expected_validation(request: &Request) -> Result<(), InvalidName> {
     match request {
-        Request::Login { user, .. } | Request::ListSubscriptions { user } => {
-            names::check_user(user)
-        }
-        Request::ChangeSubscription { user, youtuber, .. } => {
+        Request::Login { user, .. }
+        | Request::ListSubscriptions { user }
+        | Request::Celebrities { user } => names::check_user(user),
+        Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
             names::check_user(user).and_then(|()| names::check_youtuber(youtuber))
         }
         Request::Upload { youtuber, video } => {
@@ -992,10 +1038,10 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
 
 fn reference_request_ok(request: &Request) -> bool {
     match request {
-        Request::Login { user, .. } | Request::ListSubscriptions { user } => {
-            reference_name_ok(user)
-        }
-        Request::ChangeSubscription { user, youtuber, .. } => {
+        Request::Login { user, .. }
+        | Request::ListSubscriptions { user }
+        | Request::Celebrities { user } => reference_name_ok(user),
+        Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
             reference_name_ok(user) && reference_name_ok(youtuber)
         }
         Request::Upload { youtuber, video } => {
@@ -1259,7 +1305,7 @@ proptest! {
         at in any::<prop::sample::Index>(),
         bad in prop_oneof![Just('\u{1b}'), bidi_control()],
     ) {
-        let Notification::VideoUploaded { id, youtuber, video, uploaded_at_ms } = notification;
+        let Notification::VideoUploaded { id, youtuber, video, uploaded_at_ms, .. } = notification;
         let mut chars: Vec<char> = video.chars().collect();
         let at = at.index(chars.len() + 1);
         chars.insert(at, bad);
@@ -1268,6 +1314,7 @@ proptest! {
             youtuber,
             video: chars.iter().collect(),
             uploaded_at_ms,
+            seq: None,
         };
         let error = forged.validate().expect_err("a forged title");
         prop_assert_eq!(error.kind, NameKind::Video);
@@ -1399,6 +1446,7 @@ proptest! {
                 Reply::Subscriptions { .. } => "subscriptions",
                 Reply::Videos { .. } => "videos",
                 Reply::Refused { .. } => "refused",
+                Reply::Celebrities { .. } => "celebrities",
             }),
             (encode(&notification), "video_uploaded"),
         ] {
@@ -1585,6 +1633,7 @@ fn forge(title: &str) -> (Notification, Vec<u8>) {
         youtuber: "bob".into(),
         video: title.into(),
         uploaded_at_ms: 1_700_000_000_000,
+        seq: None,
     };
     let reply = encode(&Reply::Refused {
         reason: title.into(),

@@ -114,7 +114,9 @@ impl Account {
             | Request::ListSubscriptions { user }
             | Request::ChangeSubscription { user, .. }
             | Request::React { user, .. }
-            | Request::Comment { user, .. } => Some(Account::user(user)),
+            | Request::Comment { user, .. }
+            | Request::Celebrities { user }
+            | Request::Seen { user, .. } => Some(Account::user(user)),
             Request::Upload { youtuber, .. } | Request::Stats { youtuber } => {
                 Some(Account::youtuber(youtuber))
             }
@@ -152,10 +154,13 @@ impl Account {
                     escape(topology::USER_REQUESTS_EXCHANGE),
                     escape(topology::INTERACTIONS_EXCHANGE)
                 ),
+                // Every celebrity's stream: what a celebrity uploads is
+                // for all to read.
                 read: format!(
-                    "^({replies}|{}|{})$",
+                    "^({replies}|{}|{}|{}.+)$",
                     escape(&topology::inbox(&self.name)),
-                    escape(&topology::history(&self.name))
+                    escape(&topology::history(&self.name)),
+                    escape(topology::celebrity_stream_prefix())
                 ),
             },
             Role::Youtuber => Permissions {

@@ -300,7 +300,7 @@ async fn watch(
         writeln!(stdout, "{notification}")?;
         stdout.flush()
     };
-    notifications::receive_notifications(client.link(), name, show, shutdown).await?;
+    notifications::receive_notifications(&client, name, show, shutdown).await?;
     Ok(())
 }
 

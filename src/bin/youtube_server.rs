@@ -36,6 +36,11 @@ struct Cli {
     /// keep the bound they were created with
     #[arg(long, env = "YT_INBOX_BOUND", value_name = "N", default_value_t = ytnotify::store::DEFAULT_INBOX_BOUND)]
     inbox_bound: u32,
+    /// Subscribers that make a YouTuber a celebrity: from its first upload with that many, its
+    /// uploads are appended once to its stream, which subscribers' sessions read, instead of
+    /// copied into every inbox (0: never)
+    #[arg(long, env = "YT_CELEBRITIES_FROM", value_name = "N", default_value_t = 0)]
+    celebrities_from: u64,
     /// The type of the vhost's queues: classic (one node holds each), or quorum (replicated
     /// over a RabbitMQ cluster's nodes). Chosen once per vhost; `migrate-queues` changes it
     /// [default: the type the vhost's queues have, classic on a new vhost]
@@ -161,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = cli::shutdown_signal();
     let mut config = ServerConfig::new(broker.clone(), database);
     config.inbox_bound = (cli.inbox_bound > 0).then_some(cli.inbox_bound);
+    config.celebrities_from = (cli.celebrities_from > 0).then_some(cli.celebrities_from);
     config.secure = cli.secure;
     config.queue_type = cli.queue_type;
     if !cli.tui {

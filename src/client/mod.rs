@@ -11,6 +11,7 @@
 //! - [`youtuber`]: upload a video, and see its subscribers and counts.
 //! - [`creator`]: a YouTuber's feed of likes, comments and subscribers.
 
+mod celebrities;
 pub mod creator;
 pub mod history;
 pub mod inbox;
@@ -20,5 +21,5 @@ mod request;
 pub mod user;
 pub mod youtuber;
 
-pub use request::{Client, ClientConfig, DEFAULT_TIMEOUT, PendingReply};
+pub use request::{Client, ClientConfig, DEFAULT_TIMEOUT, PendingReply, Requests};
 use request::{Sender, publish_request};

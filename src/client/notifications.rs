@@ -22,9 +22,11 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use uuid::Uuid;
 
 use super::{
+    celebrities::{Celebrities, Shown},
     history::{Cursor, Entry, History},
     inbox::{self, Inbox},
     recent::Recent,
+    request::Requests,
 };
 use crate::{
     broker,
@@ -58,6 +60,10 @@ pub struct Notifications {
     /// notification with its position, each until a deadline.
     held: VecDeque<(Instant, Notification)>,
     inbox: Source<inbox::Received>,
+    /// The uploads of the celebrities the user follows, which reach no inbox.
+    celebrities: Source<Notification>,
+    /// What tells the server which of those were shown.
+    telling: JoinHandle<()>,
     ledger: Acks,
     opened_at_ms: i64,
     /// Every notification uploaded from then on comes from the history: a
@@ -117,6 +123,8 @@ struct Ledger {
     shown: Recent,
     /// Copies from the inbox not yet acknowledged, by notification.
     unacked: HashMap<Uuid, Vec<Acker>>,
+    /// What remembers, on the server, the celebrities' uploads shown.
+    celebrities: Option<Shown>,
 }
 
 impl Ledger {
@@ -124,6 +132,9 @@ impl Ledger {
     /// acknowledge now.
     fn show(&mut self, id: Uuid) -> Vec<Acker> {
         self.shown.insert(id);
+        if let Some(celebrities) = &self.celebrities {
+            celebrities.shown(id);
+        }
         self.unacked.remove(&id).unwrap_or_default()
     }
 }
@@ -185,11 +196,20 @@ struct Source<T> {
 
 impl Notifications {
     /// Opens a session for `user` after `from` (a position this session's
-    /// user was given before), or from now.
-    pub async fn open(link: &Link, user: &str, from: Option<Cursor>) -> Result<Notifications> {
+    /// user was given before), or from now. `requests` asks the server
+    /// which celebrities the user follows, and tells it which of their
+    /// uploads were shown.
+    pub async fn open(
+        link: &Link,
+        requests: &Requests,
+        user: &str,
+        from: Option<Cursor>,
+    ) -> Result<Notifications> {
         names::check_user(user)?;
         let opened_at_ms = now_ms();
         let ledger = Acks::default();
+        let (shown, telling) = Shown::start(requests.clone(), user);
+        ledger.ledger().celebrities = Some(shown);
         let position = from.unwrap_or(Cursor::Time { ms: opened_at_ms });
         // The history first: whatever the server stores after it is
         // attached is read from it; what came before waits in the inbox.
@@ -223,10 +243,18 @@ impl Notifications {
         };
         let inbox = Inbox::open(link, user).await?;
         let inbox = Source::spawn(inbox, next_in_inbox, close_inbox);
+        let following = Following::Asking {
+            link: link.clone(),
+            requests: requests.clone(),
+            user: user.to_owned(),
+        };
+        let celebrities = Source::spawn(following, next_of_celebrity, close_celebrities);
         Ok(Notifications {
             history,
             held: VecDeque::new(),
             inbox,
+            celebrities,
+            telling,
             ledger,
             opened_at_ms,
             live_from_ms,
@@ -306,6 +334,12 @@ impl Notifications {
                         return Ok(update);
                     }
                 }
+                upload = self.celebrities.entries.recv() => {
+                    let upload = upload.unwrap_or_else(|| Err(closed()))?;
+                    if let Some(update) = self.take_from_celebrity(upload) {
+                        return Ok(update);
+                    }
+                }
             }
         }
     }
@@ -376,6 +410,17 @@ impl Notifications {
             .then(|| Update::Notification(self.received(notification, None))))
     }
 
+    /// A celebrity's upload, which comes from its stream alone.
+    fn take_from_celebrity(&mut self, notification: Notification) -> Option<Update> {
+        if !self.hand_out(notification.id()) {
+            return None;
+        }
+        if let Some(celebrities) = &self.ledger.ledger().celebrities {
+            celebrities.handed_out(&notification);
+        }
+        Some(Update::Notification(self.received(notification, None)))
+    }
+
     /// The oldest copy held for the history, past its deadline: handed out
     /// without a position, unless the history brought it meanwhile.
     fn release_held(&mut self) -> Option<Update> {
@@ -433,7 +478,11 @@ impl Notifications {
                 history.close().await;
             }
         };
-        tokio::join!(history, self.inbox.close());
+        tokio::join!(history, self.inbox.close(), self.celebrities.close());
+        let shown = self.ledger.ledger().celebrities.take();
+        if let Some(shown) = shown {
+            shown.close(self.telling).await;
+        }
     }
 }
 
@@ -457,6 +506,71 @@ fn next_in_inbox(inbox: &mut Inbox) -> Boxed<'_, Result<inbox::Received>> {
 
 fn close_inbox(inbox: Inbox) -> Boxed<'static, ()> {
     Box::pin(inbox.close())
+}
+
+/// The celebrities of a session: asked of the server in the source's own
+/// task, so that a session opens, and shows what its inbox and history hold,
+/// while no server answers.
+enum Following {
+    Asking {
+        link: Link,
+        requests: Requests,
+        user: String,
+    },
+    Reading(Celebrities),
+    /// The server refused to say, or is too old to: no celebrity's uploads
+    /// in this session (none is said shown, so the next session has them).
+    Without,
+}
+
+/// How long a session waits before asking again a server that did not
+/// answer which celebrities its user follows, at most.
+const ASK_AGAIN_AT_MOST: Duration = Duration::from_secs(60);
+
+impl Following {
+    async fn next(&mut self) -> Result<Notification> {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self {
+                Following::Reading(celebrities) => return celebrities.next().await,
+                Following::Without => return std::future::pending().await,
+                Following::Asking {
+                    link,
+                    requests,
+                    user,
+                } => match Celebrities::open(link, requests.clone(), user).await {
+                    Ok(celebrities) => *self = Following::Reading(celebrities),
+                    Err(Error::ServerTimeout { .. }) => {
+                        tracing::debug!("no answer yet about {user}'s celebrities; asking again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(ASK_AGAIN_AT_MOST);
+                    }
+                    Err(err @ (Error::Refused(_) | Error::UnexpectedReply(_))) => {
+                        tracing::warn!(
+                            "the server did not say which celebrities {user} follows ({err}); \
+                             their uploads are shown at a later session"
+                        );
+                        *self = Following::Without;
+                    }
+                    Err(err) => return Err(err),
+                },
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Following::Reading(celebrities) = self {
+            celebrities.close().await;
+        }
+    }
+}
+
+fn next_of_celebrity(following: &mut Following) -> Boxed<'_, Result<Notification>> {
+    Box::pin(following.next())
+}
+
+fn close_celebrities(following: Following) -> Boxed<'static, ()> {
+    Box::pin(following.close())
 }
 
 impl<T: Send + 'static> Source<T> {
@@ -500,7 +614,7 @@ impl<T: Send + 'static> Source<T> {
 /// the user was away first, then live ones — until `shutdown` resolves.
 /// Each is acknowledged only after `show` returns `Ok`.
 pub async fn receive_notifications<F>(
-    link: &Link,
+    client: &super::Client,
     user: &str,
     mut show: F,
     shutdown: impl Future<Output = ()>,
@@ -508,7 +622,8 @@ pub async fn receive_notifications<F>(
 where
     F: FnMut(&Notification) -> std::io::Result<()>,
 {
-    let mut notifications = Notifications::open(link, user, None).await?;
+    let mut notifications =
+        Notifications::open(client.link(), &client.requests(), user, None).await?;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let received = tokio::select! {

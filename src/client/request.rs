@@ -113,11 +113,19 @@ impl Waiters {
 /// its replies.
 pub struct Client {
     link: Link,
+    requests: Requests,
+    replies: tokio::task::JoinHandle<()>,
+}
+
+/// What sends a client's requests and waits for their replies, from any
+/// task: cheap to clone, usable for as long as its [`Client`] lives.
+#[derive(Clone)]
+pub struct Requests {
     publisher: Arc<SessionChannel>,
-    reply_queue: String,
+    login: Arc<str>,
+    reply_queue: Arc<str>,
     waiters: Arc<Mutex<Waiters>>,
     timeout: Duration,
-    replies: tokio::task::JoinHandle<()>,
 }
 
 /// A request that the broker has confirmed and whose reply has not come yet.
@@ -216,13 +224,21 @@ impl Client {
             }
         });
         Ok(Client {
+            requests: Requests {
+                publisher,
+                login: login.into(),
+                reply_queue: reply_queue.into(),
+                waiters,
+                timeout: config.timeout,
+            },
             link,
-            publisher,
-            reply_queue,
-            waiters,
-            timeout: config.timeout,
             replies,
         })
+    }
+
+    /// What sends this client's requests, for another task.
+    pub fn requests(&self) -> Requests {
+        self.requests.clone()
     }
 
     /// The supervised connection, for opening more consumers (an inbox, say).
@@ -235,6 +251,32 @@ impl Client {
         self.link.state()
     }
 
+    /// Sends a request and returns once the broker has confirmed it (see
+    /// [`Requests::send`]).
+    pub async fn send(&self, request: Request) -> Result<PendingReply> {
+        self.requests.send(request).await
+    }
+
+    /// Waits for the reply to a request sent with [`Client::send`] (see
+    /// [`Requests::wait`]).
+    pub async fn wait(&self, pending: PendingReply) -> Result<Reply> {
+        self.requests.wait(pending).await
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn call(&self, request: Request) -> Result<Reply> {
+        self.requests.call(request).await
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(self) -> Result<()> {
+        self.replies.abort();
+        self.link.close().await;
+        Ok(())
+    }
+}
+
+impl Requests {
     /// Sends a request and returns once the broker has confirmed it: from
     /// then on it is durable in the server's queue, whether or not a server
     /// runs. A connection lost before the confirm is ridden out and the
@@ -298,9 +340,23 @@ impl Client {
 
     fn sender(&self) -> Sender<'_> {
         Sender {
-            login: self.link.login(),
+            login: &self.login,
             reply_queue: Some(&self.reply_queue),
         }
+    }
+
+    /// Sends a request that wants no reply, and returns once the broker has
+    /// confirmed it.
+    pub async fn tell(&self, request: Request) -> Result<()> {
+        request.validate()?;
+        let queue = RequestQueue::of(&request);
+        let envelope = RequestEnvelope::new(request);
+        let sender = Sender {
+            login: &self.login,
+            reply_queue: None,
+        };
+        let id = envelope.id.to_string();
+        publish_surely(&self.publisher, queue, sender, &id, &protocol::encode(&envelope)).await
     }
 
     /// How many servers consume a request queue now.
@@ -310,12 +366,6 @@ impl Client {
         Ok(consumers)
     }
 
-    /// Closes the connection cleanly.
-    pub async fn close(self) -> Result<()> {
-        self.replies.abort();
-        self.link.close().await;
-        Ok(())
-    }
 }
 
 impl Drop for Client {

@@ -127,6 +127,7 @@ impl Bindings {
                     inbox,
                     subscriptions,
                     history,
+                    streamed,
                 } => {
                     let lane = work.entry(lane_of(&inbox.user)).or_default();
                     lane.inboxes.push(inbox.clone());
@@ -135,6 +136,10 @@ impl Bindings {
                     }
                     for youtuber in subscriptions {
                         pairs.insert((&inbox.user, youtuber), true);
+                    }
+                    // Bound before the YouTuber became a celebrity.
+                    for youtuber in streamed {
+                        pairs.insert((&inbox.user, youtuber), false);
                     }
                 }
                 Effect::Binding {

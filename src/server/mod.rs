@@ -103,6 +103,10 @@ pub struct ServerConfig {
     /// is dropped past it, and the user told at the next login); `None`
     /// for no bound. Inboxes keep the bound they were declared with.
     pub inbox_bound: Option<u32>,
+    /// How many subscribers make a YouTuber a celebrity, whose uploads are
+    /// appended once to its stream instead of copied into every inbox
+    /// (`--celebrities-from`); `None`: never.
+    pub celebrities_from: Option<u64>,
     /// Secure mode: apply a request only if it comes from the account of the
     /// user or YouTuber it names (see [`crate::accounts`]). Otherwise any
     /// client can act as any user.
@@ -127,6 +131,7 @@ impl ServerConfig {
             prefetch: MAX_BATCH as u16,
             print_events: true,
             inbox_bound: Some(store::DEFAULT_INBOX_BOUND),
+            celebrities_from: None,
             secure: false,
             queue_type: None,
         }
@@ -267,7 +272,8 @@ impl YoutubeServer {
     pub async fn start(config: ServerConfig) -> Result<YoutubeServer> {
         let store = Store::connect(&config.database)
             .await?
-            .with_inbox_bound(config.inbox_bound);
+            .with_inbox_bound(config.inbox_bound)
+            .with_celebrities_from(config.celebrities_from);
         let link =
             Link::connect_server(&config.broker, "youtube_server", config.queue_type).await?;
         // The first line of the log, once there is something to run: a
@@ -276,6 +282,7 @@ impl YoutubeServer {
             broker = %config.broker.redacted(),
             database = %store.database().shown(),
             inbox_bound = %config.inbox_bound.map_or("none".to_owned(), |bound| bound.to_string()),
+            celebrities_from = %config.celebrities_from.map_or("never".to_owned(), |from| from.to_string()),
             queues = %link.queue_type(),
             "youtube_server starting in {} mode",
             config.mode(),

@@ -21,7 +21,7 @@ use super::{
     Event, MAX_RETRY_DELAY, YoutubeServer,
     bindings::{self, Failure, creator_key},
     creators, next_batch,
-    upkeep::publish_notification,
+    upkeep::{declare_celebrity_streams, publish_notification},
 };
 use crate::{
     accounts, broker,
@@ -195,6 +195,11 @@ impl YoutubeServer {
             .filter(|note| lock(unrecorded).insert(note.event.id()))
             .collect();
         let mut notifications = Vec::new();
+        let videos = outcomes.iter().filter_map(|outcome| match &outcome.effect {
+            Effect::Notify(video) => Some(video),
+            _ => None,
+        });
+        declare_celebrity_streams(&self.link, videos).await?;
         for (index, outcome) in outcomes.iter().enumerate() {
             if let Effect::Notify(video) = &outcome.effect
                 && !video.notified
@@ -786,7 +791,11 @@ fn event_of(request: &Request, outcome: &Decision) -> Option<Event> {
                 CreatorEvent::Subscribed { .. } | CreatorEvent::Unsubscribed { .. } => return None,
             }
         }
-        Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. } => {
+        Request::ListSubscriptions { .. }
+        | Request::ListVideos { .. }
+        | Request::Stats { .. }
+        | Request::Celebrities { .. }
+        | Request::Seen { .. } => {
             return None;
         }
     })

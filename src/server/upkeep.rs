@@ -11,7 +11,7 @@ use super::{MAX_BATCH, MAX_RETRY_DELAY, YoutubeServer, next_batch, server_feed};
 use crate::{
     broker,
     error::Result,
-    protocol::{self, Notification},
+    protocol,
     store::{self, Video},
     topology,
 };
@@ -130,6 +130,7 @@ impl YoutubeServer {
     /// subscriber's inbox. Returns once the broker has confirmed it, and
     /// records that in the database.
     pub async fn notify_users(&self, video: &Video) -> Result<()> {
+        declare_celebrity_streams(&self.link, [video]).await?;
         let (_, channel) = self.publisher.get().await?;
         publish_notification(&channel, video)
             .await?
@@ -216,29 +217,68 @@ const PRUNE_FIRST: Duration = Duration::from_secs(600);
 /// How often old request ids are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Publishes the notification of an upload, without waiting for the confirm.
+/// Publishes the notification of an upload, without waiting for the confirm:
+/// to the notifications exchange, or appended to the YouTuber's stream if it
+/// is a celebrity's (declared before: see [`declare_celebrity_streams`]),
+/// through the default exchange, `mandatory` so that a stream deleted
+/// meanwhile fails the publish instead of dropping it.
 pub(super) async fn publish_notification(
     channel: &Channel,
     video: &Video,
 ) -> Result<broker::Unconfirmed> {
-    let notification = Notification::VideoUploaded {
-        id: video.id,
-        youtuber: video.youtuber.clone(),
-        video: video.title.clone(),
-        uploaded_at_ms: video.uploaded_at_ms,
-    };
+    let notification = video.notification();
     let properties = broker::persistent_json()
         .with_message_id(ShortString::from(video.id.to_string()))
         .with_timestamp((video.uploaded_at_ms / 1000) as u64);
+    let (exchange, key, mandatory) = if video.streamed {
+        ("", topology::celebrity_stream(&video.youtuber), true)
+    } else {
+        (topology::NOTIFICATIONS, video.youtuber.clone(), false)
+    };
     broker::publish(
         channel,
-        topology::NOTIFICATIONS,
-        &video.youtuber,
-        false,
+        exchange,
+        &key,
+        mandatory,
         &protocol::encode(&notification),
         properties,
     )
     .await
+}
+
+/// Declares the stream of each celebrity among `videos`' YouTubers, on a
+/// channel of its own (a refusal closes it). One that cannot be declared
+/// (a client declared a queue of that name with other settings) is said
+/// once; its upload's publish then fails, and the upload stays in the
+/// outbox until the queue is fixed.
+pub(super) async fn declare_celebrity_streams<'a>(
+    link: &crate::link::Link,
+    videos: impl IntoIterator<Item = &'a Video>,
+) -> Result<()> {
+    let youtubers: std::collections::BTreeSet<&str> = videos
+        .into_iter()
+        .filter(|video| video.streamed && !video.notified)
+        .map(|video| video.youtuber.as_str())
+        .collect();
+    if youtubers.is_empty() {
+        return Ok(());
+    }
+    let session = link.session().await?;
+    let mut channel = session.connection().create_channel().await?;
+    for youtuber in youtubers {
+        if let Err(err) = topology::declare_celebrity_stream(&channel, youtuber).await {
+            tracing::warn!(
+                "cannot declare {}: {}; {youtuber}'s uploads wait until that queue is deleted \
+                 (rabbitmqctl delete_queue {})",
+                topology::celebrity_stream(youtuber),
+                broker::amqp_reason(&err),
+                topology::celebrity_stream(youtuber)
+            );
+            channel = session.connection().create_channel().await?;
+        }
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// Whether a dead-lettered notification left its inbox because the inbox was

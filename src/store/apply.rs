@@ -4,11 +4,20 @@
 use uuid::Uuid;
 
 use super::{
-    Applied, Decision, Effect, InboxSpec, Video,
+    Applied, Decision, Effect, InboxSpec, Rules, Video,
     db::{DbError, Fault, Row, Tx, args},
     interactions::{self, unsent_note},
 };
-use crate::protocol::{Reply, Request};
+use crate::protocol::{self, Celebrity, Reply, Request};
+
+/// The columns [`video_from_row`] reads, in its order.
+pub(super) const VIDEO_COLUMNS: &str = "id, youtuber, title, uploaded_at_ms, notified, seq, streamed";
+
+/// How far back a session reads a celebrity's stream, before the time the
+/// server looked at what the user was shown: whatever the server numbered
+/// after that look was appended later, by a clock that may be this much
+/// behind the server's. What it reads twice it recognises by number.
+pub(super) const STREAM_READ_MARGIN_MS: i64 = 60_000;
 
 /// Applies one request in its own savepoint of the batch's transaction, and
 /// refuses it if it fails on its own.
@@ -17,11 +26,11 @@ pub(super) async fn apply_isolated(
     request_id: Uuid,
     request: Request,
     now: i64,
-    inbox_bound: Option<u32>,
+    rules: Rules,
 ) -> Result<Decision, DbError> {
     let is_query = request.is_query();
     tx.batch("SAVEPOINT request").await?;
-    let err = match apply_one(tx, request_id, request.clone(), now, inbox_bound).await {
+    let err = match apply_one(tx, request_id, request.clone(), now, rules).await {
         Ok(outcome) => {
             tx.batch("RELEASE SAVEPOINT request").await?;
             return Ok(outcome);
@@ -35,7 +44,7 @@ pub(super) async fn apply_isolated(
         // Another server stored this request while this one applied it, and
         // committed first: now that it is visible, it is replayed.
         Fault::Duplicate if recorded(tx, request_id).await?.is_some() => {
-            let replayed = apply_one(tx, request_id, request, now, inbox_bound).await?;
+            let replayed = apply_one(tx, request_id, request, now, rules).await?;
             tx.batch("RELEASE SAVEPOINT request").await?;
             return Ok(replayed);
         }
@@ -74,10 +83,21 @@ async fn apply_one(
     request_id: Uuid,
     request: Request,
     now: i64,
-    inbox_bound: Option<u32>,
+    rules: Rules,
 ) -> Result<Decision, DbError> {
-    // A query changes nothing and is not recorded.
+    let inbox_bound = rules.inbox_bound;
+    // A query changes nothing and is not recorded; nor is a `seen`, which
+    // only ever moves a number forward, so that a copy is harmless.
     let answer = match &request {
+        Request::Celebrities { user } => Some(celebrities_of(tx, user, now).await?),
+        Request::Seen {
+            user,
+            youtuber,
+            seq,
+        } => {
+            seen(tx, user, youtuber, *seq).await?;
+            Some(Reply::Done { notice: None })
+        }
         Request::ListSubscriptions { user } => Some(Reply::Subscriptions {
             youtubers: subscriptions_of(tx, user).await?,
         }),
@@ -101,17 +121,14 @@ async fn apply_one(
         let effect = match request {
             // No user: the first attempt was refused, and left nothing to repair.
             Request::Login { user, history } => match inbox_of(tx, &user).await? {
-                Some(inbox) => Effect::Inbox {
-                    subscriptions: subscriptions_of(tx, &user).await?,
-                    inbox,
-                    history,
-                },
+                Some(inbox) => login_effect(tx, inbox, history).await?,
                 None => Effect::None,
             },
             Request::ChangeSubscription { user, youtuber, .. } => {
                 match inbox_of(tx, &user).await? {
                     Some(inbox) => Effect::Binding {
-                        subscribed: is_subscribed(tx, &user, &youtuber).await?,
+                        subscribed: is_subscribed(tx, &user, &youtuber).await?
+                            && !is_celebrity(tx, &youtuber).await?,
                         user,
                         youtuber,
                         // The first attempt may have stopped before declaring the inbox.
@@ -128,7 +145,9 @@ async fn apply_one(
             | Request::Comment { .. }
             | Request::ListSubscriptions { .. }
             | Request::ListVideos { .. }
-            | Request::Stats { .. } => Effect::None,
+            | Request::Stats { .. }
+            | Request::Celebrities { .. }
+            | Request::Seen { .. } => Effect::None,
         };
         return Ok(Decision {
             reply: Applied::Replayed(reply),
@@ -146,11 +165,7 @@ async fn apply_one(
                 tx.execute("UPDATE users SET dropped = 0 WHERE name = ?1", args![&user])
                     .await?;
             }
-            let effect = Effect::Inbox {
-                subscriptions: subscriptions_of(tx, &user).await?,
-                inbox,
-                history,
-            };
+            let effect = login_effect(tx, inbox, history).await?;
             (Reply::Done { notice }, effect, None)
         }
         Request::ChangeSubscription {
@@ -174,8 +189,8 @@ async fn apply_one(
             }
             let effect = Effect::Binding {
                 // Whether refused or not, the user now follows exactly when
-                // the request asked to.
-                subscribed: subscribe,
+                // the request asked to; a celebrity through its stream.
+                subscribed: subscribe && !is_celebrity(tx, &youtuber).await?,
                 user,
                 youtuber,
                 declare,
@@ -183,7 +198,7 @@ async fn apply_one(
             (reply, effect, None)
         }
         Request::Upload { youtuber, video } => {
-            let video = upload_in(tx, youtuber, video, now).await?;
+            let video = upload_in(tx, youtuber, video, now, rules.celebrities_from).await?;
             let id = video.id;
             (
                 Reply::Done { notice: None },
@@ -207,7 +222,11 @@ async fn apply_one(
             tell = note;
             (reply, Effect::None, None)
         }
-        Request::ListSubscriptions { .. } | Request::ListVideos { .. } | Request::Stats { .. } => {
+        Request::ListSubscriptions { .. }
+        | Request::ListVideos { .. }
+        | Request::Stats { .. }
+        | Request::Celebrities { .. }
+        | Request::Seen { .. } => {
             unreachable!("answered above")
         }
     };
@@ -315,7 +334,11 @@ async fn subscribe_in(
 ) -> Result<(Reply, bool), DbError> {
     let added = tx
         .execute(
-            r#"INSERT INTO subscriptions ("user", youtuber, since_ms) VALUES (?1, ?2, ?3)
+            // A celebrity's subscriber has been shown none of its uploads
+            // so far, and will be shown every later one.
+            r#"INSERT INTO subscriptions ("user", youtuber, since_ms, shown_seq)
+               VALUES (?1, ?2, ?3,
+                       (SELECT uploads FROM youtubers WHERE name = ?2 AND streamed_from IS NOT NULL))
                ON CONFLICT DO NOTHING"#,
             args![user, youtuber, now],
         )
@@ -350,30 +373,174 @@ async fn unsubscribe_in(
     })
 }
 
+/// Stores an upload with the next number of its YouTuber, who becomes a
+/// celebrity now if it has `celebrities_from` subscribers or more.
 async fn upload_in(
     tx: &mut Tx<'_>,
     youtuber: String,
     title: String,
     now: i64,
+    celebrities_from: Option<u64>,
 ) -> Result<Video, DbError> {
     tx.execute(
         "INSERT INTO youtubers (name, created_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         args![&youtuber, now],
     )
     .await?;
+    let numbered = tx
+        .query_opt(
+            "UPDATE youtubers SET uploads = uploads + 1 WHERE name = ?1
+             RETURNING uploads, streamed_from",
+            args![&youtuber],
+        )
+        .await?
+        .ok_or_else(|| DbError::data(format!("no YouTuber {youtuber}")))?;
+    let seq: u64 = numbered.get(0)?;
+    let streamed = match (numbered.get::<Option<u64>>(1)?, celebrities_from) {
+        (Some(_), _) => true,
+        (None, Some(threshold)) => {
+            let subscribers: u64 = tx
+                .query_value(
+                    "SELECT count(*) FROM subscriptions WHERE youtuber = ?1",
+                    args![&youtuber],
+                )
+                .await?;
+            let becomes = subscribers >= threshold;
+            if becomes {
+                become_celebrity(tx, &youtuber, seq).await?;
+            }
+            becomes
+        }
+        (None, None) => false,
+    };
     let video = Video {
         id: Uuid::new_v4(),
         youtuber,
         title,
         uploaded_at_ms: now,
         notified: false,
+        seq: Some(seq),
+        streamed,
     };
     tx.execute(
-        "INSERT INTO videos (id, youtuber, title, uploaded_at_ms) VALUES (?1, ?2, ?3, ?4)",
-        args![video.id, &video.youtuber, &video.title, now],
+        "INSERT INTO videos (id, youtuber, title, uploaded_at_ms, seq, streamed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        args![video.id, &video.youtuber, &video.title, now, seq, i64::from(streamed)],
     )
     .await?;
     Ok(video)
+}
+
+/// Makes `youtuber` a celebrity from upload `seq` on. Each subscriber had
+/// every earlier upload in the inbox, and will be shown the later ones from
+/// the stream. Their exchanges stay bound to the YouTuber until their next
+/// login unbinds them: nothing is published there any more.
+async fn become_celebrity(tx: &mut Tx<'_>, youtuber: &str, seq: u64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE youtubers SET streamed_from = ?2 WHERE name = ?1",
+        args![youtuber, seq],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE subscriptions SET shown_seq = ?2 WHERE youtuber = ?1",
+        args![youtuber, seq - 1],
+    )
+    .await?;
+    tracing::info!(youtuber, seq, "became a celebrity: its uploads go to its stream from now on");
+    Ok(())
+}
+
+/// Whether `youtuber` is a celebrity.
+async fn is_celebrity(tx: &mut Tx<'_>, youtuber: &str) -> Result<bool, DbError> {
+    tx.query_value(
+        "SELECT EXISTS (SELECT 1 FROM youtubers WHERE name = ?1 AND streamed_from IS NOT NULL)",
+        args![youtuber],
+    )
+    .await
+}
+
+/// What a login makes the broker do: the inbox, and the user's exchange
+/// bound to each YouTuber the user follows but the celebrities.
+async fn login_effect(tx: &mut Tx<'_>, inbox: InboxSpec, history: bool) -> Result<Effect, DbError> {
+    let mut subscriptions = Vec::new();
+    let mut streamed = Vec::new();
+    for row in tx
+        .query(
+            r#"SELECT s.youtuber, y.streamed_from IS NOT NULL FROM subscriptions s
+               LEFT JOIN youtubers y ON y.name = s.youtuber
+               WHERE s."user" = ?1 ORDER BY s.youtuber"#,
+            args![&inbox.user],
+        )
+        .await?
+    {
+        let youtuber: String = row.get(0)?;
+        if row.get::<Option<bool>>(1)?.unwrap_or(false) {
+            streamed.push(youtuber);
+        } else {
+            subscriptions.push(youtuber);
+        }
+    }
+    Ok(Effect::Inbox {
+        inbox,
+        subscriptions,
+        history,
+        streamed,
+    })
+}
+
+/// The celebrities `user` follows, and what of theirs the user was not shown.
+async fn celebrities_of(tx: &mut Tx<'_>, user: &str, now: i64) -> Result<Reply, DbError> {
+    let followed = tx
+        .query(
+            r#"SELECT s.youtuber, s.shown_seq, y.uploads FROM subscriptions s
+               JOIN youtubers y ON y.name = s.youtuber
+               WHERE s."user" = ?1 AND s.shown_seq IS NOT NULL ORDER BY s.youtuber"#,
+            args![user],
+        )
+        .await?;
+    let mut celebrities = Vec::with_capacity(followed.len());
+    for row in followed {
+        let youtuber: String = row.get(0)?;
+        let shown: u64 = row.get(1)?;
+        let latest: u64 = row.get(2)?;
+        // Up to `latest` only: one numbered after it (stored since that
+        // read) is for the stream to bring.
+        let mut missed = tx
+            .query(
+                &format!(
+                    "SELECT {VIDEO_COLUMNS} FROM videos
+                     WHERE youtuber = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4"
+                ),
+                args![&youtuber, shown, latest, protocol::MAX_MISSED_LISTED],
+            )
+            .await?
+            .iter()
+            .map(|row| video_from_row(row).map(|video| video.notification()))
+            .collect::<Result<Vec<_>, _>>()?;
+        missed.reverse();
+        celebrities.push(Celebrity {
+            youtuber,
+            latest,
+            missed,
+        });
+    }
+    Ok(Reply::Celebrities {
+        read_from_ms: now - STREAM_READ_MARGIN_MS,
+        celebrities,
+    })
+}
+
+/// Records that `user` was shown `youtuber`'s uploads up to `seq`: never
+/// backwards, never past the latest.
+async fn seen(tx: &mut Tx<'_>, user: &str, youtuber: &str, seq: u64) -> Result<(), DbError> {
+    tx.execute(
+        r#"UPDATE subscriptions SET shown_seq = ?3
+           WHERE "user" = ?1 AND youtuber = ?2 AND shown_seq < ?3
+             AND ?3 <= (SELECT uploads FROM youtubers WHERE name = ?2)"#,
+        args![user, youtuber, seq],
+    )
+    .await?;
+    Ok(())
 }
 
 pub(super) async fn is_subscribed(
@@ -471,7 +638,7 @@ async fn not_following(tx: &mut Tx<'_>, user: &str, youtuber: &str) -> Result<St
 async fn video_by_id(tx: &mut Tx<'_>, id: &str) -> Result<Video, DbError> {
     let row = tx
         .query_opt(
-            "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos WHERE id = ?1",
+            &format!("SELECT {VIDEO_COLUMNS} FROM videos WHERE id = ?1"),
             args![id],
         )
         .await?
@@ -486,5 +653,7 @@ pub(super) fn video_from_row(row: &Row) -> Result<Video, DbError> {
         title: row.get(2)?,
         uploaded_at_ms: row.get(3)?,
         notified: row.get(4)?,
+        seq: row.get(5)?,
+        streamed: row.get(6)?,
     })
 }

@@ -318,6 +318,13 @@ impl From<u32> for Value {
     }
 }
 
+impl From<u64> for Value {
+    /// Past `i64::MAX` (never a count or a number of ours), the greatest.
+    fn from(value: u64) -> Value {
+        Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+}
+
 impl From<usize> for Value {
     fn from(value: usize) -> Value {
         Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
@@ -386,6 +393,12 @@ impl FromValue for i64 {
 impl FromValue for u32 {
     fn from_value(value: &Value) -> Option<u32> {
         i64::from_value(value).and_then(|value| u32::try_from(value).ok())
+    }
+}
+
+impl FromValue for u64 {
+    fn from_value(value: &Value) -> Option<u64> {
+        i64::from_value(value).and_then(|value| u64::try_from(value).ok())
     }
 }
 

@@ -33,10 +33,10 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
-    protocol::{CreatorEvent, Reply, Request},
+    protocol::{CreatorEvent, Notification, Reply, Request},
 };
 
-use apply::{apply_isolated, is_subscribed, subscriptions_of, video_from_row};
+use apply::{VIDEO_COLUMNS, apply_isolated, is_subscribed, subscriptions_of, video_from_row};
 pub use claims::Claims;
 pub use copy::Copied;
 pub use db::Database;
@@ -62,6 +62,25 @@ pub struct Video {
     pub uploaded_at_ms: i64,
     /// Whether the broker has confirmed the notification for this upload.
     pub notified: bool,
+    /// Its number among its YouTuber's uploads; `None` if stored before
+    /// uploads were numbered.
+    pub seq: Option<u64>,
+    /// Whether its notification goes to the YouTuber's stream (a
+    /// celebrity's) instead of every subscriber's inbox.
+    pub streamed: bool,
+}
+
+impl Video {
+    /// The notification of this upload, as subscribers get it.
+    pub fn notification(&self) -> Notification {
+        Notification::VideoUploaded {
+            id: self.id,
+            youtuber: self.youtuber.clone(),
+            video: self.title.clone(),
+            uploaded_at_ms: self.uploaded_at_ms,
+            seq: self.seq,
+        }
+    }
 }
 
 /// A user, for dashboards.
@@ -127,8 +146,12 @@ pub enum Effect {
         inbox: InboxSpec,
         subscriptions: Vec<String>,
         history: bool,
+        /// The celebrities the user follows: their uploads go to their
+        /// streams, so the user's exchange must not be bound to them.
+        streamed: Vec<String>,
     },
-    /// The user's inbox must be bound to the YouTuber exactly when `subscribed`.
+    /// The user's inbox must be bound to the YouTuber exactly when `subscribed`
+    /// (never for a celebrity, whose uploads go to its stream).
     /// `declare`: the inbox may not exist yet (this request added the user, or
     /// it is a replay whose first attempt may have stopped before declaring it).
     Binding {
@@ -180,7 +203,26 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     db: Db,
     database: Database,
-    inbox_bound: Option<u32>,
+    rules: Rules,
+}
+
+/// What a server decides for new users and YouTubers, beside what requests say.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    /// The bound of a new user's inbox (`None`: unbounded).
+    pub inbox_bound: Option<u32>,
+    /// How many subscribers make a YouTuber a celebrity, whose uploads are
+    /// appended to a stream instead of copied into each inbox (`None`: never).
+    pub celebrities_from: Option<u64>,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            inbox_bound: Some(DEFAULT_INBOX_BOUND),
+            celebrities_from: None,
+        }
+    }
 }
 
 impl Store {
@@ -206,7 +248,7 @@ impl Store {
         Ok(Store {
             db: Db::sqlite(connection),
             database: Database::Sqlite(path.to_owned()),
-            inbox_bound: Some(DEFAULT_INBOX_BOUND),
+            rules: Rules::default(),
         })
     }
 
@@ -237,7 +279,7 @@ impl Store {
         Ok(Store {
             db,
             database: database.clone(),
-            inbox_bound: Some(DEFAULT_INBOX_BOUND),
+            rules: Rules::default(),
         })
     }
 
@@ -245,7 +287,17 @@ impl Store {
     /// (`None`: unbounded); users already stored keep the bound they were
     /// added with.
     pub fn with_inbox_bound(mut self, bound: Option<u32>) -> Store {
-        self.inbox_bound = bound;
+        self.rules.inbox_bound = bound;
+        self
+    }
+
+    /// Makes a YouTuber a celebrity at its first upload with at least
+    /// `subscribers` subscribers (`None`: never): from that upload on, its
+    /// uploads are appended to its stream (`topology::celebrity_stream`)
+    /// instead of copied into each subscriber's inbox, and each subscriber's
+    /// sessions read them there. A YouTuber stays a celebrity.
+    pub fn with_celebrities_from(mut self, subscribers: Option<u64>) -> Store {
+        self.rules.celebrities_from = subscribers;
         self
     }
 
@@ -295,7 +347,7 @@ impl Store {
     /// as a whole (unreachable, busy, disk full, I/O, a conflict with another
     /// server) stores none of the batch: try the batch again later.
     pub async fn apply(&self, requests: Vec<(Uuid, Request)>) -> Result<Vec<Decision>> {
-        let inbox_bound = self.inbox_bound;
+        let rules = self.rules;
         let mut decisions = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
@@ -305,7 +357,7 @@ impl Store {
                     let now = now_ms();
                     let mut outcomes = Vec::with_capacity(part.len());
                     for (id, request) in part {
-                        outcomes.push(apply_isolated(tx, id, request, now, inbox_bound).await?);
+                        outcomes.push(apply_isolated(tx, id, request, now, rules).await?);
                     }
                     Ok(outcomes)
                 })
@@ -548,8 +600,10 @@ impl Store {
     pub async fn videos_to_notify(&self) -> Result<Vec<Video>> {
         self.read(async |tx: &mut Tx<'_>| {
             tx.query(
-                "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
-                 WHERE notified = 0 ORDER BY uploaded_at_ms, rowid",
+                &format!(
+                    "SELECT {VIDEO_COLUMNS} FROM videos
+                     WHERE notified = 0 ORDER BY uploaded_at_ms, rowid"
+                ),
                 &[],
             )
             .await?
@@ -638,8 +692,10 @@ impl Store {
         let youtuber = youtuber.to_owned();
         self.read(async move |tx: &mut Tx<'_>| {
             tx.query(
-                "SELECT id, youtuber, title, uploaded_at_ms, notified FROM videos
-                 WHERE youtuber = ?1 ORDER BY uploaded_at_ms, rowid",
+                &format!(
+                    "SELECT {VIDEO_COLUMNS} FROM videos
+                     WHERE youtuber = ?1 ORDER BY uploaded_at_ms, rowid"
+                ),
                 args![youtuber],
             )
             .await?

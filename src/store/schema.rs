@@ -24,12 +24,21 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS youtubers (
     name          TEXT PRIMARY KEY,
-    created_at_ms INTEGER NOT NULL
+    created_at_ms INTEGER NOT NULL,
+    -- How many videos the YouTuber uploaded since uploads were numbered:
+    -- the number of the latest.
+    uploads       INTEGER NOT NULL DEFAULT 0,
+    -- The number of the first upload appended to the YouTuber's stream
+    -- instead of copied into each inbox; NULL while not a celebrity.
+    streamed_from INTEGER
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
-    user     TEXT NOT NULL REFERENCES users(name),
-    youtuber TEXT NOT NULL,
-    since_ms INTEGER NOT NULL,
+    user      TEXT NOT NULL REFERENCES users(name),
+    youtuber  TEXT NOT NULL,
+    since_ms  INTEGER NOT NULL,
+    -- For a celebrity: the number of the latest upload the user has been
+    -- shown (or had in the inbox). NULL for any other YouTuber.
+    shown_seq INTEGER,
     PRIMARY KEY (user, youtuber)
 );
 CREATE TABLE IF NOT EXISTS videos (
@@ -43,10 +52,16 @@ CREATE TABLE IF NOT EXISTS videos (
     -- without counting.
     likes          INTEGER NOT NULL DEFAULT 0,
     dislikes       INTEGER NOT NULL DEFAULT 0,
-    comments       INTEGER NOT NULL DEFAULT 0
+    comments       INTEGER NOT NULL DEFAULT 0,
+    -- The upload's number among its YouTuber's (youtubers.uploads); NULL
+    -- for one stored before uploads were numbered.
+    seq            INTEGER,
+    -- 1: its notification goes to the YouTuber's stream, not to the inboxes.
+    streamed       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);
 CREATE INDEX IF NOT EXISTS videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+CREATE INDEX IF NOT EXISTS videos_by_seq ON videos(youtuber, seq);
 CREATE INDEX IF NOT EXISTS videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
 CREATE TABLE IF NOT EXISTS applied_requests (
     id            TEXT PRIMARY KEY,
@@ -103,12 +118,17 @@ CREATE TABLE IF NOT EXISTS settings (
 ";
 
 /// Columns added to tables after their first version, for older databases.
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("users", "inbox_bound", "INTEGER"),
     ("users", "dropped", "INTEGER NOT NULL DEFAULT 0"),
     ("videos", "likes", "INTEGER NOT NULL DEFAULT 0"),
     ("videos", "dislikes", "INTEGER NOT NULL DEFAULT 0"),
     ("videos", "comments", "INTEGER NOT NULL DEFAULT 0"),
+    ("videos", "seq", "INTEGER"),
+    ("videos", "streamed", "INTEGER NOT NULL DEFAULT 0"),
+    ("youtubers", "uploads", "INTEGER NOT NULL DEFAULT 0"),
+    ("youtubers", "streamed_from", "INTEGER"),
+    ("subscriptions", "shown_seq", "INTEGER"),
 ];
 
 /// Creates the tables, and adds to an older database the columns it lacks.
@@ -150,12 +170,15 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS youtubers (
     name          TEXT COLLATE "C" PRIMARY KEY,
-    created_at_ms BIGINT NOT NULL
+    created_at_ms BIGINT NOT NULL,
+    uploads       BIGINT NOT NULL DEFAULT 0,
+    streamed_from BIGINT
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
-    "user"   TEXT COLLATE "C" NOT NULL REFERENCES users(name),
-    youtuber TEXT COLLATE "C" NOT NULL,
-    since_ms BIGINT NOT NULL,
+    "user"    TEXT COLLATE "C" NOT NULL REFERENCES users(name),
+    youtuber  TEXT COLLATE "C" NOT NULL,
+    since_ms  BIGINT NOT NULL,
+    shown_seq BIGINT,
     PRIMARY KEY ("user", youtuber)
 );
 CREATE TABLE IF NOT EXISTS videos (
@@ -167,10 +190,19 @@ CREATE TABLE IF NOT EXISTS videos (
     notified       BIGINT NOT NULL DEFAULT 0,
     likes          BIGINT NOT NULL DEFAULT 0,
     dislikes       BIGINT NOT NULL DEFAULT 0,
-    comments       BIGINT NOT NULL DEFAULT 0
+    comments       BIGINT NOT NULL DEFAULT 0,
+    seq            BIGINT,
+    streamed       BIGINT NOT NULL DEFAULT 0
 );
+-- Columns added after the first version, for older databases.
+ALTER TABLE youtubers ADD COLUMN IF NOT EXISTS uploads BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE youtubers ADD COLUMN IF NOT EXISTS streamed_from BIGINT;
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS shown_seq BIGINT;
+ALTER TABLE videos ADD COLUMN IF NOT EXISTS seq BIGINT;
+ALTER TABLE videos ADD COLUMN IF NOT EXISTS streamed BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);
 CREATE INDEX IF NOT EXISTS videos_by_youtuber ON videos(youtuber, uploaded_at_ms);
+CREATE INDEX IF NOT EXISTS videos_by_seq ON videos(youtuber, seq);
 CREATE INDEX IF NOT EXISTS videos_to_notify ON videos(uploaded_at_ms) WHERE notified = 0;
 CREATE TABLE IF NOT EXISTS applied_requests (
     rowid         BIGINT GENERATED ALWAYS AS IDENTITY,

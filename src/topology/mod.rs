@@ -89,6 +89,15 @@ const HISTORY_SEGMENT_BYTES: i64 = 200_000;
 /// How long a history keeps a notification at most.
 pub const HISTORY_MAX_AGE: &str = "7D";
 
+const CELEBRITY_PREFIX: &str = "ytnotify.celebrity.";
+/// The most a celebrity's stream keeps, in bytes: about 200,000 uploads.
+const CELEBRITY_MAX_BYTES: i64 = 50_000_000;
+const CELEBRITY_SEGMENT_BYTES: i64 = 5_000_000;
+/// How long a celebrity's stream keeps an upload. Sessions read it from
+/// about when they open; what a user missed comes from the server's
+/// database, so the stream need not keep it long.
+const CELEBRITY_MAX_AGE: &str = "7D";
+
 /// What every reply queue's name begins with.
 pub const REPLY_PREFIX: &str = "ytnotify.reply.";
 
@@ -161,6 +170,53 @@ pub fn user_exchange(user: &str) -> String {
 /// session reads from its own position.
 pub fn history(user: &str) -> String {
     format!("{HISTORY_PREFIX}{user}")
+}
+
+/// The stream of a celebrity: a YouTuber with so many subscribers that its
+/// uploads are appended here once (the server publishes to it through the
+/// default exchange) instead of copied into every subscriber's inbox. Each
+/// live session of a subscriber reads it (`client::celebrities`).
+pub fn celebrity_stream(youtuber: &str) -> String {
+    format!("{CELEBRITY_PREFIX}{youtuber}")
+}
+
+/// What every celebrity stream's name begins with.
+pub fn celebrity_stream_prefix() -> &'static str {
+    CELEBRITY_PREFIX
+}
+
+/// Declares a celebrity's stream, as the server does before it appends an
+/// upload. Idempotent; one that exists with other settings is refused with
+/// `PRECONDITION_FAILED`, which closes the channel.
+pub async fn declare_celebrity_stream(
+    channel: &Channel,
+    youtuber: &str,
+) -> Result<(), lapin::Error> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        ShortString::from("x-max-length-bytes"),
+        AMQPValue::LongLongInt(CELEBRITY_MAX_BYTES),
+    );
+    arguments.insert(
+        ShortString::from("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(CELEBRITY_SEGMENT_BYTES),
+    );
+    arguments.insert(
+        ShortString::from("x-max-age"),
+        AMQPValue::LongString(CELEBRITY_MAX_AGE.into()),
+    );
+    channel
+        .queue_declare(
+            celebrity_stream(youtuber).as_str().into(),
+            durable_queue(),
+            arguments,
+        )
+        .await?;
+    Ok(())
 }
 
 /// The durable inbox of a creator: what users did about the YouTuber and

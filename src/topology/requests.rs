@@ -75,7 +75,9 @@ impl RequestKind {
             Request::Login { .. }
             | Request::ChangeSubscription { .. }
             | Request::ListSubscriptions { .. }
-            | Request::ListVideos { .. } => RequestKind::Users,
+            | Request::ListVideos { .. }
+            | Request::Celebrities { .. }
+            | Request::Seen { .. } => RequestKind::Users,
         }
     }
 

@@ -74,7 +74,7 @@ async fn a_killed_node_loses_no_upload_and_shows_none_twice() {
     let watcher = Client::connect(&client_config, "test: alice")
         .await
         .unwrap();
-    let mut session = Notifications::open(watcher.link(), "alice", None)
+    let mut session = Notifications::open(watcher.link(), &watcher.requests(), "alice", None)
         .await
         .unwrap();
     let titles: Vec<String> = (0..UPLOADS).map(|n| format!("Upload {n}")).collect();

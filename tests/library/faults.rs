@@ -74,7 +74,7 @@ impl Watcher {
         let user = user.to_owned();
         let task = tokio::spawn(async move {
             ytnotify::client::notifications::receive_notifications(
-                client.link(),
+                &client,
                 &user,
                 |n| {
                     let _ = lines_tx.send(n.to_string());

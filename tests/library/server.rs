@@ -245,12 +245,14 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
         youtuber: "bob".into(),
         video: "Twice".into(),
         uploaded_at_ms: 0,
+        seq: None,
     };
     let unique = Notification::VideoUploaded {
         id: Uuid::new_v4(),
         youtuber: "bob".into(),
         video: "Once".into(),
         uploaded_at_ms: 0,
+        seq: None,
     };
     for message in [&notification, &notification, &unique] {
         publish_raw(
@@ -885,7 +887,7 @@ async fn receive_notifications_streams_until_shutdown() {
     let connection_client = vhost.client("watcher").await;
     let watcher = tokio::spawn(async move {
         ytnotify::client::notifications::receive_notifications(
-            connection_client.link(),
+            &connection_client,
             "alice",
             |n| {
                 let _ = lines_tx.send(n.to_string());
@@ -981,7 +983,7 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
     let other = vhost.client("other").await;
     let mut first = within(
         "a session",
-        Notifications::open(client.link(), "alice", None),
+        Notifications::open(client.link(), &client.requests(), "alice", None),
     )
     .await
     .unwrap();
@@ -991,7 +993,7 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
     away.ack().await.unwrap();
     let mut second = within(
         "a session",
-        Notifications::open(other.link(), "alice", None),
+        Notifications::open(other.link(), &other.requests(), "alice", None),
     )
     .await
     .unwrap();
@@ -1016,7 +1018,7 @@ async fn two_sessions_of_the_same_user_each_see_every_notification_once() {
     // Shown, so gone from the inbox: a new session starts with nothing.
     let mut third = within(
         "a session",
-        Notifications::open(other.link(), "alice", None),
+        Notifications::open(other.link(), &other.requests(), "alice", None),
     )
     .await
     .unwrap();
@@ -1041,7 +1043,7 @@ async fn a_session_that_comes_back_never_shows_again_what_its_client_had_from_th
     // copy leaves the inbox: the acknowledgements its going cut.
     let mut first = within(
         "a session",
-        Notifications::open(client.link(), "alice", Some(start)),
+        Notifications::open(client.link(), &client.requests(), "alice", Some(start)),
     )
     .await
     .unwrap();
@@ -1060,7 +1062,7 @@ async fn a_session_that_comes_back_never_shows_again_what_its_client_had_from_th
     let reader = vhost.client("reader").await;
     let mut again = within(
         "a session",
-        Notifications::open(reader.link(), "alice", position),
+        Notifications::open(reader.link(), &reader.requests(), "alice", position),
     )
     .await
     .unwrap()
@@ -1094,7 +1096,7 @@ async fn a_session_that_comes_back_still_shows_what_waited_and_was_not_shown() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let mut first = within(
         "a session",
-        Notifications::open(client.link(), "alice", None),
+        Notifications::open(client.link(), &client.requests(), "alice", None),
     )
     .await
     .unwrap()
@@ -1115,7 +1117,7 @@ async fn a_session_that_comes_back_still_shows_what_waited_and_was_not_shown() {
     let reader = vhost.client("reader").await;
     let mut again = within(
         "a session",
-        Notifications::open(reader.link(), "alice", position),
+        Notifications::open(reader.link(), &reader.requests(), "alice", position),
     )
     .await
     .unwrap()
@@ -1152,7 +1154,7 @@ async fn a_notification_taken_but_not_shown_stays_in_the_inbox_through_a_reconne
     let reader = vhost.client("reader").await;
     let mut session = within(
         "a session",
-        Notifications::open(reader.link(), "alice", None),
+        Notifications::open(reader.link(), &reader.requests(), "alice", None),
     )
     .await
     .unwrap();

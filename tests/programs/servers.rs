@@ -147,7 +147,7 @@ async fn servers_share_the_partitions_and_keep_each_users_and_youtubers_order() 
         .unwrap();
     }
     let watcher = Client::connect(&config, "test: watcher").await.unwrap();
-    let mut session = Notifications::open(watcher.link(), "watcher", None)
+    let mut session = Notifications::open(watcher.link(), &watcher.requests(), "watcher", None)
         .await
         .unwrap();
 

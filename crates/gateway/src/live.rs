@@ -179,6 +179,7 @@ impl Live {
         let from = resume_cursor(headers, query)?;
         let caller = gateway.caller(headers, user)?;
         check_user_exists(gateway.client(&caller).link(), user).await?;
+        let requests = gateway.client(&caller).requests();
         let on = match caller {
             crate::Caller::Anyone => On::Pool(gateway.0.pool.lease().await?),
             account => On::Account(account),
@@ -187,7 +188,9 @@ impl Live {
             On::Pool(lease) => lease.link(),
             On::Account(caller) => gateway.client(caller).link(),
         };
-        let notifications = Notifications::open(link, user, from).await?.resumable();
+        let notifications = Notifications::open(link, &requests, user, from)
+            .await?
+            .resumable();
         let connection = Uuid::new_v4();
         gateway
             .0
@@ -233,6 +236,7 @@ impl Live {
                     youtuber,
                     video,
                     uploaded_at_ms,
+                    ..
                 } = received.notification;
                 LiveEvent::Notification {
                     id,

@@ -462,7 +462,7 @@ async fn a_browser_and_user_watch_each_see_every_notification() {
     let watcher = vhost.client("watch").await;
     let mut watch = within(
         "a session",
-        Notifications::open(watcher.link(), "alice", None),
+        Notifications::open(watcher.link(), &watcher.requests(), "alice", None),
     )
     .await
     .unwrap();

@@ -63,6 +63,7 @@ pub async fn publish(
             youtuber: youtuber.clone(),
             video: title(seq as u32),
             uploaded_at_ms: ytnotify::store::now_ms(),
+            seq: Some(seq as u64 + 1),
         });
         tally.mark_sent(seq as u32);
         let confirm = channel

@@ -504,6 +504,7 @@ mod tests {
             youtuber: "yt00001".into(),
             video: video.into(),
             uploaded_at_ms: 0,
+            seq: None,
         })
     }
 

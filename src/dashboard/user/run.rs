@@ -38,7 +38,8 @@ pub async fn run(
 ) -> Result<()> {
     // Open the session before taking the screen, so that an error (an
     // account that may not read the inbox) prints as a plain line.
-    let mut notifications = Notifications::open(client.link(), user, None).await?;
+    let mut notifications =
+        Notifications::open(client.link(), &client.requests(), user, None).await?;
     let client = Arc::new(client);
     let mut app = UserDashboard::new(user, widgets::local_offset());
     if let Some(greeting) = greeting {

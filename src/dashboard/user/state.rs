@@ -340,6 +340,7 @@ impl UserDashboard {
             youtuber,
             video,
             uploaded_at_ms,
+            ..
         } = notification;
         if self.feed.iter().any(|item| item.id == id) {
             return;
