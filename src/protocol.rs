@@ -439,6 +439,11 @@ pub enum Notification {
         /// from uploads stored by older servers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+        /// The YouTuber became a celebrity with this upload: the later ones
+        /// go to its stream (`topology::celebrity_stream`), which a session
+        /// that shows this one starts reading.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream_after: bool,
     },
 }
 
@@ -454,6 +459,13 @@ impl Notification {
     pub fn seq(&self) -> Option<u64> {
         match self {
             Notification::VideoUploaded { seq, .. } => *seq,
+        }
+    }
+
+    /// Whether the YouTuber's later uploads go to its stream.
+    pub fn stream_after(&self) -> bool {
+        match self {
+            Notification::VideoUploaded { stream_after, .. } => *stream_after,
         }
     }
 
@@ -824,6 +836,7 @@ mod tests {
             video: "Hello".into(),
             uploaded_at_ms: 1_700_000_000_000,
             seq: None,
+            stream_after: false,
         };
         assert_eq!(
             decode_notification(&encode(&notification)),
@@ -904,6 +917,7 @@ mod tests {
             video: video.into(),
             uploaded_at_ms: 0,
             seq: None,
+            stream_after: false,
         }
     }
 

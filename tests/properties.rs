@@ -466,6 +466,7 @@ fn celebrities_reply(youtuber: String, titles: Vec<String>) -> Reply {
             video,
             uploaded_at_ms: n as i64,
             seq: Some(n as u64 + 1),
+            stream_after: false,
         })
         .collect::<Vec<_>>();
     Reply::Celebrities {
@@ -554,6 +555,7 @@ fn valid_notification() -> impl Strategy<Value = Notification> {
             video,
             uploaded_at_ms,
             seq: None,
+            stream_after: false,
         },
     )
 }
@@ -576,6 +578,7 @@ fn any_notification() -> impl Strategy<Value = Notification> {
                 video,
                 uploaded_at_ms,
                 seq: None,
+                stream_after: false,
             },
         )
 }
@@ -1315,6 +1318,7 @@ proptest! {
             video: chars.iter().collect(),
             uploaded_at_ms,
             seq: None,
+            stream_after: false,
         };
         let error = forged.validate().expect_err("a forged title");
         prop_assert_eq!(error.kind, NameKind::Video);
@@ -1634,6 +1638,7 @@ fn forge(title: &str) -> (Notification, Vec<u8>) {
         video: title.into(),
         uploaded_at_ms: 1_700_000_000_000,
         seq: None,
+        stream_after: false,
     };
     let reply = encode(&Reply::Refused {
         reason: title.into(),

@@ -52,6 +52,7 @@ const TELLING_AT_CLOSE: Duration = Duration::from_secs(5);
 /// The celebrities of one session: what the server said the user missed,
 /// then each one's stream.
 pub(super) struct Celebrities {
+    link: Link,
     requests: Requests,
     user: String,
     /// Per celebrity, the number of the last upload handed out (or that the
@@ -76,6 +77,7 @@ impl Celebrities {
     pub(super) async fn open(link: &Link, requests: Requests, user: &str) -> Result<Celebrities> {
         let (read_from_ms, followed) = ask(&requests, user).await?;
         let mut celebrities = Celebrities {
+            link: link.clone(),
             requests,
             user: user.to_owned(),
             last: HashMap::new(),
@@ -99,19 +101,66 @@ impl Celebrities {
         Ok(celebrities)
     }
 
-    /// The next upload not handed out before, in order for each celebrity.
-    pub(super) async fn next(&mut self) -> Result<Notification> {
+    /// Following no celebrity yet: the server would not say (an older one,
+    /// or a refusal).
+    pub(super) fn none(link: &Link, requests: Requests, user: &str) -> Celebrities {
+        Celebrities {
+            link: link.clone(),
+            requests,
+            user: user.to_owned(),
+            last: HashMap::new(),
+            ready: VecDeque::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    /// Starts reading the stream of a YouTuber that became a celebrity
+    /// after this session asked the server, from its upload after `after`.
+    async fn follow(&mut self, follow: Follow) {
+        if self.last.contains_key(&follow.youtuber) {
+            return;
+        }
+        let youtuber = follow.youtuber;
+        match Stream::open(&self.link, &youtuber, follow.read_from_ms).await {
+            Ok(stream) => {
+                tracing::debug!(%youtuber, "reading the stream of a new celebrity");
+                self.streams.push(stream);
+                self.last.insert(youtuber, follow.after);
+            }
+            Err(err) => tracing::warn!(
+                "cannot read {}: {err}; {} is shown {youtuber}'s new uploads at the next session",
+                topology::celebrity_stream(&youtuber),
+                self.user
+            ),
+        }
+    }
+
+    /// The next upload not handed out before, in order for each celebrity;
+    /// meanwhile, follows what `follows` says. Cancel-safe between uploads.
+    pub(super) async fn next(
+        &mut self,
+        follows: &mut mpsc::UnboundedReceiver<Follow>,
+    ) -> Result<Notification> {
         loop {
             if let Some(notification) = self.ready.pop_front() {
                 return Ok(notification);
             }
-            if self.streams.is_empty() {
-                return std::future::pending().await;
-            }
-            let (delivery, index, _) =
-                select_all(self.streams.iter_mut().map(|stream| Box::pin(stream.feed.next())))
-                    .await;
-            let delivery = delivery?;
+            let delivery = async {
+                if self.streams.is_empty() {
+                    return std::future::pending().await;
+                }
+                let streams = self.streams.iter_mut();
+                let (delivery, index, _) =
+                    select_all(streams.map(|stream| Box::pin(stream.feed.next()))).await;
+                delivery.map(|delivery| (delivery, index))
+            };
+            let (delivery, index) = tokio::select! {
+                delivery = delivery => delivery?,
+                Some(follow) = follows.recv() => {
+                    self.follow(follow).await;
+                    continue;
+                }
+            };
             if let Some(offset) = stream_offset(&delivery) {
                 *self.streams[index]
                     .next_offset
@@ -162,6 +211,29 @@ impl Celebrities {
     }
 }
 
+/// A YouTuber that became a celebrity: the session reads its stream from
+/// `read_from_ms`, and takes from it the uploads numbered after `after`.
+pub(super) struct Follow {
+    pub youtuber: String,
+    pub after: u64,
+    pub read_from_ms: i64,
+}
+
+impl Follow {
+    /// What `notification` says to follow, if it made its YouTuber a
+    /// celebrity.
+    pub(super) fn after(notification: &Notification) -> Option<Follow> {
+        if !notification.stream_after() {
+            return None;
+        }
+        Some(Follow {
+            youtuber: notification.youtuber().to_owned(),
+            after: notification.seq()?,
+            read_from_ms: notification.uploaded_at_ms() - crate::store::STREAM_READ_MARGIN_MS,
+        })
+    }
+}
+
 /// The server's answer to [`Request::Celebrities`]: from when to read the
 /// streams, and each celebrity followed.
 async fn ask(requests: &Requests, user: &str) -> Result<(i64, Vec<Celebrity>)> {
@@ -193,29 +265,65 @@ fn upload_of(delivery: &Delivery, youtuber: &str) -> Option<(Notification, u64)>
 impl Stream {
     /// Attaches to `youtuber`'s stream at `read_from_ms`; after a lost
     /// connection, right after the last delivery read.
+    ///
+    /// RabbitMQ (3.10 here) sometimes fails a consumer that attaches to a
+    /// stream created a moment ago with an internal error (`stream_not_found`
+    /// in its log) that closes the whole connection. The link connects
+    /// again, and the attach is tried again on the new connection, where it
+    /// succeeds: this is the one place that works around it.
     async fn open(link: &Link, youtuber: &str, read_from_ms: i64) -> Result<Stream> {
         let next_offset = Arc::new(Mutex::new(None::<u64>));
-        let opener = {
-            let (youtuber, next_offset) = (youtuber.to_owned(), Arc::clone(&next_offset));
-            Box::new(move |session: Session| {
-                let (youtuber, next_offset) = (youtuber.clone(), Arc::clone(&next_offset));
-                Box::pin(async move {
-                    let start = match *next_offset.lock().expect("never held across a panic") {
-                        Some(offset) => AMQPValue::LongLongInt(offset as i64),
-                        None => AMQPValue::Timestamp((read_from_ms.max(0) / 1000) as u64),
-                    };
-                    attach(&session, &youtuber, start).await
-                }) as Opening
-            })
-        };
-        let feed = Feed::open(link, format!("{youtuber}'s stream"), opener).await?;
-        Ok(Stream {
-            youtuber: youtuber.to_owned(),
-            feed,
-            next_offset,
-        })
+        let mut attempt = 1;
+        loop {
+            let generation = link.session().await?.generation();
+            let opener = {
+                let (youtuber, next_offset) = (youtuber.to_owned(), Arc::clone(&next_offset));
+                Box::new(move |session: Session| {
+                    let (youtuber, next_offset) = (youtuber.clone(), Arc::clone(&next_offset));
+                    Box::pin(async move {
+                        let start = match *next_offset.lock().expect("never held across a panic") {
+                            Some(offset) => AMQPValue::LongLongInt(offset as i64),
+                            None => AMQPValue::Timestamp((read_from_ms.max(0) / 1000) as u64),
+                        };
+                        attach(&session, &youtuber, start).await
+                    }) as Opening
+                })
+            };
+            match Feed::open(link, format!("{youtuber}'s stream"), opener).await {
+                Ok(feed) => {
+                    return Ok(Stream {
+                        youtuber: youtuber.to_owned(),
+                        feed,
+                        next_offset,
+                    });
+                }
+                Err(err) if attempt < ATTACH_ATTEMPTS && is_connection_error(&err) => {
+                    tracing::debug!(youtuber, %err, attempt, "attaching to a stream closed the connection; trying again");
+                    attempt += 1;
+                    link.session_after(generation).await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
+
+/// Whether `err` closed the connection (an AMQP hard error), not just the
+/// channel.
+fn is_connection_error(err: &Error) -> bool {
+    use lapin::protocol::AMQPErrorKind;
+    matches!(
+        err,
+        Error::Broker(err) if matches!(
+            err.kind(),
+            lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Hard(_))
+        )
+    )
+}
+
+/// How many times a session tries to attach to a stream when the broker
+/// closes its connection instead of answering.
+const ATTACH_ATTEMPTS: u32 = 4;
 
 /// A consumer on `youtuber`'s stream from `start`, once the stream exists.
 async fn attach(session: &Session, youtuber: &str, start: AMQPValue) -> Result<Opened> {
@@ -244,7 +352,12 @@ async fn attach(session: &Session, youtuber: &str, start: AMQPValue) -> Result<O
                     owns_channel: true,
                 });
             }
-            Err(err) if broker::is_not_found(&err) && tokio::time::Instant::now() < deadline => {
+            // Declared a moment ago: the broker starts a new stream's
+            // members before it can be read.
+            Err(err)
+                if (broker::is_not_found(&err) || broker::is_unavailable(&err))
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) if broker::is_access_refused(&err) => {

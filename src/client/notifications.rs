@@ -22,7 +22,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use uuid::Uuid;
 
 use super::{
-    celebrities::{Celebrities, Shown},
+    celebrities::{Celebrities, Follow, Shown},
     history::{Cursor, Entry, History},
     inbox::{self, Inbox},
     recent::Recent,
@@ -64,6 +64,8 @@ pub struct Notifications {
     celebrities: Source<Notification>,
     /// What tells the server which of those were shown.
     telling: JoinHandle<()>,
+    /// Where a YouTuber that became a celebrity meanwhile is said.
+    follow: mpsc::UnboundedSender<Follow>,
     ledger: Acks,
     opened_at_ms: i64,
     /// Every notification uploaded from then on comes from the history: a
@@ -243,10 +245,14 @@ impl Notifications {
         };
         let inbox = Inbox::open(link, user).await?;
         let inbox = Source::spawn(inbox, next_in_inbox, close_inbox);
-        let following = Following::Asking {
-            link: link.clone(),
-            requests: requests.clone(),
-            user: user.to_owned(),
+        let (follow, follows) = mpsc::unbounded_channel();
+        let following = Following {
+            state: State::Asking {
+                link: link.clone(),
+                requests: requests.clone(),
+                user: user.to_owned(),
+            },
+            follows,
         };
         let celebrities = Source::spawn(following, next_of_celebrity, close_celebrities);
         Ok(Notifications {
@@ -255,6 +261,7 @@ impl Notifications {
             inbox,
             celebrities,
             telling,
+            follow,
             ledger,
             opened_at_ms,
             live_from_ms,
@@ -316,21 +323,25 @@ impl Notifications {
                 }
             };
             let held_until = self.held.front().map(|(deadline, _)| *deadline);
+            // Biased, oldest sources first: what waited in the inbox comes
+            // before what the history or a celebrity's stream brings now,
+            // when both are there at once.
             tokio::select! {
+                biased;
                 () = tokio::time::sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() => {
                     if let Some(update) = self.release_held() {
-                        return Ok(update);
-                    }
-                }
-                entry = history => {
-                    let entry = entry.unwrap_or_else(|| Err(closed()))?;
-                    if let Some(update) = self.take_from_history(entry).await? {
                         return Ok(update);
                     }
                 }
                 received = self.inbox.entries.recv() => {
                     let received = received.unwrap_or_else(|| Err(closed()))?;
                     if let Some(update) = self.take_from_inbox(received).await? {
+                        return Ok(update);
+                    }
+                }
+                entry = history => {
+                    let entry = entry.unwrap_or_else(|| Err(closed()))?;
+                    if let Some(update) = self.take_from_history(entry).await? {
                         return Ok(update);
                     }
                 }
@@ -448,6 +459,9 @@ impl Notifications {
     }
 
     fn received(&self, notification: Notification, cursor: Option<Cursor>) -> Received {
+        if let Some(follow) = Follow::after(&notification) {
+            let _ = self.follow.send(follow);
+        }
         let away = notification.uploaded_at_ms() < self.opened_at_ms;
         Received {
             notification,
@@ -510,17 +524,19 @@ fn close_inbox(inbox: Inbox) -> Boxed<'static, ()> {
 
 /// The celebrities of a session: asked of the server in the source's own
 /// task, so that a session opens, and shows what its inbox and history hold,
-/// while no server answers.
-enum Following {
+/// while no server answers; and those that become celebrities meanwhile.
+struct Following {
+    state: State,
+    follows: mpsc::UnboundedReceiver<Follow>,
+}
+
+enum State {
     Asking {
         link: Link,
         requests: Requests,
         user: String,
     },
     Reading(Celebrities),
-    /// The server refused to say, or is too old to: no celebrity's uploads
-    /// in this session (none is said shown, so the next session has them).
-    Without,
 }
 
 /// How long a session waits before asking again a server that did not
@@ -531,15 +547,14 @@ impl Following {
     async fn next(&mut self) -> Result<Notification> {
         let mut wait = Duration::from_secs(1);
         loop {
-            match self {
-                Following::Reading(celebrities) => return celebrities.next().await,
-                Following::Without => return std::future::pending().await,
-                Following::Asking {
+            match &mut self.state {
+                State::Reading(celebrities) => return celebrities.next(&mut self.follows).await,
+                State::Asking {
                     link,
                     requests,
                     user,
                 } => match Celebrities::open(link, requests.clone(), user).await {
-                    Ok(celebrities) => *self = Following::Reading(celebrities),
+                    Ok(celebrities) => self.state = State::Reading(celebrities),
                     Err(Error::ServerTimeout { .. }) => {
                         tracing::debug!("no answer yet about {user}'s celebrities; asking again");
                         tokio::time::sleep(wait).await;
@@ -550,7 +565,8 @@ impl Following {
                             "the server did not say which celebrities {user} follows ({err}); \
                              their uploads are shown at a later session"
                         );
-                        *self = Following::Without;
+                        self.state =
+                            State::Reading(Celebrities::none(link, requests.clone(), user));
                     }
                     Err(err) => return Err(err),
                 },
@@ -559,7 +575,7 @@ impl Following {
     }
 
     async fn close(self) {
-        if let Following::Reading(celebrities) = self {
+        if let State::Reading(celebrities) = self.state {
             celebrities.close().await;
         }
     }

@@ -127,7 +127,6 @@ impl Bindings {
                     inbox,
                     subscriptions,
                     history,
-                    streamed,
                 } => {
                     let lane = work.entry(lane_of(&inbox.user)).or_default();
                     lane.inboxes.push(inbox.clone());
@@ -136,10 +135,6 @@ impl Bindings {
                     }
                     for youtuber in subscriptions {
                         pairs.insert((&inbox.user, youtuber), true);
-                    }
-                    // Bound before the YouTuber became a celebrity.
-                    for youtuber in streamed {
-                        pairs.insert((&inbox.user, youtuber), false);
                     }
                 }
                 Effect::Binding {

@@ -21,7 +21,7 @@ use super::{
     Event, MAX_RETRY_DELAY, YoutubeServer,
     bindings::{self, Failure, creator_key},
     creators, next_batch,
-    upkeep::{declare_celebrity_streams, publish_notification},
+    upkeep::publish_notification,
 };
 use crate::{
     accounts, broker,
@@ -199,7 +199,7 @@ impl YoutubeServer {
             Effect::Notify(video) => Some(video),
             _ => None,
         });
-        declare_celebrity_streams(&self.link, videos).await?;
+        self.declare_celebrity_streams(videos).await?;
         for (index, outcome) in outcomes.iter().enumerate() {
             if let Effect::Notify(video) = &outcome.effect
                 && !video.notified

@@ -130,7 +130,7 @@ impl YoutubeServer {
     /// subscriber's inbox. Returns once the broker has confirmed it, and
     /// records that in the database.
     pub async fn notify_users(&self, video: &Video) -> Result<()> {
-        declare_celebrity_streams(&self.link, [video]).await?;
+        self.declare_celebrity_streams([video]).await?;
         let (_, channel) = self.publisher.get().await?;
         publish_notification(&channel, video)
             .await?
@@ -246,39 +246,41 @@ pub(super) async fn publish_notification(
     .await
 }
 
-/// Declares the stream of each celebrity among `videos`' YouTubers, on a
-/// channel of its own (a refusal closes it). One that cannot be declared
-/// (a client declared a queue of that name with other settings) is said
-/// once; its upload's publish then fails, and the upload stays in the
-/// outbox until the queue is fixed.
-pub(super) async fn declare_celebrity_streams<'a>(
-    link: &crate::link::Link,
-    videos: impl IntoIterator<Item = &'a Video>,
-) -> Result<()> {
-    let youtubers: std::collections::BTreeSet<&str> = videos
-        .into_iter()
-        .filter(|video| video.streamed && !video.notified)
-        .map(|video| video.youtuber.as_str())
-        .collect();
-    if youtubers.is_empty() {
-        return Ok(());
-    }
-    let session = link.session().await?;
-    let mut channel = session.connection().create_channel().await?;
-    for youtuber in youtubers {
-        if let Err(err) = topology::declare_celebrity_stream(&channel, youtuber).await {
-            tracing::warn!(
-                "cannot declare {}: {}; {youtuber}'s uploads wait until that queue is deleted \
-                 (rabbitmqctl delete_queue {})",
-                topology::celebrity_stream(youtuber),
-                broker::amqp_reason(&err),
-                topology::celebrity_stream(youtuber)
-            );
-            channel = session.connection().create_channel().await?;
+impl YoutubeServer {
+    /// Declares the stream of each celebrity among `videos`' YouTubers, on a
+    /// channel of its own (a refusal closes it): at each batch, so that one
+    /// deleted meanwhile is there again. One that cannot be declared (a
+    /// client declared a queue of that name with other settings) is said;
+    /// its uploads' publish then fails, and they stay in the outbox until
+    /// that queue is gone.
+    pub(super) async fn declare_celebrity_streams<'a>(
+        &self,
+        videos: impl IntoIterator<Item = &'a Video>,
+    ) -> Result<()> {
+        let youtubers: std::collections::BTreeSet<&str> = videos
+            .into_iter()
+            .filter(|video| (video.streamed || video.stream_after) && !video.notified)
+            .map(|video| video.youtuber.as_str())
+            .collect();
+        for youtuber in youtubers {
+            let session = self.link.session().await?;
+            let channel = session.connection().create_channel().await?;
+            match topology::declare_celebrity_stream(&channel, youtuber).await {
+                Ok(()) => {
+                    let _ = channel.close(200, "declared".into()).await;
+                }
+                Err(err) => {
+                    let stream = topology::celebrity_stream(youtuber);
+                    tracing::warn!(
+                        "cannot declare {stream}: {}; {youtuber}'s uploads wait until that \
+                         queue is deleted (rabbitmqctl delete_queue {stream})",
+                        broker::amqp_reason(&err)
+                    );
+                }
+            }
         }
+        Ok(())
     }
-    let _ = channel.close(200, "declared".into()).await;
-    Ok(())
 }
 
 /// Whether a dead-lettered notification left its inbox because the inbox was

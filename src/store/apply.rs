@@ -17,7 +17,7 @@ pub(super) const VIDEO_COLUMNS: &str = "id, youtuber, title, uploaded_at_ms, not
 /// server looked at what the user was shown: whatever the server numbered
 /// after that look was appended later, by a clock that may be this much
 /// behind the server's. What it reads twice it recognises by number.
-pub(super) const STREAM_READ_MARGIN_MS: i64 = 60_000;
+pub const STREAM_READ_MARGIN_MS: i64 = 60_000;
 
 /// Applies one request in its own savepoint of the batch's transaction, and
 /// refuses it if it fails on its own.
@@ -373,8 +373,10 @@ async fn unsubscribe_in(
     })
 }
 
-/// Stores an upload with the next number of its YouTuber, who becomes a
-/// celebrity now if it has `celebrities_from` subscribers or more.
+/// Stores an upload with the next number of its YouTuber. If the YouTuber
+/// has `celebrities_from` subscribers or more, it becomes a celebrity: this
+/// upload is the last copied into the inboxes, and tells sessions to read
+/// the stream the later ones go to.
 async fn upload_in(
     tx: &mut Tx<'_>,
     youtuber: String,
@@ -396,8 +398,8 @@ async fn upload_in(
         .await?
         .ok_or_else(|| DbError::data(format!("no YouTuber {youtuber}")))?;
     let seq: u64 = numbered.get(0)?;
-    let streamed = match (numbered.get::<Option<u64>>(1)?, celebrities_from) {
-        (Some(_), _) => true,
+    let (streamed, stream_after) = match (numbered.get::<Option<u64>>(1)?, celebrities_from) {
+        (Some(_), _) => (true, false),
         (None, Some(threshold)) => {
             let subscribers: u64 = tx
                 .query_value(
@@ -407,11 +409,20 @@ async fn upload_in(
                 .await?;
             let becomes = subscribers >= threshold;
             if becomes {
-                become_celebrity(tx, &youtuber, seq).await?;
+                tx.execute(
+                    "UPDATE youtubers SET streamed_from = ?2 WHERE name = ?1",
+                    args![&youtuber, seq + 1],
+                )
+                .await?;
+                tracing::info!(
+                    youtuber,
+                    subscribers,
+                    "became a celebrity: its uploads after this one go to its stream"
+                );
             }
-            becomes
+            (false, becomes)
         }
-        (None, None) => false,
+        (None, None) => (false, false),
     };
     let video = Video {
         id: Uuid::new_v4(),
@@ -421,33 +432,22 @@ async fn upload_in(
         notified: false,
         seq: Some(seq),
         streamed,
+        stream_after,
+    };
+    // `streamed`: 0 to the inboxes, 1 to the stream, 2 to the inboxes, the
+    // last one there.
+    let delivery: i64 = match (streamed, stream_after) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => 0,
     };
     tx.execute(
         "INSERT INTO videos (id, youtuber, title, uploaded_at_ms, seq, streamed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        args![video.id, &video.youtuber, &video.title, now, seq, i64::from(streamed)],
+        args![video.id, &video.youtuber, &video.title, now, seq, delivery],
     )
     .await?;
     Ok(video)
-}
-
-/// Makes `youtuber` a celebrity from upload `seq` on. Each subscriber had
-/// every earlier upload in the inbox, and will be shown the later ones from
-/// the stream. Their exchanges stay bound to the YouTuber until their next
-/// login unbinds them: nothing is published there any more.
-async fn become_celebrity(tx: &mut Tx<'_>, youtuber: &str, seq: u64) -> Result<(), DbError> {
-    tx.execute(
-        "UPDATE youtubers SET streamed_from = ?2 WHERE name = ?1",
-        args![youtuber, seq],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE subscriptions SET shown_seq = ?2 WHERE youtuber = ?1",
-        args![youtuber, seq - 1],
-    )
-    .await?;
-    tracing::info!(youtuber, seq, "became a celebrity: its uploads go to its stream from now on");
-    Ok(())
 }
 
 /// Whether `youtuber` is a celebrity.
@@ -461,30 +461,26 @@ async fn is_celebrity(tx: &mut Tx<'_>, youtuber: &str) -> Result<bool, DbError> 
 
 /// What a login makes the broker do: the inbox, and the user's exchange
 /// bound to each YouTuber the user follows but the celebrities.
+///
+/// A binding to a celebrity made before it became one stays: nothing is
+/// published there any more, and removing it could race with the last
+/// upload copied into the inboxes. Unsubscribing removes it.
 async fn login_effect(tx: &mut Tx<'_>, inbox: InboxSpec, history: bool) -> Result<Effect, DbError> {
-    let mut subscriptions = Vec::new();
-    let mut streamed = Vec::new();
-    for row in tx
+    let subscriptions = tx
         .query(
-            r#"SELECT s.youtuber, y.streamed_from IS NOT NULL FROM subscriptions s
+            r#"SELECT s.youtuber FROM subscriptions s
                LEFT JOIN youtubers y ON y.name = s.youtuber
-               WHERE s."user" = ?1 ORDER BY s.youtuber"#,
+               WHERE s."user" = ?1 AND y.streamed_from IS NULL ORDER BY s.youtuber"#,
             args![&inbox.user],
         )
         .await?
-    {
-        let youtuber: String = row.get(0)?;
-        if row.get::<Option<bool>>(1)?.unwrap_or(false) {
-            streamed.push(youtuber);
-        } else {
-            subscriptions.push(youtuber);
-        }
-    }
+        .iter()
+        .map(|row| row.get(0))
+        .collect::<Result<_, _>>()?;
     Ok(Effect::Inbox {
         inbox,
         subscriptions,
         history,
-        streamed,
     })
 }
 
@@ -492,9 +488,11 @@ async fn login_effect(tx: &mut Tx<'_>, inbox: InboxSpec, history: bool) -> Resul
 async fn celebrities_of(tx: &mut Tx<'_>, user: &str, now: i64) -> Result<Reply, DbError> {
     let followed = tx
         .query(
-            r#"SELECT s.youtuber, s.shown_seq, y.uploads FROM subscriptions s
-               JOIN youtubers y ON y.name = s.youtuber
-               WHERE s."user" = ?1 AND s.shown_seq IS NOT NULL ORDER BY s.youtuber"#,
+            // A subscriber from before the YouTuber became a celebrity had
+            // the uploads before its stream in the inbox.
+            r#"SELECT s.youtuber, COALESCE(s.shown_seq, y.streamed_from - 1), y.uploads
+               FROM subscriptions s JOIN youtubers y ON y.name = s.youtuber
+               WHERE s."user" = ?1 AND y.streamed_from IS NOT NULL ORDER BY s.youtuber"#,
             args![user],
         )
         .await?;
@@ -535,7 +533,7 @@ async fn celebrities_of(tx: &mut Tx<'_>, user: &str, now: i64) -> Result<Reply, 
 async fn seen(tx: &mut Tx<'_>, user: &str, youtuber: &str, seq: u64) -> Result<(), DbError> {
     tx.execute(
         r#"UPDATE subscriptions SET shown_seq = ?3
-           WHERE "user" = ?1 AND youtuber = ?2 AND shown_seq < ?3
+           WHERE "user" = ?1 AND youtuber = ?2 AND COALESCE(shown_seq, 0) < ?3
              AND ?3 <= (SELECT uploads FROM youtubers WHERE name = ?2)"#,
         args![user, youtuber, seq],
     )
@@ -654,6 +652,7 @@ pub(super) fn video_from_row(row: &Row) -> Result<Video, DbError> {
         uploaded_at_ms: row.get(3)?,
         notified: row.get(4)?,
         seq: row.get(5)?,
-        streamed: row.get(6)?,
+        streamed: row.get::<i64>(6)? == 1,
+        stream_after: row.get::<i64>(6)? == 2,
     })
 }

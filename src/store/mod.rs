@@ -36,6 +36,7 @@ use crate::{
     protocol::{CreatorEvent, Notification, Reply, Request},
 };
 
+pub use apply::STREAM_READ_MARGIN_MS;
 use apply::{VIDEO_COLUMNS, apply_isolated, is_subscribed, subscriptions_of, video_from_row};
 pub use claims::Claims;
 pub use copy::Copied;
@@ -68,6 +69,9 @@ pub struct Video {
     /// Whether its notification goes to the YouTuber's stream (a
     /// celebrity's) instead of every subscriber's inbox.
     pub streamed: bool,
+    /// Whether it is the last upload copied into the inboxes, the one that
+    /// made its YouTuber a celebrity: it tells sessions to read the stream.
+    pub stream_after: bool,
 }
 
 impl Video {
@@ -79,6 +83,7 @@ impl Video {
             video: self.title.clone(),
             uploaded_at_ms: self.uploaded_at_ms,
             seq: self.seq,
+            stream_after: self.stream_after,
         }
     }
 }
@@ -146,9 +151,6 @@ pub enum Effect {
         inbox: InboxSpec,
         subscriptions: Vec<String>,
         history: bool,
-        /// The celebrities the user follows: their uploads go to their
-        /// streams, so the user's exchange must not be bound to them.
-        streamed: Vec<String>,
     },
     /// The user's inbox must be bound to the YouTuber exactly when `subscribed`
     /// (never for a celebrity, whose uploads go to its stream).

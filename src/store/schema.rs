@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     youtuber  TEXT NOT NULL,
     since_ms  INTEGER NOT NULL,
     -- For a celebrity: the number of the latest upload the user has been
-    -- shown (or had in the inbox). NULL for any other YouTuber.
+    -- shown from its stream. NULL: none yet (every upload before the stream
+    -- was copied into the inbox).
     shown_seq INTEGER,
     PRIMARY KEY (user, youtuber)
 );
@@ -56,7 +57,9 @@ CREATE TABLE IF NOT EXISTS videos (
     -- The upload's number among its YouTuber's (youtubers.uploads); NULL
     -- for one stored before uploads were numbered.
     seq            INTEGER,
-    -- 1: its notification goes to the YouTuber's stream, not to the inboxes.
+    -- Where its notification goes: 0 to the subscribers' inboxes, 1 to the
+    -- YouTuber's stream, 2 to the inboxes as the last one there (it made
+    -- the YouTuber a celebrity).
     streamed       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS subscriptions_by_youtuber ON subscriptions(youtuber);

@@ -325,7 +325,6 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
             inbox: inbox("alice", None),
             subscriptions: vec!["bob".into()],
             history: false,
-            streamed: vec![],
         }
     );
     let carol = store
@@ -338,7 +337,6 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
             inbox: inbox("carol", Some(500)),
             subscriptions: vec![],
             history: false,
-            streamed: vec![],
         }
     );
     let indexed: bool = query_value(
@@ -431,7 +429,6 @@ async fn effects_carry_the_bound_recorded_for_the_user_not_the_current_one(store
                 inbox: inbox("alice", Some(100)),
                 subscriptions: vec!["bob".into()],
                 history: false,
-                streamed: vec![],
             },
             // A replay declares the inbox again, as first declared.
             Effect::Binding {

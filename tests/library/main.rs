@@ -3,6 +3,7 @@
 //! on purpose against a private broker node (`faults`, `restart`), and
 //! secure mode with real accounts (`secure`).
 
+mod celebrities;
 mod faults;
 mod restart;
 mod secure;

@@ -38,14 +38,14 @@ async fn next_notification(inbox: &mut Inbox) -> Notification {
     notification
 }
 
-fn title(notification: &Notification) -> &str {
+pub(crate) fn title(notification: &Notification) -> &str {
     match notification {
         Notification::VideoUploaded { video, .. } => video,
     }
 }
 
 /// How many messages wait in a queue now.
-async fn depth(channel: &Channel, queue: &str) -> u32 {
+pub(crate) async fn depth(channel: &Channel, queue: &str) -> u32 {
     topology::inspect(channel, queue)
         .await
         .expect("queue exists")
@@ -99,7 +99,7 @@ async fn active_and_standby(vhost: &TestVhost, name: &str) -> (TestServer, TestS
     (active, standby)
 }
 
-async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
+pub(crate) async fn raw_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
     let connection = broker::connect(&broker::Endpoint::new(&vhost.url), "test raw")
         .await
         .expect("connect");
@@ -246,6 +246,7 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
         video: "Twice".into(),
         uploaded_at_ms: 0,
         seq: None,
+        stream_after: false,
     };
     let unique = Notification::VideoUploaded {
         id: Uuid::new_v4(),
@@ -253,6 +254,7 @@ async fn a_redelivered_notification_is_shown_once_per_session() {
         video: "Once".into(),
         uploaded_at_ms: 0,
         seq: None,
+        stream_after: false,
     };
     for message in [&notification, &notification, &unique] {
         publish_raw(

@@ -64,6 +64,7 @@ pub async fn publish(
             video: title(seq as u32),
             uploaded_at_ms: ytnotify::store::now_ms(),
             seq: Some(seq as u64 + 1),
+            stream_after: false,
         });
         tally.mark_sent(seq as u32);
         let confirm = channel

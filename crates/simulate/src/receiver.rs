@@ -505,6 +505,7 @@ mod tests {
             video: video.into(),
             uploaded_at_ms: 0,
             seq: None,
+            stream_after: false,
         })
     }
 

@@ -30,6 +30,7 @@ pub(super) fn upload(n: u128, youtuber: &str, video: &str, away: bool) -> Msg {
             video: video.into(),
             uploaded_at_ms: 1_795_437_000_000 + n as i64 * 61_000,
             seq: None,
+            stream_after: false,
         },
         away,
     }
