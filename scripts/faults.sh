@@ -25,7 +25,7 @@ for round in $(seq 1 "$rounds"); do
     status=0
     {
         bash scripts/test.sh --test library -- --nocapture --test-threads=1 faults:: restart:: &&
-            bash scripts/test.sh -p ytnotify-simulate --test simulate -- --nocapture under_simulated_load &&
+            bash scripts/test.sh -p ytnotify-simulate --test faults -- --nocapture &&
             bash scripts/test.sh -p ytnotify-gateway --test protocol -- --nocapture &&
             bash scripts/test.sh --test library --test programs -- --nocapture server:: cli::
     } >"$log" 2>&1 || status=$?
