@@ -86,6 +86,26 @@ async fn run_through<T>(
     tokio::join!(simulation, fault)
 }
 
+/// Looks every 100 ms until what `look` sees is `done`, for `limit` at most
+/// (each look included): what it saw last, and whether that was done.
+async fn poll<T>(
+    limit: Duration,
+    mut look: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> (Option<T>, bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = None;
+    while let Ok(now) = tokio::time::timeout_at(deadline, look()).await {
+        let finished = done(&now);
+        seen = Some(now);
+        if finished {
+            return (seen, true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (seen, false)
+}
+
 /// Waits until the run's uploads have begun: every inbox has its consumer
 /// (the receivers open them right before the uploads start), plus a second.
 async fn uploads_under_way(url: &str, scenario: &Scenario) {
@@ -96,30 +116,22 @@ async fn uploads_under_way(url: &str, scenario: &Scenario) {
         simulate::scenario::user_name(0),
         simulate::scenario::user_name(scenario.users - 1),
     ];
-    let started = tokio::time::timeout(Duration::from_secs(120), async {
-        loop {
-            let mut open = true;
-            for user in &watched {
-                // Not declared yet is not open yet (and closes the channel).
-                let channel = probe.create_channel().await.unwrap();
-                let consumers = match topology::inspect(&channel, &topology::inbox(user)).await {
-                    Ok((_, consumers)) => consumers,
-                    Err(_) => 0,
-                };
-                let _ = channel.close(200, "probed".into()).await;
-                open &= consumers > 0;
-            }
-            if open {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let inboxes_open = async || {
+        let mut open = true;
+        for user in &watched {
+            // Not declared yet is not open yet (and closes the channel).
+            let channel = probe.create_channel().await.unwrap();
+            let consumers = match topology::inspect(&channel, &topology::inbox(user)).await {
+                Ok((_, consumers)) => consumers,
+                Err(_) => 0,
+            };
+            let _ = channel.close(200, "probed".into()).await;
+            open &= consumers > 0;
         }
-    })
-    .await;
-    assert!(
-        started.is_ok(),
-        "the simulator opened every inbox within 120 s"
-    );
+        open
+    };
+    let (_, started) = poll(Duration::from_secs(120), inboxes_open, |open| *open).await;
+    assert!(started, "the simulator opened every inbox within 120 s");
     let _ = probe.close(200, "bye".into()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
@@ -168,19 +180,14 @@ async fn claims(url: &str) -> Option<Vec<i64>> {
 /// `expected` partitions each (fewest first); how long that took.
 async fn shared_out(url: &str, expected: &[i64]) -> Duration {
     let started = Instant::now();
-    let mut seen = None;
-    let waited = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            seen = claims(url).await;
-            if seen.as_deref() == Some(expected) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    let (seen, shared) = poll(
+        Duration::from_secs(60),
+        async || claims(url).await,
+        |seen| seen.as_deref() == Some(expected),
+    )
     .await;
     assert!(
-        waited.is_ok(),
+        shared,
         "the partitions were not shared out as {expected:?} within 60 s: {seen:?}"
     );
     started.elapsed()
@@ -278,49 +285,21 @@ async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
     assert_nothing_lost_through_the_crash(&report);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_postgresql_crash_loses_no_confirmed_upload() {
+/// `servers` servers as child processes on a private PostgreSQL, the
+/// simulator's clients and receivers, and PostgreSQL stopped at once (no
+/// checkpoint) in the middle of the uploads, then started again: every
+/// server loses its claims on the partitions with its connection, and they
+/// must share them out again by themselves.
+async fn postgresql_crash_under(servers: u32) {
     logs();
-    let vhost = TestVhost::new("simulate-postgres-crash");
+    let vhost = TestVhost::new(&format!("simulate-postgres-crash-{servers}"));
     let postgres = PostgresServer::start().await;
-    // The real youtube_server as a child process on a private PostgreSQL,
-    // the simulator's clients and receivers, and PostgreSQL stopped at once
-    // (no checkpoint) in the middle of it, then started again.
-    let scenario = steady_uploads("postgres-crash");
+    let scenario = steady_uploads(&format!("postgres-crash-{servers}"));
     let logs = TempDir::new().unwrap();
     let mut options = options(&vhost.url, &logs);
     options.postgres = Some(postgres.url.clone());
-    let crash = async {
-        uploads_under_way(&vhost.url, &scenario).await;
-        let crashed = Instant::now();
-        postgres.crash().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        postgres.boot().await;
-        crashed.elapsed()
-    };
-    let (report, down) = run_through(&scenario, &options, crash).await;
-    eprintln!(
-        "PostgreSQL down {:.1} s during the run\n{report}",
-        down.as_secs_f64()
-    );
-    assert_eq!(report.server.database, "postgres");
-    assert_nothing_lost_through_the_crash(&report);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_postgresql_crash_under_two_servers_loses_no_confirmed_upload() {
-    logs();
-    let vhost = TestVhost::new("simulate-postgres-crash-servers");
-    let postgres = PostgresServer::start().await;
-    // Two servers share the request queues' partitions on a private
-    // PostgreSQL, which is stopped at once (no checkpoint) in the middle of
-    // the uploads and started again: both lose their claims with their
-    // connections and must share the partitions out again by themselves.
-    let scenario = steady_uploads("postgres-crash-servers");
-    let logs = TempDir::new().unwrap();
-    let mut options = options(&vhost.url, &logs);
-    options.postgres = Some(postgres.url.clone());
-    options.servers = 2;
+    options.servers = servers;
+    let share = i64::from(topology::PARTITIONS) / i64::from(servers);
     let crash = async {
         uploads_under_way(&vhost.url, &scenario).await;
         let crashed = Instant::now();
@@ -328,7 +307,7 @@ async fn under_simulated_load_a_postgresql_crash_under_two_servers_loses_no_conf
         tokio::time::sleep(Duration::from_secs(1)).await;
         postgres.boot().await;
         let down = crashed.elapsed();
-        let shared = shared_out(&postgres.url, &[4, 4]).await;
+        let shared = shared_out(&postgres.url, &vec![share; servers as usize]).await;
         (down, shared)
     };
     let (report, (down, shared)) = run_through(&scenario, &options, crash).await;
@@ -338,10 +317,10 @@ async fn under_simulated_load_a_postgresql_crash_under_two_servers_loses_no_conf
         down.as_secs_f64(),
         shared.as_secs_f64()
     );
-    assert_eq!(report.server.servers, 2);
+    assert_eq!(report.server.servers, servers);
     assert_eq!(report.server.database, "postgres");
     assert_nothing_lost_through_the_crash(&report);
-    for i in 0..2 {
+    for i in 0..servers {
         // Said once the crash cut its connection; the claims above show
         // that it took its share again.
         let lost = logged(&logs, i, "handing them over");
@@ -351,6 +330,16 @@ async fn under_simulated_load_a_postgresql_crash_under_two_servers_loses_no_conf
             "server {i} saw its claims go with PostgreSQL"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulated_load_a_postgresql_crash_loses_no_confirmed_upload() {
+    postgresql_crash_under(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulated_load_a_postgresql_crash_under_two_servers_loses_no_confirmed_upload() {
+    postgresql_crash_under(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
