@@ -30,7 +30,7 @@ for round in $(seq 1 "$rounds"); do
             bash scripts/test.sh --test library --test programs -- --nocapture server:: cli::
     } >"$log" 2>&1 || status=$?
     cat "$log" >>"$all"
-    grep -E '^(broker crash|stalled broker|graceful shutdown)|^test result|^test .* FAILED$|panicked at' "$log" || true
+    grep -E '^(broker crash|stalled broker|graceful shutdown|broker down|PostgreSQL down|the killed server|node 0 served)|^test result|^test .* FAILED$|panicked at' "$log" || true
     if [[ $status -ne 0 ]]; then
         printf 'round %s failed (exit %s) after %s of %s rounds passed; its output follows\n' \
             "$round" "$status" "$passed" "$rounds" >&2

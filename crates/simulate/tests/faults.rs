@@ -312,8 +312,8 @@ async fn postgresql_crash_under(servers: u32) {
     };
     let (report, (down, shared)) = run_through(&scenario, &options, crash).await;
     eprintln!(
-        "PostgreSQL down {:.1} s during the run; the partitions shared out again {:.1} s \
-         after it was back\n{report}",
+        "PostgreSQL down {:.1} s during the run of {servers} server(s); the partitions \
+         shared out again {:.1} s after it was back\n{report}",
         down.as_secs_f64(),
         shared.as_secs_f64()
     );
