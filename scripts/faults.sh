@@ -25,12 +25,12 @@ for round in $(seq 1 "$rounds"); do
     status=0
     {
         bash scripts/test.sh --test library -- --nocapture --test-threads=1 faults:: restart:: &&
-            bash scripts/test.sh -p ytnotify-simulate --test simulate -- --nocapture under_simulated_load &&
+            bash scripts/test.sh -p ytnotify-simulate --test faults -- --nocapture &&
             bash scripts/test.sh -p ytnotify-gateway --test protocol -- --nocapture &&
             bash scripts/test.sh --test library --test programs -- --nocapture server:: cli::
     } >"$log" 2>&1 || status=$?
     cat "$log" >>"$all"
-    grep -E '^(broker crash|stalled broker|graceful shutdown)|^test result|^test .* FAILED$|panicked at' "$log" || true
+    grep -E '^(broker crash|stalled broker|graceful shutdown|broker down|PostgreSQL down|the killed server|node 0 served)|^test result|^test .* FAILED$|panicked at' "$log" || true
     if [[ $status -ne 0 ]]; then
         printf 'round %s failed (exit %s) after %s of %s rounds passed; its output follows\n' \
             "$round" "$status" "$passed" "$rounds" >&2

@@ -372,12 +372,17 @@ impl Server {
         }
     }
 
-    /// The server's memory and CPU, when it is a child process.
-    pub fn usage(&self) -> Option<Usage> {
+    /// The process id of a child server.
+    pub fn pid(&self) -> Option<u32> {
         match self {
-            Server::Child(child) => Usage::of(child.id()),
+            Server::Child(child) => Some(child.id()),
             _ => None,
         }
+    }
+
+    /// The server's memory and CPU, when it is a child process.
+    pub fn usage(&self) -> Option<Usage> {
+        self.pid().and_then(Usage::of)
     }
 
     /// Whether a child server has already exited (with its status).
@@ -458,6 +463,11 @@ impl Servers {
 
     pub fn count(&self) -> usize {
         self.running.len()
+    }
+
+    /// The process ids of the servers that are child processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.running.iter().filter_map(Server::pid).collect()
     }
 
     /// Each server's memory and CPU, when they are child processes.

@@ -134,6 +134,13 @@ pub struct Options {
     pub cluster: bool,
     /// The cluster script; `None`: the workspace's `scripts/cluster.sh`.
     pub cluster_script: Option<PathBuf>,
+    /// The type the servers declare the vhost's queues with; `None`: quorum
+    /// with `cluster`, else the servers' own choice (classic on a new
+    /// vhost). Quorum for a cluster that `amqp_url` lists.
+    pub queue_type: Option<QueueType>,
+    /// Sent the process ids of the servers once they have started (of
+    /// child processes only): for a test that kills one in the middle of a run.
+    pub server_pids: Option<tokio::sync::watch::Sender<Vec<u32>>>,
     /// Where the servers write their logs (`youtube_server-<i>.log`), kept
     /// after the run; `None`: a scratch directory, removed with it.
     pub server_logs: Option<PathBuf>,
@@ -154,6 +161,8 @@ impl Options {
             servers: 1,
             cluster: false,
             cluster_script: None,
+            queue_type: None,
+            server_pids: None,
             server_logs: None,
         }
     }
@@ -235,7 +244,9 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         Some(postgres) => ytnotify::store::Database::Postgres(postgres.url.clone()),
         None => ytnotify::store::Database::Sqlite(scratch.0.join("server.db")),
     };
-    let queue_type = cluster.as_ref().map(|_| QueueType::Quorum);
+    let queue_type = options
+        .queue_type
+        .or(cluster.as_ref().map(|_| QueueType::Quorum));
     let mut servers = Servers::start(
         options.servers,
         &options.server,
@@ -245,6 +256,9 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
         &logs,
     )
     .await?;
+    if let Some(pids) = &options.server_pids {
+        pids.send_replace(servers.pids());
+    }
     let outcome = Simulation {
         scenario,
         plan: &plan,

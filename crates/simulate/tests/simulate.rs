@@ -1,15 +1,14 @@
 //! The simulator against the real broker and the real `youtube_server`: a tiny
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
 //! and fill every field of the report; likes and comments reach their
-//! creators once each; under load, a broker crash loses no confirmed upload;
-//! a server on PostgreSQL is held to the same check, and so are two sharing one.
-//! (Benchmarks are not tests: see scripts/bench.sh.)
+//! creators once each; a server on PostgreSQL is held to the same check, and
+//! so are two sharing one. (Faults under load are in `faults.rs`; benchmarks
+//! are not tests: see scripts/bench.sh.)
 
 use std::time::Duration;
 
-use ytnotify::topology;
 use ytnotify_simulate::{self as simulate, Options, Scenario, WsAcks, harness::ServerMode};
-use ytnotify_testkit::{TestVhost, broker_node::BrokerNode, logs, program, require_broker};
+use ytnotify_testkit::{TestVhost, logs, program};
 
 fn tiny() -> Scenario {
     Scenario {
@@ -350,152 +349,6 @@ async fn the_in_process_server_is_checked_the_same_way() {
     assert_eq!(report.server.mode, "in-process");
     assert_eq!(report.server.peak_rss_mb, None);
     assert_eq!(report.ratios.deliveries_per_s, None);
-}
-
-/// Waits until the run's uploads have begun: every inbox has its consumer
-/// (the receivers open them right before the uploads start), plus a second.
-async fn uploads_under_way(url: &str, scenario: &Scenario) {
-    let probe = ytnotify::broker::connect(&ytnotify::broker::Endpoint::new(url), "probe")
-        .await
-        .unwrap();
-    let watched = [
-        simulate::scenario::user_name(0),
-        simulate::scenario::user_name(scenario.users - 1),
-    ];
-    let started = tokio::time::timeout(Duration::from_secs(120), async {
-        loop {
-            let mut open = true;
-            for user in &watched {
-                // Not declared yet is not open yet (and closes the channel).
-                let channel = probe.create_channel().await.unwrap();
-                let consumers = match topology::inspect(&channel, &topology::inbox(user)).await {
-                    Ok((_, consumers)) => consumers,
-                    Err(_) => 0,
-                };
-                let _ = channel.close(200, "probed".into()).await;
-                open &= consumers > 0;
-            }
-            if open {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(
-        started.is_ok(),
-        "the simulator opened every inbox within 120 s"
-    );
-    let _ = probe.close(200, "bye".into()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// 300 users following 10 YouTubers, 200 uploads at 20/s, all online.
-fn steady_uploads(name: &str) -> Scenario {
-    Scenario {
-        name: name.to_owned(),
-        users: 300,
-        youtubers: 10,
-        subscriptions: 900,
-        uploads: 200,
-        upload_rate: 20.0,
-        upload_window: 4,
-        offline_share: 0.0,
-        churn: 0,
-        clients: 2,
-        receivers: 4,
-        drain_timeout: Duration::from_secs(60),
-        seed: 11,
-        ..Scenario::default()
-    }
-}
-
-/// Every confirmed upload reached every subscriber, and none was shown
-/// twice: the copies of notifications whose ack a crash lost are dropped by
-/// id, as a user session drops them (`check.redelivered`).
-fn assert_nothing_lost_through_the_crash(report: &simulate::report::Report) {
-    let (check, text) = (&report.check, report.to_string());
-    assert!(check.expected > 0, "{text}");
-    assert_eq!(
-        (check.lost, check.duplicates, check.unexpected),
-        (0, 0, 0),
-        "{text}"
-    );
-    assert!(check.ok, "{text}");
-    assert_eq!(check.received, check.expected, "{text}");
-    assert_eq!(report.run.failed_requests, 0, "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_postgresql_crash_loses_no_confirmed_upload() {
-    logs();
-    let vhost = TestVhost::new("simulate-postgres-crash");
-    let postgres = ytnotify_testkit::postgres::PostgresServer::start().await;
-    // The real youtube_server as a child process on a private PostgreSQL,
-    // the simulator's clients and receivers, and PostgreSQL stopped at once
-    // (no checkpoint) in the middle of it, then started again.
-    let scenario = steady_uploads("postgres-crash");
-    let mut options = options(&vhost, ServerMode::Spawn(program("youtube_server")));
-    options.ceiling = false;
-    options.request_timeout = Duration::from_secs(120);
-    options.postgres = Some(postgres.url.clone());
-    let crash = async {
-        uploads_under_way(&vhost.url, &scenario).await;
-        let crashed = std::time::Instant::now();
-        postgres.crash().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        postgres.boot().await;
-        crashed.elapsed()
-    };
-    let simulation =
-        tokio::time::timeout(Duration::from_secs(150), simulate::run(&scenario, &options));
-    let (report, down) = tokio::join!(simulation, crash);
-    let report = report
-        .expect("the simulation finished within 150 s")
-        .expect("the simulation ran");
-    eprintln!(
-        "PostgreSQL down {:.1} s during the run\n{report}",
-        down.as_secs_f64()
-    );
-    assert_eq!(report.server.database, "postgres");
-    assert_nothing_lost_through_the_crash(&report);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_simulated_load_a_broker_crash_loses_no_confirmed_upload() {
-    logs();
-    require_broker();
-    let node = BrokerNode::start().await;
-    // The real youtube_server as a child process, the simulator's clients
-    // and receivers, and a kill -9 of the broker in the middle of it.
-    let scenario = steady_uploads("broker-crash");
-    let mut options = Options::new(node.url.clone());
-    options.fresh_vhost = false;
-    options.ceiling = false;
-    options.server = ServerMode::Spawn(program("youtube_server"));
-    options.request_timeout = Duration::from_secs(120);
-
-    // Crash it once the run has begun: every inbox has its consumer (the
-    // receivers open them right before the uploads start), plus a second.
-    let crash = async {
-        uploads_under_way(&node.url, &scenario).await;
-        let killed = std::time::Instant::now();
-        node.kill9().await;
-        node.boot().await;
-        killed.elapsed()
-    };
-    let simulation =
-        tokio::time::timeout(Duration::from_secs(150), simulate::run(&scenario, &options));
-    let (report, down) = tokio::join!(simulation, crash);
-    let report = report
-        .expect("the simulation finished within 150 s")
-        .expect("the simulation ran");
-    let text = report.to_string();
-    eprintln!(
-        "broker down {:.1} s during the run\n{text}",
-        down.as_secs_f64()
-    );
-    assert_nothing_lost_through_the_crash(&report);
 }
 
 /// Ten SSE and ten WebSocket clients, one per user, on two `gateway`
