@@ -123,7 +123,8 @@ impl Request {
             Request::Login { user, .. }
             | Request::ListSubscriptions { user }
             | Request::Celebrities { user } => names::check_user(user),
-            Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
+            Request::ChangeSubscription { user, youtuber, .. }
+            | Request::Seen { user, youtuber, .. } => {
                 names::check_user(user)?;
                 names::check_youtuber(youtuber)
             }
@@ -328,26 +329,35 @@ impl Reply {
                 })
             }
             Reply::Celebrities { celebrities, .. } => {
-                celebrities.iter().enumerate().try_for_each(|(index, celebrity)| {
-                    let invalid = |field: String, invalid: InvalidName| InvalidReply {
-                        field,
-                        problem: format!("holds an {invalid}"),
-                    };
-                    names::check_youtuber(&celebrity.youtuber)
-                        .map_err(|e| invalid(format!("celebrities[{index}].youtuber"), e))?;
-                    celebrity.missed.iter().enumerate().try_for_each(|(at, missed)| {
-                        missed.validate().map_err(|e| {
-                            invalid(format!("celebrities[{index}].missed[{at}]"), e)
-                        })?;
-                        if missed.youtuber() != celebrity.youtuber || missed.seq().is_none() {
-                            return Err(InvalidReply {
-                                field: format!("celebrities[{index}].missed[{at}]"),
-                                problem: "is not a numbered upload of that YouTuber".to_owned(),
-                            });
-                        }
-                        Ok(())
+                celebrities
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(index, celebrity)| {
+                        let invalid = |field: String, invalid: InvalidName| InvalidReply {
+                            field,
+                            problem: format!("holds an {invalid}"),
+                        };
+                        names::check_youtuber(&celebrity.youtuber)
+                            .map_err(|e| invalid(format!("celebrities[{index}].youtuber"), e))?;
+                        celebrity
+                            .missed
+                            .iter()
+                            .enumerate()
+                            .try_for_each(|(at, missed)| {
+                                missed.validate().map_err(|e| {
+                                    invalid(format!("celebrities[{index}].missed[{at}]"), e)
+                                })?;
+                                if missed.youtuber() != celebrity.youtuber || missed.seq().is_none()
+                                {
+                                    return Err(InvalidReply {
+                                        field: format!("celebrities[{index}].missed[{at}]"),
+                                        problem: "is not a numbered upload of that YouTuber"
+                                            .to_owned(),
+                                    });
+                                }
+                                Ok(())
+                            })
                     })
-                })
             }
         }
     }
@@ -729,7 +739,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
 /// a client prints what it gets, and the server writes only replies that
 /// pass (see [`fit_reply_text`]).
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
-    let reply: Reply = decode(bytes, &["done", "subscriptions", "videos", "refused", "celebrities"])?;
+    let reply: Reply = decode(
+        bytes,
+        &["done", "subscriptions", "videos", "refused", "celebrities"],
+    )?;
     match reply.validate() {
         Ok(()) => Ok(reply),
         Err(invalid) => Err(DecodeError::Malformed {

@@ -25,9 +25,8 @@ use ytnotify::names::{
     escape_for_terminal,
 };
 use ytnotify::protocol::{
-    Celebrity,
-    self, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reaction, Reply,
-    Request, RequestEnvelope, VideoStats, decode_notification, decode_reply, decode_request,
+    self, Celebrity, DecodeError, MAX_MESSAGE_BYTES, MAX_REPLY_TEXT_CHARS, Notification, Reaction,
+    Reply, Request, RequestEnvelope, VideoStats, decode_notification, decode_reply, decode_request,
     encode,
 };
 
@@ -1021,7 +1020,8 @@ fn expected_validation(request: &Request) -> Result<(), InvalidName> {
         Request::Login { user, .. }
         | Request::ListSubscriptions { user }
         | Request::Celebrities { user } => names::check_user(user),
-        Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
+        Request::ChangeSubscription { user, youtuber, .. }
+        | Request::Seen { user, youtuber, .. } => {
             names::check_user(user).and_then(|()| names::check_youtuber(youtuber))
         }
         Request::Upload { youtuber, video } => {
@@ -1044,7 +1044,8 @@ fn reference_request_ok(request: &Request) -> bool {
         Request::Login { user, .. }
         | Request::ListSubscriptions { user }
         | Request::Celebrities { user } => reference_name_ok(user),
-        Request::ChangeSubscription { user, youtuber, .. } | Request::Seen { user, youtuber, .. } => {
+        Request::ChangeSubscription { user, youtuber, .. }
+        | Request::Seen { user, youtuber, .. } => {
             reference_name_ok(user) && reference_name_ok(youtuber)
         }
         Request::Upload { youtuber, video } => {

@@ -39,7 +39,12 @@ struct Cli {
     /// Subscribers that make a YouTuber a celebrity: from its first upload with that many, its
     /// uploads are appended once to its stream, which subscribers' sessions read, instead of
     /// copied into every inbox (0: never)
-    #[arg(long, env = "YT_CELEBRITIES_FROM", value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "YT_CELEBRITIES_FROM",
+        value_name = "N",
+        default_value_t = 0
+    )]
     celebrities_from: u64,
     /// The type of the vhost's queues: classic (one node holds each), or quorum (replicated
     /// over a RabbitMQ cluster's nodes). Chosen once per vhost; `migrate-queues` changes it

@@ -193,7 +193,12 @@ impl Celebrities {
     /// Asks the server for `youtuber`'s uploads numbered after `last` and
     /// before `seq`, which the stream did not bring.
     async fn fill_gap(&mut self, youtuber: &str, last: u64, seq: u64) -> Result<()> {
-        tracing::debug!(youtuber, last, seq, "a celebrity's stream skipped uploads; asking the server");
+        tracing::debug!(
+            youtuber,
+            last,
+            seq,
+            "a celebrity's stream skipped uploads; asking the server"
+        );
         let (_, followed) = ask(&self.requests, &self.user).await?;
         let missed = followed
             .into_iter()
@@ -331,7 +336,9 @@ async fn attach(session: &Session, youtuber: &str, start: AMQPValue) -> Result<O
     let deadline = tokio::time::Instant::now() + STREAM_WAIT;
     loop {
         let channel = session.connection().create_channel().await?;
-        channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
         let mut arguments = FieldTable::default();
         arguments.insert(ShortString::from("x-stream-offset"), start.clone());
         let consumed = channel
@@ -440,7 +447,11 @@ impl Shown {
         };
         let youtuber = notification.youtuber().to_owned();
         let mut state = self.lock();
-        state.pending.entry(youtuber.clone()).or_default().insert(seq);
+        state
+            .pending
+            .entry(youtuber.clone())
+            .or_default()
+            .insert(seq);
         state.of.insert(notification.id(), (youtuber, seq));
     }
 

@@ -356,7 +356,14 @@ impl Requests {
             reply_queue: None,
         };
         let id = envelope.id.to_string();
-        publish_surely(&self.publisher, queue, sender, &id, &protocol::encode(&envelope)).await
+        publish_surely(
+            &self.publisher,
+            queue,
+            sender,
+            &id,
+            &protocol::encode(&envelope),
+        )
+        .await
     }
 
     /// How many servers consume a request queue now.
@@ -365,7 +372,6 @@ impl Requests {
         let (_, consumers) = topology::inspect(&channel, queue.name()).await?;
         Ok(consumers)
     }
-
 }
 
 impl Drop for Client {

@@ -11,7 +11,8 @@ use super::{
 use crate::protocol::{self, Celebrity, Reply, Request};
 
 /// The columns [`video_from_row`] reads, in its order.
-pub(super) const VIDEO_COLUMNS: &str = "id, youtuber, title, uploaded_at_ms, notified, seq, streamed";
+pub(super) const VIDEO_COLUMNS: &str =
+    "id, youtuber, title, uploaded_at_ms, notified, seq, streamed";
 
 /// How far back a session reads a celebrity's stream, before the time the
 /// server looked at what the user was shown: whatever the server numbered

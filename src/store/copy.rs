@@ -17,15 +17,19 @@ const TABLES: [(&str, &str, &str); 10] = [
         "name, created_at_ms, last_login_ms, inbox_bound, dropped",
         "name",
     ),
-    ("youtubers", "name, created_at_ms", "name"),
+    (
+        "youtubers",
+        "name, created_at_ms, uploads, streamed_from",
+        "name",
+    ),
     (
         "subscriptions",
-        r#""user", youtuber, since_ms"#,
+        r#""user", youtuber, since_ms, shown_seq"#,
         r#""user", youtuber"#,
     ),
     (
         "videos",
-        "id, youtuber, title, uploaded_at_ms, notified, likes, dislikes, comments",
+        "id, youtuber, title, uploaded_at_ms, notified, likes, dislikes, comments, seq, streamed",
         "rowid",
     ),
     (

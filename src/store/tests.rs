@@ -348,7 +348,7 @@ async fn an_old_database_gains_the_new_columns_and_its_users_stay_unbounded() {
     // An old video gains its counts, from 0, and can be liked.
     execute(
         &store,
-        "INSERT INTO youtubers VALUES ('bob', 1);
+        "INSERT INTO youtubers (name, created_at_ms) VALUES ('bob', 1);
          INSERT INTO videos (id, youtuber, title, uploaded_at_ms, notified)
          VALUES ('0123abcd-0000-4000-8000-000000000000', 'bob', 'Old one', 1, 1);",
     )

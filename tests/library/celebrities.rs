@@ -53,8 +53,7 @@ async fn show(session: &mut Notifications, count: usize) -> Vec<String> {
 
 /// Fails if the session hands out anything within a second and a half.
 async fn nothing_more(session: &mut Notifications, user: &str) {
-    if let Ok(received) = tokio::time::timeout(Duration::from_millis(1_500), session.next()).await
-    {
+    if let Ok(received) = tokio::time::timeout(Duration::from_millis(1_500), session.next()).await {
         let received = received.expect("the session reads");
         panic!(
             "{user} was shown {:?} again, or one never uploaded",
