@@ -260,9 +260,10 @@ mod tests {
             permissions.write,
             r"^(ytnotify\.requests\.user|ytnotify\.requests\.interaction)$"
         );
+        // And every celebrity's stream, which all may read.
         assert_eq!(
             permissions.read,
-            r"^(ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}|ytnotify\.inbox\.a\.b|ytnotify\.history\.a\.b)$"
+            r"^(ytnotify\.reply\.user\.a\.b\.[0-9a-f]{32}|ytnotify\.inbox\.a\.b|ytnotify\.history\.a\.b|ytnotify\.celebrity\..+)$"
         );
         let youtuber = Account::youtuber("TomScott").permissions();
         assert_eq!(youtuber.write, r"^ytnotify\.requests\.youtuber$");
