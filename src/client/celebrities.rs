@@ -182,31 +182,58 @@ impl Celebrities {
             if seq <= last {
                 continue;
             }
-            if seq > last + 1 {
-                self.fill_gap(&youtuber, last, seq).await?;
+            if seq == last + 1 {
+                self.last.insert(youtuber, seq);
+                self.ready.push_back(notification);
+                continue;
             }
-            self.last.insert(youtuber, seq);
-            self.ready.push_back(notification);
+            // A gap: what the stream skipped, and this one, are the server's
+            // to say.
+            let last = self.fill_gap(&youtuber, last).await;
+            if seq == last + 1 {
+                self.last.insert(youtuber, seq);
+                self.ready.push_back(notification);
+            } else if seq > last {
+                // Numbered past the server's latest: not the server's.
+                tracing::warn!(
+                    "skipping an upload numbered {seq} in {}, past {youtuber}'s latest ({last})",
+                    topology::celebrity_stream(&youtuber)
+                );
+            }
         }
     }
 
-    /// Asks the server for `youtuber`'s uploads numbered after `last` and
-    /// before `seq`, which the stream did not bring.
-    async fn fill_gap(&mut self, youtuber: &str, last: u64, seq: u64) -> Result<()> {
+    /// Asks the server for `youtuber`'s uploads numbered after `last`, which
+    /// the stream skipped, and takes them; returns the number of the last one
+    /// taken now. If the server does not answer, nothing is taken: the next
+    /// upload from the stream asks again, and what is never handed out is
+    /// shown at a later session.
+    async fn fill_gap(&mut self, youtuber: &str, last: u64) -> u64 {
         tracing::debug!(
             youtuber,
             last,
-            seq,
             "a celebrity's stream skipped uploads; asking the server"
         );
-        let (_, followed) = ask(&self.requests, &self.user).await?;
+        let followed = match ask(&self.requests, &self.user).await {
+            Ok((_, followed)) => followed,
+            Err(err) => {
+                tracing::warn!(%err, "could not ask the server for {youtuber}'s uploads the stream skipped");
+                return last;
+            }
+        };
+        let mut taken = last;
         let missed = followed
             .into_iter()
             .filter(|celebrity| celebrity.youtuber == youtuber)
-            .flat_map(|celebrity| celebrity.missed)
-            .filter(|missed| missed.seq().is_some_and(|n| n > last && n < seq));
-        self.ready.extend(missed);
-        Ok(())
+            .flat_map(|celebrity| celebrity.missed);
+        for missed in missed {
+            if let Some(seq) = missed.seq().filter(|&seq| seq > taken) {
+                taken = seq;
+                self.ready.push_back(missed);
+            }
+        }
+        self.last.insert(youtuber.to_owned(), taken);
+        taken
     }
 
     pub(super) async fn close(self) {

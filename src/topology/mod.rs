@@ -192,22 +192,10 @@ pub async fn declare_celebrity_stream(
     channel: &Channel,
     youtuber: &str,
 ) -> Result<(), lapin::Error> {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("stream".into()),
-    );
-    arguments.insert(
-        ShortString::from("x-max-length-bytes"),
-        AMQPValue::LongLongInt(CELEBRITY_MAX_BYTES),
-    );
-    arguments.insert(
-        ShortString::from("x-stream-max-segment-size-bytes"),
-        AMQPValue::LongLongInt(CELEBRITY_SEGMENT_BYTES),
-    );
-    arguments.insert(
-        ShortString::from("x-max-age"),
-        AMQPValue::LongString(CELEBRITY_MAX_AGE.into()),
+    let arguments = stream_arguments(
+        CELEBRITY_MAX_BYTES,
+        CELEBRITY_SEGMENT_BYTES,
+        CELEBRITY_MAX_AGE,
     );
     channel
         .queue_declare(
@@ -779,23 +767,7 @@ async fn declare_user_exchange(channel: &Channel, user: &str) -> Result<(), lapi
 /// one. Its retention drops whole segments, hence the small segment size.
 pub async fn declare_history(channel: &Channel, user: &str) -> Result<(), lapin::Error> {
     declare_user_exchange(channel, user).await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("stream".into()),
-    );
-    arguments.insert(
-        ShortString::from("x-max-length-bytes"),
-        AMQPValue::LongLongInt(HISTORY_MAX_BYTES),
-    );
-    arguments.insert(
-        ShortString::from("x-stream-max-segment-size-bytes"),
-        AMQPValue::LongLongInt(HISTORY_SEGMENT_BYTES),
-    );
-    arguments.insert(
-        ShortString::from("x-max-age"),
-        AMQPValue::LongString(HISTORY_MAX_AGE.into()),
-    );
+    let arguments = stream_arguments(HISTORY_MAX_BYTES, HISTORY_SEGMENT_BYTES, HISTORY_MAX_AGE);
     channel
         .queue_declare(history(user).as_str().into(), durable_queue(), arguments)
         .await?;
@@ -808,6 +780,29 @@ pub async fn declare_history(channel: &Channel, user: &str) -> Result<(), lapin:
             FieldTable::default(),
         )
         .await
+}
+
+/// The arguments of a stream that keeps at most `max_bytes` for at most
+/// `max_age`, in segments of `segment_bytes` (retention drops whole ones).
+fn stream_arguments(max_bytes: i64, segment_bytes: i64, max_age: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        ShortString::from("x-max-length-bytes"),
+        AMQPValue::LongLongInt(max_bytes),
+    );
+    arguments.insert(
+        ShortString::from("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(segment_bytes),
+    );
+    arguments.insert(
+        ShortString::from("x-max-age"),
+        AMQPValue::LongString(max_age.into()),
+    );
+    arguments
 }
 
 fn inbox_arguments(user: &str, bound: Option<u32>) -> FieldTable {

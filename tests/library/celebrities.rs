@@ -11,6 +11,7 @@ use ytnotify::{
         user::{self, SubscriptionChange},
         youtuber::publish_video,
     },
+    protocol::{self, Notification},
     topology,
 };
 use ytnotify_testkit::{TestServer, TestVhost, within};
@@ -163,6 +164,51 @@ async fn a_celebritys_upload_not_shown_comes_again_at_the_next_session() {
     nothing_more(&mut alice, "alice").await;
     alice.close().await;
     let mut alice = session(&client, "alice").await;
+    nothing_more(&mut alice, "alice").await;
+    alice.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_upload_in_a_celebritys_stream_is_skipped_and_the_next_real_one_shown() {
+    ytnotify_testkit::logs();
+    let vhost = TestVhost::new("celebrity-forged");
+    let server = server_with_celebrities(&vhost).await;
+    let client = vhost.client("test").await;
+    for user in ["alice", "carol", "erin"] {
+        log_in_following(&client, user, "bob").await;
+    }
+    publish_video(&client, "bob", "One").await.unwrap();
+    publish_video(&client, "bob", "Two").await.unwrap();
+    let mut alice = session(&client, "alice").await;
+    assert_eq!(show(&mut alice, 2).await, ["One", "Two"]);
+    // Anyone may publish into the stream in open mode: a valid-looking
+    // upload numbered far past bob's latest, and one of another YouTuber.
+    let (_connection, channel) = raw_channel(&vhost).await;
+    let forged = |youtuber: &str, seq: u64| Notification::VideoUploaded {
+        id: uuid::Uuid::new_v4(),
+        youtuber: youtuber.into(),
+        video: "Forged".into(),
+        uploaded_at_ms: 0,
+        seq: Some(seq),
+        stream_after: false,
+    };
+    for notification in [forged("bob", 1_000), forged("mallory", 3)] {
+        channel
+            .basic_publish(
+                "".into(),
+                topology::celebrity_stream("bob").as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &protocol::encode(&notification),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    publish_video(&client, "bob", "Three").await.unwrap();
+    assert_eq!(show(&mut alice, 1).await, ["Three"]);
     nothing_more(&mut alice, "alice").await;
     alice.close().await;
     server.stop().await;
