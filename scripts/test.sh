@@ -30,6 +30,7 @@ rust_toolchain_check || exit 1
 ensure_broker "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 # The secure-mode tests add accounts through the management API.
 ensure_management "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
+broker_preflight "${YT_TEST_AMQP_URL:-${AMQP_URL:-$BROKER_DEFAULT_URL}}" || exit 1
 # The gateway's page is tested in a real headless Chromium.
 ensure_browser || exit 1
 # The store runs on PostgreSQL as well as SQLite.

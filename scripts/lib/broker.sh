@@ -314,6 +314,32 @@ ensure_management() {
     broker_log "RabbitMQ's management API is running at $host:$port"
 }
 
+# How many queues a broker may already hold before the tests warn that it is
+# loaded: each test adds a few dozen, and a node of this size slows down past
+# some tens of thousands.
+BROKER_BUSY_QUEUES=20000
+
+# broker_preflight [URL]: fails if the broker is in a memory or disk alarm
+# (publishers are blocked, so every test would time out), and warns when it
+# already holds many queues (a benchmark's vhost left behind: the tests'
+# rabbitmqctl calls then crawl). Needs the management API; says nothing when
+# it does not answer.
+broker_preflight() {
+    local url=${1:-${AMQP_URL:-$BROKER_DEFAULT_URL}} nodes overview queues
+    broker_parse_url "$url" || return 1
+    local api="http://$BROKER_HOST:15672/api" auth=${BROKER_USERINFO:-guest:guest}
+    nodes=$(curl -fsS --max-time 20 -u "$auth" "$api/nodes?columns=name,mem_alarm,disk_free_alarm" 2>/dev/null) || return 0
+    if [[ $nodes == *'"mem_alarm":true'* || $nodes == *'"disk_free_alarm":true'* ]]; then
+        broker_log "RabbitMQ at $BROKER_HOST is in a memory or disk alarm and blocks every publisher; free it first (rabbitmqctl list_vhosts, then rabbitmqctl delete_vhost <a benchmark's vhost>) or restart it"
+        return 1
+    fi
+    overview=$(curl -fsS --max-time 20 -u "$auth" "$api/overview?columns=object_totals" 2>/dev/null) || return 0
+    queues=$(printf '%s' "$overview" | grep -o '"queues":[0-9]*' | head -n 1 | cut -d: -f2)
+    if [[ -n $queues ]] && ((queues > BROKER_BUSY_QUEUES)); then
+        broker_log "warning: RabbitMQ at $BROKER_HOST already holds $queues queues, and the tests will run slowly; see which vhost holds them with  rabbitmqctl list_vhosts  and delete a benchmark's with  rabbitmqctl delete_vhost <name>"
+    fi
+}
+
 rust_toolchain_check() {
     if command -v cargo >/dev/null 2>&1; then
         return 0
