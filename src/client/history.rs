@@ -485,7 +485,7 @@ impl State {
 }
 
 /// The offset the broker gives each delivery from a stream.
-pub(super) fn stream_offset(delivery: &Delivery) -> Option<u64> {
+pub fn stream_offset(delivery: &Delivery) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get("x-stream-offset")? {
         AMQPValue::LongLongInt(offset) => u64::try_from(*offset).ok(),

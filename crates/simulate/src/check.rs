@@ -151,6 +151,16 @@ pub fn check(expectations: &Expectations, per_pair: &HashMap<(u32, u32), u32>) -
         }
     }
     let lost = expected.len() as u64 - received;
+    if lost > 0 {
+        let mut missing: Vec<&(u32, u32)> = expectations
+            .expected
+            .iter()
+            .filter(|pair| !per_pair.contains_key(pair))
+            .collect();
+        missing.sort_unstable();
+        missing.truncate(20);
+        tracing::debug!(?missing, "(user, upload) pairs lost, the first 20");
+    }
     Check {
         expected: expected.len() as u64,
         received,

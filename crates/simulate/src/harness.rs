@@ -308,6 +308,17 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// What the servers under test are started with, beside the broker and
+/// the database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSettings {
+    /// The type to declare the vhost's queues with; `None`: the server's own
+    /// choice.
+    pub queue_type: Option<QueueType>,
+    /// `--celebrities-from` (0: never).
+    pub celebrities_from: u32,
+}
+
 /// The server under test, running.
 pub enum Server {
     Child(Child),
@@ -320,13 +331,12 @@ pub enum Server {
 
 impl Server {
     /// Starts the server the mode asks for, on `url`, with its state in
-    /// `database`, declaring the vhost's queues as `queue_type` says (`None`:
-    /// the server's own choice).
+    /// `database`, as `settings` say.
     pub async fn start(
         mode: &ServerMode,
         url: &str,
         database: &Database,
-        queue_type: Option<QueueType>,
+        settings: ServerSettings,
         log: &Path,
     ) -> Result<Server, SimError> {
         let db = match database {
@@ -343,8 +353,11 @@ impl Server {
                 // user of the machine.
                 let mut command = Command::new(exe);
                 command.env("AMQP_URL", url).env("YT_DB", &db);
-                if let Some(queue_type) = queue_type {
+                if let Some(queue_type) = settings.queue_type {
                     command.env("YT_QUEUE_TYPE", queue_type.name());
+                }
+                if settings.celebrities_from > 0 {
+                    command.env("YT_CELEBRITIES_FROM", settings.celebrities_from.to_string());
                 }
                 let child = command
                     .stdin(Stdio::null())
@@ -360,7 +373,9 @@ impl Server {
                 let mut config =
                     ServerConfig::new(ytnotify::broker::Endpoint::new(url), database.clone());
                 config.print_events = false;
-                config.queue_type = queue_type;
+                config.queue_type = settings.queue_type;
+                config.celebrities_from =
+                    (settings.celebrities_from > 0).then_some(u64::from(settings.celebrities_from));
                 let server = YoutubeServer::start(config).await?;
                 let (shutdown, stopped) = oneshot::channel::<()>();
                 let handle = tokio::spawn(server.serve(async {
@@ -437,7 +452,7 @@ impl Servers {
         mode: &ServerMode,
         url: &str,
         database: &Database,
-        queue_type: Option<QueueType>,
+        settings: ServerSettings,
         logs: &Path,
     ) -> Result<Servers, SimError> {
         let mut servers = Servers {
@@ -445,7 +460,7 @@ impl Servers {
         };
         for i in 0..count {
             let log = Servers::log(logs, i);
-            match Server::start(mode, url, database, queue_type, &log).await {
+            match Server::start(mode, url, database, settings, &log).await {
                 Ok(server) => servers.running.push(server),
                 Err(err) => {
                     servers.stop().await;

@@ -44,6 +44,7 @@
 pub mod bench;
 pub mod browser;
 pub mod ceiling;
+pub mod celebrities;
 pub mod check;
 pub mod creators;
 pub mod harness;
@@ -69,6 +70,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use browser::{Browsers, Gateways};
+use celebrities::Following;
 use check::{Answer, ChangeRecord, Expectations, InteractionRecord, UploadRecord};
 use creators::{CreatorReaders, CreatorTally};
 use harness::{Cluster, Rabbitmqctl, ScratchDir, ServerMode, Servers, Usage, Vhost};
@@ -144,6 +146,9 @@ pub struct Options {
     /// Where the servers write their logs (`youtube_server-<i>.log`), kept
     /// after the run; `None`: a scratch directory, removed with it.
     pub server_logs: Option<PathBuf>,
+    /// The process ids of the broker's Erlang VMs on this machine, whose
+    /// memory and CPU the report then gives.
+    pub broker_pids: Vec<u32>,
 }
 
 impl Options {
@@ -164,6 +169,7 @@ impl Options {
             queue_type: None,
             server_pids: None,
             server_logs: None,
+            broker_pids: Vec::new(),
         }
     }
 
@@ -247,12 +253,16 @@ pub async fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimEr
     let queue_type = options
         .queue_type
         .or(cluster.as_ref().map(|_| QueueType::Quorum));
+    let settings = harness::ServerSettings {
+        queue_type,
+        celebrities_from: scenario.celebrities_from,
+    };
     let mut servers = Servers::start(
         options.servers,
         &options.server,
         &vhost.url,
         &database,
-        queue_type,
+        settings,
         &logs,
     )
     .await?;
@@ -700,6 +710,7 @@ impl Simulation<'_> {
 
         let setup = self.setup(&clients).await?;
         let after_setup = server.usage();
+        let broker_after_setup = self.broker_usage();
 
         let tally = Tally::new(s.uploads);
         let tapped = s.browser_users();
@@ -714,17 +725,21 @@ impl Simulation<'_> {
             receiver::declare_taps(&channel, tapped).await?;
             let _ = channel.close(200, "taps declared".into()).await;
         }
-        let receivers = Arc::new(
-            Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "run")
-                .await?
-                .reading_taps(tapped),
-        );
+        let mut receivers = Receivers::connect(self.url, s.receivers, Arc::clone(&tally), "run")
+            .await?
+            .reading_taps(tapped);
+        if s.celebrities_from > 0 {
+            let requests = clients.iter().map(|client| client.requests()).collect();
+            receivers = receivers.following(Following::start(self.url, requests).await?);
+        }
+        let receivers = Arc::new(receivers);
         receivers.open_all((0..s.users).collect(), true).await?;
         let mut browsing = match self.gateway {
             Some(exe) => Some(self.start_browsers(exe, &tally).await?),
             None => None,
         };
         let before_run = server.usage();
+        let broker_before_run = self.broker_usage();
         let run_started = tally.now();
         let requests = bar(
             self.options,
@@ -754,6 +769,7 @@ impl Simulation<'_> {
             browsing.drained_at = std::time::Instant::now();
         }
         let after_run = server.usage();
+        let broker_after_run = self.broker_usage();
         let interactions = if s.has_interactions() {
             Some(self.interact(&clients, &tally, &uploads, server).await?)
         } else {
@@ -790,6 +806,21 @@ impl Simulation<'_> {
                 left,
             ));
         }
+        report.broker = broker_after_setup
+            .zip(broker_before_run)
+            .zip(broker_after_run)
+            .map(|((after_setup, before_run), after_run)| {
+                let run_wall = tally.now().saturating_sub(run_started) as f64 / 1e9;
+                let cpu = after_run.cpu_seconds - before_run.cpu_seconds;
+                report::BrokerUsage {
+                    nodes: self.options.broker_pids.len() as u32,
+                    rss_mb_after_setup: after_setup.rss_mb,
+                    rss_mb_end: after_run.rss_mb,
+                    peak_rss_mb: after_run.peak_rss_mb,
+                    cpu_seconds: cpu,
+                    cpu_cores: cpu / run_wall.max(1e-9),
+                }
+            });
         let (interactions, told) = interactions.unzip();
         report.interactions = interactions;
         Ok((
@@ -799,6 +830,16 @@ impl Simulation<'_> {
                 told: told.unwrap_or_default(),
             },
         ))
+    }
+
+    /// The broker's memory and CPU, summed over its nodes: `None` unless it
+    /// was given and every node could be read.
+    fn broker_usage(&self) -> Option<Usage> {
+        let pids = &self.options.broker_pids;
+        if pids.is_empty() {
+            return None;
+        }
+        harness::summed(&pids.iter().map(|&pid| Usage::of(pid)).collect::<Vec<_>>())
     }
 
     /// Each user likes and comments on some of the videos it received, as
@@ -1513,6 +1554,7 @@ impl Simulation<'_> {
                     last_answer.saturating_sub(first_sent),
                 ),
                 deliveries: seen.received,
+                streamed_deliveries: tally.streamed(),
                 deliveries_per_s: seen.per_s,
                 catch_up_deliveries: seen.catch_up,
                 latency_ms: seen.latency_ms,
@@ -1557,6 +1599,7 @@ impl Simulation<'_> {
             },
             browsers: None,
             interactions: None,
+            broker: None,
         }
     }
 

@@ -78,6 +78,10 @@ struct RunArgs {
     /// which waits for each upload's confirm); more need no rate and no offline users
     #[arg(long, value_name = "N")]
     upload_senders: Option<u32>,
+    /// The servers' --celebrities-from: uploads of a YouTuber with at least N subscribers go
+    /// once to a stream that each subscriber reads, not into every inbox (0: never)
+    #[arg(long, value_name = "N")]
+    celebrities_from: Option<u32>,
     /// Share of users (0 to 1) that close their inbox for a while and come back
     #[arg(long)]
     offline_share: Option<f64>,
@@ -171,6 +175,10 @@ struct RunArgs {
     /// [default: a scratch directory, removed after the run]
     #[arg(long, value_name = "DIR")]
     server_logs: Option<PathBuf>,
+    /// Report the memory and CPU of the broker's Erlang VM with this process id (once per
+    /// node of a cluster on this machine), as in its pid file under /var/lib/rabbitmq/mnesia
+    #[arg(long, value_name = "PID")]
+    broker_pid: Vec<u32>,
     /// Keep the fresh vhost after the run, for inspection
     #[arg(long)]
     keep_vhost: bool,
@@ -263,6 +271,7 @@ impl RunArgs {
             upload_rate,
             upload_window,
             upload_senders,
+            celebrities_from,
             offline_share,
             churn,
             churn_users,
@@ -311,6 +320,7 @@ impl RunArgs {
         options.cluster = self.cluster;
         options.cluster_script = self.cluster_script.clone();
         options.server_logs = self.server_logs.clone();
+        options.broker_pids = self.broker_pid.clone();
         if let Some(timeout) = self.request_timeout {
             options.request_timeout = timeout;
         }

@@ -20,7 +20,11 @@ use lapin::{
 };
 use tokio::task::JoinHandle;
 
-use super::{SimError, scenario::user_name};
+use super::{
+    SimError,
+    celebrities::{Followed, Following, Read},
+    scenario::user_name,
+};
 use ytnotify::{
     link::{Feed, Link, Opened, Opener, Opening, Session},
     protocol::{self, Notification},
@@ -114,6 +118,8 @@ pub struct Tally {
     video_ids: Vec<OnceLock<uuid::Uuid>>,
     last_any_at: AtomicU64,
     received: AtomicU64,
+    /// Of `received`, those read from a celebrity's stream.
+    streamed: AtomicU64,
     inner: Mutex<Counts>,
 }
 
@@ -143,6 +149,7 @@ impl Tally {
             video_ids: (0..uploads).map(|_| OnceLock::new()).collect(),
             last_any_at: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
             inner: Mutex::new(Counts {
                 per_pair: HashMap::new(),
                 latency: histogram(),
@@ -187,6 +194,15 @@ impl Tally {
     /// Notifications received so far, all users together.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Notifications read from celebrities' streams (not from inboxes).
+    pub fn streamed(&self) -> u64 {
+        self.streamed.load(Ordering::Relaxed)
+    }
+
+    fn record_streamed(&self) {
+        self.streamed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// When the last notification arrived.
@@ -266,6 +282,43 @@ async fn take(
         tally.record_redelivery();
     }
     let _ = ytnotify::broker::ack(&delivery, BasicAckOptions::default()).await;
+}
+
+/// One user's celebrities, beside its inbox: what `take` does for an inbox
+/// delivery, plus following a YouTuber it made a celebrity; and the uploads
+/// of each celebrity's stream.
+struct Celebrities {
+    followed: Followed,
+    tally: Arc<Tally>,
+    user: u32,
+    session_start: u64,
+}
+
+impl Celebrities {
+    async fn take_from_inbox(
+        &mut self,
+        seen: &mut SeenInSession,
+        delivery: lapin::message::Delivery,
+    ) {
+        if let Ok(notification) = protocol::decode_notification(&delivery.data) {
+            if let Err(err) = self.followed.follow_after(&notification).await {
+                tracing::warn!(%err, user = self.user, "cannot follow a new celebrity");
+            }
+            self.followed.shown(&notification);
+        }
+        take(&self.tally, seen, self.user, self.session_start, delivery).await;
+    }
+
+    fn take_upload(&self, seen: &mut SeenInSession, notification: &Notification) {
+        let body = protocol::encode(notification);
+        if seen.first_time(&body) {
+            self.tally.record(self.user, &body, self.session_start);
+            self.tally.record_streamed();
+        } else {
+            self.tally.record_redelivery();
+        }
+        self.followed.shown(notification);
+    }
 }
 
 /// One user's inbox being consumed: its task, and how to stop it.
@@ -364,6 +417,8 @@ pub struct Receivers {
     label: &'static str,
     /// Users below this number are read from their [`tap`], not their inbox.
     tapped: u32,
+    /// How sessions follow celebrities' streams; `None`: they read inboxes only.
+    following: Option<Arc<Following>>,
 }
 
 impl Receivers {
@@ -382,12 +437,19 @@ impl Receivers {
             tally,
             label,
             tapped: 0,
+            following: None,
         })
     }
 
     /// Reads users `0..users` from their [`tap`] (declared already) instead of their inbox.
     pub fn reading_taps(mut self, users: u32) -> Receivers {
         self.tapped = users;
+        self
+    }
+
+    /// Follows celebrities' streams too, as `following` says.
+    pub fn following(mut self, following: Arc<Following>) -> Receivers {
+        self.following = Some(following);
         self
     }
 
@@ -408,16 +470,49 @@ impl Receivers {
         let session_start = self.tally.now();
         let mut feed = Feed::open(link, format!("simulate-{label}: {name}"), opener).await?;
         let tally = Arc::clone(&self.tally);
+        let mut seen = SeenInSession::default();
+        let mut celebrities = match &self.following {
+            Some(following) => {
+                let (followed, missed) = Followed::open(following, &name).await?;
+                let celebrities = Celebrities {
+                    followed,
+                    tally: Arc::clone(&tally),
+                    user,
+                    session_start,
+                };
+                for notification in &missed {
+                    celebrities.take_upload(&mut seen, notification);
+                }
+                Some(celebrities)
+            }
+            None => None,
+        };
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut seen = SeenInSession::default();
             loop {
-                let delivery = tokio::select! {
-                    _ = &mut stopped => break,
-                    delivery = feed.next() => delivery,
+                let streamed = async {
+                    match &mut celebrities {
+                        Some(celebrities) => celebrities.followed.next().await,
+                        None => std::future::pending().await,
+                    }
                 };
-                let Ok(delivery) = delivery else { return };
-                take(&tally, &mut seen, user, session_start, delivery).await;
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    delivery = feed.next() => {
+                        let Ok(delivery) = delivery else { break };
+                        match &mut celebrities {
+                            Some(celebrities) => celebrities.take_from_inbox(&mut seen, delivery).await,
+                            None => take(&tally, &mut seen, user, session_start, delivery).await,
+                        }
+                    }
+                    delivery = streamed => {
+                        let Ok((delivery, index)) = delivery else { break };
+                        let Some(celebrities) = &mut celebrities else { continue };
+                        if let Read::Upload(notification) = celebrities.followed.read(delivery, index).await {
+                            celebrities.take_upload(&mut seen, &notification);
+                        }
+                    }
+                }
             }
             // Deliveries already on their way are counted and acknowledged:
             // on a shared channel, one left unacknowledged would stay held
@@ -426,10 +521,16 @@ impl Receivers {
             while let Ok(Some(delivery)) =
                 tokio::time::timeout(Duration::from_secs(3), feed.drain()).await
             {
-                take(&tally, &mut seen, user, session_start, delivery).await;
+                match &mut celebrities {
+                    Some(celebrities) => celebrities.take_from_inbox(&mut seen, delivery).await,
+                    None => take(&tally, &mut seen, user, session_start, delivery).await,
+                }
             }
             // A consumer that was being set up when asked to stop.
             feed.close().await;
+            if let Some(celebrities) = celebrities {
+                celebrities.followed.close().await;
+            }
         });
         lock(&self.readings).insert(user, Reading { stop, task });
         Ok(())
@@ -487,6 +588,9 @@ impl Receivers {
     pub async fn shut(self: Arc<Self>) -> Result<(), SimError> {
         let users = self.open_users();
         self.open_all(users, false).await?;
+        if let Some(following) = &self.following {
+            following.shut().await;
+        }
         for link in &self.links {
             link.close().await;
         }

@@ -26,6 +26,24 @@ pub struct Report {
     /// Likes and comments, when the scenario has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactions: Option<Interactions>,
+    /// The broker's Erlang VMs, when the run was given their process ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerUsage>,
+}
+
+/// Memory and CPU of the broker's Erlang VMs (summed over the nodes of a
+/// cluster), read from `/proc`: only for nodes on this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerUsage {
+    pub nodes: u32,
+    pub rss_mb_after_setup: f64,
+    pub rss_mb_end: f64,
+    /// The greatest resident memory since each node started (VmHWM).
+    pub peak_rss_mb: f64,
+    /// CPU seconds (user + system) during the measured run.
+    pub cpu_seconds: f64,
+    /// Cores busy on average during the measured run.
+    pub cpu_cores: f64,
 }
 
 /// Creating users and subscriptions through the server, before the measured run.
@@ -51,6 +69,10 @@ pub struct Run {
     pub requests_per_s: f64,
     /// Notifications received, including catch-up after a user came back.
     pub deliveries: u64,
+    /// Of `deliveries`, those read from celebrities' streams rather than
+    /// from inboxes.
+    #[serde(default)]
+    pub streamed_deliveries: u64,
     pub deliveries_per_s: f64,
     /// Deliveries to a user who was offline when the upload was sent; not in `latency_ms`.
     pub catch_up_deliveries: u64,
@@ -509,6 +531,13 @@ impl fmt::Display for Report {
             s.offline_share * 100.0,
             s.seed
         );
+        if s.celebrities_from > 0 {
+            let _ = writeln!(
+                out,
+                "celebrities from {} subscribers: their uploads go once to a stream each subscriber reads",
+                thousands(u64::from(s.celebrities_from))
+            );
+        }
         let u = &self.setup;
         let _ = writeln!(
             out,
@@ -530,9 +559,17 @@ impl fmt::Display for Report {
         );
         let _ = writeln!(
             out,
-            "deliveries  {} ({} catch-up after coming back), {} notifications/s",
+            "deliveries  {} ({} catch-up after coming back{}), {} notifications/s",
             thousands(r.deliveries),
             thousands(r.catch_up_deliveries),
+            if r.streamed_deliveries > 0 {
+                format!(
+                    "; {} from celebrities' streams",
+                    thousands(r.streamed_deliveries)
+                )
+            } else {
+                String::new()
+            },
             rate(r.deliveries_per_s)
         );
         let _ = writeln!(out, "latency     {}", r.latency_ms);
@@ -610,6 +647,22 @@ impl fmt::Display for Report {
                     ),
                     _ => "not measured".to_owned(),
                 }
+            );
+        }
+        if let Some(b) = &self.broker {
+            let _ = writeln!(
+                out,
+                "broker      {}: memory {} after set-up, {} at the end, peak {}; CPU {:.2} s during the run ({:.0}% of one core)",
+                if b.nodes > 1 {
+                    format!("{} nodes (sum)", b.nodes)
+                } else {
+                    "RabbitMQ".to_owned()
+                },
+                mb(Some(b.rss_mb_after_setup)),
+                mb(Some(b.rss_mb_end)),
+                mb(Some(b.peak_rss_mb)),
+                b.cpu_seconds,
+                b.cpu_cores * 100.0
             );
         }
         let g = &self.ceiling;
@@ -849,6 +902,7 @@ pub(crate) mod tests {
             changes: 0,
             requests_per_s: 120.0,
             deliveries: 1234,
+            streamed_deliveries: 0,
             deliveries_per_s: 493.6,
             catch_up_deliveries: 34,
             latency_ms: latency.clone(),
@@ -908,6 +962,7 @@ pub(crate) mod tests {
             ceiling,
             browsers: None,
             interactions: None,
+            broker: None,
         }
     }
 
@@ -924,6 +979,37 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn streamed_deliveries_and_the_broker_are_reported_when_there_are_any() {
+        let mut report = sample();
+        report.scenario.celebrities_from = 1_000;
+        report.run.streamed_deliveries = 1_000;
+        report.broker = Some(BrokerUsage {
+            nodes: 1,
+            rss_mb_after_setup: 150.0,
+            rss_mb_end: 180.5,
+            peak_rss_mb: 200.25,
+            cpu_seconds: 1.5,
+            cpu_cores: 0.6,
+        });
+        let text = report.to_string();
+        for expected in [
+            "celebrities from 1,000 subscribers: their uploads go once to a stream each subscriber reads",
+            "deliveries  1,234 (34 catch-up after coming back; 1,000 from celebrities' streams), 494 notifications/s",
+            "broker      RabbitMQ: memory 150.0 MB after set-up, 180.5 MB at the end, peak 200.2 MB; CPU 1.50 s during the run (60% of one core)",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let plain = sample().to_string();
+        assert!(
+            !plain.contains("celebrities") && !plain.contains("broker "),
+            "{plain}"
+        );
+        let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(back.broker, report.broker);
+        assert_eq!(back.run.streamed_deliveries, 1_000);
     }
 
     #[test]

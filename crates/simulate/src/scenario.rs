@@ -148,6 +148,11 @@ pub struct Scenario {
     /// which caps uploads at about one per broker round trip however wide
     /// the window; more need no rate and no offline users.
     pub upload_senders: u32,
+    /// The servers' `--celebrities-from`: a YouTuber with at least this many
+    /// subscribers has its uploads appended once to a stream that each
+    /// subscriber's session reads, instead of copied into every inbox. 0:
+    /// every upload is copied (the servers' default).
+    pub celebrities_from: u32,
 }
 
 impl Default for Scenario {
@@ -180,6 +185,7 @@ impl Default for Scenario {
             interaction_spread: Spread::Zipf { exponent: 1.0 },
             interaction_window: 256,
             upload_senders: 1,
+            celebrities_from: 0,
         }
     }
 }
@@ -335,6 +341,12 @@ impl Scenario {
         }
         if self.upload_senders > 1 && (self.upload_rate > 0.0 || self.offline_share > 0.0) {
             return fail("several upload_senders need upload_rate 0 and offline_share 0");
+        }
+        if self.celebrities_from > 0 && self.browser_clients() > 0 {
+            return fail(
+                "browser clients read only inboxes: run celebrities_from without sse_clients and \
+                 ws_clients",
+            );
         }
         Ok(())
     }
@@ -674,6 +686,22 @@ mod tests {
             ..Scenario::default()
         };
         assert!(scenario.validate().unwrap_err().contains("offline_share"));
+        let scenario = Scenario {
+            celebrities_from: 10,
+            sse_clients: 5,
+            ..Scenario::default()
+        };
+        assert!(
+            scenario
+                .validate()
+                .unwrap_err()
+                .contains("celebrities_from")
+        );
+        let scenario = Scenario {
+            celebrities_from: 10,
+            ..Scenario::default()
+        };
+        assert_eq!(scenario.validate(), Ok(()));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The simulator against the real broker and the real `youtube_server`: a tiny
 //! scenario with offline users and churn must lose nothing, duplicate nothing,
 //! and fill every field of the report; likes and comments reach their
-//! creators once each; a server on PostgreSQL is held to the same check, and
-//! so are two sharing one. (Faults under load are in `faults.rs`; benchmarks
+//! creators once each; a celebrity's uploads read from its stream are held
+//! to the same check; a server on PostgreSQL is too, and so are two sharing
+//! one. (Faults under load are in `faults.rs`; benchmarks
 //! are not tests: see scripts/bench.sh.)
 
 use std::time::Duration;
@@ -330,6 +331,77 @@ async fn two_servers_on_postgresql_share_the_partitions_and_are_both_measured() 
         &report,
         &["/server/servers", "/server/each/1/cpu_seconds"],
         &["2 × process on postgres", "  server 1  memory"],
+    );
+}
+
+/// The most followed YouTuber is a celebrity, the other not: after its
+/// first upload, which the inboxes carry, each subscriber reads its uploads
+/// from its stream, and one who was away is given what it missed when it
+/// comes back. The report counts what came from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_celebritys_subscribers_read_its_stream_once_each_even_after_being_away() {
+    let vhost = TestVhost::new("simulate-celebrity");
+    let mut scenario = Scenario {
+        name: "celebrity-stream".to_owned(),
+        users: 24,
+        youtubers: 2,
+        subscriptions: 30,
+        spread: simulate::Spread::Zipf { exponent: 1.5 },
+        uploads: 16,
+        upload_window: 2,
+        offline_share: 0.25,
+        clients: 2,
+        receivers: 4,
+        drain_timeout: Duration::from_secs(20),
+        seed: 3,
+        ..Scenario::default()
+    };
+    let plan = scenario.plan();
+    let audience = plan.audience(scenario.youtubers);
+    let celebrity = (0..scenario.youtubers)
+        .max_by_key(|&y| audience[y as usize])
+        .unwrap();
+    let followers = audience[celebrity as usize];
+    assert!(
+        audience.iter().filter(|&&n| n >= followers).count() == 1,
+        "one YouTuber is the most followed: {audience:?}"
+    );
+    scenario.celebrities_from = followers;
+    let its_uploads = plan.uploads.iter().filter(|&&y| y == celebrity).count() as u64;
+    assert!(its_uploads >= 3, "the celebrity uploads several times");
+
+    let mut options = options(&vhost, ServerMode::Spawn(program("youtube_server")));
+    options.ceiling = false;
+    // Any process is read the same way: this one stands in for the broker.
+    options.broker_pids = vec![std::process::id()];
+    let report = run(&scenario, &options).await;
+    let text = report.to_string();
+    assert_exactly_once(&report);
+    assert!(report.run.catch_up_deliveries > 0, "{text}");
+    // Every upload but the first, to every subscriber, from the stream (or,
+    // for those away, from what the server said they missed).
+    assert_eq!(
+        report.run.streamed_deliveries,
+        u64::from(followers) * (its_uploads - 1),
+        "{text}"
+    );
+    assert!(
+        report.run.deliveries > report.run.streamed_deliveries,
+        "the other YouTuber's uploads came through the inboxes: {text}"
+    );
+    let broker = report.broker.as_ref().expect("the broker's usage");
+    assert!(
+        broker.peak_rss_mb > 1.0 && broker.cpu_seconds >= 0.0,
+        "{text}"
+    );
+    assert_reported(
+        &report,
+        &["/run/streamed_deliveries", "/broker/peak_rss_mb"],
+        &[
+            "celebrities from",
+            "from celebrities' streams",
+            "broker      RabbitMQ: memory",
+        ],
     );
 }
 
