@@ -8,6 +8,8 @@
 #   sudo scripts/bench-celebrity.sh                 # 10,000 and 100,000 subscribers
 #   sudo scripts/bench-celebrity.sh 2000            # other sizes
 #   sudo ROUNDS=2 scripts/bench-celebrity.sh 10000  # inbox, stream, inbox, stream
+#   sudo AWAY=0.9 scripts/bench-celebrity.sh 10000  # 90 % of the users away for a while
+#   sudo WAYS=inbox scripts/bench-celebrity.sh 100000   # one way only
 #
 # Each run has a private RabbitMQ node of its own, booted for it
 # (scripts/lib/node.sh; root, as the node runs with root's Erlang cookie), so
@@ -29,6 +31,21 @@ rust_toolchain_check || exit 1
 # the scenario's one YouTuber has them all.
 CELEBRITIES_FROM=${CELEBRITIES_FROM:-1000}
 ROUNDS=${ROUNDS:-1}
+read -r -a ways <<<"${WAYS:-inbox stream}"
+for way in "${ways[@]}"; do
+    if [[ $way != inbox && $way != stream ]]; then
+        echo "bench-celebrity.sh: unknown way '$way' in WAYS; use inbox, stream or both" >&2
+        exit 2
+    fi
+done
+# The share of users that close their session for a while during the
+# uploads and come back (the simulator's --offline-share): what each way
+# keeps for them meanwhile differs most.
+AWAY=${AWAY:-0}
+variant=
+if [[ $AWAY != 0 ]]; then
+    variant="-away$(awk -v share="$AWAY" 'BEGIN { printf "%d", share * 100 }')"
+fi
 sizes=("$@")
 if ((${#sizes[@]} == 0)); then
     sizes=(10000 100000)
@@ -81,10 +98,10 @@ run() {
     sample_files "$pid" "$work/files" &
     local sampler=$!
     # shellcheck disable=SC2086 # SIMULATE_FLAGS is a list of flags
-    "$simulate" run --preset celebrity --name "celebrity-$size-$way" \
-        --users "$size" --subscriptions "$size" --celebrities-from "$from" \
+    "$simulate" run --preset celebrity --name "celebrity-$size$variant-$way" \
+        --users "$size" --subscriptions "$size" --celebrities-from "$from" --offline-share "$AWAY" \
         --no-ceiling --quiet --amqp-url "$NODE_URL" --no-fresh-vhost --broker-pid "$pid" \
-        --out "bench/celebrity-$size-$way.json" ${SIMULATE_FLAGS:-} \
+        --out "bench/celebrity-$size$variant-$way.json" ${SIMULATE_FLAGS:-} \
         2> >(tee "$work/stderr" >&2) || status=$?
     touch "$work/files.stop"
     wait "$sampler" || true
@@ -93,13 +110,13 @@ run() {
     files=$(cat "$work/files" 2>/dev/null || echo 0)
     if ((status == 0)); then
         jq --argjson files "$files" '.broker.peak_open_files = $files' \
-            "bench/celebrity-$size-$way.json" >"$work/report" &&
-            mv "$work/report" "bench/celebrity-$size-$way.json"
+            "bench/celebrity-$size$variant-$way.json" >"$work/report" &&
+            mv "$work/report" "bench/celebrity-$size$variant-$way.json"
     else
         jq -n --arg size "$size" --arg way "$way" --argjson files "$files" \
             --arg why "$(grep -v '^ ' "$work/stderr" | tail -n 1)" \
             '{failed: $why, scenario: {name: ("celebrity-" + $size + "-" + $way)}, broker: {peak_open_files: $files}}' \
-            >"bench/celebrity-$size-$way.json"
+            >"bench/celebrity-$size$variant-$way.json"
     fi
     node_destroy
     return "$status"
@@ -108,7 +125,7 @@ run() {
 failed=0
 for size in "${sizes[@]}"; do
     for ((round = 1; round <= ROUNDS; round++)); do
-        for way in inbox stream; do
+        for way in "${ways[@]}"; do
             run "$size" "$way" || failed=1
         done
     done
@@ -117,23 +134,23 @@ done
 # The table: one row per size and way, the stream's figures also as a
 # ratio to the inboxes' of the same size.
 {
-    echo "| subscribers | way | check | deliveries/s | upload to its last subscriber (p50 / max) | broker memory after set-up / peak | broker CPU during the run | broker open files (peak) | server CPU during the run |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| subscribers | away | way | check | deliveries/s | upload to its last subscriber (p50 / max) | broker memory after set-up / peak | broker CPU during the run | broker open files (peak) | server CPU during the run |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     for size in "${sizes[@]}"; do
-        for way in inbox stream; do
-            jq -r --arg size "$size" --arg way "$way" '
+        for way in "${ways[@]}"; do
+            jq -r --arg size "$size" --arg way "$way" --arg away "$AWAY" '
                 def n(x): if x == null then "–" else (x * 10 | round / 10 | tostring) end;
                 if .failed then
-                    "| \($size) | \($way) | failed: \(.failed) | | | | | \(.broker.peak_open_files) | |"
+                    "| \($size) | \($away) | \($way) | failed: \(.failed) | | | | | \(.broker.peak_open_files) | |"
                 else
-                    "| \($size) | \($way) | \(if .check.ok then "OK" else "FAILED" end), \(.check.lost) lost, \(.check.duplicates) dup | \(.run.deliveries_per_s | round) | \(n(.run.fanout_ms.p50)) / \(n(.run.fanout_ms.max)) ms | \(n(.broker.rss_mb_after_setup)) / \(n(.broker.peak_rss_mb)) MB | \(n(.broker.cpu_seconds)) s | \(.broker.peak_open_files) | \(n(.server.cpu_seconds)) s |"
-                end' "bench/celebrity-$size-$way.json"
+                    "| \($size) | \($away) | \($way) | \(if .check.ok then "OK" else "FAILED" end), \(.check.lost) lost, \(.check.duplicates) dup | \(.run.deliveries_per_s | round) | \(n(.run.fanout_ms.p50)) / \(n(.run.fanout_ms.max)) ms | \(n(.broker.rss_mb_after_setup)) / \(n(.broker.peak_rss_mb)) MB | \(n(.broker.cpu_seconds)) s | \(.broker.peak_open_files) | \(n(.server.cpu_seconds)) s |"
+                end' "bench/celebrity-$size$variant-$way.json"
         done
     done
     echo
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores, $(free -h | awk '/^Mem:/ {print $2}') memory," \
         "RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo unknown), a private node per run, at most $(ulimit -n) open files;" \
         "the celebrity preset (one YouTuber, 20 uploads in a window of 20), release build; streams from $CELEBRITIES_FROM subscribers."
-} >bench/celebrity.md
-cat bench/celebrity.md
+} >"bench/celebrity$variant.md"
+cat "bench/celebrity$variant.md"
 exit "$failed"

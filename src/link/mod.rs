@@ -37,7 +37,7 @@ mod feed;
 mod queue_watch;
 mod session_channel;
 pub use feed::{Feed, Opened, Opener, Opening};
-pub use session_channel::SessionChannel;
+pub use session_channel::{CONFIRM_PATIENCE, CONFIRM_PATIENCE_AT_MOST, SessionChannel};
 
 use crate::{
     broker,
@@ -251,6 +251,19 @@ impl Link {
             Declaring::As(queue_type) => queue_type,
             Declaring::AsFound => QueueType::Classic,
         }
+    }
+
+    /// Whether a publisher confirm on this link can stay pending for good
+    /// while the connection lives: on queues RabbitMQ (3.10 here) may leave
+    /// without a leader, quorum queues and streams (see
+    /// [`SessionChannel::confirmed`]). Not on a server's link to a vhost of
+    /// classic queues, where a confirm always comes, however slow, or the
+    /// connection fails; a client's link cannot tell, and says yes.
+    pub fn confirms_may_stick(&self) -> bool {
+        !matches!(
+            self.handle.shared.declaring,
+            Declaring::As(QueueType::Classic)
+        )
     }
 
     /// The label given at [`Link::connect`].

@@ -9,8 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 use ytnotify::{
     broker,
     client::{Client, ClientConfig, user, youtuber::publish_video},
-    link::LinkState,
+    link::{CONFIRM_PATIENCE, Link, LinkState, SessionChannel},
     server::ServerConfig,
+    topology::QueueType,
 };
 use ytnotify_testkit::{TestServer, broker_node::BrokerNode, within};
 
@@ -307,4 +308,80 @@ async fn publishers_wait_through_a_memory_alarm_and_say_so() {
     );
     watcher.stop().await;
     server.stop().await;
+}
+
+/// A confirm that comes later than the patience for a stuck one: a server on
+/// a vhost of classic queues waits for it, and the message is in its queue
+/// once; a client's link, which cannot tell where its messages go, sends it
+/// again on a new channel after the patience (a copy of a request is dropped
+/// by its id). The broker is frozen between the publish and its confirm.
+#[tokio::test]
+async fn a_late_confirm_is_waited_for_on_classic_queues_and_never_sent_twice() {
+    ytnotify_testkit::logs();
+    ytnotify_testkit::require_broker();
+    let node = BrokerNode::start().await;
+    let endpoint = broker::Endpoint::new(&node.url);
+    let server = within(
+        "the server's link",
+        Link::connect_server(&endpoint, "test-publisher", Some(QueueType::Classic)),
+    )
+    .await
+    .unwrap();
+    assert!(!server.confirms_may_stick());
+    let client = within("the client's link", Link::connect(&endpoint, "test-client"))
+        .await
+        .unwrap();
+    assert!(client.confirms_may_stick());
+    let late = CONFIRM_PATIENCE + Duration::from_secs(3);
+    assert!(
+        late < 2 * Duration::from_secs(broker::HEARTBEAT_SECS.into()),
+        "the freeze ends before heartbeats notice it"
+    );
+
+    for (link, queue) in [
+        (&server, "late-confirms.server"),
+        (&client, "late-confirms.client"),
+    ] {
+        let publisher = SessionChannel::new(link, true);
+        let (_, channel) = within("a channel", publisher.get()).await.unwrap();
+        channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        node.freeze();
+        // Written to the socket; the frozen broker reads it once thawed.
+        let unconfirmed =
+            broker::publish(&channel, "", queue, true, b"{}", broker::persistent_json())
+                .await
+                .unwrap();
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn(async move {
+            let confirmed = publisher.confirmed(unconfirmed).await;
+            (confirmed, started.elapsed())
+        });
+        tokio::time::sleep(late).await;
+        node.thaw();
+        let (confirmed, waited) = within("the confirm", waiting).await.unwrap();
+        let (_, channel) = within("a channel", SessionChannel::new(link, false).get())
+            .await
+            .unwrap();
+        if link.confirms_may_stick() {
+            assert!(
+                matches!(confirmed, Err(ytnotify::Error::Unconfirmed(_))),
+                "{confirmed:?}"
+            );
+            assert!(waited >= CONFIRM_PATIENCE && waited < late, "{waited:?}");
+        } else {
+            assert!(confirmed.is_ok(), "{confirmed:?}");
+            assert!(waited >= late, "waited {waited:?} for the thaw");
+            assert_eq!(crate::server::depth(&channel, queue).await, 1);
+        }
+    }
 }

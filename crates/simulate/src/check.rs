@@ -168,6 +168,7 @@ pub fn check(expectations: &Expectations, per_pair: &HashMap<(u32, u32), u32>) -
         duplicates,
         unexpected,
         redelivered: 0,
+        republished: 0,
         ambiguous: expectations.ambiguous.len() as u64,
         ok: lost == 0 && duplicates == 0 && unexpected == 0,
     }

@@ -1506,6 +1506,7 @@ impl Simulation<'_> {
                 .count();
         let check = tally.with_counts(|counts| report::Check {
             redelivered: counts.redelivered,
+            republished: counts.republished,
             ..check::check(expectations, &counts.per_pair)
         });
         let run_seconds = last_answer
@@ -1647,6 +1648,7 @@ impl Simulation<'_> {
         };
         let check = tally.with_counts(|counts| report::Check {
             redelivered: counts.redelivered,
+            republished: counts.republished,
             ..check::check(&found, &counts.per_pair)
         });
         let seen = deliveries(&tally, s.uploads);

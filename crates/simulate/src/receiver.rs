@@ -131,8 +131,12 @@ pub struct Counts {
     pub latency: Histogram<u64>,
     pub catch_up: u64,
     pub unreadable: u64,
-    /// Copies of a notification already received in the same session.
+    /// Copies of a notification already received in the same session that
+    /// the broker flagged as redelivered (after a lost acknowledgement).
     pub redelivered: u64,
+    /// Copies of a notification already received in the same session that
+    /// the broker did not flag: the same notification published again.
+    pub republished: u64,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -156,6 +160,7 @@ impl Tally {
                 catch_up: 0,
                 unreadable: 0,
                 redelivered: 0,
+                republished: 0,
             }),
         })
     }
@@ -241,9 +246,15 @@ impl Tally {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a copy of a notification already received in this session.
-    fn record_redelivery(&self) {
-        lock(&self.inner).redelivered += 1;
+    /// Counts a copy of a notification already received in this session:
+    /// `redelivered` if the broker flagged it so, else published again.
+    fn record_copy(&self, redelivered: bool) {
+        let mut counts = lock(&self.inner);
+        if redelivered {
+            counts.redelivered += 1;
+        } else {
+            counts.republished += 1;
+        }
     }
 
     /// Reads the counters under the lock.
@@ -267,8 +278,10 @@ impl SeenInSession {
     }
 }
 
-/// Counts a delivery and acknowledges it. A lost acknowledgement means a
-/// redelivery: dropped by id, as a `user` session drops it, and counted apart.
+/// Counts a delivery and acknowledges it. A copy of a notification already
+/// received (a redelivery after a lost acknowledgement, or the same
+/// notification published again) is dropped by id, as a `user` session
+/// drops it, and counted apart.
 async fn take(
     tally: &Tally,
     seen: &mut SeenInSession,
@@ -279,7 +292,7 @@ async fn take(
     if seen.first_time(&delivery.data) {
         tally.record(user, &delivery.data, session_start);
     } else {
-        tally.record_redelivery();
+        tally.record_copy(delivery.redelivered);
     }
     let _ = ytnotify::broker::ack(&delivery, BasicAckOptions::default()).await;
 }
@@ -315,7 +328,7 @@ impl Celebrities {
             self.tally.record(self.user, &body, self.session_start);
             self.tally.record_streamed();
         } else {
-            self.tally.record_redelivery();
+            self.tally.record_copy(false);
         }
         self.followed.shown(notification);
     }

@@ -102,6 +102,12 @@ pub struct Check {
     /// session drops them: not shown, so not duplicates.
     #[serde(default)]
     pub redelivered: u64,
+    /// Copies of a notification already received in the same session that
+    /// the broker did not flag as redelivered: the same notification
+    /// published twice (a publisher that took a late confirm for a lost
+    /// one), dropped by id as well.
+    #[serde(default)]
+    pub republished: u64,
     /// Notifications received by a user who was not subscribed when the upload was sent.
     pub unexpected: u64,
     /// Pairs left out of the check because a subscription change was in flight
@@ -607,6 +613,13 @@ impl fmt::Display for Report {
                 )
             } else {
                 String::new()
+            } + &if c.republished > 0 {
+                format!(
+                    "; {} copies published twice dropped by id",
+                    thousands(c.republished)
+                )
+            } else {
+                String::new()
             },
             if c.ambiguous > 0 {
                 format!(
@@ -944,6 +957,7 @@ pub(crate) mod tests {
                 duplicates: 0,
                 unexpected: 0,
                 redelivered: 0,
+                republished: 0,
                 ambiguous: 0,
                 ok: true,
             },

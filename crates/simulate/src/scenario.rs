@@ -344,8 +344,8 @@ impl Scenario {
         }
         if self.celebrities_from > 0 && self.browser_clients() > 0 {
             return fail(
-                "browser clients read only inboxes: run celebrities_from without sse_clients and \
-                 ws_clients",
+                "the readers of browser users' notifications do not follow streams: run \
+                 celebrities_from without sse_clients and ws_clients",
             );
         }
         Ok(())

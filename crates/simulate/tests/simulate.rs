@@ -74,6 +74,8 @@ fn assert_exactly_once(report: &simulate::report::Report) {
         check.expected > 0 && check.received == check.expected,
         "{text}"
     );
+    // With no fault, the server publishes each notification once.
+    assert_eq!(check.republished, 0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
