@@ -34,7 +34,7 @@ use crate::{
     broker,
     error::{Error, Result},
     link::{Feed, Link, Opened, Opening, Session},
-    protocol::{Celebrity, Notification, Reply, Request},
+    protocol::{Notification, Request},
     topology,
 };
 
@@ -75,7 +75,7 @@ impl Celebrities {
     /// Asks the server which celebrities `user` follows and what of theirs
     /// the user missed, and attaches to their streams.
     pub(super) async fn open(link: &Link, requests: Requests, user: &str) -> Result<Celebrities> {
-        let (read_from_ms, followed) = ask(&requests, user).await?;
+        let (read_from_ms, followed) = super::user::celebrities(&requests, user).await?;
         let mut celebrities = Celebrities {
             link: link.clone(),
             requests,
@@ -214,7 +214,7 @@ impl Celebrities {
             last,
             "a celebrity's stream skipped uploads; asking the server"
         );
-        let followed = match ask(&self.requests, &self.user).await {
+        let followed = match super::user::celebrities(&self.requests, &self.user).await {
             Ok((_, followed)) => followed,
             Err(err) => {
                 tracing::warn!(%err, "could not ask the server for {youtuber}'s uploads the stream skipped");
@@ -263,24 +263,6 @@ impl Follow {
             after: notification.seq()?,
             read_from_ms: notification.uploaded_at_ms() - crate::store::STREAM_READ_MARGIN_MS,
         })
-    }
-}
-
-/// The server's answer to [`Request::Celebrities`]: from when to read the
-/// streams, and each celebrity followed.
-async fn ask(requests: &Requests, user: &str) -> Result<(i64, Vec<Celebrity>)> {
-    let request = Request::Celebrities {
-        user: user.to_owned(),
-    };
-    match requests.call(request).await? {
-        Reply::Celebrities {
-            read_from_ms,
-            celebrities,
-        } => Ok((read_from_ms, celebrities)),
-        other => Err(Error::UnexpectedReply(format!(
-            "a {} reply to a question about celebrities",
-            other.kind()
-        ))),
     }
 }
 

@@ -2,9 +2,9 @@
 //! YouTuber's videos, like, dislike and comment.
 
 use crate::{
-    client::Client,
+    client::{Client, Requests},
     error::{Error, Result},
-    protocol::{Reaction, Reply, Request},
+    protocol::{Celebrity, Reaction, Reply, Request},
 };
 
 pub use crate::protocol::VideoStats;
@@ -17,6 +17,25 @@ pub struct Channel {
     pub subscribers: u64,
     pub total: u64,
     pub videos: Vec<VideoStats>,
+}
+
+/// The celebrities `user` follows, each with the uploads the user has not
+/// been shown, and from when (milliseconds since the epoch) a session reads
+/// their streams: what a session asks when it opens.
+pub async fn celebrities(requests: &Requests, user: &str) -> Result<(i64, Vec<Celebrity>)> {
+    let request = Request::Celebrities {
+        user: user.to_owned(),
+    };
+    match requests.call(request).await? {
+        Reply::Celebrities {
+            read_from_ms,
+            celebrities,
+        } => Ok((read_from_ms, celebrities)),
+        other => Err(Error::UnexpectedReply(format!(
+            "a {} reply to a question about celebrities",
+            other.kind()
+        ))),
+    }
 }
 
 /// `youtuber`'s videos, newest first, with their ids and counts. Refused for

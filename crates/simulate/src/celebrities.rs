@@ -33,7 +33,7 @@ use super::{SimError, receiver::lock};
 use ytnotify::{
     client::{Requests, history::stream_offset},
     link::{Feed, Link, Opened, Opening, Session},
-    protocol::{Celebrity, Notification, Reply, Request},
+    protocol::{Celebrity, Notification, Request},
     store::STREAM_READ_MARGIN_MS,
     topology,
 };
@@ -114,19 +114,7 @@ impl Following {
     /// What the server says `user` follows: from when to read the streams,
     /// and each celebrity with what the user missed.
     pub async fn ask(&self, user: &str) -> Result<(i64, Vec<Celebrity>), SimError> {
-        let request = Request::Celebrities {
-            user: user.to_owned(),
-        };
-        match self.requests().call(request).await? {
-            Reply::Celebrities {
-                read_from_ms,
-                celebrities,
-            } => Ok((read_from_ms, celebrities)),
-            other => Err(SimError::Harness(format!(
-                "the server answered a question about celebrities with a {} reply",
-                other.kind()
-            ))),
-        }
+        Ok(ytnotify::client::user::celebrities(self.requests(), user).await?)
     }
 
     /// Tells the server, soon, that `user` was shown `youtuber`'s uploads up
