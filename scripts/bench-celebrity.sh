@@ -88,6 +88,20 @@ sample_files() {
     done
 }
 
+# why_failed STATUS: the simulator's own last word on a failed run, or how
+# it ended.
+why_failed() {
+    local said
+    said=$(grep '^simulate:' "$work/stderr" | tail -n 1)
+    if [[ -n $said ]]; then
+        printf '%s\n' "$said"
+    elif (($1 > 128)); then
+        printf 'stopped by signal %d\n' "$(($1 - 128))"
+    else
+        printf 'exit %d\n' "$1"
+    fi
+}
+
 # run SIZE WAY: one run on a node booted for it.
 run() {
     local size=$1 way=$2 from=0 status=0 pid
@@ -114,7 +128,7 @@ run() {
             mv "$work/report" "bench/celebrity-$size$variant-$way.json"
     else
         jq -n --arg size "$size" --arg way "$way" --argjson files "$files" \
-            --arg why "$(grep -v '^ ' "$work/stderr" | tail -n 1)" \
+            --arg why "$(why_failed "$status")" \
             '{failed: $why, scenario: {name: ("celebrity-" + $size + "-" + $way)}, broker: {peak_open_files: $files}}' \
             >"bench/celebrity-$size$variant-$way.json"
     fi

@@ -40,6 +40,13 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Notifications RabbitMQ may push to each inbox consumer ahead of its acks
 /// (the same as the `user` client's).
 const PREFETCH: u16 = 100;
+/// How long a closing session waits for each delivery already on its way,
+/// until the broker has ended the consumer. A busy broker (10,000 inboxes
+/// on one node) takes seconds to answer the cancel; a delivery left behind
+/// would stay unacknowledged on the shared channel until the run ends, and
+/// count as lost.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
 /// Channels per receiving connection.
 const CHANNELS_PER_CONNECTION: u32 = 4;
 
@@ -531,9 +538,7 @@ impl Receivers {
             // on a shared channel, one left unacknowledged would stay held
             // until the channel closes.
             feed.cancel().await;
-            while let Ok(Some(delivery)) =
-                tokio::time::timeout(Duration::from_secs(3), feed.drain()).await
-            {
+            while let Ok(Some(delivery)) = tokio::time::timeout(DRAIN_WAIT, feed.drain()).await {
                 match &mut celebrities {
                     Some(celebrities) => celebrities.take_from_inbox(&mut seen, delivery).await,
                     None => take(&tally, &mut seen, user, session_start, delivery).await,
@@ -555,11 +560,15 @@ impl Receivers {
             return Ok(());
         };
         let _ = reading.stop.send(());
-        if tokio::time::timeout(Duration::from_secs(30), reading.task)
+        if tokio::time::timeout(2 * DRAIN_WAIT, reading.task)
             .await
             .is_err()
         {
-            tracing::warn!(user, "an inbox consumer did not stop within 30 s");
+            tracing::warn!(
+                user,
+                "an inbox consumer did not stop within {:?}",
+                2 * DRAIN_WAIT
+            );
         }
         Ok(())
     }
