@@ -83,9 +83,12 @@ for pid in "${pids[@]}"; do
     broker_pids+=(--broker-pid "$pid")
 done
 
+# The servers' logs outlive the run: a set-up that stalls is read there.
+logs=${LOGS:-/tmp/ytnotify-bench-scale-logs}
+echo "bench-scale.sh: the servers log to $logs" >&2
 echo "bench-scale.sh: $USERS users, $SUBSCRIPTIONS subscriptions, $YOUTUBERS YouTubers on the $where (broker pids ${pids[*]}, at most $(ulimit -n) open files)" >&2
 # shellcheck disable=SC2086 # SIMULATE_FLAGS is a list of flags
 "$simulate" run --preset scale --name "scale-$where" \
     --users "$USERS" --subscriptions "$SUBSCRIPTIONS" --youtubers "$YOUTUBERS" --uploads "$UPLOADS" \
     --request-timeout 10m --no-ceiling --quiet "${target[@]}" "${broker_pids[@]}" \
-    --out "bench/scale-$where.json" ${SIMULATE_FLAGS:-}
+    --server-logs "$logs" --out "bench/scale-$where.json" ${SIMULATE_FLAGS:-}
