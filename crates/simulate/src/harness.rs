@@ -499,8 +499,22 @@ impl Servers {
     }
 
     /// Stops every server, all at once.
-    pub async fn stop(self) {
-        futures::future::join_all(self.running.into_iter().map(Server::stop)).await;
+    pub async fn stop(mut self) {
+        let running = std::mem::take(&mut self.running);
+        futures::future::join_all(running.into_iter().map(Server::stop)).await;
+    }
+}
+
+/// Servers left running when the run ends some other way (a panic, a
+/// signal that drops the run) are killed: never left behind.
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for server in &mut self.running {
+            if let Server::Child(child) = server {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 

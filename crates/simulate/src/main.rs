@@ -333,9 +333,16 @@ impl RunArgs {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let scenario = args.scenario()?;
     let options = args.options()?;
-    let report = simulate::run(&scenario, &options)
-        .await
-        .with_context(|| format!("scenario {} did not run", scenario.name))?;
+    // On SIGINT or SIGTERM the run is dropped: the servers it started are
+    // stopped and its vhost deleted on the way out, not left running.
+    let report = tokio::select! {
+        report = simulate::run(&scenario, &options) => {
+            report.with_context(|| format!("scenario {} did not run", scenario.name))?
+        }
+        () = cli::shutdown_signal() => {
+            bail!("scenario {} stopped by a signal; its servers are stopped too", scenario.name)
+        }
+    };
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.out {
         std::fs::write(path, format!("{json}\n"))
