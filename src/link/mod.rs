@@ -37,7 +37,7 @@ mod feed;
 mod queue_watch;
 mod session_channel;
 pub use feed::{Feed, Opened, Opener, Opening};
-pub use session_channel::{CONFIRM_PATIENCE, CONFIRM_PATIENCE_AT_MOST, SessionChannel};
+pub use session_channel::{CONFIRM_PATIENCE, SessionChannel};
 
 use crate::{
     broker,

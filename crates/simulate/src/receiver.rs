@@ -105,10 +105,10 @@ pub fn title(seq: u32) -> String {
 }
 
 /// The upload's sequence number (from the title) and the video's id.
-fn read(body: &[u8]) -> Option<(u32, uuid::Uuid)> {
-    match protocol::decode_notification(body).ok()? {
+fn read(notification: &Notification) -> Option<(u32, uuid::Uuid)> {
+    match notification {
         Notification::VideoUploaded { id, video, .. } => {
-            Some((video.strip_prefix('v')?.parse().ok()?, id))
+            Some((video.strip_prefix('v')?.parse().ok()?, *id))
         }
     }
 }
@@ -231,8 +231,17 @@ impl Tally {
     }
 
     fn record(&self, user: u32, body: &[u8], session_start: u64) {
+        let notification = protocol::decode_notification(body).ok();
+        self.record_read(user, notification.as_ref(), session_start);
+    }
+
+    /// [`Tally::record`] of a notification already decoded (`None`: it
+    /// could not be).
+    fn record_read(&self, user: u32, notification: Option<&Notification>, session_start: u64) {
         let now = self.now();
-        let read = read(body).filter(|&(seq, _)| (seq as usize) < self.sent_at.len());
+        let read = notification
+            .and_then(read)
+            .filter(|&(seq, _)| (seq as usize) < self.sent_at.len());
         let mut counts = lock(&self.inner);
         let Some((seq, video)) = read else {
             counts.unreadable += 1;
@@ -330,9 +339,9 @@ impl Celebrities {
     }
 
     fn take_upload(&self, seen: &mut SeenInSession, notification: &Notification) {
-        let body = protocol::encode(notification);
-        if seen.first_time(&body) {
-            self.tally.record(self.user, &body, self.session_start);
+        if seen.0.insert(notification.id()) {
+            self.tally
+                .record_read(self.user, Some(notification), self.session_start);
             self.tally.record_streamed();
         } else {
             self.tally.record_copy(false);
